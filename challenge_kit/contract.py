@@ -1,0 +1,124 @@
+"""The challenge contract as data: the one place every constant of Track 1 lives.
+
+A submission is a bare float32 tensor of ``classes * ipc`` images, class-major in default order,
+pre-normalized with the dataset's mean/std (no ZCA). The scorer makes the labels itself, so the
+order of the images *is* the labelling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a distilled set for one dataset must look like."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    ipc: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channels: int = 3
+    challenge: bool = True
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def submission_file(self) -> str:
+        return f"{self.name}.pt"
+
+    @property
+    def reference_file(self) -> str:
+        return f"{self.name}_test.pt"
+
+    @property
+    def num_images(self) -> int:
+        return self.num_classes * self.ipc
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Exact tensor shape the scorer asserts."""
+        return (self.num_images, self.channels, self.image_size, self.image_size)
+
+    def subset(self, num_classes: int, class_names: tuple[str, ...] | None = None,
+               ipc: int | None = None) -> DatasetSpec:
+        """A spec for the first ``num_classes`` classes (tests, mini sets): never a challenge spec."""
+        if not 0 < num_classes <= self.num_classes:
+            raise ValueError(f"subset of {num_classes} classes is not within 1..{self.num_classes}")
+        if num_classes == self.num_classes and class_names is None and ipc in (None, self.ipc):
+            return self
+        return replace(self, num_classes=num_classes, challenge=False, class_names=class_names,
+                       ipc=self.ipc if ipc is None else ipc)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.class_names is not None:
+            d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetSpec:
+        names = d.get("class_names")
+        return cls(name=d["name"], num_classes=int(d["num_classes"]), image_size=int(d["image_size"]),
+                   ipc=int(d["ipc"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   channels=int(d.get("channels", 3)), challenge=bool(d.get("challenge", False)),
+                   class_names=tuple(names) if names is not None else None)
+
+    def describe(self) -> str:
+        kind = "challenge" if self.challenge else "subset (not a challenge submission)"
+        return (f"{self.name}: {self.num_classes} classes x {self.ipc} IPC, "
+                f"{self.channels}x{self.image_size}x{self.image_size}, {kind}")
+
+
+CIFAR100 = DatasetSpec(
+    name="cifar100", num_classes=100, image_size=32, ipc=10,
+    mean=(0.5071, 0.4866, 0.4409), std=(0.2673, 0.2564, 0.2762),
+)
+TINYIMAGENET = DatasetSpec(
+    name="tinyimagenet", num_classes=200, image_size=64, ipc=10,
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+)
+SPECS: dict[str, DatasetSpec] = {s.name: s for s in (CIFAR100, TINYIMAGENET)}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)}") from None
+
+
+def spec_for_shape(shape: tuple[int, ...]) -> DatasetSpec | None:
+    """The challenge spec whose exact submission shape this is, if any."""
+    for spec in SPECS.values():
+        if tuple(shape) == spec.shape:
+            return spec
+    return None
+
+
+def default_labels(num_classes: int, ipc: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Labels the scorer assumes: image ``i`` is class ``i // ipc``."""
+    return torch.arange(num_classes, device=device).repeat_interleave(ipc)
+
+
+def _stats(spec: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, -1, 1, 1) if like.dim() == 4 else (-1, 1, 1)
+    mean = torch.tensor(spec.mean, dtype=like.dtype, device=like.device).view(shape)
+    std = torch.tensor(spec.std, dtype=like.dtype, device=like.device).view(shape)
+    return mean, std
+
+
+def normalize(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """``[0, 1]`` pixels -> challenge-normalized values (plain per-channel mean/std)."""
+    mean, std = _stats(spec, images)
+    return (images - mean) / std
+
+
+def denormalize(images: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """Challenge-normalized values -> ``[0, 1]`` pixels (unclamped)."""
+    mean, std = _stats(spec, images)
+    return images * std + mean

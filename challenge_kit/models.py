@@ -1,0 +1,153 @@
+"""The challenge ConvNet (DC/MTT layout) and a functional view of it on one flat parameter vector.
+
+The layout (``features.0`` conv, ``features.1`` norm, ..., ``classifier``) matches the DC/MTT/DATM code,
+so their checkpoints and replay buffers load unchanged. Trajectory matching runs the same network on a
+flat vector of parameters, which is what experts store and what the matching loss compares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from challenge_kit.contract import DatasetSpec
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")
+POOLINGS = ("avgpooling", "maxpooling", "none")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """ConvNet hyperparameters; the defaults are the scorer's network."""
+
+    num_classes: int = 100
+    image_size: int = 32
+    channels: int = 3
+    width: int = 128
+    depth: int = 3
+    norm: str = "instancenorm"
+    activation: str = "relu"
+    pooling: str = "avgpooling"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm {self.norm!r} not in {NORMS}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} not in {ACTIVATIONS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} not in {POOLINGS}")
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, **overrides) -> ModelConfig:
+        """The challenge network (width 128, depth 3 for both datasets) sized for ``spec``."""
+        return cls(num_classes=spec.num_classes, image_size=spec.image_size, channels=spec.channels,
+                   **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(kind: str, width: int, size: int) -> nn.Module:
+    if kind == "instancenorm":
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(width)
+    if kind == "layernorm":
+        return nn.LayerNorm([width, size, size], elementwise_affine=True)
+    if kind == "groupnorm":
+        return nn.GroupNorm(4, width, affine=True)
+    raise ValueError(kind)
+
+
+def _activation(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}[kind]()
+
+
+class ConvNet(nn.Module):
+    """Conv(3x3) -> norm -> activation -> pool, ``depth`` times, then one linear classifier."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        channels, size = config.channels, config.image_size
+        for _ in range(config.depth):
+            layers.append(nn.Conv2d(channels, config.width, kernel_size=3, padding=1))
+            if config.norm != "none":
+                layers.append(_norm(config.norm, config.width, size))
+            layers.append(_activation(config.activation))
+            channels = config.width
+            if config.pooling != "none":
+                layers.append(nn.AvgPool2d(2, 2) if config.pooling == "avgpooling" else nn.MaxPool2d(2, 2))
+                size //= 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels * size * size, config.num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (flattened conv output)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def num_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def flatten_params(net: nn.Module) -> torch.Tensor:
+    """All parameters in ``net.parameters()`` order as one detached flat vector."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+
+def param_shapes(net: nn.Module) -> list[tuple[str, torch.Size]]:
+    return [(name, p.shape) for name, p in net.named_parameters()]
+
+
+def unflatten_params(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
+    """Views of ``flat`` named and shaped like the network's parameters (gradients flow through)."""
+    total = sum(s.numel() for _, s in shapes)
+    if flat.numel() != total:
+        raise ValueError(f"flat vector has {flat.numel()} values, the network has {total} parameters")
+    out, offset = {}, 0
+    for name, shape in shapes:
+        n = shape.numel()
+        out[name] = flat[offset:offset + n].view(shape)
+        offset += n
+    return out
+
+
+def load_flat_(net: nn.Module, flat: torch.Tensor) -> nn.Module:
+    """Copy a flat vector into the network's parameters in place."""
+    params = unflatten_params(flat.to(next(net.parameters()).device), param_shapes(net))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(params[name])
+    return net
+
+
+class FunctionalConvNet:
+    """Runs a ConvNet as a pure function of a flat parameter vector (for the matching inner loop)."""
+
+    def __init__(self, config: ModelConfig, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.config = config
+        self.module = ConvNet(config).to(device=device, dtype=dtype)
+        self.shapes = param_shapes(self.module)
+        self.num_params = num_parameters(self.module)
+
+    def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, unflatten_params(flat, self.shapes), (x,))
+
+    def init_flat(self, seed: int | None = None) -> torch.Tensor:
+        """A fresh random initialization (PyTorch defaults) as a flat vector; seeded without touching global RNG."""
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            net = ConvNet(self.config)
+        p = next(self.module.parameters())
+        return flatten_params(net).to(device=p.device, dtype=p.dtype)
