@@ -85,6 +85,16 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, read_metadata(path)
 
 
+def load_rows(path: str | Path, name: str, rows: list[int]) -> torch.Tensor:
+    """Only the requested rows of one tensor (memory-mapped), e.g. two snapshots of a long trajectory."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            view = f.get_slice(name)
+            return torch.stack([view[r] for r in rows])
+    except (SafetensorError, OSError, ValueError, IndexError) as e:
+        raise KitFileError(path, f"cannot read rows {rows} of {name!r} ({e})") from None
+
+
 def load_torch(path: str | Path):
     """``torch.load`` restricted to tensors and plain containers; anything else is refused unrun."""
     path = Path(path)
