@@ -48,6 +48,8 @@ class DatasetSpec:
         """A spec for the first ``num_classes`` classes (tests, mini sets): never a challenge spec."""
         if not 0 < num_classes <= self.num_classes:
             raise ValueError(f"subset of {num_classes} classes is not within 1..{self.num_classes}")
+        if ipc is not None and ipc < 1:
+            raise ValueError(f"subset ipc must be at least 1, got {ipc}")
         if num_classes == self.num_classes and class_names is None and ipc in (None, self.ipc):
             return self
         return replace(self, num_classes=num_classes, challenge=False, class_names=class_names,
@@ -106,6 +108,9 @@ def default_labels(num_classes: int, ipc: int, device: torch.device | str | None
 
 
 def _stats(spec: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not like.is_floating_point():
+        # integer statistics would truncate to 0: convert uint8 pixels with x.float() / 255 first
+        raise ValueError(f"expected floating-point images, got {like.dtype}")
     shape = (1, -1, 1, 1) if like.dim() == 4 else (-1, 1, 1)
     mean = torch.tensor(spec.mean, dtype=like.dtype, device=like.device).view(shape)
     std = torch.tensor(spec.std, dtype=like.dtype, device=like.device).view(shape)

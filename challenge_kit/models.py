@@ -144,10 +144,16 @@ class FunctionalConvNet:
         return functional_call(self.module, unflatten_params(flat, self.shapes), (x,))
 
     def init_flat(self, seed: int | None = None) -> torch.Tensor:
-        """A fresh random initialization (PyTorch defaults) as a flat vector; seeded without touching global RNG."""
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        """A fresh random initialization (PyTorch defaults) as a flat vector.
+
+        Seeded: reproducible and the global RNG is left untouched. Unseeded: drawn from (and advancing) the
+        global RNG, so consecutive calls differ.
+        """
+        if seed is None:
             net = ConvNet(self.config)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = ConvNet(self.config)
         p = next(self.module.parameters())
         return flatten_params(net).to(device=p.device, dtype=p.dtype)
