@@ -1,0 +1,184 @@
+"""Reading what the scorer reads, safely, and deciding which dataset spec a file is scored under.
+
+Submissions and references come from strangers, so everything is loaded with ``weights_only`` (or as
+safetensors) and checked the way the official script would fail on it: a bare tensor, the four shape
+asserts, a reference dict with ``images_val`` and ``labels_val``. Each problem is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from challenge_kit.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
+from challenge_kit.storage import DistilledArtifact, KitFileError, load_torch
+
+REFERENCE_KEYS = ("images_val", "labels_val")
+MANIFEST = "manifest.json"
+
+
+def check_shape(images: torch.Tensor, spec: DatasetSpec, path: str | Path) -> None:
+    """The official scorer's four shape asserts (count, channels, height, width)."""
+    shape = tuple(images.shape)
+    if shape != spec.shape:
+        raise KitFileError(path, f"shape {shape} fails the scorer's shape asserts: {spec.name} expects "
+                                 f"{spec.shape} (images, channels, height, width)")
+
+
+def load_submission_tensor(path: str | Path) -> torch.Tensor:
+    """A challenge ``.pt``: a bare tensor (anything else crashes the scorer), cast with ``.float()``."""
+    obj = load_torch(path)
+    if not isinstance(obj, torch.Tensor):
+        raise KitFileError(path, f"holds a {type(obj).__name__}, not a bare tensor (the scorer would crash); "
+                                 "save the image tensor itself with torch.save")
+    return obj.detach().float()
+
+
+def load_submission(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
+    images = load_submission_tensor(path)
+    check_shape(images, spec, path)
+    return images
+
+
+def load_reference(path: str | Path, spec: DatasetSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``{name}_test.pt``: a dict with ``images_val`` (N, C, H, W) and integer ``labels_val`` (N,)."""
+    obj = load_torch(path)
+    if not isinstance(obj, dict):
+        raise KitFileError(path, f"holds a {type(obj).__name__}, "
+                                 "not a dict with 'images_val' and 'labels_val'")
+    missing = [k for k in REFERENCE_KEYS if k not in obj]
+    if missing:
+        raise KitFileError(path, f"reference dict has no {' or '.join(map(repr, missing))} "
+                                 f"(keys: {', '.join(map(str, obj)) or 'none'})")
+    images, labels = obj["images_val"], obj["labels_val"]
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise KitFileError(path, "'images_val' is not a 4-D image tensor (N, C, H, W)")
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise KitFileError(path, "'labels_val' is not a tensor or list of class indices") from None
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0] or labels.shape[0] == 0:
+        raise KitFileError(path, f"'labels_val' has shape {tuple(labels.shape)}, "
+                                 f"expected ({images.shape[0]},) to match 'images_val'")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise KitFileError(path, "'labels_val' holds non-integer values")
+    labels = labels.long()
+    if spec is not None:
+        check_reference(images, labels, spec, path)
+    return images.detach().float(), labels
+
+
+def check_reference(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, path: str | Path) -> None:
+    expected = (spec.channels, spec.image_size, spec.image_size)
+    if tuple(images.shape[1:]) != expected:
+        raise KitFileError(path, f"'images_val' are {tuple(images.shape[1:])}, "
+                                 f"{spec.name} images are {expected}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= spec.num_classes:
+        raise KitFileError(path, f"'labels_val' spans {low}..{high} but the set has "
+                                 f"{spec.num_classes} classes; use a reference made for this set")
+
+
+def manifest_spec(path: str | Path) -> DatasetSpec | None:
+    """The spec recorded in a ``manifest.json`` beside ``path`` (key ``spec``), if there is one."""
+    manifest = Path(path).parent / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KitFileError(manifest, f"not readable JSON ({e})") from None
+    if not isinstance(data, dict) or "spec" not in data:
+        return None
+    try:
+        return DatasetSpec.from_dict(data["spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise KitFileError(manifest, f"'spec' is not a dataset spec ({e!r})") from None
+
+
+def spec_from_reference(shape: tuple[int, ...], labels: torch.Tensor | None,
+                        dataset: str | None = None) -> DatasetSpec | None:
+    """A subset spec from the image size and the reference's class count (``max label + 1``)."""
+    if labels is None or len(shape) != 4 or labels.numel() == 0:
+        return None
+    if dataset is not None:
+        base = get_spec(dataset)
+    else:
+        fits = [s for s in SPECS.values() if (s.channels, s.image_size, s.image_size) == shape[1:]]
+        base = fits[0] if fits else None
+    classes = int(labels.max()) + 1
+    if base is None or classes > base.num_classes or shape[0] % classes:
+        return None
+    return base.subset(classes, ipc=shape[0] // classes)
+
+
+def resolve_spec(shape: tuple[int, ...], *, dataset: str | None = None,
+                 declared: tuple[DatasetSpec | None, ...] = (),
+                 reference_labels: torch.Tensor | None = None) -> tuple[DatasetSpec, str]:
+    """Which spec a tensor of ``shape`` is scored under, and where it came from.
+
+    In order: the declared specs (a manifest beside the file, an artifact's metadata), the challenge spec
+    with exactly this shape, a subset made from the image size and the reference's class count. Only specs
+    that fit the shape (and ``dataset`` when given) count; when none fits, the one the user named or the
+    file declared is returned so the shape asserts report what was expected.
+    """
+    shape = tuple(shape)
+    options = [(s, why) for s, why in zip(declared, ("manifest.json", "artifact metadata"), strict=False)]
+    options += [(spec_for_shape(shape), "shape"),
+                (spec_from_reference(shape, reference_labels, dataset), "reference labels")]
+    for spec, why in options:
+        if spec is not None and spec.shape == shape and dataset in (None, spec.name):
+            return spec, why
+    for spec, why in options[:len(declared)]:
+        if spec is not None and dataset in (None, spec.name):
+            return spec, why
+    if dataset is not None:
+        return get_spec(dataset), "--dataset"
+    raise ValueError(f"cannot tell which dataset a {shape} tensor is for; pass --dataset "
+                     f"({', '.join(SPECS)}) or put a manifest.json with its spec beside it")
+
+
+@dataclass
+class ScoringInput:
+    """Everything one ``evaluate`` call needs, validated."""
+
+    images: torch.Tensor
+    spec: DatasetSpec
+    spec_source: str
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    notes: list[str] = field(default_factory=list)
+
+
+def _artifact_notes(labels: torch.Tensor, spec: DatasetSpec) -> list[str]:
+    if labels.is_floating_point():
+        return ["the artifact's soft labels are ignored: the scorer trains on default-order hard labels"]
+    if labels.shape != (spec.num_images,) or not torch.equal(labels.long(), default_labels(spec.num_classes,
+                                                                                             spec.ipc)):
+        return ["the artifact's labels are not in default order; the scorer labels image i as class "
+                "i // ipc, and so does this score"]
+    return []
+
+
+def load_inputs(path: str | Path, reference: str | Path, dataset: str | None = None) -> ScoringInput:
+    """Load a challenge ``.pt`` or a kit artifact (``.safetensors``) and its reference; resolve the spec."""
+    path = Path(path)
+    if dataset is not None:
+        get_spec(dataset)
+    test_images, test_labels = load_reference(reference)
+    artifact_labels = None
+    if path.suffix == ".safetensors":
+        artifact = DistilledArtifact.load(path)
+        images, declared = artifact.images.detach().float(), (manifest_spec(path), artifact.spec)
+        artifact_labels = artifact.labels
+    else:
+        images, declared = load_submission_tensor(path), (manifest_spec(path),)
+    spec, source = resolve_spec(tuple(images.shape), dataset=dataset, declared=declared,
+                                reference_labels=test_labels)
+    check_shape(images, spec, path)
+    check_reference(test_images, test_labels, spec, reference)
+    notes = _artifact_notes(artifact_labels, spec) if artifact_labels is not None else []
+    return ScoringInput(images, spec, source, test_images, test_labels, notes)

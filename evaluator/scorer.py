@@ -1,0 +1,198 @@
+"""The official scorer's training recipe, run with data kept on the device.
+
+Same recipe as the challenge's ``evaluate.py`` (SPEC section 1): the default ConvNet trained from a fresh
+init with SGD for 1001 epochs on the distilled images, DSA on every batch, lr divided by 10 (and a new
+optimizer, so momentum restarts) after epoch index 501, then one test pass. What differs is only how the
+loop is driven: the whole set lives on the device, batches are gathered by a device permutation and
+augmented on the device, and losses and correct counts stay on the device until the epoch ends.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from challenge_kit import augment
+from challenge_kit.contract import DatasetSpec, default_labels
+from challenge_kit.models import ConvNet, ModelConfig
+from challenge_kit.progress import make_progress
+
+# The recipe: every scorer constant lives here and only here.
+EPOCHS = 1001  # epoch indices 0..1000
+ROUNDS = 3
+LR = 0.01
+LR_DECAY = 0.1
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+BATCH_SIZE = 256
+
+Progress = Callable[[int, float, float], None]  # (epoch index, mean train loss, train accuracy)
+
+
+def drop_epoch(epochs: int = EPOCHS) -> int:
+    """Epoch index after which the lr drops: ``Epoch // 2 + 1`` for the reference's ``Epoch = epochs - 1``."""
+    return (epochs - 1) // 2 + 1
+
+
+def lr_at(epoch: int, epochs: int = EPOCHS, lr: float = LR) -> float:
+    """Learning rate used during epoch index ``epoch`` (0.01 up to 501, 0.001 from 502 on)."""
+    return lr if epoch <= drop_epoch(epochs) else lr * LR_DECAY
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """A fresh SGD: the reference builds a new one at the lr drop, so momentum buffers restart."""
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fresh_seed() -> int:
+    """An unpredictable seed (the official scorer seeds nothing), drawn so a run can still be replayed."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+def round_seeds(seed: int | None, rounds: int) -> list[int]:
+    """One seed per round derived from ``seed`` (fresh ones when ``seed`` is None)."""
+    if seed is None:
+        return [fresh_seed() for _ in range(rounds)]
+    return [(seed * 1000 + r) & 0x7FFFFFFF for r in range(rounds)]
+
+
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """A device RNG (shuffling, augmentation parameters) and a CPU RNG (augmentation group, no sync)."""
+    on_device = torch.Generator(device=device).manual_seed(seed)
+    on_cpu = torch.Generator().manual_seed(seed + (1 << 32))  # a stream no round's seed reaches
+    return on_device, on_cpu
+
+
+def _init_net(config: ModelConfig, seed: int, device: torch.device) -> ConvNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ConvNet(config)
+    return net.to(device)
+
+
+def _targets(labels: torch.Tensor) -> torch.Tensor:
+    """Class indices of hard labels, or of soft labels' largest entry (for the accuracy count)."""
+    return labels.argmax(1) if labels.dim() == 2 else labels
+
+
+@torch.no_grad()
+def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  batch_size: int = BATCH_SIZE) -> float:
+    """Accuracy fraction in eval mode, no augmentation; one host sync at the end."""
+    net.eval()
+    device = next(net.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i:i + batch_size].to(device, torch.float32, non_blocking=True)
+        y = labels[i:i + batch_size].to(device, non_blocking=True)
+        correct += (net(x).argmax(1) == y).sum()
+    return correct.item() / images.shape[0]
+
+
+def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = EPOCHS,
+          lr: float = LR, batch_size: int = BATCH_SIZE, generator: torch.Generator | None = None,
+          group_generator: torch.Generator | None = None, progress: Progress | None = None) -> None:
+    """The scorer's training loop on tensors already on the net's device; syncs only for ``progress``."""
+    n, size = images.shape[0], images.shape[-1]
+    targets = _targets(labels)
+    optimizer = make_optimizer(net.parameters(), lr_at(0, epochs, lr))
+    for epoch in range(epochs):
+        net.train()
+        loss_sum = torch.zeros((), device=images.device)
+        correct = torch.zeros((), dtype=torch.long, device=images.device)
+        perm = torch.randperm(n, device=images.device, generator=generator)
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            params = augment.sample(idx.shape[0], size, images.device, generator=generator,
+                                    group_generator=group_generator)
+            x = augment.apply(images[idx], params)
+            out = net(x)
+            loss = F.cross_entropy(out, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * idx.shape[0]
+            correct += (out.detach().argmax(1) == targets[idx]).sum()
+        if progress is not None:
+            stats = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+            progress(epoch, stats[0] / n, stats[1] / n)
+        if epoch == drop_epoch(epochs):
+            optimizer = make_optimizer(net.parameters(), lr_at(epoch + 1, epochs, lr))
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                   test_labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS, lr: float = LR,
+                   batch_size: int = BATCH_SIZE, seed: int | None = None,
+                   device: torch.device | str | None = None, progress: Progress | None = None) -> float:
+    """One scorer round: fresh ConvNet, train on (images, labels), return test accuracy (fraction).
+
+    ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order.
+    ``seed`` fixes init, shuffling and augmentation (bit-reproducible on CPU); None draws a fresh one.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    seed = fresh_seed() if seed is None else seed
+    config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
+    net = _init_net(config, seed, device)
+    generator, group_generator = _generators(seed, device)
+    images = images.detach().to(device, torch.float32)
+    labels = labels.detach().to(device)
+    labels = labels.float() if labels.is_floating_point() else labels.long()
+    train(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
+          group_generator=group_generator, progress=progress)
+    test_images, test_labels = test_images.to(device, torch.float32), test_labels.to(device).long()
+    return test_accuracy(net, test_images, test_labels, batch_size)
+
+
+def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tensor | None = None) -> bool:
+    """Whether a run is the leaderboard's recipe exactly: challenge spec, default labels, full budget."""
+    return spec.challenge and rounds == ROUNDS and epochs == EPOCHS and labels is None
+
+
+def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.Tensor,
+                    test_labels: torch.Tensor, *, rounds: int = ROUNDS, epochs: int = EPOCHS,
+                    seed: int | None = None, device: torch.device | str | None = None,
+                    labels: torch.Tensor | None = None, show_progress: bool = True) -> dict:
+    """Score a distilled set as the challenge does: ``rounds`` fresh trainings, mean test accuracy.
+
+    ``labels=None`` uses the scorer's default order (image i is class i // ipc), as the leaderboard does.
+    """
+    if tuple(images.shape) != spec.shape:
+        raise ValueError(f"images have shape {tuple(images.shape)}, {spec.name} expects {spec.shape}")
+    if rounds < 1 or epochs < 1:
+        raise ValueError(f"rounds and epochs must be >= 1 (got rounds={rounds}, epochs={epochs})")
+    device = torch.device(device) if device is not None else default_device()
+    train_labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
+    seeds = round_seeds(seed, rounds)
+    accuracies: list[float] = []
+    start = time.perf_counter()
+    with make_progress(disable=not show_progress) as bar:
+        task = bar.add_task(f"scoring {spec.name}", total=rounds * epochs, status="")
+        for r, round_seed in enumerate(seeds):
+            def report(epoch: int, loss: float, acc: float, r: int = r) -> None:
+                bar.update(task, advance=1, status=f"round {r + 1}/{rounds} loss {loss:.3f} acc {acc:.3f}")
+
+            acc = train_and_test(images, train_labels, test_images, test_labels,
+                                 num_classes=spec.num_classes, epochs=epochs, seed=round_seed,
+                                 device=device, progress=report if show_progress else None)
+            accuracies.append(acc)
+            bar.update(task, status=f"round {r + 1}/{rounds} test acc {acc:.4f}")
+    return {
+        "dataset": spec.name,
+        "mean": sum(accuracies) / len(accuracies),
+        "rounds": accuracies,
+        "epochs": epochs,
+        "seeds": seeds,
+        "device": str(device),
+        "official": is_official(spec, rounds, epochs, labels),
+        "spec": spec.to_dict(),
+        "test_images": int(test_images.shape[0]),
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,206 @@
+"""The bundled scorer: recipe schedule, reproducibility, both CLI forms, output format, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from challenge_kit.cli import app
+from challenge_kit.contract import CIFAR100, TINYIMAGENET, default_labels
+from challenge_kit.storage import DistilledArtifact
+from evaluator import scorer
+from evaluator.evaluate import main
+from evaluator.inputs import resolve_spec
+from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_and_test
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = CIFAR100.subset(5, ipc=2)  # still named cifar100, so the folder scorer finds cifar100.pt
+COLORS = torch.tensor([[2, -2, -2], [-2, 2, -2], [-2, -2, 2], [2, 2, -2], [-2, 2, 2]], dtype=torch.float32)
+
+
+def coloured(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable task: each class is a flat colour plus noise, in default (class-major) order."""
+    g = torch.Generator().manual_seed(seed)
+    labels = default_labels(5, per_class)
+    return COLORS[labels].view(-1, 3, 1, 1) + 0.3 * torch.randn(len(labels), 3, 32, 32, generator=g), labels
+
+
+def write_folder(root: Path, images, test_images, test_labels) -> None:
+    (root / "res").mkdir(parents=True)
+    (root / "ref").mkdir(parents=True)
+    torch.save(images, root / "res" / "cifar100.pt")
+    torch.save({"images_val": test_images, "labels_val": test_labels}, root / "ref" / "cifar100_test.pt")
+
+
+def test_lr_schedule_drops_after_epoch_501():
+    assert drop_epoch(1001) == 501
+    assert lr_at(0) == lr_at(501) == 0.01
+    assert lr_at(502) == pytest.approx(0.001) and lr_at(1000) == pytest.approx(0.001)
+    assert [lr_at(e, epochs=6) for e in range(6)] == pytest.approx([0.01] * 4 + [0.001] * 2)
+
+
+def test_optimizer_recreated_at_the_drop(monkeypatch):
+    created, completed = [], []
+    real = scorer.make_optimizer
+
+    def counting(params, lr):
+        opt = real(params, lr)
+        created.append((lr, len(completed), opt))
+        return opt
+
+    monkeypatch.setattr(scorer, "make_optimizer", counting)
+    images, labels = coloured(2, 0)
+    train_and_test(images, labels, images, labels, num_classes=5, epochs=6, seed=0, device="cpu",
+                   progress=lambda epoch, loss, acc: completed.append(epoch))
+    # a fresh SGD at the start, another after epoch index 3 (drop_epoch(6)) finished: momentum restarts
+    assert [(lr, n) for lr, n, _ in created] == [(0.01, 0), (pytest.approx(0.001), 4)]
+    assert created[0][2] is not created[1][2]
+    assert created[1][2].param_groups[0]["momentum"] == 0.9 and created[1][2].state  # used for 2 epochs
+
+
+def test_learnable_task_scores_well_above_chance():
+    images, _ = coloured(2, 0)
+    test_images, test_labels = coloured(10, 1)
+    result = evaluate_images(images, TINY, test_images, test_labels, rounds=2, epochs=3, seed=0,
+                             device="cpu", show_progress=False)
+    assert result["mean"] > 0.6  # chance is 0.2
+    assert len(result["rounds"]) == len(result["seeds"]) == 2 and result["seeds"][0] != result["seeds"][1]
+    assert result["epochs"] == 3 and result["device"] == "cpu" and result["official"] is False
+
+
+def test_default_order_is_the_labelling():
+    """Scored under default labels, a set whose images are not class-major is learnt wrongly."""
+    images, _ = coloured(2, 0)
+    test_images, test_labels = coloured(10, 1)
+    shuffled = images[torch.tensor([2, 3, 4, 5, 6, 7, 8, 9, 0, 1])]  # every class shifted by one
+    result = evaluate_images(shuffled, TINY, test_images, test_labels, rounds=1, epochs=3, seed=0,
+                             device="cpu", show_progress=False)
+    assert result["mean"] < 0.4
+
+
+def test_seeded_runs_are_reproducible_on_cpu():
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(10, 3, 32, 32, generator=g), default_labels(5, 2)
+
+    def run(seed):
+        trace = []
+        acc = train_and_test(images, labels, images, labels, num_classes=5, epochs=3, batch_size=4, seed=seed,
+                             device="cpu", progress=lambda e, loss, a: trace.append(loss))
+        return trace, acc
+
+    first, again, other = run(7), run(7), run(8)
+    assert first == again
+    assert first[0] != other[0]
+
+
+def test_both_invocations_write_the_same_scores(tmp_path):
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(4, 1))
+    flags = ["--epochs", "2", "--rounds", "2", "--seed", "3", "--device", "cpu"]
+    specs = [TINY, TINYIMAGENET]
+    assert main([str(tmp_path / "in"), str(tmp_path / "out1"), *flags], specs=specs) == 0
+    assert main(["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", str(tmp_path / "in" / "ref"),
+                 "--output_dir", str(tmp_path / "out2"), *flags], specs=specs) == 0
+    text = (tmp_path / "out1" / "scores.txt").read_bytes()
+    assert text == (tmp_path / "out2" / "scores.txt").read_bytes()
+    assert re.fullmatch(rb"correct: \d+\.\d+(e-?\d+)?", text)  # exactly one line, no newline
+    summary = json.loads((tmp_path / "out1" / "scores.json").read_text())
+    assert summary["skipped"] == ["tinyimagenet"] and summary["official"] is False
+    cifar = summary["datasets"]["cifar100"]
+    assert cifar["epochs"] == 2 and len(cifar["rounds"]) == 2 and len(cifar["seeds"]) == 2
+    assert float(text.split()[1]) == pytest.approx(cifar["mean"])
+
+
+def test_python_m_evaluator_on_the_challenge_shape(tmp_path):
+    images = torch.randn(1000, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    write_folder(tmp_path / "in", images, torch.randn(20, 3, 32, 32, generator=g), torch.arange(20) * 5)
+    proc = subprocess.run([sys.executable, "-m", "evaluator", str(tmp_path / "in"), str(tmp_path / "out"),
+                           "--epochs", "1", "--rounds", "1", "--seed", "0", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "shortened run" in proc.stdout and "skipped tinyimagenet" in proc.stdout
+    assert re.fullmatch(r"correct: [0-9.e-]+", (tmp_path / "out" / "scores.txt").read_text())
+
+
+def _malformed(root: Path, case: str) -> Path:
+    """Write a folder with one defect; return the file the error must name."""
+    images, _ = coloured(2, 0)
+    test_images, test_labels = coloured(2, 1)
+    write_folder(root, images, test_images, test_labels)
+    sub, ref = root / "res" / "cifar100.pt", root / "ref" / "cifar100_test.pt"
+    if case == "dict":
+        torch.save({"images": images}, sub)
+    elif case == "shape":
+        torch.save(images[:9], sub)
+    elif case == "truncated":
+        sub.write_bytes(sub.read_bytes()[:300])
+    elif case == "reference":
+        torch.save({"images_val": test_images}, ref)
+        return ref
+    elif case == "missing":
+        sub.unlink()
+        return root / "res"
+    return sub
+
+
+@pytest.mark.parametrize("case", ["dict", "shape", "truncated", "reference", "missing"])
+def test_malformed_inputs_fail_naming_the_file(tmp_path, capsys, case):
+    named = _malformed(tmp_path / "in", case)
+    assert main([str(tmp_path / "in"), str(tmp_path / "out"), "--epochs", "1"], specs=[TINY]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {named}") and "\n" not in err
+    assert not (tmp_path / "out" / "scores.txt").exists()
+
+
+def test_python_m_evaluator_exits_nonzero_on_bad_file(tmp_path):
+    named = _malformed(tmp_path / "in", "dict")
+    dirs = ["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", str(tmp_path / "in" / "ref"),
+            "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "evaluator", *dirs], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode != 0 and str(named) in proc.stderr and "not a bare tensor" in proc.stderr
+
+
+def test_spec_resolution_order():
+    manifest_spec = CIFAR100.subset(10, ipc=1)
+    assert resolve_spec((10, 3, 32, 32), declared=(manifest_spec,)) == (manifest_spec, "manifest.json")
+    assert resolve_spec(CIFAR100.shape, declared=(manifest_spec,)) == (CIFAR100, "shape")
+    spec, source = resolve_spec((40, 3, 64, 64), reference_labels=torch.arange(20))
+    assert source == "reference labels" and (spec.name, spec.num_classes, spec.ipc) == ("tinyimagenet", 20, 2)
+    # nothing fits: the named dataset, whose shape asserts then fail with the expected shape
+    assert resolve_spec((999, 3, 32, 32), dataset="cifar100") == (CIFAR100, "--dataset")
+    with pytest.raises(ValueError, match="--dataset"):
+        resolve_spec((7, 3, 48, 48))
+
+
+def test_ddkit_evaluate_json(tmp_path):
+    images, _ = coloured(2, 0)
+    test_images, test_labels = coloured(4, 1)
+    torch.save({"images_val": test_images, "labels_val": test_labels}, tmp_path / "ref.pt")
+    DistilledArtifact(images, default_labels(5, 2), TINY).save(tmp_path / "set.safetensors")
+    torch.save(images, tmp_path / "set.pt")  # no manifest: spec from the reference's 5 classes at 32 px
+    runner = CliRunner()
+    for name, source in (("set.safetensors", "artifact metadata"), ("set.pt", "reference labels")):
+        res = runner.invoke(app, ["evaluate", str(tmp_path / name), "--reference", str(tmp_path / "ref.pt"),
+                                  "--epochs", "2", "--rounds", "1", "--seed", "0", "--device", "cpu",
+                                  "--json"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        assert 0.0 <= out["mean"] <= 1.0 and len(out["rounds"]) == 1 and out["spec_source"] == source
+        assert out["official"] is False and out["spec"]["num_classes"] == 5
+
+
+def test_ddkit_evaluate_bad_file(tmp_path):
+    torch.save({"images_val": torch.zeros(2, 3, 32, 32), "labels_val": torch.zeros(2)}, tmp_path / "ref.pt")
+    torch.save([1, 2], tmp_path / "bad.pt")
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "bad.pt"), "--reference",
+                                   str(tmp_path / "ref.pt"), "--dataset", "cifar100"])
+    assert res.exit_code != 0 and f"{tmp_path / 'bad.pt'}" in res.output
