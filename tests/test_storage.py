@@ -1,0 +1,180 @@
+"""Atomic writes, safe loading of untrusted files, and the kit's own file formats."""
+
+import hashlib
+import json
+import pickle
+
+import pytest
+import torch
+
+from challenge_kit.contract import CIFAR100, TINYIMAGENET
+from challenge_kit.storage import (
+    ARTIFACT_FORMAT,
+    DistilledArtifact,
+    KitFileError,
+    atomic_write,
+    load_tensors,
+    load_torch,
+    read_metadata,
+    save_json,
+    save_tensors,
+    save_torch,
+    sha256,
+)
+
+
+class Marker:
+    """Unpickling this would create a file: the loader must refuse before running it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_kit_file_error_names_the_file():
+    e = KitFileError("a/b.pt", "is broken")
+    assert str(e) == "a/b.pt: is broken" and e.path == "a/b.pt" and e.problem == "is broken"
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "sub" / "x.txt"
+    assert atomic_write(target, lambda tmp: tmp.write_text("one")) == target
+    atomic_write(target, lambda tmp: tmp.write_text("two"))
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["x.txt"]
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+
+    def broken(tmp):
+        tmp.write_text("half a fi")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "new.txt", lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_save_torch_and_load_torch_round_trip(tmp_path):
+    obj = {"images": torch.randn(4, 3, 2, 2), "labels": torch.arange(4), "lr": 0.01, "names": ["a", "b"]}
+    loaded = load_torch(save_torch(obj, tmp_path / "x.pt"))
+    assert torch.equal(loaded["images"], obj["images"]) and torch.equal(loaded["labels"], obj["labels"])
+    assert loaded["lr"] == 0.01 and loaded["names"] == ["a", "b"]
+    t = torch.randn(5, 3, 4, 4)
+    assert torch.equal(load_torch(save_torch(t, tmp_path / "t.pt")), t)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["zip", "legacy", "raw_pickle"])
+def test_load_torch_refuses_code_and_runs_none_of_it(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"images": torch.zeros(2), "x": Marker(marker)}
+    if how == "zip":
+        torch.save(payload, path)
+    elif how == "legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    assert not marker.exists()
+    with pytest.raises(KitFileError) as info:
+        load_torch(path)
+    assert not marker.exists()
+    assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -10])
+def test_load_torch_reports_truncated_files_by_name(tmp_path, legacy, keep):
+    full = tmp_path / "full.pt"
+    torch.save({"a": torch.randn(50, 50)}, full, _use_new_zipfile_serialization=not legacy)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[:int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(KitFileError, match="truncated or corrupt") as info:
+        load_torch(cut)
+    assert info.value.path == str(cut) and str(info.value).startswith(f"{cut}: ")
+
+
+def test_load_torch_missing_and_garbage_files(tmp_path):
+    with pytest.raises(KitFileError, match="no such file"):
+        load_torch(tmp_path / "absent.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("this is not a checkpoint\n")
+    with pytest.raises(KitFileError, match=r"junk\.pt: "):
+        load_torch(junk)
+
+
+def test_save_tensors_metadata_round_trip(tmp_path):
+    meta = {"format": "ddkit-expert", "version": 1, "spec": CIFAR100.to_dict(), "loss": [2.5, 1.25],
+            "flag": True, "nothing": None, "text": "a \"quoted\" string"}
+    base = torch.randn(4, 6, requires_grad=True)
+    tensors = {"snapshots": base.t(), "idx": torch.arange(3)}  # non-contiguous, requires grad
+    path = save_tensors(tensors, tmp_path / "e.safetensors", meta)
+    loaded, back = load_tensors(path)
+    assert back == meta and read_metadata(path) == meta
+    assert torch.equal(loaded["snapshots"], base.detach().t()) and torch.equal(loaded["idx"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
+
+
+def test_load_tensors_reports_bad_files_by_name(tmp_path):
+    path = save_tensors({"a": torch.randn(100)}, tmp_path / "a.safetensors", {"k": 1})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(KitFileError, match=r"a\.safetensors: not a readable safetensors file"):
+        load_tensors(path)
+    with pytest.raises(KitFileError, match="not a readable safetensors file"):
+        read_metadata(tmp_path / "missing.safetensors")
+
+
+def test_save_json_and_sha256(tmp_path):
+    path = save_json({"b": 1, "a": [1, 2]}, tmp_path / "x.json")
+    assert json.loads(path.read_text()) == {"b": 1, "a": [1, 2]}
+    assert path.read_text().index('"a"') < path.read_text().index('"b"')
+    assert sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_distilled_artifact_hard_labels_round_trip(tmp_path):
+    spec = CIFAR100.subset(3, ipc=2)
+    images = torch.randn(6, 3, 32, 32)
+    art = DistilledArtifact(images, torch.arange(3).repeat_interleave(2), spec, lr=0.0123,
+                            extra={"iteration": 40, "accuracy": 0.25})
+    assert not art.soft
+    path = art.save(tmp_path / "best.safetensors")
+    meta = read_metadata(path)
+    assert meta["format"] == ARTIFACT_FORMAT and meta["labels"] == "hard" and meta["spec"] == spec.to_dict()
+    back = DistilledArtifact.load(path)
+    assert torch.equal(back.images, images) and back.images.dtype == torch.float32
+    assert torch.equal(back.labels, art.labels) and back.labels.dtype == torch.int64
+    assert back.spec == spec and not back.soft
+    assert back.lr == pytest.approx(0.0123)
+    assert back.extra == {"iteration": 40, "accuracy": 0.25}
+
+
+def test_distilled_artifact_soft_labels_without_lr(tmp_path):
+    spec = TINYIMAGENET.subset(2, ("n1", "n2"), ipc=1)
+    labels = torch.softmax(torch.randn(2, 2), dim=1)
+    art = DistilledArtifact(torch.randn(2, 3, 64, 64, dtype=torch.float64), labels, spec)
+    assert art.soft
+    path = art.save(tmp_path / "soft.safetensors")
+    assert read_metadata(path)["labels"] == "soft"
+    back = DistilledArtifact.load(path)
+    assert back.soft and torch.equal(back.labels, labels) and back.lr is None
+    assert back.images.dtype == torch.float32 and torch.allclose(back.images, art.images.float())
+    assert back.spec == spec and back.spec.class_names == ("n1", "n2")
+
+
+def test_distilled_artifact_refuses_other_files(tmp_path):
+    other = save_tensors({"images": torch.zeros(1)}, tmp_path / "o.safetensors", {"format": "ddkit-expert"})
+    with pytest.raises(KitFileError, match=r"o\.safetensors: not a ddkit distilled artifact"):
+        DistilledArtifact.load(other)
+    partial = save_tensors({"images": torch.zeros(1)}, tmp_path / "p.safetensors", {"format": ARTIFACT_FORMAT})
+    with pytest.raises(KitFileError, match="no 'labels' tensor"):
+        DistilledArtifact.load(partial)
