@@ -6,6 +6,7 @@ A recipe file holds the paper's ``full`` profile in its top-level tables and any
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -81,31 +82,67 @@ class Recipe:
 SECTIONS = {"experts": ExpertConfig, "distill": DistillConfig, "eval": EvalConfig}
 
 
+# Fields that must be >= 1 (counts, sizes) or > 0 (rates); every other number must be >= 0, seeds excepted.
+POSITIVE = {
+    "experts": ("num_experts", "epochs", "lr", "batch_size"),
+    "distill": ("iterations", "syn_steps", "expert_epochs", "interval", "batch_syn", "lr_img", "lr_init",
+                "threshold", "checkpoint_every"),
+    "eval": ("epochs", "rounds", "batch_size"),
+}
+
+
 def _coerce(cls, key: str, value, where: str):
+    """Check a TOML value's type (ints are accepted for floats); ``--set`` strings are parsed first."""
     types = {f.name: f.type for f in fields(cls)}
     if key not in types:
         raise ValueError(f"{where}: unknown key {key!r}; known: {', '.join(types)}")
     kind = types[key]
-    if kind == "bool":
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-            return value.lower() in ("true", "1")
-        return bool(value)
-    try:
-        return {"int": int, "float": float, "str": str}[kind](value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
+    if isinstance(value, str) and kind != "str":
+        text = value.strip().lower()
+        try:
+            value = {"bool": lambda: {"true": True, "false": False, "1": True, "0": False}[text],
+                     "int": lambda: int(text), "float": lambda: float(text)}[kind]()
+        except (KeyError, ValueError):
+            raise ValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
+    ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, int | float) and not isinstance(value, bool),
+          "str": isinstance(value, str)}[kind]
+    if not ok or (kind == "float" and not math.isfinite(value)):
+        raise ValueError(f"{where}: {key} must be {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
 
 
 def _apply(recipe: Recipe, tables: dict, where: str) -> Recipe:
     for section, values in tables.items():
         if section not in SECTIONS:
             raise ValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
         cls = SECTIONS[section]
         current = getattr(recipe, section)
         updates = {k: _coerce(cls, k, v, f"{where} [{section}]") for k, v in values.items()}
         recipe = replace(recipe, **{section: replace(current, **updates)})
+    return recipe
+
+
+def _validate(recipe: Recipe, where: str) -> Recipe:
+    """Reject values no run can use now, not hours into a run (a zero interval would crash distillation)."""
+    for section in SECTIONS:
+        config = getattr(recipe, section)
+        for f in fields(config):
+            value = getattr(config, f.name)
+            if f.type not in ("int", "float") or f.name == "seed":
+                continue
+            if f.name in POSITIVE[section] and not value > 0:
+                raise ValueError(f"{where}: {section}.{f.name} must be positive, got {value}")
+            if value < 0:
+                raise ValueError(f"{where}: {section}.{f.name} must not be negative, got {value}")
+        if getattr(config, "momentum", 0) >= 1:
+            raise ValueError(f"{where}: {section}.momentum must be below 1, got {config.momentum}")
+    d = recipe.distill
+    if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
+        raise ValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
+                         f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
     return recipe
 
 
@@ -133,15 +170,26 @@ def load_recipe(dataset_or_path: str, profile: str = "full", overrides: list[str
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(data) - {"dataset", "profiles", *SECTIONS})
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; "
+                         f"expected dataset, {', '.join(SECTIONS)}, profiles")
     dataset = data.get("dataset")
     if not isinstance(dataset, str):
         raise ValueError(f"{path}: missing top-level 'dataset = \"...\"'")
-    get_spec(dataset)
+    try:
+        get_spec(dataset)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ValueError(f"{path}: profiles must be tables like [profiles.quick.distill]")
     recipe = _apply(Recipe(dataset=dataset), {k: v for k, v in data.items() if k in SECTIONS}, str(path))
+    variants = {name: _apply(recipe, tables, f"{path} profile {name}") for name, tables in profiles.items()}
     if profile != "full":
-        if profile not in profiles:
+        if profile not in variants:
             raise ValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(profiles)}")
-        recipe = _apply(recipe, profiles[profile], f"{path} profile {profile}")
-    recipe = replace(recipe, profile=profile)
-    return _apply(recipe, parse_overrides(overrides), "--set")
+        recipe = variants[profile]
+    recipe = _apply(replace(recipe, profile=profile), parse_overrides(overrides), "--set")
+    where = f"{path} profile {profile}" + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return _validate(recipe, where)
