@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from challenge_kit.contract import get_spec
 from challenge_kit.storage import KitFileError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -74,6 +75,216 @@ def evaluate(
         table.add_row(str(r + 1), str(s), f"{acc:.4f}")
     table.add_row("mean", "", f"[bold]{result['mean']:.4f}[/bold]")
     Console().print(table)
+
+
+# ------------------------------------------------------------------------------- data and experts
+
+ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"
+
+def _device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _expert_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in ("expert", "status", "epochs", "last acc", "best acc", "size", "note"):
+        table.add_column(name, justify="left" if name in ("expert", "status", "note") else "right")
+    fmt = lambda a: "-" if a is None else f"{a:.4f}"  # noqa: E731
+    for r in rows:
+        epochs = "-" if r["epochs"] is None else f"{r['completed_epochs']}/{r['epochs']}"
+        colour = {"complete": "green", "partial": "yellow", "corrupt": "red"}[r["status"]]
+        table.add_row(r["name"], f"[{colour}]{r['status']}[/{colour}]", epochs, fmt(r["last_acc"]),
+                      fmt(r["best_acc"]), f"{r['size'] / 2**20:.1f} MiB", r["problem"] or r.get("source") or "")
+    return table
+
+
+def expert_progress(bar, count: int, epochs: int):
+    """A ``train_experts`` progress callback drawing one rich bar: expert k/N, epoch, loss, accuracy, ETA."""
+    task = bar.add_task("experts", total=None, status="")
+    state = {"done": 0, "acc": None}
+
+    def on_event(ev: dict) -> None:
+        if ev["kind"] == "plan":
+            bar.update(task, total=ev["total"])
+        elif ev["kind"] in ("skip", "epoch"):
+            state["acc"] = ev.get("acc", state["acc"])
+            state["done"] += ev["kind"] == "skip" or ev["epoch"] == ev["epochs"]
+        else:
+            acc = "" if state["acc"] is None else f" acc {state['acc']:.3f}"
+            bar.update(task, advance=1, status=f"expert {state['done'] + 1}/{count} (#{ev['expert']}) "
+                                               f"epoch {ev['epoch']}/{epochs} loss {ev['loss']:.3f}{acc}")
+
+    return on_event
+
+
+def _store_rows(directory: str) -> list[dict]:
+    from pathlib import Path
+
+    from challenge_kit.experts import store_status
+    from challenge_kit.storage import read_metadata
+
+    rows = []
+    for status in store_status(directory):
+        row = {"name": Path(status.path).stem, **status.to_dict(), "source": None}
+        if status.status != "corrupt":
+            row["source"] = read_metadata(status.path).get("source")
+        rows.append(row)
+    return rows
+
+
+@app.command()
+def reference(
+    dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet"),
+    data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
+    out: str = typer.Option(..., "--out", help="reference file to write, e.g. cifar100_test.pt"),
+    download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    image_folder: bool = typer.Option(False, "--image-folder", help="read ROOT as ImageFolder (ROOT/test/<class>/*)"),
+) -> None:
+    """Build the scorer's reference file {images_val, labels_val} from the real test split."""
+    from challenge_kit.data import build_reference
+    from challenge_kit.progress import console
+
+    try:
+        spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir,
+                               image_folder=image_folder)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    console.print(f"{out}: reference test set for {spec.describe()}")
+    typer.echo(f"spec: {spec.describe()}")
+
+
+@app.command("experts")
+def experts_cmd(
+    dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet (a Tiny ImageNet subset folder is detected)"),
+    data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
+    out: str = typer.Option(..., "--out", help="expert store folder (resumed when it exists)"),
+    num: int | None = typer.Option(None, "--num", "--num-experts",
+                                   help="number of experts (default: recipe); under torchrun write --num-experts"),
+    epochs: int | None = typer.Option(None, "--epochs", help="epochs per expert (default: recipe)"),
+    seed: int | None = typer.Option(None, "--seed", help="base seed (default: recipe)"),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
+    profile: str = typer.Option("full", "--profile", help="recipe profile: full or quick"),
+    overrides: list[str] | None = typer.Option(None, "--set", help="recipe override section.key=value"),
+    distributed: bool = typer.Option(False, "--distributed", help="under torchrun: rank r trains experts r, r+K, ..."),
+    download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
+) -> None:
+    """Train expert trajectories (GSAM + DSA, SPEC section 4) into a resumable store."""
+    from contextlib import nullcontext
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from challenge_kit import experts as ex
+    from challenge_kit.data import load_split
+    from challenge_kit.progress import console, make_progress
+    from challenge_kit.recipes import load_recipe
+
+    try:
+        config = load_recipe(dataset, profile, overrides).experts
+    except ValueError as e:
+        fail(str(e))
+    given = {"num_experts": num, "epochs": epochs, "seed": seed}
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    if config.num_experts < 1 or config.epochs < 1:
+        fail("--num and --epochs must be at least 1")
+    context = ex.distributed(_device(device)) if distributed else nullcontext((0, 1, _device(device)))
+    try:
+        with context as (rank, world, dev):
+            if distributed and rank != 0:
+                dist.barrier()  # rank 0 decodes the data and fills the cache first
+            train = load_split(dataset, data_root, "train", download=download and rank == 0,
+                               cache_dir=cache_dir, image_folder=image_folder)
+            test = load_split(dataset, data_root, "test", cache_dir=cache_dir, image_folder=image_folder)
+            if distributed and rank == 0:
+                dist.barrier()
+            spec = train[2]
+            indices = ex.rank_indices(config.num_experts, rank, world)
+            if rank == 0:
+                console.print(f"{spec.describe()}: {train[0].shape[0]} train / {test[0].shape[0]} test images; "
+                              f"{config.num_experts} experts x {config.epochs} epochs on {dev}"
+                              + (f" over {world} processes" if world > 1 else ""))
+            with make_progress(disable=rank != 0) as bar:
+                ex.train_experts(train[0], train[1], test[0], test[1], spec, config, out, indices=indices,
+                                 device=dev, progress=expert_progress(bar, len(indices), config.epochs))
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    if rank == 0:
+        from rich.console import Console
+
+        Console().print(_expert_table(_store_rows(out), f"{out}: {spec.describe()}"))
+
+
+@app.command("experts-import")
+def experts_import(
+    buffers: list[str] = typer.Argument(..., help="DATM/MTT replay_buffer_{n}.pt files"),
+    dataset: str = typer.Option(..., "--dataset", help="cifar100 or tinyimagenet"),
+    out: str = typer.Option(..., "--out", help="expert store folder to add them to"),
+    data_root: str | None = typer.Option(None, "--data-root", help="dataset folder, to detect a Tiny ImageNet subset"),
+) -> None:
+    """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
+    from challenge_kit.data import dataset_spec
+    from challenge_kit.experts import import_buffers
+    from challenge_kit.progress import console
+
+    try:
+        spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
+        written = import_buffers(buffers, out, spec)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    console.print(f"imported {len(written)} experts into {out} ({spec.describe()})")
+
+
+@app.command("experts-export")
+def experts_export(
+    directory: str = typer.Argument(..., help="ddkit expert store"),
+    out: str = typer.Option(..., "--out", help="folder for replay_buffer_{n}.pt files"),
+    per_file: int = typer.Option(10, "--per-file", help="experts per buffer file (DATM: 10)"),
+) -> None:
+    """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
+    from challenge_kit.experts import export_buffers
+    from challenge_kit.progress import console
+
+    try:
+        written = export_buffers(directory, out, per_file)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    console.print(f"wrote {len(written)} buffer files to {out}")
+
+
+@app.command()
+def info(
+    directory: str = typer.Argument(..., help="ddkit expert store"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list on stdout"),
+) -> None:
+    """List an expert store: epochs done/target, test accuracy (last, best), size, status."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    if not Path(directory).is_dir():
+        fail(f"{directory}: no such expert store")
+    rows = _store_rows(directory)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        fail(f"{directory}: holds no expert files (expert_NNNN.safetensors)")
+    Console().print(_expert_table(rows, directory))
+
+
+__all__ = ["app", "fail", "KitFileError"]
+
+
+PROFILE_HELP = "recipe profile: full (the paper's M-DATM settings) or quick (a CPU smoke run)"
+SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
 
 
 __all__ = ["app", "fail", "KitFileError"]

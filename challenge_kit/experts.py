@@ -1,0 +1,545 @@
+"""Expert trajectories (SPEC section 4): training, the on-disk store, and DATM/MTT buffer interop.
+
+An expert is a ConvNet trained from a random init with GSAM around plain SGD, DSA on every batch and a
+constant learning rate; its flat parameters are saved before training and after every epoch. Each expert is
+one safetensors file (``expert_0007.safetensors``) rewritten atomically after every epoch together with the
+RNG state, so a killed run resumes exactly where it stopped and gives bitwise the result of an uninterrupted
+run (same device and thread count). Every expert draws all its randomness from one CPU generator seeded by
+(seed, expert index): experts are independent of each other, of the order they are trained in and of how
+they are split over processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from challenge_kit import augment
+from challenge_kit.contract import DatasetSpec
+from challenge_kit.models import ConvNet, FunctionalConvNet, ModelConfig, param_shapes, unflatten_params
+from challenge_kit.recipes import ExpertConfig
+from challenge_kit.storage import (
+    KitFileError,
+    load_rows,
+    load_tensors,
+    load_torch,
+    read_metadata,
+    save_tensors,
+    save_torch,
+)
+
+EXPERT_FORMAT = "ddkit-expert"
+EXPERT_VERSION = 1
+OPTIMIZERS = ("gsam", "sgd")
+EVAL_BATCH = 1024
+# Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).
+NOT_TRAJECTORY = ("num_experts", "epochs")
+
+
+def expert_path(out_dir: str | Path, index: int) -> Path:
+    return Path(out_dir) / f"expert_{index:04d}.safetensors"
+
+
+def expert_files(out_dir: str | Path) -> list[Path]:
+    return sorted(Path(out_dir).glob("expert_[0-9][0-9][0-9][0-9].safetensors"))
+
+
+# ------------------------------------------------------------------------------------------ optimizer math
+
+def gsam_perturbation(p: torch.Tensor, g: torch.Tensor, rho: float, adaptive: bool = True) -> torch.Tensor:
+    """e = rho * g * p^2 / (|| |p| * g || + 1e-12) (adaptive), or rho * g / (||g|| + 1e-12)."""
+    if adaptive:
+        return rho * g * p * p / ((p.abs() * g).norm() + 1e-12)
+    return rho * g / (g.norm() + 1e-12)
+
+
+def gsam_gradient(g: torch.Tensor, g_p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """g_p - alpha * (g - (g . g_p / ||g_p||^2) g_p): the perturbed gradient minus alpha times the part of
+    the plain gradient orthogonal to it (GSAM's surrogate-gap term)."""
+    parallel = (g @ g_p) / (g_p @ g_p).clamp_min(torch.finfo(g_p.dtype).tiny)
+    return g_p - alpha * (g - parallel * g_p)
+
+
+def sgd_step(p: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+             buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch.optim.SGD's update (no dampening, no Nesterov) on a flat vector; returns (p, momentum buffer)."""
+    if weight_decay:
+        grad = grad + weight_decay * p
+    if momentum:
+        buf = grad.clone() if buf is None else buf * momentum + grad
+        grad = buf
+    return p - lr * grad, buf
+
+
+def expert_gradient(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    config: ExpertConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss at p, the optimizer's gradient) for one augmented batch; GSAM's two passes see the same batch."""
+    q = p.detach().requires_grad_(True)
+    loss = F.cross_entropy(f(q, x), y)
+    (g,) = torch.autograd.grad(loss, q)
+    if config.optimizer == "sgd":
+        return loss.detach(), g
+    q = (p + gsam_perturbation(p, g, config.rho, config.adaptive)).requires_grad_(True)
+    (g_p,) = torch.autograd.grad(F.cross_entropy(f(q, x), y), q)
+    return loss.detach(), gsam_gradient(g, g_p, config.alpha)
+
+
+@torch.no_grad()
+def accuracy(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> float:
+    f.module.eval()
+    correct = 0
+    for i in range(0, images.shape[0], EVAL_BATCH):
+        correct += (f(p, images[i:i + EVAL_BATCH]).argmax(1) == labels[i:i + EVAL_BATCH]).sum().item()
+    f.module.train()
+    return correct / max(1, images.shape[0])
+
+
+def expert_generator(seed: int, index: int) -> torch.Generator:
+    """The one CPU generator behind everything random in expert ``index`` (init, shuffling, DSA)."""
+    digest = hashlib.sha256(f"ddkit-expert:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
+                labels: torch.Tensor, config: ExpertConfig, gen: torch.Generator,
+                on_step: Callable[[float], None] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """One shuffled pass in ``batch_size`` batches, fresh per-image DSA each; returns (p, buf, mean loss)."""
+    n, device = images.shape[0], images.device
+    perm = torch.randperm(n, generator=gen).to(device)
+    total = torch.zeros((), device=device)
+    for i in range(0, n, config.batch_size):
+        idx = perm[i:i + config.batch_size]
+        # parameters drawn on the CPU generator, so the trajectory does not depend on the device's RNG
+        params = augment.sample(idx.numel(), images.shape[-1], "cpu", generator=gen, group_generator=gen)
+        x = augment.apply(images[idx], params.to(device))
+        loss, grad = expert_gradient(f, p, x, labels[idx], config)
+        p, buf = sgd_step(p, grad, config.lr, config.momentum, config.weight_decay, buf)
+        total += loss * idx.numel()
+        if on_step is not None:
+            on_step(float(loss))
+    return p, buf, float(total) / n
+
+
+# ------------------------------------------------------------------------------------------ reading the store
+
+@dataclass
+class Expert:
+    """One expert file: metadata always, the (k+1, P) snapshots only when asked for."""
+
+    path: Path
+    spec: DatasetSpec
+    model_config: ModelConfig
+    meta: dict
+    complete: bool
+    snapshots: torch.Tensor | None = None
+
+    @property
+    def epochs(self) -> int:
+        """Target epochs (== completed epochs for a complete expert)."""
+        return int(self.meta["epochs"])
+
+    @property
+    def completed_epochs(self) -> int:
+        return int(self.meta["completed_epochs"])
+
+    @property
+    def test_acc(self) -> list[float | None]:
+        return list(self.meta.get("test_acc") or [])
+
+    @property
+    def train_loss(self) -> list[float | None]:
+        return list(self.meta.get("train_loss") or [])
+
+    def snapshot(self, epoch: int) -> torch.Tensor:
+        """Flat parameters after ``epoch`` epochs (0 = init), read alone from disk unless already loaded."""
+        if not 0 <= epoch <= self.completed_epochs:
+            raise IndexError(f"{self.path}: epoch {epoch} not within 0..{self.completed_epochs}")
+        if self.snapshots is not None:
+            return self.snapshots[epoch]
+        row = load_rows(self.path, "snapshots", [epoch])[0]
+        if not torch.isfinite(row).all():
+            raise KitFileError(self.path, f"snapshot {epoch} holds non-finite values")
+        return row
+
+
+def _check_meta(path: Path, meta: dict) -> tuple[DatasetSpec, ModelConfig, bool]:
+    """Validate an expert's metadata; returns (spec, model, complete) or raises KitFileError."""
+    if meta.get("format") != EXPERT_FORMAT:
+        raise KitFileError(path, f"not a ddkit expert (format={meta.get('format')!r})")
+    if meta.get("version") != EXPERT_VERSION:
+        raise KitFileError(path, f"expert format version {meta.get('version')!r}; this kit reads "
+                                 f"{EXPERT_VERSION}")
+    try:
+        spec, model = DatasetSpec.from_dict(meta["spec"]), ModelConfig(**meta["model"])
+        epochs, done = int(meta["epochs"]), int(meta["completed_epochs"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise KitFileError(path, f"expert metadata is incomplete or malformed ({e!r})") from None
+    if not 0 <= done <= epochs:
+        raise KitFileError(path, f"completed_epochs {done} is not within 0..{epochs}")
+    for key in ("train_loss", "test_acc"):
+        if not isinstance(meta.get(key), list) or len(meta[key]) != done:
+            raise KitFileError(path, f"metadata {key!r} must list one value per completed epoch ({done})")
+    return spec, model, done == epochs
+
+
+def _num_params(model: ModelConfig) -> int:
+    return sum(s.numel() for _, s in param_shapes(ConvNet(model)))
+
+
+def _load_checked(path: Path) -> tuple[dict[str, torch.Tensor], dict, DatasetSpec, ModelConfig, bool]:
+    """All tensors and metadata of one expert file, fully validated (values included)."""
+    if not path.is_file():
+        raise KitFileError(path, "no such expert file")
+    tensors, meta = load_tensors(path)
+    spec, model, complete = _check_meta(path, meta)
+    snapshots = tensors.get("snapshots")
+    done, P = int(meta["completed_epochs"]), _num_params(model)
+    if snapshots is None:
+        raise KitFileError(path, "has no 'snapshots' tensor")
+    if snapshots.dtype != torch.float32 or tuple(snapshots.shape) != (done + 1, P):
+        raise KitFileError(path, f"snapshots are {snapshots.dtype} {tuple(snapshots.shape)}, expected "
+                                 f"float32 ({done + 1}, {P}) for {done} completed epochs of this model")
+    if not torch.isfinite(snapshots).all():
+        raise KitFileError(path, "snapshots hold non-finite values")
+    return tensors, meta, spec, model, complete
+
+
+def read_expert(path: str | Path, *, snapshots: bool = True) -> Expert:
+    """Load and validate one expert; ``snapshots=False`` reads only the header (cheap: listing, sampling).
+
+    Raises KitFileError for anything unreadable or inconsistent. Partial experts load with ``complete=False``.
+    """
+    path = Path(path)
+    if snapshots:
+        tensors, meta, spec, model, complete = _load_checked(path)
+        return Expert(path, spec, model, meta, complete, tensors["snapshots"])
+    if not path.is_file():
+        raise KitFileError(path, "no such expert file")
+    meta = read_metadata(path)
+    spec, model, complete = _check_meta(path, meta)
+    with safe_open(str(path), framework="pt") as f:  # the header gives the shape without reading values
+        if "snapshots" not in f.keys():
+            raise KitFileError(path, "has no 'snapshots' tensor")
+        shape = tuple(f.get_slice("snapshots").get_shape())
+    expected = (int(meta["completed_epochs"]) + 1, _num_params(model))
+    if shape != expected:
+        raise KitFileError(path, f"snapshots have shape {shape}, expected {expected}")
+    return Expert(path, spec, model, meta, complete)
+
+
+@dataclass
+class ExpertStatus:
+    """One row of a store listing: what ``ddkit info`` prints."""
+
+    path: Path
+    status: str  # complete | partial | corrupt
+    completed_epochs: int | None = None
+    epochs: int | None = None
+    test_acc: list | None = None
+    size: int = 0
+    problem: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        accs = [a for a in (self.test_acc or []) if a is not None]
+        d["last_acc"], d["best_acc"] = (accs[-1], max(accs)) if accs else (None, None)
+        return d
+
+
+def inspect_expert(path: str | Path) -> ExpertStatus:
+    """Full validation (values included) of one file, reported rather than raised."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        e = read_expert(path)
+    except KitFileError as err:
+        return ExpertStatus(path, "corrupt", size=size, problem=err.problem)
+    return ExpertStatus(path, "complete" if e.complete else "partial", e.completed_epochs, e.epochs,
+                        e.test_acc, size)
+
+
+def store_status(out_dir: str | Path) -> list[ExpertStatus]:
+    return [inspect_expert(p) for p in expert_files(out_dir)]
+
+
+def complete_experts(out_dir: str | Path) -> list[Path]:
+    """Paths of a store's complete experts (header check only); corrupt files are skipped with a warning."""
+    paths = []
+    for path in expert_files(out_dir):
+        try:
+            if read_expert(path, snapshots=False).complete:
+                paths.append(path)
+        except KitFileError as e:
+            warnings.warn(f"skipping {e}", RuntimeWarning, stacklevel=2)
+    return paths
+
+
+class ExpertStore:
+    """A folder of expert files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def paths(self) -> list[Path]:
+        return expert_files(self.root)
+
+    def complete(self) -> list[Expert]:
+        """Complete experts, headers only (use ``Expert.snapshot`` to read single epochs)."""
+        return [read_expert(p, snapshots=False) for p in complete_experts(self.root)]
+
+    def status(self) -> list[ExpertStatus]:
+        return store_status(self.root)
+
+    def next_index(self) -> int:
+        paths = self.paths()
+        return int(paths[-1].stem.split("_")[1]) + 1 if paths else 0
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int,
+              num_train: int) -> dict:
+    """What must match for an existing file to be continued rather than retrained."""
+    trajectory = {k: v for k, v in asdict(config).items() if k not in NOT_TRAJECTORY}
+    return {"spec": spec.to_dict(), "model": model.to_dict(), "optimizer": trajectory, "index": index,
+            "num_train": num_train}
+
+
+def _identity_of(meta: dict) -> dict:
+    trajectory = {k: v for k, v in (meta.get("optimizer") or {}).items() if k not in NOT_TRAJECTORY}
+    return {"spec": meta.get("spec"), "model": meta.get("model"), "optimizer": trajectory,
+            "index": meta.get("index"), "num_train": meta.get("num_train")}
+
+
+def _resume(path: Path, identity: dict, momentum: bool):
+    """((snapshots, rng_state, buf, meta) to continue from, or None), and why a file cannot be continued."""
+    if not path.exists():
+        return None, None
+    try:
+        tensors, meta, *_ = _load_checked(path)
+    except KitFileError as err:
+        return None, err.problem
+    if meta.get("source"):
+        raise KitFileError(path, f"holds an imported expert ({meta['source']}); train into another folder")
+    if _identity_of(meta) != identity:
+        return None, "trained with a different spec, model, optimizer config, seed or training set"
+    no_buf = momentum and meta["completed_epochs"] and "momentum_buffer" not in tensors
+    if "rng_state" not in tensors or no_buf:
+        return None, "has no saved RNG/optimizer state to continue from"
+    return (tensors["snapshots"], tensors["rng_state"], tensors.get("momentum_buffer"), meta), None
+
+
+def _save(path: Path, snapshots: list[torch.Tensor], gen: torch.Generator, buf: torch.Tensor | None,
+          meta: dict) -> None:
+    tensors = {"snapshots": torch.stack(snapshots), "rng_state": gen.get_state()}
+    if buf is not None:
+        tensors["momentum_buffer"] = buf
+    save_tensors(tensors, path, meta)
+
+
+def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                 test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
+                 model: ModelConfig | None = None, progress: Callable[[dict], None] | None = None) -> Path:
+    """Train (or continue, or skip) expert ``index``; data tensors must already be on the training device."""
+    model = model or ModelConfig.for_spec(spec)
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"expert optimizer {config.optimizer!r} is not one of {OPTIMIZERS}")
+    path = expert_path(out_dir, index)
+    device = images.device
+    f = FunctionalConvNet(model, device=device)
+    identity = _identity(spec, model, config, index, images.shape[0])
+    state, problem = _resume(path, identity, bool(config.momentum))
+    emit = progress or (lambda event: None)
+    if problem:
+        warnings.warn(f"{path}: {problem}; retraining it", RuntimeWarning, stacklevel=2)
+    if state is not None and state[3]["completed_epochs"] >= config.epochs:
+        emit({"kind": "skip", "expert": index})
+        return path
+    if state is None:
+        gen = expert_generator(config.seed, index)
+        p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
+        snapshots, buf = [p.detach().cpu()], None
+        meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
+                "model": model.to_dict(), "optimizer": asdict(config), "seed": config.seed, "index": index,
+                "num_train": images.shape[0], "num_test": test_images.shape[0], "completed_epochs": 0,
+                "train_loss": [], "test_acc": [], "epoch_seconds": [], "epochs": config.epochs}
+        _save(path, snapshots, gen, buf, meta)  # visible, and resumable, from the init on
+    else:
+        rows, rng_state, buf, meta = state
+        gen = torch.Generator()
+        gen.set_state(rng_state)
+        snapshots = list(rows)
+        p = rows[-1].to(device)
+        buf = buf.to(device) if buf is not None else None
+    meta = {**meta, "epochs": config.epochs, "optimizer": asdict(config)}
+    steps = -(-images.shape[0] // config.batch_size)
+    for epoch in range(meta["completed_epochs"] + 1, config.epochs + 1):
+        start = time.perf_counter()
+        on_step = partial(_step_event, emit, index, epoch, steps)
+        p, buf, loss = train_epoch(f, p, buf, images, labels, config, gen, on_step)
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(f"expert {index} diverged in epoch {epoch} (non-finite parameters)")
+        acc = accuracy(f, p, test_images, test_labels)
+        snapshots.append(p.detach().cpu())
+        meta = {**meta, "completed_epochs": epoch, "train_loss": meta["train_loss"] + [loss],
+                "test_acc": meta["test_acc"] + [acc],
+                "epoch_seconds": meta.get("epoch_seconds", []) + [time.perf_counter() - start]}
+        _save(path, snapshots, gen, buf, meta)
+        emit({"kind": "epoch", "expert": index, "epoch": epoch, "epochs": config.epochs, "loss": loss,
+              "acc": acc, "seconds": meta["epoch_seconds"][-1]})
+    return path
+
+
+def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int, loss: float) -> None:
+    emit({"kind": "step", "expert": index, "epoch": epoch, "loss": loss, "steps": steps})
+
+
+def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertConfig, num_train: int) -> int:
+    """Optimizer steps left to do (from file headers), for a progress bar's total."""
+    per_epoch = -(-num_train // config.batch_size)
+    total = 0
+    for index in indices:
+        try:
+            done = int(read_metadata(expert_path(out_dir, index)).get("completed_epochs", 0))
+        except (KitFileError, TypeError, ValueError):
+            done = 0
+        total += max(0, config.epochs - done) * per_epoch
+    return total
+
+
+def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                  test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
+                  indices: Iterable[int] | None = None, device: str | torch.device = "cpu",
+                  progress: Callable[[dict], None] | None = None, model: ModelConfig | None = None,
+                  ) -> list[Path]:
+    """Train experts ``indices`` (default all ``config.num_experts``) into ``out_dir``, resuming the store.
+
+    ``progress`` receives dict events: ``plan`` (total steps), ``step``, ``epoch``, ``skip``.
+    """
+    indices = list(range(config.num_experts) if indices is None else indices)
+    device = torch.device(device)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress({"kind": "plan", "total": planned_steps(out_dir, indices, config, images.shape[0]),
+                  "experts": indices})
+    images, labels = images.to(device), labels.to(device)
+    test_images, test_labels = test_images.to(device), test_labels.to(device)
+    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, model=model,
+                         progress=progress) for i in indices]
+
+
+# ------------------------------------------------------------------------------------------ scale-out
+
+def rank_indices(num: int, rank: int, world: int) -> list[int]:
+    """Rank ``r`` of ``K`` trains experts r, r + K, r + 2K, ..."""
+    return list(range(rank, num, world))
+
+
+@contextmanager
+def distributed(device: str | torch.device) -> Iterator[tuple[int, int, torch.device]]:
+    """Join the torchrun job (env://): yields (rank, world size, this rank's device); barrier on exit.
+
+    Only rank and world size are used: experts are independent, so nothing is communicated.
+    """
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    # experts of different ranks finish hours apart: the final barrier must outwait them
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(days=7))
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------ DATM/MTT buffers
+
+def infer_model_config(shapes: list[tuple[int, ...]], spec: DatasetSpec) -> ModelConfig:
+    """The ConvNet a list of parameter shapes belongs to (depth, width, norm), for buffers from other code."""
+    convs = [s for s in shapes if len(s) == 4]
+    if not convs or (len(shapes) - 2) % len(convs):
+        raise ValueError(f"parameter shapes {shapes} are not a DC/MTT ConvNet")
+    per_block = (len(shapes) - 2) // len(convs)
+    norm = "none" if per_block == 2 else "layernorm" if len(shapes[2]) == 3 else "instancenorm"
+    return ModelConfig.for_spec(spec, depth=len(convs), width=convs[0][0], norm=norm)
+
+
+def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: DatasetSpec,
+                   model: ModelConfig | None = None) -> list[Path]:
+    """Copy DATM/MTT ``replay_buffer_{n}.pt`` trajectories into the store, numbered after its experts.
+
+    A buffer is a list of trajectories, each a list of snapshots, each a list of tensors in
+    ``net.parameters()`` order; every snapshot is checked against the model (inferred unless given).
+    """
+    store = ExpertStore(out_dir)
+    store.root.mkdir(parents=True, exist_ok=True)
+    index, written = store.next_index(), []
+    for file in files:
+        buffer = load_torch(file)
+        if not isinstance(buffer, list) or not buffer:
+            raise KitFileError(file, "not a replay buffer (expected a non-empty list of trajectories)")
+        for t, trajectory in enumerate(buffer):
+            if not isinstance(trajectory, list) or not trajectory:
+                raise KitFileError(file, f"trajectory {t} is not a non-empty list of snapshots")
+            for s, snap in enumerate(trajectory):
+                if not isinstance(snap, list) or not all(isinstance(x, torch.Tensor) for x in snap):
+                    raise KitFileError(file, f"trajectory {t} snapshot {s} is not a list of tensors")
+            if model is None:
+                try:
+                    model = infer_model_config([tuple(x.shape) for x in trajectory[0]], spec)
+                except ValueError as e:
+                    raise KitFileError(file, str(e)) from None
+            expected = [tuple(s) for _, s in param_shapes(ConvNet(model))]
+            for s, snap in enumerate(trajectory):
+                got = [tuple(x.shape) for x in snap]
+                if got != expected:
+                    raise KitFileError(file, f"trajectory {t} snapshot {s}: parameter shapes {got} do not "
+                                             f"match {model} for {spec.describe()} ({expected})")
+            flat = torch.stack([torch.cat([x.detach().float().reshape(-1) for x in snap])
+                                for snap in trajectory])
+            if not torch.isfinite(flat).all():
+                raise KitFileError(file, f"trajectory {t} holds non-finite values")
+            k = flat.shape[0] - 1
+            meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
+                    "model": model.to_dict(), "optimizer": None, "seed": None, "index": index, "epochs": k,
+                    "completed_epochs": k, "train_loss": [None] * k, "test_acc": [None] * k,
+                    "source": f"{Path(file).name}[{t}]"}
+            written.append(save_tensors({"snapshots": flat}, expert_path(out_dir, index), meta))
+            index += 1
+    return written
+
+
+def export_buffers(store_dir: str | Path, out_dir: str | Path, per_file: int = 10) -> list[Path]:
+    """Write the store's complete experts as DATM/MTT ``replay_buffer_{n}.pt`` files, ``per_file`` each."""
+    if per_file < 1:
+        raise ValueError(f"experts per file must be at least 1, got {per_file}")
+    experts = ExpertStore(store_dir).complete()
+    if not experts:
+        raise KitFileError(store_dir, "no complete experts to export")
+    written = []
+    for n, first in enumerate(range(0, len(experts), per_file)):
+        buffer = []
+        for e in experts[first:first + per_file]:
+            shapes = param_shapes(ConvNet(e.model_config))
+            rows = read_expert(e.path).snapshots
+            buffer.append([[v.clone() for v in unflatten_params(row, shapes).values()] for row in rows])
+        written.append(save_torch(buffer, Path(out_dir) / f"replay_buffer_{n}.pt"))
+    return written

@@ -1,0 +1,308 @@
+"""Real-data loading on files written in the real formats: CIFAR-100 pickles, a Tiny ImageNet tree, ImageFolder."""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from challenge_kit import data
+from challenge_kit.cli import app
+from challenge_kit.contract import CIFAR100, TINYIMAGENET, denormalize, normalize
+from challenge_kit.data import dataset_spec, default_cache_dir, load_split
+from challenge_kit.storage import KitFileError, load_torch
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch):
+    """Never write into the real ~/.cache; the read-only fallback lands here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "ddkit"
+
+
+def write_cifar(root: Path, n_train: int = 30, n_test: int = 20, seed: int = 0) -> dict:
+    """A small ``cifar-100-python`` set with the real keys (Python-2 style: protocol 2, latin1-decodable)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n).tolist()
+        d = {"filenames": [f"img_{i}.png" for i in range(n)], "batch_label": f"{split}ing batch 1 of 1",
+             "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
+             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        if split == "test":  # the originals' keys come back as bytes when not decoded: accept both
+            d = {k.encode(): v for k, v in d.items()}
+        (folder / split).write_bytes(pickle.dumps(d, protocol=2))
+        out[split] = d
+    names = [f"class_{i:03d}" for i in range(100)]
+    meta = {"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return out
+
+
+def _color(label: int) -> tuple[int, int, int]:
+    return (40 + 60 * label, 200 - 50 * label, 90 + 30 * (label % 3))
+
+
+def write_tiny(root: Path, wnids=("n03000000", "n01000000", "n02000000"), per_class: int = 3) -> dict:
+    """A ``tiny-imagenet-200``-layout tree: each class a solid colour (by sorted position); one grayscale image.
+
+    wnids.txt is written in the given (unsorted) order; val annotations are shuffled.
+    """
+    order = sorted(wnids)
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            Image.new("RGB", (64, 64), _color(order.index(wnid))).save(folder / f"{wnid}_{k}.JPEG", quality=95)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    Image.new("L", (64, 64), 77).save(root / "train" / wnids[0] / "images" / f"{wnids[0]}_gray.JPEG")
+    lines, truth = [], {}
+    for i in range(2 * len(wnids)):
+        wnid = wnids[(i * 2) % len(wnids)]
+        name = f"val_{i}.JPEG"
+        Image.new("RGB", (64, 64), _color(order.index(wnid))).save(root / "val" / "images" / name, quality=95)
+        lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+        truth[name] = order.index(wnid)
+    lines.reverse()
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return truth
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR-100
+
+def test_cifar_pickles_load_as_normalized_challenge_tensors(tmp_path):
+    raw = write_cifar(tmp_path)
+    x, y, spec = load_split("cifar100", tmp_path, "train")
+    assert spec == CIFAR100 and spec.challenge
+    assert x.shape == (30, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert y.tolist() == raw["train"]["fine_labels"]
+    pixels = torch.from_numpy(raw["train"]["data"]).view(-1, 3, 32, 32).float() / 255  # CHW rows, R then G then B
+    assert torch.equal(x, normalize(pixels, CIFAR100))
+    assert torch.allclose(denormalize(x, CIFAR100), pixels, atol=1e-6)
+    xt, yt, _ = load_split("cifar100", tmp_path, "test")
+    assert xt.shape == (20, 3, 32, 32) and yt.tolist() == raw["test"][b"fine_labels"]
+
+
+def test_cifar_missing_files_name_the_layout(tmp_path):
+    with pytest.raises(KitFileError, match=r"cifar-100-python/train.*cifar-100-python/\{train,test,meta\}"):
+        load_split("cifar100", tmp_path, "train")
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-100-python" / "meta").unlink()
+    with pytest.raises(KitFileError, match="meta"):
+        load_split("cifar100", tmp_path, "test")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": _Boom()}, protocol=2))
+    with pytest.raises(KitFileError, match="not allowed"):
+        load_split("cifar100", tmp_path, "train")
+    assert not (Path.cwd() / "pwned").exists()
+
+
+def test_cifar_bad_content_is_one_clear_error(tmp_path):
+    write_cifar(tmp_path)
+    path = tmp_path / "cifar-100-python" / "train"
+    d = {"data": np.zeros((4, 3072), np.uint8), "fine_labels": [0, 1, 2, 100]}
+    path.write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(KitFileError, match="labels outside 0..99"):
+        load_split("cifar100", tmp_path, "train")
+    path.write_bytes(b"\x80\x02truncated")
+    with pytest.raises(KitFileError, match="not a CIFAR-100 python pickle"):
+        load_split("cifar100", tmp_path, "train")
+
+
+def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, monkeypatch):
+    write_cifar(tmp_path)
+    first = load_split("cifar100", tmp_path, "train")
+    assert list((tmp_path / ".ddkit-cache").glob("cifar100-train-*.safetensors"))
+    real_reader = data.read_cifar100
+
+    def must_not_decode(*a, **k):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(data, "read_cifar100", must_not_decode)
+    again = load_split("cifar100", tmp_path, "train")
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
+    write_cifar(tmp_path, seed=1)  # same sizes, new content
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_split("cifar100", tmp_path, "train")
+    monkeypatch.setattr(data, "read_cifar100", real_reader)
+    changed = load_split("cifar100", tmp_path, "train")
+    assert not torch.equal(changed[0], first[0])
+    assert len(list((tmp_path / ".ddkit-cache").glob("cifar100-train-*.safetensors"))) == 1  # stale entry gone
+
+
+# ------------------------------------------------------------------------------------------ Tiny ImageNet
+
+def test_tiny_tree_classes_sorted_labels_match_annotations(tmp_path):
+    truth = write_tiny(tmp_path)
+    x, y, spec = load_split("tinyimagenet", tmp_path, "train")
+    assert spec.class_names == ("n01000000", "n02000000", "n03000000") and spec.num_classes == 3
+    assert not spec.challenge and spec.image_size == 64 and spec.mean == TINYIMAGENET.mean
+    assert x.shape == (10, 3, 64, 64) and y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    pixels = denormalize(x, spec)
+    gray = pixels[6:10][[i for i in range(4) if pixels[6 + i].std(0).max() < 1e-5]]
+    assert len(gray) == 1 and abs(float(gray.mean()) - 77 / 255) < 0.01  # grayscale JPEG became RGB
+    for img, label in zip(pixels, y.tolist(), strict=True):
+        if img.std(0).max() > 1e-5:
+            colour = torch.tensor(_color(label)) / 255
+            assert torch.allclose(img.mean((1, 2)), colour, atol=0.02)
+    xv, yv, vspec = load_split("tinyimagenet", tmp_path, "test")
+    assert vspec == spec
+    names = sorted(truth)  # val images come in file-name order
+    assert yv.tolist() == [truth[n] for n in names]
+    for img, label in zip(denormalize(xv, spec), yv.tolist(), strict=True):  # the image's content agrees
+        assert torch.allclose(img.mean((1, 2)), torch.tensor(_color(label)) / 255, atol=0.02)
+
+
+def test_tiny_full_200_classes_is_the_challenge_spec(tmp_path):
+    wnids = [f"n{i:08d}" for i in range(200)]
+    (tmp_path / "wnids.txt").write_text("\n".join(reversed(wnids)))
+    for w in wnids:
+        (tmp_path / "train" / w / "images").mkdir(parents=True)
+    spec = dataset_spec("tinyimagenet", tmp_path)
+    assert spec == TINYIMAGENET and spec.challenge
+
+
+def test_tiny_parent_folder_is_accepted(tmp_path):
+    write_tiny(tmp_path / "tiny-imagenet-200")
+    assert dataset_spec("tinyimagenet", tmp_path).num_classes == 3
+
+
+def test_tiny_missing_pieces_name_the_path(tmp_path):
+    with pytest.raises(KitFileError, match=r"train: not found; expected ROOT/\{wnids.txt"):
+        load_split("tinyimagenet", tmp_path, "train")
+    write_tiny(tmp_path)
+    (tmp_path / "val" / "val_annotations.txt").unlink()
+    with pytest.raises(KitFileError, match="val_annotations.txt: not found"):
+        load_split("tinyimagenet", tmp_path, "test")
+    (tmp_path / "wnids.txt").write_text("n01000000\nn09999999\n")
+    with pytest.raises(KitFileError, match="n09999999/images: not found"):
+        load_split("tinyimagenet", tmp_path, "train")
+
+
+def test_tiny_val_listing_a_missing_file_is_an_error(tmp_path):
+    write_tiny(tmp_path)
+    (tmp_path / "val" / "images" / "val_0.JPEG").unlink()
+    with pytest.raises(KitFileError, match="val_0.JPEG: listed in val/val_annotations.txt but not found"):
+        load_split("tinyimagenet", tmp_path, "test")
+
+
+def test_tiny_cache_hit_and_changed_file_invalidates(tmp_path, monkeypatch):
+    write_tiny(tmp_path)
+    first = load_split("tinyimagenet", tmp_path, "train")
+    calls = []
+    real = data.decode_images
+    monkeypatch.setattr(data, "decode_images", lambda *a: calls.append(a) or real(*a))
+    again = load_split("tinyimagenet", tmp_path, "train")
+    assert calls == [] and torch.equal(again[0], first[0])
+    img = tmp_path / "train" / "n02000000" / "images" / "n02000000_1.JPEG"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(img, quality=50)
+    changed = load_split("tinyimagenet", tmp_path, "train")
+    assert len(calls) == 1 and not torch.equal(changed[0], first[0])
+
+
+def test_changed_class_list_is_never_served_from_the_old_entry(tmp_path):
+    write_tiny(tmp_path)
+    load_split("tinyimagenet", tmp_path, "train")
+    (tmp_path / "wnids.txt").write_text("n01000000\nn03000000\n")
+    x, y, spec = load_split("tinyimagenet", tmp_path, "train")
+    assert spec.class_names == ("n01000000", "n03000000") and x.shape[0] == 7 and y.max() == 1
+
+
+def test_read_only_root_falls_back_to_the_user_cache(tmp_path, user_cache):
+    write_tiny(tmp_path / "ro")
+    os.chmod(tmp_path / "ro", 0o555)
+    try:
+        assert default_cache_dir(tmp_path / "ro") == user_cache
+        load_split("tinyimagenet", tmp_path / "ro", "test")
+        assert not (tmp_path / "ro" / ".ddkit-cache").exists()
+        assert list(user_cache.glob("tinyimagenet-test-*.safetensors"))
+    finally:
+        os.chmod(tmp_path / "ro", 0o755)
+    assert default_cache_dir(tmp_path / "ro") == tmp_path / "ro" / ".ddkit-cache"
+
+
+# -------------------------------------------------------------------------------------------- ImageFolder
+
+def test_image_folder_is_resized_sorted_and_never_a_challenge_spec(tmp_path):
+    for split, n in (("train", 2), ("test", 1)):
+        for c, name in enumerate(("zebra", "apple")):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (40, 30), _color(c)).save(folder / f"{k}.png")
+    x, y, spec = load_split("cifar100", tmp_path, "train", image_folder=True)
+    assert spec.class_names == ("apple", "zebra") and spec.num_classes == 2 and not spec.challenge
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
+    assert torch.allclose(denormalize(x[0], spec).mean((1, 2)), torch.tensor(_color(1)) / 255, atol=1e-2)
+    xt, yt, _ = load_split("cifar100", tmp_path, "test", image_folder=True)
+    assert xt.shape == (2, 3, 32, 32) and yt.tolist() == [0, 1]
+
+
+# -------------------------------------------------------------------------------------- the shared mini set
+
+@pytest.mark.skipif(not MINI.is_dir(), reason="shared tiny-imagenet-mini not present")
+def test_shared_mini_set(user_cache):
+    wnids = sorted(MINI.joinpath("wnids.txt").read_text().split())
+    x, y, spec = load_split("tinyimagenet", MINI, "train")
+    assert spec.num_classes == 20 and spec.class_names == tuple(wnids) and not spec.challenge
+    assert x.shape == (2000, 3, 64, 64) and torch.equal(y.bincount(), torch.full((20,), 100))
+    pixels = denormalize(x, spec)
+    assert pixels.min() > -1e-5 and pixels.max() < 1 + 1e-5
+    first = np.array(Image.open(MINI / "train" / wnids[0] / "images" / f"{wnids[0]}_0.JPEG").convert("RGB"))
+    expect = normalize(torch.from_numpy(first).permute(2, 0, 1).float() / 255, spec)
+    assert any(torch.equal(expect, img) for img in x[:100])
+    xv, yv, _ = load_split("tinyimagenet", MINI, "test")
+    assert xv.shape == (1000, 3, 64, 64) and torch.equal(yv.bincount(), torch.full((20,), 50))
+    lines = [ln.split("\t") for ln in MINI.joinpath("val", "val_annotations.txt").read_text().splitlines()]
+    for name, wnid, *_ in lines[:5]:
+        img = np.array(Image.open(MINI / "val" / "images" / name).convert("RGB"))
+        row = normalize(torch.from_numpy(img).permute(2, 0, 1).float() / 255, spec)
+        (match,) = [i for i in range(len(xv)) if torch.equal(xv[i], row)]
+        assert int(yv[match]) == wnids.index(wnid)
+    assert not (MINI / ".ddkit-cache").exists()  # the shared folder is read-only: cache went to the user's
+    assert len(list(user_cache.glob("tinyimagenet-*.safetensors"))) == 2
+
+
+# -------------------------------------------------------------------------------------- ddkit reference
+
+def test_reference_command_writes_the_scorer_file(tmp_path):
+    raw = write_cifar(tmp_path)
+    out = tmp_path / "cifar100_test.pt"
+    result = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "spec: cifar100: 100 classes x 10 IPC, 3x32x32, challenge" in result.output
+    ref = load_torch(out)
+    assert set(ref) == {"images_val", "labels_val"}
+    assert ref["images_val"].shape == (20, 3, 32, 32) and ref["images_val"].dtype == torch.float32
+    assert ref["labels_val"].dtype == torch.int64 and ref["labels_val"].tolist() == raw["test"][b"fine_labels"]
+    missing = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "nope"),
+                                       "--out", str(out)])
+    assert missing.exit_code == 1 and "error:" in missing.output and "nope" in missing.output
+
+
+def test_reference_command_on_a_tiny_subset_says_subset(tmp_path):
+    write_tiny(tmp_path / "tiny")
+    out = tmp_path / "ref.pt"
+    result = CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(tmp_path / "tiny"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 classes" in result.output and "subset" in result.output
+    assert load_torch(out)["images_val"].shape == (6, 3, 64, 64)
