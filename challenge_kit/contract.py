@@ -64,11 +64,20 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetSpec:
+        """Inverse of ``to_dict``; specs come from files, so a wrong one is refused (ValueError)."""
         names = d.get("class_names")
-        return cls(name=d["name"], num_classes=int(d["num_classes"]), image_size=int(d["image_size"]),
-                   ipc=int(d["ipc"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   channels=int(d.get("channels", 3)), challenge=bool(d.get("challenge", False)),
-                   class_names=tuple(names) if names is not None else None)
+        spec = cls(name=str(d["name"]), num_classes=int(d["num_classes"]), image_size=int(d["image_size"]),
+                   ipc=int(d["ipc"]), mean=tuple(float(m) for m in d["mean"]),
+                   std=tuple(float(s) for s in d["std"]), channels=int(d.get("channels", 3)),
+                   challenge=bool(d.get("challenge", False)),
+                   class_names=tuple(str(n) for n in names) if names is not None else None)
+        if min(spec.num_classes, spec.image_size, spec.ipc, spec.channels) < 1 \
+                or len(spec.mean) != spec.channels or len(spec.std) != spec.channels or min(spec.std) <= 0 \
+                or (spec.class_names is not None and len(spec.class_names) != spec.num_classes):
+            raise ValueError(f"not a valid dataset spec: {d!r}")
+        if spec.challenge and SPECS.get(spec.name) != spec:
+            raise ValueError(f"spec claims to be the {spec.name!r} challenge spec but differs from it: {d!r}")
+        return spec
 
     def describe(self) -> str:
         kind = "challenge" if self.challenge else "subset (not a challenge submission)"

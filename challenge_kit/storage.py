@@ -148,5 +148,9 @@ class DistilledArtifact:
             if key not in tensors:
                 raise KitFileError(path, f"artifact has no {key!r} tensor")
         extra = {k: v for k, v in meta.items() if k not in ("format", "version", "spec", "labels")}
+        try:
+            spec = DatasetSpec.from_dict(meta["spec"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise KitFileError(path, f"artifact metadata has no valid spec ({e!r})") from None
         lr = float(tensors["lr"].item()) if "lr" in tensors else None
-        return cls(tensors["images"], tensors["labels"], DatasetSpec.from_dict(meta["spec"]), lr, extra)
+        return cls(tensors["images"], tensors["labels"], spec, lr, extra)

@@ -120,3 +120,22 @@ def test_spec_for_shape():
     assert spec_for_shape((1000, 3, 64, 64)) is None
     assert spec_for_shape((999, 3, 32, 32)) is None
     assert spec_for_shape((3, 32, 32)) is None
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"mean": [0.5, 0.5]}, "not a valid dataset spec"),
+    ({"std": [0.2, 0.0, 0.2]}, "not a valid dataset spec"),
+    ({"ipc": 0}, "not a valid dataset spec"),
+    ({"class_names": ["a"]}, "not a valid dataset spec"),
+    ({"num_classes": 10}, "claims to be the 'cifar100' challenge spec"),
+    ({"mean": [0.5, 0.5, 0.5]}, "claims to be the 'cifar100' challenge spec"),
+    ({"name": "cifar10"}, "claims to be the 'cifar10' challenge spec"),
+])
+def test_from_dict_refuses_invalid_or_fake_challenge_specs(change, match):
+    with pytest.raises(ValueError, match=match):
+        DatasetSpec.from_dict({**CIFAR100.to_dict(), **change})
+    with pytest.raises(KeyError):
+        DatasetSpec.from_dict({"name": "cifar100"})
+    # the same numbers are a fine subset spec when they do not claim to be the challenge
+    if "num_classes" in change:
+        assert not DatasetSpec.from_dict({**CIFAR100.to_dict(), **change, "challenge": False}).challenge

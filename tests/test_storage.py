@@ -178,3 +178,11 @@ def test_distilled_artifact_refuses_other_files(tmp_path):
     partial = save_tensors({"images": torch.zeros(1)}, tmp_path / "p.safetensors", {"format": ARTIFACT_FORMAT})
     with pytest.raises(KitFileError, match="no 'labels' tensor"):
         DistilledArtifact.load(partial)
+
+
+def test_distilled_artifact_with_a_bad_spec_is_a_kit_file_error(tmp_path):
+    bad = {**CIFAR100.to_dict(), "num_classes": 3}  # claims to be the challenge spec, is not
+    path = save_tensors({"images": torch.zeros(3, 3, 32, 32), "labels": torch.arange(3)}, tmp_path / "b.safetensors",
+                        {"format": ARTIFACT_FORMAT, "spec": bad})
+    with pytest.raises(KitFileError, match=r"b\.safetensors: artifact metadata has no valid spec"):
+        DistilledArtifact.load(path)
