@@ -66,8 +66,9 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    table = Table(title=f"{spec.name}: {epochs} epochs x {rounds} rounds on {result['device']}"
-                        + ("" if result["official"] else " (not the official recipe)"))
+    table = Table(title=f"{spec.name} test accuracy",
+                  caption=f"{epochs} epochs x {rounds} rounds on {result['device']}"
+                          + ("" if result["official"] else " (not the official recipe)"))
     table.add_column("round", justify="right")
     table.add_column("seed", justify="right")
     table.add_column("test accuracy", justify="right")
@@ -287,4 +288,95 @@ PROFILE_HELP = "recipe profile: full (the paper's M-DATM settings) or quick (a C
 SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
 
 
-__all__ = ["app", "fail", "KitFileError"]
+def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
+    import json
+
+    from rich.table import Table
+
+    from challenge_kit.progress import console
+
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"exported to {out}")
+    table.add_column("item")
+    table.add_column("value")
+    run = manifest.get("run", {})
+    for key, value in [("file", manifest["file"]), ("sha256", manifest["sha256"][:16] + "..."),
+                       ("shape", "x".join(map(str, manifest["shape"]))),
+                       ("challenge submission", "yes" if manifest["challenge_submission"] else "NO (subset spec)"),
+                       ("iterations", run.get("iterations")), ("skipped updates", run.get("skipped")),
+                       ("best iteration", manifest.get("best_iteration")),
+                       ("selection accuracy", manifest.get("selection_accuracy")),
+                       ("verify", "PASS" if manifest["verify"]["ok"] else "FAIL")]:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def distill(
+    dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet (a mini folder gives a subset spec)"),
+    experts_dir: str = typer.Option(..., "--experts", help="expert store written by `ddkit experts`"),
+    out: str = typer.Option(..., "--out", help="run directory (checkpoint, best set, run.json)"),
+    data_root: str = typer.Option(..., "--data-root", help="real data (initialization and model selection)"),
+    profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+) -> None:
+    """Run M-DATM trajectory matching; the best set (by the scorer's recipe) lands in OUT/best.safetensors."""
+    from challenge_kit.pipeline import run_distill
+    from challenge_kit.recipes import load_recipe
+
+    try:
+        recipe = load_recipe(dataset, profile, overrides)
+        state = run_distill(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped, best iteration "
+               f"{state.best_iteration} (accuracy {state.best_acc:.4f})", err=True)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: str = typer.Argument(..., help="run directory of `ddkit distill`"),
+    out: str = typer.Option(..., "--out", help="folder for <name>.pt, manifest.json, preview.png"),
+    reference_model: str | None = typer.Option(None, "--reference-model", help="checkpoint for the semantic check"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Verify the run's best set and export the challenge file, its manifest and a preview grid."""
+    from challenge_kit.export import ExportRefused, export_run
+
+    try:
+        manifest = export_run(run_dir, out, reference_model=reference_model)
+    except (KitFileError, ValueError, ExportRefused) as e:
+        fail(str(e))
+    _print_manifest(manifest, out, as_json)
+
+
+@app.command("make-submission")
+def make_submission_cmd(
+    dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet"),
+    data_root: str = typer.Option("data", "--data-root", help="CIFAR-100 root or tiny-imagenet-200 folder"),
+    out: str = typer.Option("submission", "--out", help="output folder (work/ inside keeps experts and the run)"),
+    profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted distillation"),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
+    download: bool = typer.Option(False, "--download", help="download CIFAR-100 through torchvision (online)"),
+    experts_dir: str | None = typer.Option(None, "--experts", help="reuse or grow this expert store"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """Real data -> experts -> M-DATM distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png."""
+    from challenge_kit.export import ExportRefused
+    from challenge_kit.pipeline import make_submission
+
+    try:
+        manifest = make_submission(dataset, data_root, out, profile=profile, overrides=overrides, resume=resume,
+                                   device=device, download=download, experts_dir=experts_dir,
+                                   cache_dir=cache_dir)
+    except (KitFileError, ValueError, ExportRefused) as e:
+        fail(str(e))
+    _print_manifest(manifest, out, as_json)

@@ -1,0 +1,110 @@
+"""Epochs per second: the bundled scorer's device-resident loop vs a plain DataLoader loop, same recipe.
+
+The reference loop is how the public scorer drives training: a DataLoader over CPU tensors, each batch
+copied to the device, augmented, and its loss and accuracy pulled back to the host (``.item()``, numpy).
+Both variants train the same ConvNet from the same init on the same data with the same optimizer
+schedule, on the same device, in one run.
+
+    python bench/evaluator_speed.py                      # CIFAR-100 shapes, a few epochs on CPU
+    python bench/evaluator_speed.py --device cuda --epochs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, TensorDataset
+
+from challenge_kit import augment
+from challenge_kit.contract import SPECS, default_labels, normalize
+from challenge_kit.models import ConvNet, ModelConfig
+from evaluator import scorer
+
+
+def reference_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+                    device: torch.device) -> None:
+    """The plain loop: per-batch host->device copies, per-batch DSA, per-batch host round-trips."""
+    loader = DataLoader(TensorDataset(images, labels), batch_size=scorer.BATCH_SIZE, shuffle=True, num_workers=0)
+    optimizer = scorer.make_optimizer(net.parameters(), scorer.lr_at(0, epochs))
+    for epoch in range(epochs):
+        net.train()
+        loss_avg, acc_avg, num = 0.0, 0, 0
+        for x, y in loader:
+            x, y = x.float().to(device), y.long().to(device)
+            x, _ = augment.dsa(x)
+            out = net(x)
+            loss = F.cross_entropy(out, y)
+            loss_avg += loss.item() * y.shape[0]
+            acc_avg += int(np.sum(np.argmax(out.detach().cpu().numpy(), axis=-1) == y.cpu().numpy()))
+            num += y.shape[0]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if epoch == scorer.drop_epoch(epochs):
+            optimizer = scorer.make_optimizer(net.parameters(), scorer.lr_at(epoch + 1, epochs))
+
+
+def bundled_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+                  device: torch.device) -> None:
+    """The bundled loop, with the per-epoch progress sync it does when drawing a bar."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    scorer.train(net, images.to(device), labels.to(device), epochs=epochs, generator=generator,
+                 group_generator=torch.Generator().manual_seed(1), progress=lambda epoch, loss, acc: None)
+
+
+def timed(train, images, labels, epochs: int, device: torch.device, config: ModelConfig) -> float:
+    torch.manual_seed(0)
+    net = ConvNet(config).to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    train(net, images, labels, epochs, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(SPECS), default="cifar100")
+    parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default: 3 cpu, 200 cuda)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved timings per variant; best is kept")
+    args = parser.parse_args()
+    spec = SPECS[args.dataset]
+    device = torch.device(args.device) if args.device else scorer.default_device()
+    epochs = args.epochs or (200 if device.type == "cuda" else 3)
+    g = torch.Generator().manual_seed(0)
+    images = normalize(torch.rand(spec.shape, generator=g), spec)
+    labels = default_labels(spec.num_classes, spec.ipc)
+    config = ModelConfig.for_spec(spec)
+
+    variants = {"reference (DataLoader, per-batch .item())": reference_train,
+                "bundled (device-resident)": bundled_train}
+    for train in variants.values():  # warm-up: allocator, kernels, cudnn autotuning
+        timed(train, images, labels, 1, device, config)
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
+        for name, train in variants.items():
+            best[name] = min(best[name], timed(train, images, labels, epochs, device, config))
+    rows = list(best.items())
+
+    table = Table(title=f"scorer training speed: {spec.name} {tuple(spec.shape)}, batch {scorer.BATCH_SIZE}, "
+                        f"device {device}, torch threads {torch.get_num_threads()}")
+    for column in ("variant", "epochs", f"seconds (best of {args.repeats})", "epochs/s"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, seconds in rows:
+        table.add_row(name, str(epochs), f"{seconds:.2f}", f"{epochs / seconds:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"speed ratio (bundled / reference): {rows[0][1] / rows[1][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
