@@ -78,6 +78,34 @@ def evaluate(
     Console().print(table)
 
 
+@app.command()
+def verify(
+    path: str = typer.Argument(..., help="challenge .pt (bare tensor) or kit artifact (.safetensors)"),
+    dataset: str = typer.Option("auto", "--dataset", help="auto, cifar100 or tinyimagenet"),
+    reference_model: str | None = typer.Option(
+        None, "--reference-model", help="ConvNet state dict .pt (DC/MTT layout) or expert_XXXX.safetensors"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 1 failed, 2 unreadable."""
+    import json
+
+    from rich.console import Console
+
+    from challenge_kit.verify import report_table, verify_path
+
+    try:
+        report = verify_path(path, dataset=dataset, reference_model=reference_model)
+    except (KitFileError, ValueError) as e:
+        if as_json:
+            typer.echo(json.dumps({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []}))
+        fail(str(e), 2)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        Console().print(report_table(report))
+    raise typer.Exit(report.exit_code)
+
+
 # ------------------------------------------------------------------------------- data and experts
 
 ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"

@@ -1,0 +1,408 @@
+"""The label-consistency checker on realistic images: natural-like, distilled-like (noisy), real, and broken."""
+
+import itertools
+import json
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from challenge_kit.cli import app
+from challenge_kit.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
+from challenge_kit.models import ConvNet, ModelConfig, flatten_params
+from challenge_kit.storage import DistilledArtifact, save_json, save_tensors, save_torch
+from challenge_kit.verify import (
+    FAIL,
+    PASS,
+    WARN,
+    best_assignment,
+    channel_correlation,
+    spectral_exponent,
+    suspected_mapping,
+    verify_path,
+    verify_tensor,
+)
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
+SMALL = CIFAR100.subset(10)  # 100 images of 3x32x32
+SMALL16 = replace(SMALL, image_size=16)  # ZCA needs many more images than pixels to fit: keep pixels few
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions run far faster on one thread than on two contended ones (CI has two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def natural(n: int, size: int, spec=CIFAR100, seed: int = 0) -> torch.Tensor:
+    """[0, 1] 8-bit pixels with a natural 1/f^2 power spectrum, correlated colours and the dataset's mean colour."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.fft.fftfreq(size)
+    amp = 1 / (f.view(-1, 1) ** 2 + f.view(1, -1) ** 2).sqrt().clamp_min(1 / size)
+
+    def field(c):
+        x = torch.fft.ifft2(torch.randn(n, c, size, size, generator=g, dtype=torch.complex64) * amp).real
+        return x / x.flatten(1).std(1).view(n, 1, 1, 1)
+
+    x = field(1) + 0.3 * field(3)
+    contrast = 0.11 + 0.22 * torch.rand(n, 1, 1, 1, generator=g)
+    x = contrast * x + 0.15 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
+    x = x - x.mean((0, 2, 3), keepdim=True) + torch.tensor(spec.mean).view(1, -1, 1, 1)
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def gradient_noise(images: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
+    """What distillation adds: input gradients of random ConvNets, ``scale`` x each image's std."""
+    config = ModelConfig(num_classes=10, image_size=images.shape[-1], width=16)
+    total = torch.zeros_like(images)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(2):
+            x = images.clone().requires_grad_(True)
+            F.cross_entropy(ConvNet(config)(x), torch.randint(0, 10, (len(x),))).backward()
+            total += x.grad / x.grad.flatten(1).std(1).view(-1, 1, 1, 1)
+    std = lambda t: t.flatten(1).std(1).view(-1, 1, 1, 1)  # noqa: E731
+    return images + scale * std(images) * total / std(total)
+
+
+def zca(images: torch.Tensor, fit: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """ZCA whitening as KIP/MTT (kornia ZCAWhitening, eps 0.1): eigenvectors of the pixel covariance."""
+    X = fit.flatten(1).double()
+    mu = X.mean(0)
+    lam, U = torch.linalg.eigh((X - mu).T @ (X - mu) / (len(X) - 1))
+    W = U @ torch.diag((lam.clamp_min(0) + eps).rsqrt()) @ U.T
+    return ((images.flatten(1).double() - mu) @ W).float().view_as(images)
+
+
+def cli(*args):
+    result = runner.invoke(app, ["verify", *map(str, args), "--json"])
+    return result, (json.loads(result.stdout) if result.stdout.strip() else None)
+
+
+def status(report_dict: dict, name: str) -> tuple[str, str]:
+    check = next(c for c in report_dict["checks"] if c["name"] == name)
+    return check["status"], check["reason"]
+
+
+def with_manifest(tmp_path: Path, spec, images, name: str = "cifar100.pt") -> Path:
+    save_json({"spec": spec.to_dict()}, tmp_path / "manifest.json")
+    return save_torch(images, tmp_path / name)
+
+
+# ------------------------------------------------------------------------------------------- passing
+
+
+def test_valid_submission_at_the_real_cifar100_shape(tmp_path):
+    images = normalize(natural(1000, 32), CIFAR100)
+    path = save_torch(images, tmp_path / "cifar100.pt")
+    result, report = cli(path)
+    assert result.exit_code == 0, result.output
+    assert report["exit_code"] == 0 and report["ok"] and report["challenge"] is True
+    assert report["spec"]["name"] == "cifar100" and report["spec_source"] == "shape"
+    assert {c["status"] for c in report["checks"]} == {PASS}
+    table = runner.invoke(app, ["verify", str(path)])
+    assert table.exit_code == 0 and "normalization" in table.stdout and "FAIL" not in table.stdout
+
+
+@pytest.mark.parametrize("noise", ["gradient", "white"])
+def test_distilled_like_noisy_images_pass(noise):
+    images = normalize(natural(100, 32, seed=1), SMALL)
+    noisy = gradient_noise(images, 1.0) if noise == "gradient" else images + images.std() * torch.randn_like(images)
+    check = verify_tensor(noisy, SMALL).check("normalization")
+    assert check.status == PASS, check.reason
+    assert check.details["spectral_exponent"] > 1.0
+
+
+def test_gaussian_noise_init_warns_but_does_not_fail():
+    report = verify_tensor(torch.randn(SMALL.shape, generator=torch.Generator().manual_seed(0)), SMALL)
+    check = report.check("normalization")
+    assert check.status == WARN and "noise" in check.reason
+    assert report.ok and report.exit_code == 0
+
+
+def test_subset_spec_from_manifest_reports_not_a_challenge_spec(tmp_path):
+    path = with_manifest(tmp_path, SMALL, normalize(natural(100, 32), SMALL))
+    result, report = cli(path)
+    assert result.exit_code == 0, result.output
+    assert report["spec_source"] == "manifest.json" and report["challenge"] is False
+    assert report["spec"]["num_classes"] == 10
+    assert status(report, "spec")[0] == WARN and status(report, "shape")[0] == PASS
+    assert verify_path(path, spec=SMALL).spec_source == "caller"
+
+
+def test_half_precision_warns():
+    report = verify_tensor(normalize(natural(100, 32), SMALL).half(), SMALL)
+    assert report.check("dtype").status == WARN and "precision" in report.check("dtype").reason
+    assert report.ok
+
+
+# ------------------------------------------------------------------------------------------- failing
+
+
+@pytest.mark.parametrize("case,check,words", [
+    ("wrong shape", "shape", "matches no challenge dataset"),
+    ("nan", "finite", "3 NaN"),
+    ("dict", "type", "a dict with keys images, labels"),
+    ("0-255", "normalization", "raw [0, 255] pixels"),
+    ("0-1", "normalization", "raw [0, 1] pixels"),
+    ("minus1-1", "normalization", "pixels in [-1, 1]"),
+    ("integer", "dtype", "integer images"),
+])
+def test_broken_submissions_exit_1_naming_the_reason(tmp_path, case, check, words):
+    pixels = natural(1000, 32)
+    images = normalize(pixels, CIFAR100)
+    obj = {
+        "wrong shape": images[:, :, :, :31],
+        "nan": images.flatten().index_fill(0, torch.tensor([0, 5, 9]), float("nan")).view_as(images),
+        "dict": {"images": images, "labels": default_labels(100, 10)},
+        "0-255": pixels * 255,
+        "0-1": pixels,
+        "minus1-1": pixels * 2 - 1,
+        "integer": (pixels * 255).to(torch.uint8),
+    }[case]
+    result, report = cli(save_torch(obj, tmp_path / "cifar100.pt"))
+    assert result.exit_code == 1, result.output
+    got, reason = status(report, check)
+    assert got == FAIL and words in reason, reason
+    assert report["exit_code"] == 1
+
+
+def test_other_datasets_normalization_is_named():
+    pixels = natural(1000, 32)
+    check = verify_tensor(normalize(pixels, TINYIMAGENET), CIFAR100).check("normalization")
+    assert check.status == FAIL and "tinyimagenet's mean/std" in check.reason
+    # once optimized the exact evidence is gone; the channel means still point at the other normalization
+    noise = 0.7 * torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0))
+    check = verify_tensor(normalize(pixels, TINYIMAGENET) + noise, CIFAR100).check("normalization")
+    assert check.status == WARN and "tinyimagenet's mean/std" in check.reason
+    assert verify_tensor(normalize(pixels, CIFAR100) + noise, CIFAR100).check("normalization").status == PASS
+
+
+@pytest.fixture(scope="module")
+def whitening():
+    """Natural-like 16 px images and their ZCA-whitened versions, fit on 3000 images (768 pixels each)."""
+    fit = normalize(natural(3000, 16, seed=2), SMALL16)
+    return fit[:100], zca(fit[:100], fit)
+
+
+def test_zca_whitened_images_fail_also_after_gradient_noise(tmp_path, whitening):
+    images, whitened = whitening
+    path = with_manifest(tmp_path, SMALL16, whitened)
+    result, report = cli(path)
+    assert result.exit_code == 1
+    got, reason = status(report, "normalization")
+    assert got == FAIL and "ZCA-whitened" in reason
+    check = verify_tensor(gradient_noise(whitened, 1.0), SMALL16).check("normalization")
+    assert check.status == FAIL and "ZCA" in check.reason
+    natural_check = verify_tensor(gradient_noise(images, 1.0), SMALL16).check("normalization")
+    assert natural_check.status == PASS, natural_check.reason
+
+
+def test_spectrum_statistics_separate_natural_whitened_and_noise(whitening):
+    nat, white = whitening
+    noise = torch.randn(100, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert spectral_exponent(nat) > 1.5 and spectral_exponent(white) < 0.7 and abs(spectral_exponent(noise)) < 0.3
+    assert channel_correlation(nat) > 0.8 and channel_correlation(white) > 0.3
+    assert abs(channel_correlation(noise)) < 0.05
+
+
+@pytest.mark.skipif(not MINI.is_dir(), reason="shared tiny-imagenet-mini not present")
+def test_real_tiny_imagenet_images():
+    from challenge_kit.data import decode_images, tiny_classes, tiny_files
+
+    wnids = tiny_classes(MINI)
+    files, labels = tiny_files(MINI, "train", wnids)
+    spec = TINYIMAGENET.subset(len(wnids), class_names=tuple(wnids), ipc=5)
+    first = [files[labels.index(c) + i] for c in range(len(wnids)) for i in range(spec.ipc)]
+    pixels = decode_images(first, 64).float() / 255
+    assert verify_tensor(normalize(pixels, spec), spec).check("normalization").status == PASS
+    wrong = verify_tensor(normalize(pixels, CIFAR100), spec).check("normalization")
+    assert wrong.status == FAIL and "cifar100's mean/std" in wrong.reason
+    noisy = verify_tensor(gradient_noise(normalize(pixels, spec), 1.0), spec).check("normalization")
+    assert noisy.status == PASS, noisy.reason
+    small = replace(spec, image_size=16)
+    fit = normalize(decode_images(files, 16).float() / 255, small)  # 2000 real images, 768 pixels each
+    first16 = fit[[labels.index(c) + i for c in range(len(wnids)) for i in range(spec.ipc)]]
+    whitened = verify_tensor(zca(first16, fit), small).check("normalization")
+    assert whitened.status == FAIL and "ZCA" in whitened.reason
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+def test_soft_label_artifact_fails_with_per_class_disagreement(tmp_path):
+    images = normalize(natural(100, 32), SMALL)
+    soft = F.one_hot(default_labels(10, 10), 10).float() * 0.8 + 0.02
+    for i in (20, 21, 22, 50):  # three images of class 2 and one of class 5 lean to another class
+        soft[i] = soft[i].roll(1)
+    path = DistilledArtifact(images, soft, SMALL).save(tmp_path / "best.safetensors")
+    result, report = cli(path)
+    assert result.exit_code == 1
+    got, reason = status(report, "labels")
+    assert got == FAIL and "soft labels" in reason and "class 2: 3, class 5: 1" in reason
+    assert report["spec_source"] == "artifact metadata"
+    assert verify_path(path).check("labels").details["disagree_per_class"] == {2: 3, 5: 1}
+
+
+def test_wrong_order_hard_labels_fail_and_learned_lr_warns(tmp_path):
+    images = normalize(natural(100, 32), SMALL)
+    class_minor = torch.arange(10).repeat(10)  # arange(K).repeat(ipc): the classic mix-up
+    path = DistilledArtifact(images, class_minor, SMALL, lr=0.0123).save(tmp_path / "a.safetensors")
+    result, report = cli(path)
+    assert result.exit_code == 1
+    got, reason = status(report, "labels")
+    assert got == FAIL and "90 of 100" in reason and "reorder the images by label" in reason
+    assert status(report, "lr")[0] == WARN and "0.01" in status(report, "lr")[1]
+    good = DistilledArtifact(images, default_labels(10, 10), SMALL, lr=0.0123).save(tmp_path / "b.safetensors")
+    result, report = cli(good)
+    assert result.exit_code == 0 and status(report, "labels")[0] == PASS
+
+
+# ------------------------------------------------------------------------------------ reference model
+
+
+REF = replace(CIFAR100.subset(8), image_size=16)
+
+
+@pytest.fixture(scope="module")
+def trained_reference():
+    """A small ConvNet that separates 8 easy classes (a template each plus noise), and fresh images of them."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _train_reference()
+
+
+def _train_reference():
+    templates = normalize(natural(REF.num_classes, 16, seed=4), REF) * 2
+    sample = lambda n: (templates.repeat_interleave(n, 0)  # noqa: E731
+                        + 0.7 * torch.randn(REF.num_classes * n, 3, 16, 16))
+    net = ConvNet(ModelConfig.for_spec(REF, width=16, depth=2))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    labels = default_labels(REF.num_classes, 16)
+    for _ in range(25):
+        opt.zero_grad()
+        F.cross_entropy(net(sample(16)), labels).backward()
+        opt.step()
+    return net, sample(REF.ipc)
+
+
+def test_reference_model_agrees_with_default_order(tmp_path, trained_reference):
+    net, images = trained_reference
+    ckpt = save_torch(net.state_dict(), tmp_path / "convnet.pt")
+    report = verify_tensor(images, REF, reference_model=ckpt)
+    check = report.check("reference")
+    assert check.status == PASS and check.details["agreement"] > 0.9, check.reason
+    assert check.details["mapping"] == {}
+
+
+def test_permuted_class_order_is_found(tmp_path, trained_reference):
+    net, images = trained_reference
+    perm = torch.tensor([0, 3, 1, 2, 4, 7, 6, 5])  # a 3-cycle and a swap, like wnids.txt vs sorted order
+    permuted = images.view(REF.num_classes, REF.ipc, 3, 16, 16)[perm].reshape(images.shape)
+    path = with_manifest(tmp_path, REF, permuted)
+    ckpt = save_torch({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
+    result = runner.invoke(app, ["verify", str(path), "--reference-model", str(ckpt), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    got, reason = status(report, "reference")
+    assert got == FAIL and "class 1 -> 3" in reason and "class 5 -> 7" in reason
+    mapping = verify_path(path, reference_model=net).check("reference").details["mapping"]
+    assert mapping == {k: int(perm[k]) for k in range(REF.num_classes) if perm[k] != k}
+
+
+def test_expert_file_uses_its_last_snapshot(tmp_path, trained_reference):
+    net, images = trained_reference
+    config = net.config
+    untrained = flatten_params(ConvNet(config))
+    snapshots = torch.stack([untrained, flatten_params(net)])
+    meta = {"format": "ddkit-expert", "version": 1, "spec": REF.to_dict(), "model": config.to_dict(),
+            "optimizer": {}, "seed": 0, "epochs": 1, "completed_epochs": 1, "train_loss": [1.0],
+            "test_acc": [0.9]}
+    expert = save_tensors({"snapshots": snapshots}, tmp_path / "expert_0000.safetensors", meta)
+    check = verify_tensor(images, REF, reference_model=expert).check("reference")
+    assert check.status == PASS and check.details["agreement"] > 0.9, check.reason
+
+
+def test_assignment_is_optimal():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 6):
+        for _ in range(5):
+            score = rng.integers(0, 10, (n, n)).astype(float)
+            perm = best_assignment(score)
+            assert sorted(perm) == list(range(n))
+            best = max(sum(score[i, p[i]] for i in range(n)) for p in itertools.permutations(range(n)))
+            assert score[np.arange(n), perm].sum() == best
+    confusion = np.diag(np.full(200, 10))[np.random.default_rng(1).permutation(200)]
+    assert np.array_equal(confusion[np.arange(200), best_assignment(confusion)], np.full(200, 10))
+
+
+def test_weak_one_way_confusion_is_not_a_permutation():
+    confusion = np.diag([9, 2, 9, 9]).astype(np.int64)
+    confusion[1, 1], confusion[1, 2] = 2, 8  # class 1 mostly predicted as 2, but class 2 is fine
+    assert suspected_mapping(confusion, 10) == {}
+    confusion[2, 2], confusion[2, 1] = 1, 8  # now 1 and 2 are swapped both ways
+    assert suspected_mapping(confusion, 10) == {1: 2, 2: 1}
+
+
+# ---------------------------------------------------------------------------------------- unreadable
+
+
+def test_truncated_and_foreign_files_exit_2(tmp_path):
+    full = save_torch(normalize(natural(100, 32), SMALL), tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(full[: len(full) // 2])
+    (tmp_path / "text.pt").write_text("not a tensor file\n")
+    artifact = DistilledArtifact(torch.zeros(SMALL.shape), default_labels(10, 10), SMALL)
+    whole = artifact.save(tmp_path / "a.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    for name in ("cut.pt", "text.pt", "cut.safetensors", "missing.pt"):
+        result, report = cli(tmp_path / name)
+        assert result.exit_code == 2, (name, result.output)
+        assert name in result.stderr and report["exit_code"] == 2 and name in report["error"]
+
+
+class Payload:
+    """Unpickling this would create ``marker`` (it calls ``open(marker, "w")``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_code_running_pickle_is_refused_unrun(tmp_path, writer):
+    marker = tmp_path / "ran"
+    path = tmp_path / "cifar100.pt"
+    if writer == "torch.save":
+        torch.save(Payload(marker), path)
+    else:
+        path.write_bytes(pickle.dumps(Payload(marker)))
+    result, report = cli(path)
+    assert result.exit_code == 2 and not marker.exists()
+    assert str(path) in result.stderr and "refused" in result.stderr
+    if writer == "torch.save":
+        assert "io.open" in result.stderr
+        torch.load(path, weights_only=False)  # the payload is real: an unrestricted load does run it
+    else:
+        pickle.loads(path.read_bytes())
+    assert marker.exists()
+
+
+def test_numpy_array_is_named(tmp_path):
+    path = tmp_path / "cifar100.pt"
+    torch.save(normalize(natural(10, 32), CIFAR100).numpy(), path)
+    result, report = cli(path)
+    assert result.exit_code == 1
+    got, reason = status(report, "type")
+    assert got == FAIL and "numpy array" in reason
+    assert verify_tensor(np.zeros((2, 3))).check("type").status == FAIL
