@@ -46,10 +46,16 @@ SPECTRUM_IMAGES = 256
 # Regularized ZCA (eps 0.1) keeps channel correlation 0.45-0.6 on natural images (>= 0.13 after gradient
 # noise of equal power); i.i.d. noise, or a noise init optimized by gradients, stays within +-0.02.
 ZCA_CHANNEL_CORR = 0.1
-# Class-order analysis with a reference model: a moved class needs at least this share of its images
-# predicted as its new class (chance is ipc / K images); every class of a moved cycle must qualify.
+# Class-order analysis with a reference model: a class counts as moved when at least this share of its
+# images is predicted as its new class (chance: ipc / K images) and more than twice as many as its own
+# class (a moved class's images are of another class: its own label gets only confusions). A cycle of
+# the best assignment counts when most of its classes qualify. Simulated with 200 classes x 10 images: a
+# model agreeing 50% finds >90% of a random permutation and both of two swapped pairs, with no false
+# mapping even when 30% of each class goes to one confusable class; false mappings need confusions as
+# frequent as correct answers (then a swap and a confusion are indistinguishable).
 MOVED_SHARE = 0.3
-# Below this agreement (chance is 1/K) the set or the reference model is suspect: a heuristic, so a WARN.
+# Below this agreement (chance is 1/K), with or without the suspected mapping, the model is too weak to
+# judge the class order, or the set is broken: a heuristic, so a WARN.
 LOW_AGREEMENT = 0.25
 SHOW = 8  # list entries shown in a one-line reason
 
@@ -391,12 +397,12 @@ def best_assignment(score: np.ndarray) -> np.ndarray:
 
 
 def suspected_mapping(confusion: np.ndarray, ipc: int) -> dict[int, int]:
-    """Classes whose images look like another class, as whole cycles of the best class assignment.
+    """Classes whose images look like another class: the well-supported part of the best class assignment.
 
-    ``confusion[k, j]`` counts images in class ``k``'s rows predicted as ``j``. A cycle of the best
-    assignment counts only if every class in it moved most of the way: at least ``MOVED_SHARE`` of its
-    images predicted as its new class, more than as itself. A swap of two similar classes that a weak
-    model confuses in one direction does not qualify; a real permutation moves whole cycles.
+    ``confusion[k, j]`` counts images in class ``k``'s rows predicted as ``j``. The best assignment
+    (Hungarian) is split into cycles; a cycle is kept when most of its classes moved clearly (see
+    ``MOVED_SHARE``), and only those classes are reported. A class a weak model confuses one way, which
+    the assignment can route through a cycle, does not qualify on its own.
     """
     perm = best_assignment(confusion)
     need = max(2, math.ceil(MOVED_SHARE * ipc))
@@ -409,8 +415,9 @@ def suspected_mapping(confusion: np.ndarray, ipc: int) -> dict[int, int]:
             seen.add(k)
             cycle.append(k)
             k = int(perm[k])
-        if all(confusion[c, perm[c]] >= need and confusion[c, perm[c]] > confusion[c, c] for c in cycle):
-            mapping.update({c: int(perm[c]) for c in cycle})
+        moved = [c for c in cycle if confusion[c, perm[c]] >= need and confusion[c, perm[c]] > 2 * confusion[c, c]]
+        if 2 * len(moved) > len(cycle):
+            mapping.update({c: int(perm[c]) for c in moved})
     return dict(sorted(mapping.items()))
 
 
@@ -468,9 +475,10 @@ def check_reference(images: torch.Tensor, spec: DatasetSpec, model: nn.Module | 
     details = {"agreement": agreement, "per_class_agreement": (per_class / ipc).tolist(),
                "mapping": mapping}
     chance = f"chance {1 / k:.0%}"
-    if mapping:
-        mapped = (np.trace(confusion) + sum(confusion[c, m] - confusion[c, c] for c, m in mapping.items()))
-        details["agreement_with_mapping"] = float(mapped) / len(truth)
+    mapped = np.trace(confusion) + sum(confusion[c, m] - confusion[c, c] for c, m in mapping.items())
+    details["agreement_with_mapping"] = float(mapped) / len(truth)
+    weak = max(agreement, details["agreement_with_mapping"]) < LOW_AGREEMENT
+    if mapping and not weak:
         moves = _listing([f"class {c} -> {m}" for c, m in mapping.items()])
         return Check("reference", FAIL, f"class order looks permuted (e.g. wnids.txt order instead of sorted): "
                                         f"the images of {len(mapping)} classes look like another class ({moves});"
@@ -481,6 +489,10 @@ def check_reference(images: torch.Tensor, spec: DatasetSpec, model: nn.Module | 
     zero = int((per_class == 0).sum())
     reason = (f"reference model agrees with the default-order labels for {agreement:.0%} of images "
               f"({chance}); {zero} classes with no agreeing image; lowest: {lows}")
+    if mapping:
+        return Check("reference", WARN, f"{reason}; too weak to judge the class order (a possible permutation "
+                                        f"moves {len(mapping)} classes, agreement with it "
+                                        f"{details['agreement_with_mapping']:.0%})", details)
     if agreement < LOW_AGREEMENT:
         return Check("reference", WARN, f"{reason}; no consistent class permutation", details)
     return Check("reference", PASS, reason, details)

@@ -302,6 +302,11 @@ def test_reference_model_agrees_with_default_order(tmp_path, trained_reference):
     check = report.check("reference")
     assert check.status == PASS and check.details["agreement"] > 0.9, check.reason
     assert check.details["mapping"] == {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        untrained = ConvNet(net.config)
+    weak = verify_tensor(images, REF, reference_model=untrained)
+    assert weak.check("reference").status == WARN and weak.ok, weak.check("reference").reason
 
 
 def test_permuted_class_order_is_found(tmp_path, trained_reference):
@@ -351,6 +356,18 @@ def test_weak_one_way_confusion_is_not_a_permutation():
     assert suspected_mapping(confusion, 10) == {}
     confusion[2, 2], confusion[2, 1] = 1, 8  # now 1 and 2 are swapped both ways
     assert suspected_mapping(confusion, 10) == {1: 2, 2: 1}
+
+
+def test_a_cycle_counts_when_most_of_its_classes_moved():
+    cycle = [1, 2, 3, 4, 0]  # rows 0..4 show classes 1, 2, 3, 4, 0
+    confusion = np.zeros((6, 6), dtype=np.int64)
+    confusion[5, 5] = 9
+    for k, shown in enumerate(cycle):
+        confusion[k, shown] = 6
+    confusion[[0, 1], [0, 1]] = 4  # two classes also predicted as themselves: not clearly moved
+    assert suspected_mapping(confusion, 10) == {2: 3, 3: 4, 4: 0}
+    confusion[2, 2] = 4  # now only two of five moved clearly: not a permutation
+    assert suspected_mapping(confusion, 10) == {}
 
 
 # ---------------------------------------------------------------------------------------- unreadable
