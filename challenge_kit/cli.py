@@ -110,12 +110,6 @@ def verify(
 
 ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _expert_table(rows: list[dict], title: str):
     from rich.table import Table
 
@@ -129,25 +123,6 @@ def _expert_table(rows: list[dict], title: str):
         table.add_row(r["name"], f"[{colour}]{r['status']}[/{colour}]", epochs, fmt(r["last_acc"]),
                       fmt(r["best_acc"]), f"{r['size'] / 2**20:.1f} MiB", r["problem"] or r.get("source") or "")
     return table
-
-
-def expert_progress(bar, count: int, epochs: int):
-    """A ``train_experts`` progress callback drawing one rich bar: expert k/N, epoch, loss, accuracy, ETA."""
-    task = bar.add_task("experts", total=None, status="")
-    state = {"done": 0, "acc": None}
-
-    def on_event(ev: dict) -> None:
-        if ev["kind"] == "plan":
-            bar.update(task, total=ev["total"])
-        elif ev["kind"] in ("skip", "epoch"):
-            state["acc"] = ev.get("acc", state["acc"])
-            state["done"] += ev["kind"] == "skip" or ev["epoch"] == ev["epochs"]
-        else:
-            acc = "" if state["acc"] is None else f" acc {state['acc']:.3f}"
-            bar.update(task, advance=1, status=f"expert {state['done'] + 1}/{count} (#{ev['expert']}) "
-                                               f"epoch {ev['epoch']}/{epochs} loss {ev['loss']:.3f}{acc}")
-
-    return on_event
 
 
 def _store_rows(directory: str) -> list[dict]:
@@ -212,7 +187,8 @@ def experts_cmd(
 
     from challenge_kit import experts as ex
     from challenge_kit.data import load_split
-    from challenge_kit.progress import console, make_progress
+    from challenge_kit.pipeline import resolve_device
+    from challenge_kit.progress import console, expert_progress, make_progress
     from challenge_kit.recipes import load_recipe
 
     try:
@@ -223,7 +199,8 @@ def experts_cmd(
     config = replace(config, **{k: v for k, v in given.items() if v is not None})
     if config.num_experts < 1 or config.epochs < 1:
         fail("--num and --epochs must be at least 1")
-    context = ex.distributed(_device(device)) if distributed else nullcontext((0, 1, _device(device)))
+    dev = resolve_device(device)
+    context = ex.distributed(dev) if distributed else nullcontext((0, 1, dev))
     try:
         with context as (rank, world, dev):
             if distributed and rank != 0:

@@ -61,6 +61,13 @@ class Trajectories:
         return load_rows(self.paths[expert], "snapshots", [self.epochs])[0]
 
 
+def expert_classifier(trajectories: Trajectories, model: ModelConfig, device: torch.device):
+    """The first expert's last snapshot as a classifier (DATM picks initial images it gets right)."""
+    net = FunctionalConvNet(model, device=device)
+    theta = trajectories.last().to(device)
+    return lambda x: net(theta, x.to(device))
+
+
 def select_real(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, how: str,
                 generator: torch.Generator, classifier=None) -> torch.Tensor:
     """IPC real images per class in default order; ``real_correct`` prefers ones ``classifier`` gets right."""
@@ -155,11 +162,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
         console.print(f"resuming {run_dir} at iteration {state.iteration}/{cfg.iterations}")
     else:
         gen = torch.Generator().manual_seed(cfg.seed)
-        classifier = None
-        if cfg.init == "real_correct":
-            expert_net = FunctionalConvNet(model, device=device)
-            theta = trajectories.last().to(device)
-            classifier = lambda x: expert_net(theta, x.to(device))  # noqa: E731
+        classifier = expert_classifier(trajectories, model, device) if cfg.init == "real_correct" else None
         images = initial_images(cfg.init, spec, real_images, real_labels, gen, classifier)
         state = DistillState(iteration=0, images=images.float(), lr=torch.tensor(cfg.lr_init),
                              upper=cfg.current_max_start_epoch, rng=gen.get_state(),

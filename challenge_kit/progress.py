@@ -30,3 +30,22 @@ def make_progress(disable: bool = False) -> Progress:
         console=console,
         disable=disable,
     )
+
+
+def expert_progress(bar, count: int, epochs: int):
+    """A ``train_experts`` progress callback drawing one rich bar: expert k/N, epoch, loss, accuracy, ETA."""
+    task = bar.add_task("experts", total=None, status="")
+    state = {"done": 0, "acc": None}
+
+    def on_event(ev: dict) -> None:
+        if ev["kind"] == "plan":
+            bar.update(task, total=ev["total"])
+        elif ev["kind"] in ("skip", "epoch"):
+            state["acc"] = ev.get("acc", state["acc"])
+            state["done"] += ev["kind"] == "skip" or ev["epoch"] == ev["epochs"]
+        else:
+            acc = "" if state["acc"] is None else f" acc {state['acc']:.3f}"
+            bar.update(task, advance=1, status=f"expert {state['done'] + 1}/{count} (#{ev['expert']}) "
+                                               f"epoch {ev['epoch']}/{epochs} loss {ev['loss']:.3f}{acc}")
+
+    return on_event

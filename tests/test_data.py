@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import color, write_cifar, write_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,58 +25,6 @@ def user_cache(tmp_path, monkeypatch):
     """Never write into the real ~/.cache; the read-only fallback lands here."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "ddkit"
-
-
-def write_cifar(root: Path, n_train: int = 30, n_test: int = 20, seed: int = 0) -> dict:
-    """A small ``cifar-100-python`` set with the real keys (Python-2 style: protocol 2, latin1-decodable)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        fine = rng.integers(0, 100, n).tolist()
-        d = {"filenames": [f"img_{i}.png" for i in range(n)], "batch_label": f"{split}ing batch 1 of 1",
-             "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
-             "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
-        if split == "test":  # the originals' keys come back as bytes when not decoded: accept both
-            d = {k.encode(): v for k, v in d.items()}
-        (folder / split).write_bytes(pickle.dumps(d, protocol=2))
-        out[split] = d
-    names = [f"class_{i:03d}" for i in range(100)]
-    meta = {"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return out
-
-
-def _color(label: int) -> tuple[int, int, int]:
-    return (40 + 60 * label, 200 - 50 * label, 90 + 30 * (label % 3))
-
-
-def write_tiny(root: Path, wnids=("n03000000", "n01000000", "n02000000"), per_class: int = 3) -> dict:
-    """A ``tiny-imagenet-200``-layout tree: each class a solid colour (by sorted position); one grayscale image.
-
-    wnids.txt is written in the given (unsorted) order; val annotations are shuffled.
-    """
-    order = sorted(wnids)
-    (root / "val" / "images").mkdir(parents=True)
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    for wnid in wnids:
-        folder = root / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for k in range(per_class):
-            Image.new("RGB", (64, 64), _color(order.index(wnid))).save(folder / f"{wnid}_{k}.JPEG", quality=95)
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    Image.new("L", (64, 64), 77).save(root / "train" / wnids[0] / "images" / f"{wnids[0]}_gray.JPEG")
-    lines, truth = [], {}
-    for i in range(2 * len(wnids)):
-        wnid = wnids[(i * 2) % len(wnids)]
-        name = f"val_{i}.JPEG"
-        Image.new("RGB", (64, 64), _color(order.index(wnid))).save(root / "val" / "images" / name, quality=95)
-        lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-        truth[name] = order.index(wnid)
-    lines.reverse()
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return truth
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-100
@@ -161,14 +110,14 @@ def test_tiny_tree_classes_sorted_labels_match_annotations(tmp_path):
     assert len(gray) == 1 and abs(float(gray.mean()) - 77 / 255) < 0.01  # grayscale JPEG became RGB
     for img, label in zip(pixels, y.tolist(), strict=True):
         if img.std(0).max() > 1e-5:
-            colour = torch.tensor(_color(label)) / 255
+            colour = torch.tensor(color(label)) / 255
             assert torch.allclose(img.mean((1, 2)), colour, atol=0.02)
     xv, yv, vspec = load_split("tinyimagenet", tmp_path, "test")
     assert vspec == spec
     names = sorted(truth)  # val images come in file-name order
     assert yv.tolist() == [truth[n] for n in names]
     for img, label in zip(denormalize(xv, spec), yv.tolist(), strict=True):  # the image's content agrees
-        assert torch.allclose(img.mean((1, 2)), torch.tensor(_color(label)) / 255, atol=0.02)
+        assert torch.allclose(img.mean((1, 2)), torch.tensor(color(label)) / 255, atol=0.02)
 
 
 def test_tiny_full_200_classes_is_the_challenge_spec(tmp_path):
@@ -247,11 +196,11 @@ def test_image_folder_is_resized_sorted_and_never_a_challenge_spec(tmp_path):
             folder = tmp_path / split / name
             folder.mkdir(parents=True)
             for k in range(n):
-                Image.new("RGB", (40, 30), _color(c)).save(folder / f"{k}.png")
+                Image.new("RGB", (40, 30), color(c)).save(folder / f"{k}.png")
     x, y, spec = load_split("cifar100", tmp_path, "train", image_folder=True)
     assert spec.class_names == ("apple", "zebra") and spec.num_classes == 2 and not spec.challenge
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 0, 1, 1]
-    assert torch.allclose(denormalize(x[0], spec).mean((1, 2)), torch.tensor(_color(1)) / 255, atol=1e-2)
+    assert torch.allclose(denormalize(x[0], spec).mean((1, 2)), torch.tensor(color(1)) / 255, atol=1e-2)
     xt, yt, _ = load_split("cifar100", tmp_path, "test", image_folder=True)
     assert xt.shape == (2, 3, 32, 32) and yt.tolist() == [0, 1]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import write_cifar
 from safetensors.torch import load_file, save_file
-from test_data import write_cifar
 from typer.testing import CliRunner
 
 from challenge_kit import experts as ex

@@ -1,0 +1,91 @@
+"""Turn a distillation run into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
+
+Export refuses to write a submission the label-consistency checker fails, and it verifies the file it
+wrote (not just the tensor in memory), so the manifest's report describes exactly what is uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.utils import make_grid, save_image
+
+import challenge_kit
+from challenge_kit.contract import DatasetSpec, denormalize
+from challenge_kit.distill import BEST, SUMMARY
+from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, save_json, save_torch, sha256
+from challenge_kit.verify import verify_path, verify_tensor
+
+MANIFEST = "manifest.json"
+PREVIEW = "preview.png"
+PREVIEW_CLASSES = 10
+
+
+class ExportRefused(Exception):
+    """Verify failed: nothing was written."""
+
+
+def versions() -> dict:
+    return {"ddkit": challenge_kit.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+
+
+def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
+                  classes: int = PREVIEW_CLASSES) -> Path:
+    """One row per class (the first ``classes`` classes), denormalized to pixels."""
+    rows = min(classes, spec.num_classes)
+    pixels = denormalize(images[: rows * spec.ipc].detach().float().cpu(), spec).clamp(0, 1)
+    grid = make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
+               extra: dict | None = None) -> dict:
+    """Verify the run's best set, write the three files, return the manifest."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    best = run_dir / BEST
+    if not best.is_file():
+        raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
+    artifact = DistilledArtifact.load(best)
+    spec = artifact.spec
+    images = artifact.images.detach().float().contiguous().cpu().clone()
+
+    precheck = verify_tensor(images, spec, labels=artifact.labels, reference_model=reference_model)
+    if not precheck.ok:
+        raise ExportRefused(f"{best}: verify failed, not exporting: " + "; ".join(
+            f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL"))
+
+    target = out_dir / spec.submission_file
+    save_torch(images, target)
+    report = verify_path(target, spec=spec, reference_model=reference_model)
+    if not report.ok:
+        target.unlink()
+        raise ExportRefused(f"{target}: the written file fails verify, removed it")
+    write_preview(images, spec, out_dir / PREVIEW)
+
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    manifest = {
+        "file": spec.submission_file,
+        "sha256": sha256(target),
+        "shape": list(images.shape),
+        "dtype": str(images.dtype),
+        "spec": spec.to_dict(),
+        "challenge_submission": spec.challenge,
+        "labels": "default order (image i is class i // ipc)",
+        "learned_lr_not_used_by_scorer": artifact.lr,
+        "best_iteration": artifact.extra.get("iteration") if artifact.extra else None,
+        "selection_accuracy": artifact.extra.get("accuracy") if artifact.extra else None,
+        "run": summary,
+        "verify": report.to_dict(),
+        "versions": versions(),
+        **(extra or {}),
+    }
+    save_json(manifest, out_dir / MANIFEST)
+    return manifest

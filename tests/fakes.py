@@ -1,0 +1,75 @@
+"""Small datasets in the real on-disk formats, written by the tests (never real data in the repo)."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def color(label: int) -> tuple[int, int, int]:
+    return (40 + 60 * label, 200 - 50 * label, 90 + 30 * (label % 3))
+
+
+def smooth_pixels(labels: list[int], rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Natural-looking uint8 images (low-frequency noise around a per-class colour), N x 3*size*size."""
+    n = len(labels)
+    coarse = rng.normal(0, 40, (n, 3, size // 8, size // 8))
+    field = coarse.repeat(8, axis=2).repeat(8, axis=3)
+    kernel = np.ones(5) / 5  # blur the blocks into smooth blobs
+    for axis in (2, 3):
+        field = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, field)
+    base = np.array([color(c % 5) for c in labels], dtype=float)[:, :, None, None]
+    return np.clip(base + field, 0, 255).astype(np.uint8).reshape(n, -1)
+
+
+def write_cifar(root: Path, n_train: int = 30, n_test: int = 20, seed: int = 0, per_class: bool = False,
+                smooth: bool = False) -> dict:
+    """A small ``cifar-100-python`` set with the real keys (Python-2 style: protocol 2, latin1-decodable).
+
+    ``per_class``: n_train / n_test images of *each* of the 100 classes (class-major) instead of in all.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = np.repeat(np.arange(100), n).tolist() if per_class else rng.integers(0, 100, n).tolist()
+        pixels = smooth_pixels(fine, rng) if smooth else rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8)
+        d = {"filenames": [f"img_{i}.png" for i in range(len(fine))], "batch_label": f"{split}ing batch 1 of 1",
+             "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": pixels}
+        if split == "test":  # the originals' keys come back as bytes when not decoded: accept both
+            d = {k.encode(): v for k, v in d.items()}
+        (folder / split).write_bytes(pickle.dumps(d, protocol=2))
+        out[split] = d
+    names = [f"class_{i:03d}" for i in range(100)]
+    meta = {"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return out
+
+
+def write_tiny(root: Path, wnids=("n03000000", "n01000000", "n02000000"), per_class: int = 3) -> dict:
+    """A ``tiny-imagenet-200``-layout tree: each class a solid colour (by sorted position); one grayscale image.
+
+    wnids.txt is written in the given (unsorted) order; val annotations are shuffled.
+    """
+    order = sorted(wnids)
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            Image.new("RGB", (64, 64), color(order.index(wnid))).save(folder / f"{wnid}_{k}.JPEG", quality=95)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    Image.new("L", (64, 64), 77).save(root / "train" / wnids[0] / "images" / f"{wnids[0]}_gray.JPEG")
+    lines, truth = [], {}
+    for i in range(2 * len(wnids)):
+        wnid = wnids[(i * 2) % len(wnids)]
+        name = f"val_{i}.JPEG"
+        Image.new("RGB", (64, 64), color(order.index(wnid))).save(root / "val" / "images" / name, quality=95)
+        lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+        truth[name] = order.index(wnid)
+    lines.reverse()
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return truth

@@ -1,0 +1,107 @@
+"""Export and the whole make-submission pipeline, ending in files the scorer and the checker accept."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakes import smooth_pixels, write_cifar
+from PIL import Image
+from typer.testing import CliRunner
+
+from challenge_kit.cli import app
+from challenge_kit.contract import CIFAR100, default_labels, normalize
+from challenge_kit.distill import BEST
+from challenge_kit.export import ExportRefused, export_run
+from challenge_kit.storage import DistilledArtifact, load_torch, sha256
+
+MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
+SUBSET = CIFAR100.subset(5)
+
+
+def _images(spec, seed=0):
+    labels = default_labels(spec.num_classes, spec.ipc).tolist()
+    pixels = smooth_pixels(labels, np.random.default_rng(seed), spec.image_size)
+    x = torch.from_numpy(pixels).view(-1, 3, spec.image_size, spec.image_size).float() / 255
+    return normalize(x, spec)
+
+
+def _run_dir(tmp_path, spec=SUBSET, labels=None, images=None):
+    run = tmp_path / "run"
+    images = _images(spec) if images is None else images
+    labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
+    DistilledArtifact(images, labels, spec, lr=0.012, extra={"iteration": 7, "accuracy": 0.5}).save(run / BEST)
+    return run
+
+
+def test_export_writes_the_file_manifest_and_preview(tmp_path):
+    out = tmp_path / "out"
+    manifest = export_run(_run_dir(tmp_path), out)
+    pt = out / "cifar100.pt"
+    tensor = load_torch(pt)
+    assert type(tensor) is torch.Tensor and tensor.dtype == torch.float32 and tensor.is_contiguous()
+    assert tuple(tensor.shape) == SUBSET.shape and not tensor.requires_grad
+    assert torch.equal(tensor, _images(SUBSET))
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["sha256"] == sha256(pt) == manifest["sha256"]
+    assert saved["challenge_submission"] is False and saved["spec"]["num_classes"] == 5
+    assert saved["verify"]["ok"] and saved["best_iteration"] == 7
+    assert {"torch", "ddkit", "python"} <= set(saved["versions"])
+    with Image.open(out / "preview.png") as png:  # 5 rows of 10 images, 2 px padding
+        assert png.size == (10 * 34 + 2, 5 * 34 + 2)
+    result = CliRunner().invoke(app, ["verify", str(pt), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["spec"]["num_classes"] == 5  # spec from the manifest beside the file
+
+
+@pytest.mark.parametrize("problem", ["soft labels", "wrong order", "nan"])
+def test_export_refuses_a_set_that_fails_verify_and_writes_nothing(tmp_path, problem):
+    labels, images = None, None
+    if problem == "soft labels":
+        labels = torch.nn.functional.one_hot(default_labels(5, 10), 5).float() * 0.6 + 0.08
+    elif problem == "wrong order":
+        labels = torch.arange(5).repeat(10)
+    else:
+        images = _images(SUBSET)
+        images[3, 0, 0, 0] = float("nan")
+    run = _run_dir(tmp_path, labels=labels, images=images)
+    with pytest.raises(ExportRefused, match="verify failed"):
+        export_run(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_evaluator(tmp_path):
+    """1000 x 3 x 32 x 32, 100 classes, through the real pickle loader, experts, distill, export."""
+    write_cifar(tmp_path / "data", n_train=6, n_test=2, per_class=True, smooth=True)
+    out = tmp_path / "out"
+    args = ["make-submission", "cifar100", "--data-root", str(tmp_path / "data"), "--out", str(out),
+            "--device", "cpu", "--set", "experts.num_experts=1", "--set", "experts.epochs=1",
+            "--set", "distill.iterations=2", "--set", "distill.syn_steps=1", "--set", "distill.expert_epochs=1",
+            "--set", "distill.current_max_start_epoch=0", "--set", "distill.max_start_epoch=0",
+            "--set", "distill.batch_syn=50", "--set", "eval.every=0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pt = out / "cifar100.pt"
+    assert tuple(load_torch(pt).shape) == (1000, 3, 32, 32)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["challenge_submission"] is True and manifest["run"]["iterations"] == 2
+    assert set(manifest["timings_s"]) == {"data", "experts", "distill"}
+
+    verify = CliRunner().invoke(app, ["verify", str(pt)])
+    assert verify.exit_code == 0, verify.output
+
+    ref = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "data"),
+                                   "--out", str(tmp_path / "in" / "ref" / "cifar100_test.pt")])
+    assert ref.exit_code == 0, ref.output
+    (tmp_path / "in" / "res").mkdir()
+    (tmp_path / "in" / "res" / "cifar100.pt").write_bytes(pt.read_bytes())
+    done = subprocess.run([sys.executable, "-m", "evaluator", str(tmp_path / "in"), str(tmp_path / "scores"),
+                           "--epochs", "1", "--rounds", "1", "--seed", "0"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "scores" / "scores.txt").read_text().startswith("correct: ")
+
+    again = CliRunner().invoke(app, args)  # a finished run is not silently overwritten
+    assert again.exit_code != 0 and "--resume" in again.output
