@@ -16,6 +16,7 @@ import torch
 
 from challenge_kit import experts as expert_store
 from challenge_kit.contract import DatasetSpec, default_labels
+from challenge_kit.experts import sgd_step
 from challenge_kit.matching import GRAD_MODES, match, plan_inner_steps
 from challenge_kit.models import FunctionalConvNet, ModelConfig
 from challenge_kit.progress import console, make_progress
@@ -121,13 +122,6 @@ class DistillState:
         return dict(self.__dict__)
 
 
-def _sgd(param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None, lr: float, momentum: float):
-    """torch.optim.SGD's update (momentum, no dampening), kept explicit so its state is one tensor."""
-    buf = grad.clone() if buf is None else buf.mul_(momentum).add_(grad)
-    param.sub_(lr * buf)
-    return buf
-
-
 def _evaluate(images, spec, test_images, test_labels, config: EvalConfig, iteration: int, device) -> dict:
     from evaluator.scorer import evaluate_images
 
@@ -208,8 +202,8 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
             if not math.isfinite(loss) or loss > cfg.threshold:
                 state.skipped += 1
             else:
-                image_buf = _sgd(images, result.grad_images, image_buf, cfg.lr_img, cfg.momentum)
-                lr_buf = _sgd(lr, result.grad_lr, lr_buf, cfg.lr_lr, cfg.momentum)
+                images, image_buf = sgd_step(images, result.grad_images, cfg.lr_img, cfg.momentum, buf=image_buf)
+                lr, lr_buf = sgd_step(lr, result.grad_lr, cfg.lr_lr, cfg.momentum, buf=lr_buf)
             state.iteration += 1
             if state.iteration % cfg.interval == 0 and state.upper < cfg.max_start_epoch:
                 state.upper += 1

@@ -50,7 +50,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def save_torch(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through an open handle: a path would name the archive's inner folder after the random
+    temporary file, so identical content would not give identical bytes (and sha256) from run to run."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def save_json(obj, path: str | Path) -> Path:

@@ -34,11 +34,11 @@ def test_full_profile_is_mdatm_table_1(dataset):
 def test_quick_profile_overrides_only_what_it_names(dataset):
     full, quick = load_recipe(dataset), load_recipe(dataset, "quick")
     assert quick.profile == "quick"
-    assert (quick.experts.num_experts, quick.experts.epochs) == (2, 6)
-    assert (quick.distill.iterations, quick.distill.syn_steps, quick.distill.batch_syn) == (40, 8, 100)
+    assert (quick.experts.num_experts, quick.experts.epochs) == (2, 3)
+    assert (quick.distill.iterations, quick.distill.syn_steps, quick.distill.batch_syn) == (20, 4, 40)
     assert quick.experts.epochs >= quick.distill.max_start_epoch + quick.distill.expert_epochs
     assert quick.distill.lr_img == full.distill.lr_img and quick.experts.optimizer == full.experts.optimizer
-    assert quick.eval.every == 20 and quick.eval.batch_size == full.eval.batch_size
+    assert quick.eval.every == 10 and quick.eval.batch_size == full.eval.batch_size
 
 
 def test_recipe_by_path_and_dir():

@@ -186,3 +186,11 @@ def test_distilled_artifact_with_a_bad_spec_is_a_kit_file_error(tmp_path):
                         {"format": ARTIFACT_FORMAT, "spec": bad})
     with pytest.raises(KitFileError, match=r"b\.safetensors: artifact metadata has no valid spec"):
         DistilledArtifact.load(path)
+
+
+def test_save_torch_gives_the_same_bytes_for_the_same_content(tmp_path):
+    """The archive's inner name must not come from the random temporary file (manifests record sha256)."""
+    x = torch.arange(12.0).view(3, 4)
+    save_torch(x, tmp_path / "a.pt")
+    save_torch(x, tmp_path / "sub" / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()

@@ -105,3 +105,25 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
 
     again = CliRunner().invoke(app, args)  # a finished run is not silently overwritten
     assert again.exit_code != 0 and "--resume" in again.output
+
+
+def test_make_submission_on_the_real_mini_tiny_imagenet(tmp_path):
+    """Real JPEGs through the whole pipeline; the export is a subset submission that verify accepts."""
+    if not (MINI / "wnids.txt").is_file():
+        pytest.skip(f"{MINI} is not here")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "make-submission", "tinyimagenet", "--data-root", str(MINI), "--out", str(out), "--device", "cpu",
+        "--cache-dir", str(tmp_path / "cache"), "--profile", "quick", "--set", "experts.num_experts=1",
+        "--set", "experts.epochs=1", "--set", "distill.iterations=1", "--set", "distill.syn_steps=1",
+        "--set", "distill.expert_epochs=1", "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10",
+        "--set", "eval.every=0"])
+    assert result.exit_code == 0, result.output
+    pt = out / "tinyimagenet.pt"
+    assert tuple(load_torch(pt).shape) == (200, 3, 64, 64)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["challenge_submission"] is False
+    assert manifest["spec"]["class_names"] == sorted((MINI / "wnids.txt").read_text().split())
+    verify = CliRunner().invoke(app, ["verify", str(pt), "--json"])
+    assert verify.exit_code == 0, verify.output
+    assert json.loads(verify.stdout)["spec"]["challenge"] is False
