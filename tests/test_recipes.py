@@ -53,7 +53,7 @@ def test_set_overrides_apply_last_with_type_coercion():
     assert r.distill.lr_img == 100.0 and isinstance(r.distill.lr_img, float)
     assert r.distill.lr_init == 1.0 and isinstance(r.distill.lr_init, float)
     assert r.experts.adaptive is False and r.distill.grad == "unrolled" and r.eval.rounds == 3
-    assert r.distill.syn_steps == 8  # the profile value stays where --set says nothing
+    assert r.distill.syn_steps == 4  # the profile value stays where --set says nothing
     assert load_recipe("cifar100", overrides=["experts.adaptive=TRUE"]).experts.adaptive is True
     assert parse_overrides(["a.b=c=d"]) == {"a": {"b": "c=d"}}
 
