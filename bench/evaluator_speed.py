@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings per variant; best is kept")
     args = parser.parse_args()
     spec = SPECS[args.dataset]
-    device = torch.device(args.device) if args.device else scorer.default_device()
+    device = scorer.resolve_device(args.device)
     epochs = args.epochs or (200 if device.type == "cuda" else 3)
     g = torch.Generator().manual_seed(0)
     images = normalize(torch.rand(spec.shape, generator=g), spec)

@@ -29,10 +29,10 @@ from challenge_kit.distill import (
     select_real,
 )
 from challenge_kit.models import ModelConfig
-from challenge_kit.pipeline import load_data, resolve_device
+from challenge_kit.pipeline import load_data
 from challenge_kit.recipes import load_recipe
 from challenge_kit.storage import DistilledArtifact
-from evaluator.scorer import evaluate_images
+from evaluator.scorer import evaluate_images, resolve_device
 
 
 def main() -> None:

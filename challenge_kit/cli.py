@@ -187,9 +187,9 @@ def experts_cmd(
 
     from challenge_kit import experts as ex
     from challenge_kit.data import load_split
-    from challenge_kit.pipeline import resolve_device
     from challenge_kit.progress import console, expert_progress, make_progress
     from challenge_kit.recipes import load_recipe
+    from evaluator.scorer import resolve_device
 
     try:
         config = load_recipe(dataset, profile, overrides).experts
@@ -285,8 +285,6 @@ def info(
         fail(f"{directory}: holds no expert files (expert_NNNN.safetensors)")
     Console().print(_expert_table(rows, directory))
 
-
-__all__ = ["app", "fail", "KitFileError"]
 
 
 PROFILE_HELP = "recipe profile: full (the paper's M-DATM settings) or quick (a CPU smoke run)"

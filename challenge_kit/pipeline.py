@@ -9,21 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from challenge_kit import data, experts
 from challenge_kit.distill import DistillState, distill
 from challenge_kit.export import export_run
 from challenge_kit.progress import console, expert_progress, make_progress
 from challenge_kit.recipes import Recipe, load_recipe
-from evaluator.scorer import default_device
+from evaluator.scorer import resolve_device
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device(device) if device else default_device()
 
 
 def load_data(dataset: str, data_root: str | Path, *, download: bool = False, cache_dir: str | Path | None = None,

@@ -24,7 +24,7 @@ from challenge_kit.models import ConvNet, load_flat_
 from challenge_kit.storage import DistilledArtifact, KitFileError, load_rows, load_torch
 from evaluator.inputs import manifest_spec, resolve_spec
 from evaluator.scorer import LR as SCORER_LR
-from evaluator.scorer import default_device
+from evaluator.scorer import resolve_device
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
@@ -460,7 +460,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256
 def check_reference(images: torch.Tensor, spec: DatasetSpec, model: nn.Module | str | Path) -> Check:
     """Do the images of class k's rows look like class k to a model trained on real data?"""
     if not isinstance(model, nn.Module):  # a model passed in stays on its device
-        model = load_reference_model(model, spec).to(default_device())
+        model = load_reference_model(model, spec).to(resolve_device())
     x = torch.nan_to_num(images.detach().float())
     logits = predict_logits(model, x)
     k, ipc = spec.num_classes, spec.ipc

@@ -17,7 +17,7 @@ from pathlib import Path
 from challenge_kit.contract import SPECS, DatasetSpec
 from challenge_kit.storage import KitFileError, atomic_write, save_json
 from evaluator.inputs import load_reference, load_submission
-from evaluator.scorer import EPOCHS, ROUNDS, default_device, evaluate_images
+from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
 
 SCORES_TXT = "scores.txt"
 SCORES_JSON = "scores.json"
@@ -50,7 +50,7 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
     specs = tuple(specs)
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs)
     loaded = [(spec, load_submission(sub, spec), *load_reference(ref, spec)) for spec, sub, ref in present]
-    device = device or str(default_device())
+    device = device or str(resolve_device())
     results = {spec.name: evaluate_images(images, spec, test_images, test_labels, rounds=rounds,
                                           epochs=epochs, seed=seed, device=device,
                                           show_progress=show_progress)

@@ -48,7 +48,10 @@ def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def default_device() -> torch.device:
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """The device asked for, else CUDA when present, else the CPU: one code path for both."""
+    if device is not None:
+        return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -137,7 +140,7 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torc
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order.
     ``seed`` fixes init, shuffling and augmentation (bit-reproducible on CPU); None draws a fresh one.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     seed = fresh_seed() if seed is None else seed
     config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
     net = _init_net(config, seed, device)
@@ -168,7 +171,7 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
         raise ValueError(f"images have shape {tuple(images.shape)}, {spec.name} expects {spec.shape}")
     if rounds < 1 or epochs < 1:
         raise ValueError(f"rounds and epochs must be >= 1 (got rounds={rounds}, epochs={epochs})")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     train_labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
     seeds = round_seeds(seed, rounds)
     accuracies: list[float] = []
