@@ -14,7 +14,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def main() -> None:
     """ddkit: distill, verify and score ECCV 2024 DD challenge submissions."""
-    # an explicit callback keeps `ddkit <command>` a command group even while it has a single command
+    from challenge_kit.runtime import tune_allocator
+
+    tune_allocator()
 
 
 def fail(message: str, code: int = 1) -> None:

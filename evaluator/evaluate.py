@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from challenge_kit.contract import SPECS, DatasetSpec
+from challenge_kit.runtime import tune_allocator
 from challenge_kit.storage import KitFileError, atomic_write, save_json
 from evaluator.inputs import load_reference, load_submission
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
@@ -103,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPECS.values())) -> int:
     args = parse_args(argv)
+    tune_allocator()
     if (args.epochs, args.rounds) != (EPOCHS, ROUNDS):
         print(f"shortened run: {args.epochs} epochs x {args.rounds} rounds instead of the official "
               f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
