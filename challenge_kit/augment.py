@@ -35,6 +35,10 @@ class DSAParams:
     def to(self, device: torch.device | str) -> DSAParams:
         return DSAParams(self.group, {k: v.to(device) for k, v in self.values.items()})
 
+    def take(self, rows: slice) -> DSAParams:
+        """The parameters of some of the images (a shard of the batch), as drawn for the whole batch."""
+        return DSAParams(self.group, {k: v[rows] for k, v in self.values.items()})
+
 
 def _uniform(n: int, device, generator, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(n, device=device, generator=generator, dtype=dtype)

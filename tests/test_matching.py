@@ -1,65 +1,125 @@
+"""The matching math: exact adjoint vs unrolled autograd in float64 for every leaf (images, lr, learned soft
+labels) and every method term (masks, per-step weights, intermediate targets), plus finite differences."""
+
 import pytest
 import torch
 
-from challenge_kit.matching import match, normalized_distance, plan_inner_steps
+from challenge_kit.matching import Matching, inner_loss, match, normalized_distance, plan_inner_steps
 from challenge_kit.models import FunctionalConvNet, ModelConfig
 
+D = torch.float64
 
-def _problem(dtype=torch.float64, steps=6, batch_syn=5, seed=3):
+
+def _problem(steps=6, batch_syn=5, seed=3, soft=False):
     torch.manual_seed(0)
-    net = FunctionalConvNet(ModelConfig(num_classes=4, image_size=16, width=8, depth=2), dtype=dtype)
-    images = torch.randn(12, 3, 16, 16, dtype=dtype)
+    net = FunctionalConvNet(ModelConfig(num_classes=4, image_size=16, width=8, depth=2), dtype=D)
+    images = torch.randn(12, 3, 16, 16, dtype=D)
     labels = torch.arange(4).repeat_interleave(3)
+    if soft:
+        labels = (torch.nn.functional.one_hot(labels, 4) * 3 + torch.randn(12, 4, dtype=D)).requires_grad_(True)
     start = net.init_flat(1)
     target = start + 0.01 * torch.randn_like(start)
-    lr = torch.tensor(0.05, dtype=dtype)
+    lr = torch.tensor(0.05, dtype=D)
     plan = plan_inner_steps(12, batch_syn, steps, 16, "cpu", generator=torch.Generator().manual_seed(seed),
-                            aug_generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
-    return net, images, labels, lr, start, target, plan
+                            aug_generator=torch.Generator().manual_seed(seed + 1), dtype=D)
+    return net, images, labels, lr, Matching(start, start, [(steps, target)]), plan
 
 
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_exact_gradient_equals_unrolled_in_float64(seed):
-    problem = _problem(seed=seed)
-    exact = match(*problem, mode="exact")
-    unrolled = match(*problem, mode="unrolled")
+def _agree(problem, labels_too=False):
+    exact, unrolled = match(*problem, mode="exact"), match(*problem, mode="unrolled")
     assert exact.loss.item() == pytest.approx(unrolled.loss.item(), rel=1e-12)
     assert unrolled.grad_images.abs().sum() > 0
     assert _rel(exact.grad_images, unrolled.grad_images) < 1e-6
     assert _rel(exact.grad_lr, unrolled.grad_lr) < 1e-6
+    if labels_too:
+        assert unrolled.grad_labels.abs().sum() > 0
+        assert _rel(exact.grad_labels, unrolled.grad_labels) < 1e-6
+    return exact
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_exact_gradient_equals_unrolled_in_float64(seed):
+    _agree(_problem(seed=seed))
+
+
+def test_exact_gradient_with_learned_soft_labels_equals_unrolled_for_all_three_leaves():
+    exact = _agree(_problem(soft=True), labels_too=True)
+    assert exact.grad_labels.shape == (12, 4)
 
 
 def test_exact_gradient_with_parameter_mask():
-    net, images, labels, lr, start, target, plan = _problem(steps=3)
-    mask = torch.zeros_like(start, dtype=torch.bool)
-    mask[start.numel() // 3:] = True
-    exact = match(net, images, labels, lr, start, target, plan, mode="exact", mask=mask)
-    unrolled = match(net, images, labels, lr, start, target, plan, mode="unrolled", mask=mask)
-    assert _rel(exact.grad_images, unrolled.grad_images) < 1e-6
-    full = match(net, images, labels, lr, start, target, plan, mode="exact")
+    net, images, labels, lr, problem, plan = _problem(steps=3)
+    mask = torch.zeros_like(problem.start, dtype=torch.bool)
+    mask[problem.start.numel() // 3:] = True
+    masked = Matching(problem.start, problem.anchor, problem.targets, mask=mask)
+    exact = _agree((net, images, labels, lr, masked, plan))
+    full = match(net, images, labels, lr, problem, plan, mode="exact")
     assert _rel(exact.grad_images, full.grad_images) > 1e-3
 
 
-def test_gradient_matches_finite_difference_in_lr():
-    net, images, labels, lr, start, target, plan = _problem(steps=3)
-    res = match(net, images, labels, lr, start, target, plan, mode="exact")
+def test_intermediate_targets_and_step_weights_are_exact_and_change_the_gradient():
+    net, images, labels, lr, problem, plan = _problem(steps=6)
+    middle = problem.start + 0.004 * torch.randn_like(problem.start)
+    richer = Matching(problem.start, problem.anchor, [(3, middle), *problem.targets],
+                      weights=[0.5, 0.5, 2.0, 2.0, 1.0, 1.5])
+    exact = _agree((net, images, labels, lr, richer, plan))
+    assert len(exact.terms) == 2
+    assert exact.loss.item() == pytest.approx(sum(t.item() for t in exact.terms))
+    plain = match(net, images, labels, lr, problem, plan, mode="exact")
+    assert _rel(exact.grad_images, plain.grad_images) > 1e-3
+
+
+def test_perturbed_start_is_normalized_by_the_anchor():
+    net, images, labels, lr, problem, plan = _problem(steps=0)
+    moved = problem.start + 0.002 * torch.randn_like(problem.start)
+    res = match(net, images, labels, lr, Matching(moved, problem.anchor, problem.targets), plan)
+    target = problem.targets[0][1]
+    expected = (moved - target).pow(2).sum() / (problem.anchor - target).pow(2).sum()
+    assert res.loss.item() == pytest.approx(expected.item())
+
+
+def test_gradient_matches_finite_difference_in_lr_and_a_soft_label():
+    net, images, labels, lr, problem, plan = _problem(steps=3, soft=True)
+    res = match(net, images, labels, lr, problem, plan, mode="exact")
     eps = 1e-6
-    up = match(net, images, labels, lr + eps, start, target, plan, mode="unrolled").loss
-    down = match(net, images, labels, lr - eps, start, target, plan, mode="unrolled").loss
-    numeric = ((up - down) / (2 * eps)).item()
-    assert numeric == pytest.approx(res.grad_lr.item(), rel=1e-5, abs=1e-8)
+
+    def loss(lr_=lr, labels_=labels):
+        return match(net, images, labels_.detach(), lr_, problem, plan, mode="unrolled").loss.item()
+
+    assert (loss(lr + eps) - loss(lr - eps)) / (2 * eps) == pytest.approx(res.grad_lr.item(), rel=1e-5, abs=1e-8)
+    bump = torch.zeros_like(labels)
+    bump[5, 2] = eps
+    numeric = (loss(labels_=labels + bump) - loss(labels_=labels - bump)) / (2 * eps)
+    assert numeric == pytest.approx(res.grad_labels[5, 2].item(), rel=1e-5, abs=1e-9)
+
+
+def test_soft_cross_entropy_is_datm_soft_ce_and_hard_labels_are_plain_ce():
+    logits = torch.randn(5, 4, dtype=D)
+    targets = torch.randn(5, 4, dtype=D)
+    expected = sum(-(torch.log_softmax(logits[i], 0) * torch.softmax(targets[i], 0)).sum() for i in range(5))
+    assert inner_loss(logits, targets).item() == pytest.approx(expected.item())
+    hard = torch.tensor([0, 3, 1, 1, 2])
+    assert inner_loss(logits, hard).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, hard, reduction="sum").item())
 
 
 def test_loss_is_normalized_distance_of_the_trained_student():
-    net, images, labels, lr, start, target, plan = _problem(steps=0)
-    res = match(net, images, labels, lr, start, target, plan, mode="exact")
+    net, images, labels, lr, problem, plan = _problem(steps=0)
+    res = match(net, images, labels, lr, problem, plan, mode="exact")
     assert res.loss.item() == pytest.approx(1.0)
-    assert normalized_distance(target, start, target).item() == 0.0
+    target = problem.targets[0][1]
+    assert normalized_distance(target, problem.start, target).item() == 0.0
     assert torch.count_nonzero(res.grad_images) == 0
+
+
+def test_targets_outside_the_inner_loop_are_refused():
+    net, images, labels, lr, problem, plan = _problem(steps=2)
+    with pytest.raises(ValueError, match="targets"):
+        match(net, images, labels, lr, Matching(problem.start, problem.anchor, [(3, problem.start)]), plan)
 
 
 def test_plan_covers_permutation_chunks_and_is_seeded():
