@@ -11,24 +11,21 @@ they are split over processes.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 
-from challenge_kit import augment
+from challenge_kit import augment, parts
 from challenge_kit.contract import DatasetSpec
 from challenge_kit.models import ConvNet, FunctionalConvNet, ModelConfig, param_shapes, unflatten_params
+from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.storage import (
     KitFileError,
@@ -42,8 +39,8 @@ from challenge_kit.storage import (
 
 EXPERT_FORMAT = "ddkit-expert"
 EXPERT_VERSION = 1
-OPTIMIZERS = ("gsam", "sgd")
 EVAL_BATCH = 1024
+DIFFICULTY = "difficulty.safetensors"
 # Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).
 NOT_TRAJECTORY = ("num_experts", "epochs")
 
@@ -58,20 +55,6 @@ def expert_files(out_dir: str | Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ optimizer math
 
-def gsam_perturbation(p: torch.Tensor, g: torch.Tensor, rho: float, adaptive: bool = True) -> torch.Tensor:
-    """e = rho * g * p^2 / (|| |p| * g || + 1e-12) (adaptive), or rho * g / (||g|| + 1e-12)."""
-    if adaptive:
-        return rho * g * p * p / ((p.abs() * g).norm() + 1e-12)
-    return rho * g / (g.norm() + 1e-12)
-
-
-def gsam_gradient(g: torch.Tensor, g_p: torch.Tensor, alpha: float) -> torch.Tensor:
-    """g_p - alpha * (g - (g . g_p / ||g_p||^2) g_p): the perturbed gradient minus alpha times the part of
-    the plain gradient orthogonal to it (GSAM's surrogate-gap term)."""
-    parallel = (g @ g_p) / (g_p @ g_p).clamp_min(torch.finfo(g_p.dtype).tiny)
-    return g_p - alpha * (g - parallel * g_p)
-
-
 def sgd_step(p: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
              buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """torch.optim.SGD's update (no dampening, no Nesterov) on a flat vector; returns (p, momentum buffer)."""
@@ -83,17 +66,11 @@ def sgd_step(p: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float = 0
     return p - lr * grad, buf
 
 
-def expert_gradient(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                    config: ExpertConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss at p, the optimizer's gradient) for one augmented batch; GSAM's two passes see the same batch."""
-    q = p.detach().requires_grad_(True)
-    loss = F.cross_entropy(f(q, x), y)
-    (g,) = torch.autograd.grad(loss, q)
-    if config.optimizer == "sgd":
-        return loss.detach(), g
-    q = (p + gsam_perturbation(p, g, config.rho, config.adaptive)).requires_grad_(True)
-    (g_p,) = torch.autograd.grad(F.cross_entropy(f(q, x), y), q)
-    return loss.detach(), gsam_gradient(g, g_p, config.alpha)
+def lr_at(config: ExpertConfig, epoch: int) -> float:
+    """The lr of epoch ``epoch`` (1-based): constant, or times lr_decay after ``lr_decay_epoch``."""
+    if config.lr_decay_epoch and epoch > config.lr_decay_epoch:
+        return config.lr * config.lr_decay
+    return config.lr
 
 
 @torch.no_grad()
@@ -113,10 +90,12 @@ def expert_generator(seed: int, index: int) -> torch.Generator:
 
 
 def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
-                labels: torch.Tensor, config: ExpertConfig, gen: torch.Generator,
-                on_step: Callable[[float], None] | None = None,
+                labels: torch.Tensor, config: ExpertConfig, gen: torch.Generator, epoch: int = 1,
+                on_step: Callable[[torch.Tensor], None] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """One shuffled pass in ``batch_size`` batches, fresh per-image DSA each; returns (p, buf, mean loss)."""
+    """One shuffled pass (epoch ``epoch``, 1-based) in ``batch_size`` batches, fresh per-image DSA each, with
+    the recipe's objective part; returns (p, buf, mean loss)."""
+    objective = parts.get("objective", config.objective)
     n, device = images.shape[0], images.device
     perm = torch.randperm(n, generator=gen).to(device)
     total = torch.zeros((), device=device)
@@ -125,11 +104,11 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
         # parameters drawn on the CPU generator, so the trajectory does not depend on the device's RNG
         params = augment.sample(idx.numel(), images.shape[-1], "cpu", generator=gen, group_generator=gen)
         x = augment.apply(images[idx], params.to(device))
-        loss, grad = expert_gradient(f, p, x, labels[idx], config)
-        p, buf = sgd_step(p, grad, config.lr, config.momentum, config.weight_decay, buf)
+        loss, grad = objective(f, p, x, labels[idx], config, epoch - 1)
+        p, buf = sgd_step(p, grad, lr_at(config, epoch), config.momentum, config.weight_decay, buf)
         total += loss * idx.numel()
         if on_step is not None:
-            on_step(float(loss))
+            on_step(loss)
     return p, buf, float(total) / n
 
 
@@ -309,20 +288,72 @@ class ExpertStore:
         return int(paths[-1].stem.split("_")[1]) + 1 if paths else 0
 
 
+@dataclass
+class Trajectories:
+    """The complete experts of a store, as matching reads them: a few snapshots of one expert at a time."""
+
+    paths: list[Path]
+    epochs: int
+
+    @classmethod
+    def open(cls, root: str | Path, spec: DatasetSpec, model: ModelConfig, needed_epochs: int) -> Trajectories:
+        paths, epochs = [], None
+        for path in complete_experts(root):
+            expert = read_expert(path, snapshots=False)
+            if expert.model_config != model or expert.spec.num_classes != spec.num_classes \
+                    or expert.spec.image_size != spec.image_size:
+                raise KitFileError(path, f"expert was trained for {expert.spec.describe()} with {expert.model_config}, "
+                                         f"not for {spec.describe()}")
+            paths.append(path)
+            epochs = expert.epochs if epochs is None else min(epochs, expert.epochs)
+        if not paths:
+            raise KitFileError(root, "no complete experts in this store; train them with `ddkit experts` first")
+        if epochs < needed_epochs:
+            raise KitFileError(root, f"experts have {epochs} epochs, matching needs max_start_epoch + expert_epochs "
+                                     f"= {needed_epochs}")
+        return cls(paths, epochs)
+
+    @property
+    def count(self) -> int:
+        return len(self.paths)
+
+    def snapshots(self, expert: int, epochs: list[int]) -> torch.Tensor:
+        """Rows ``epochs`` of expert ``expert`` (memory-mapped reads), checked finite like a full read."""
+        rows = load_rows(self.paths[expert], "snapshots", epochs)
+        if not torch.isfinite(rows).all():
+            raise KitFileError(self.paths[expert], f"snapshots {epochs} hold non-finite values")
+        return rows
+
+    def snapshot(self, expert: int, epoch: int) -> torch.Tensor:
+        return self.snapshots(expert, [epoch])[0]
+
+    def last(self, expert: int = 0) -> torch.Tensor:
+        return self.snapshot(expert, self.epochs)
+
+
 # ------------------------------------------------------------------------------------------ training
 
-def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int,
-              num_train: int) -> dict:
+def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the training images and labels: an expert store never mixes experts of different data
+    (a held-out split, another subset, other preprocessing)."""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        t = t.detach().contiguous().cpu()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int, data: str) -> dict:
     """What must match for an existing file to be continued rather than retrained."""
     trajectory = {k: v for k, v in asdict(config).items() if k not in NOT_TRAJECTORY}
-    return {"spec": spec.to_dict(), "model": model.to_dict(), "optimizer": trajectory, "index": index,
-            "num_train": num_train}
+    return {"spec": spec.to_dict(), "model": model.to_dict(), "config": trajectory, "index": index, "data": data}
 
 
 def _identity_of(meta: dict) -> dict:
-    trajectory = {k: v for k, v in (meta.get("optimizer") or {}).items() if k not in NOT_TRAJECTORY}
-    return {"spec": meta.get("spec"), "model": meta.get("model"), "optimizer": trajectory,
-            "index": meta.get("index"), "num_train": meta.get("num_train")}
+    trajectory = {k: v for k, v in (meta.get("config") or {}).items() if k not in NOT_TRAJECTORY}
+    return {"spec": meta.get("spec"), "model": meta.get("model"), "config": trajectory,
+            "index": meta.get("index"), "data": meta.get("data")}
 
 
 def _resume(path: Path, identity: dict, momentum: bool):
@@ -336,7 +367,7 @@ def _resume(path: Path, identity: dict, momentum: bool):
     if meta.get("source"):
         raise KitFileError(path, f"holds an imported expert ({meta['source']}); train into another folder")
     if _identity_of(meta) != identity:
-        return None, "trained with a different spec, model, optimizer config, seed or training set"
+        return None, "trained with a different spec, model, expert config, seed or training set"
     no_buf = momentum and meta["completed_epochs"] and "momentum_buffer" not in tensors
     if "rng_state" not in tensors or no_buf:
         return None, "has no saved RNG/optimizer state to continue from"
@@ -351,17 +382,25 @@ def _save(path: Path, snapshots: list[torch.Tensor], gen: torch.Generator, buf: 
     save_tensors(tensors, path, meta)
 
 
+def epoch_subset(config: ExpertConfig, order: torch.Tensor | None, n: int, epoch: int) -> torch.Tensor | None:
+    """The training images of epoch ``epoch`` under the recipe's schedule part (None: all of them)."""
+    return parts.get("schedule", config.schedule)().indices(order, n, epoch, config)
+
+
 def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                  test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
-                 model: ModelConfig | None = None, progress: Callable[[dict], None] | None = None) -> Path:
-    """Train (or continue, or skip) expert ``index``; data tensors must already be on the training device."""
+                 data: str, order: torch.Tensor | None = None, model: ModelConfig | None = None,
+                 progress: Callable[[dict], None] | None = None) -> Path:
+    """Train (or continue, or skip) expert ``index``; data tensors must already be on the training device.
+
+    ``data`` is the training set's fingerprint; ``order`` ranks its images easiest first for schedules that
+    need it.
+    """
     model = model or ModelConfig.for_spec(spec)
-    if config.optimizer not in OPTIMIZERS:
-        raise ValueError(f"expert optimizer {config.optimizer!r} is not one of {OPTIMIZERS}")
     path = expert_path(out_dir, index)
     device = images.device
     f = FunctionalConvNet(model, device=device)
-    identity = _identity(spec, model, config, index, images.shape[0])
+    identity = _identity(spec, model, config, index, data)
     state, problem = _resume(path, identity, bool(config.momentum))
     emit = progress or (lambda event: None)
     if problem:
@@ -374,9 +413,10 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
         p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
         snapshots, buf = [p.detach().cpu()], None
         meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
-                "model": model.to_dict(), "optimizer": asdict(config), "seed": config.seed, "index": index,
-                "num_train": images.shape[0], "num_test": test_images.shape[0], "completed_epochs": 0,
-                "train_loss": [], "test_acc": [], "epoch_seconds": [], "epochs": config.epochs}
+                "model": model.to_dict(), "config": asdict(config), "seed": config.seed, "index": index,
+                "data": data, "num_train": images.shape[0], "num_test": test_images.shape[0],
+                "completed_epochs": 0, "train_loss": [], "test_acc": [], "epoch_seconds": [],
+                "epochs": config.epochs}
         _save(path, snapshots, gen, buf, meta)  # visible, and resumable, from the init on
     else:
         rows, rng_state, buf, meta = state
@@ -385,12 +425,13 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
         snapshots = list(rows)
         p = rows[-1].to(device)
         buf = buf.to(device) if buf is not None else None
-    meta = {**meta, "epochs": config.epochs, "optimizer": asdict(config)}
-    steps = -(-images.shape[0] // config.batch_size)
+    meta = {**meta, "epochs": config.epochs, "config": asdict(config)}
     for epoch in range(meta["completed_epochs"] + 1, config.epochs + 1):
         start = time.perf_counter()
-        on_step = partial(_step_event, emit, index, epoch, steps)
-        p, buf, loss = train_epoch(f, p, buf, images, labels, config, gen, on_step)
+        subset = epoch_subset(config, order, images.shape[0], epoch)
+        x, y = (images, labels) if subset is None else (images[subset], labels[subset])
+        on_step = partial(_step_event, emit, index, epoch, -(-x.shape[0] // config.batch_size))
+        p, buf, loss = train_epoch(f, p, buf, x, y, config, gen, epoch, on_step)
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"expert {index} diverged in epoch {epoch} (non-finite parameters)")
         acc = accuracy(f, p, test_images, test_labels)
@@ -404,21 +445,60 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
     return path
 
 
-def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int, loss: float) -> None:
+def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int, loss: torch.Tensor) -> None:
     emit({"kind": "step", "expert": index, "epoch": epoch, "loss": loss, "steps": steps})
 
 
 def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertConfig, num_train: int) -> int:
-    """Optimizer steps left to do (from file headers), for a progress bar's total."""
-    per_epoch = -(-num_train // config.batch_size)
+    """Optimizer steps left to do (from file headers and the schedule), for a progress bar's total."""
+    everything = torch.arange(num_train)
+
+    def steps(epoch: int) -> int:
+        subset = epoch_subset(config, everything, num_train, epoch)
+        return -(-(num_train if subset is None else len(subset)) // config.batch_size)
+
     total = 0
     for index in indices:
         try:
             done = int(read_metadata(expert_path(out_dir, index)).get("completed_epochs", 0))
         except (KitFileError, TypeError, ValueError):
             done = 0
-        total += max(0, config.epochs - done) * per_epoch
+        total += sum(steps(e) for e in range(done + 1, config.epochs + 1))
     return total
+
+
+@torch.no_grad()
+def _logits(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    f.module.eval()
+    out = torch.cat([f(p, images[i:i + EVAL_BATCH]) for i in range(0, images.shape[0], EVAL_BATCH)])
+    f.module.train()
+    return out
+
+
+def difficulty_order(images: torch.Tensor, labels: torch.Tensor, config: ExpertConfig, out_dir: str | Path,
+                     data: str, model: ModelConfig) -> torch.Tensor:
+    """Training images from easiest to hardest by EL2N, averaged over ``score_models`` networks trained
+    ``score_epochs`` epochs with plain SGD and DSA (PAD's FIEX); computed once per store and cached in it."""
+    path = Path(out_dir) / DIFFICULTY
+    key = hashlib.sha256(repr((data, model.to_dict(), config.score_models, config.score_epochs, config.lr,
+                               config.batch_size, config.seed)).encode()).hexdigest()
+    if path.is_file():
+        tensors, meta = load_tensors(path)
+        if meta.get("key") == key and tensors.get("order") is not None and len(tensors["order"]) == len(labels):
+            return tensors["order"].to(images.device)
+    scorer = replace(config, objective="sgd", momentum=0.0, weight_decay=0.0, lr_decay_epoch=0, schedule="full")
+    f = FunctionalConvNet(model, device=images.device)
+    total = torch.zeros(len(labels), device=images.device)
+    for m in range(config.score_models):
+        gen = expert_generator(config.seed, -1 - m)  # streams no expert draws from
+        p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
+        for epoch in range(1, config.score_epochs + 1):
+            p, _, _ = train_epoch(f, p, None, images, labels, scorer, gen, epoch)
+        total += el2n(_logits(f, p, images), labels)
+    scores = total / config.score_models
+    order = torch.argsort(scores, stable=True)
+    save_tensors({"order": order, "scores": scores}, path, {"key": key})
+    return order
 
 
 def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
@@ -432,42 +512,19 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
     """
     indices = list(range(config.num_experts) if indices is None else indices)
     device = torch.device(device)
+    model = model or ModelConfig.for_spec(spec)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    data = data_fingerprint(images, labels)
     if progress is not None:
         progress({"kind": "plan", "total": planned_steps(out_dir, indices, config, images.shape[0]),
                   "experts": indices})
     images, labels = images.to(device), labels.to(device)
     test_images, test_labels = test_images.to(device), test_labels.to(device)
-    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, model=model,
-                         progress=progress) for i in indices]
-
-
-# ------------------------------------------------------------------------------------------ scale-out
-
-def rank_indices(num: int, rank: int, world: int) -> list[int]:
-    """Rank ``r`` of ``K`` trains experts r, r + K, r + 2K, ..."""
-    return list(range(rank, num, world))
-
-
-@contextmanager
-def distributed(device: str | torch.device) -> Iterator[tuple[int, int, torch.device]]:
-    """Join the torchrun job (env://): yields (rank, world size, this rank's device); barrier on exit.
-
-    Only rank and world size are used: experts are independent, so nothing is communicated.
-    """
-    import torch.distributed as dist
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    # experts of different ranks finish hours apart: the final barrier must outwait them
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(days=7))
-    try:
-        yield dist.get_rank(), dist.get_world_size(), device
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    order = None
+    if parts.get("schedule", config.schedule).needs_difficulty:
+        order = difficulty_order(images, labels, config, out_dir, data, model)
+    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, data=data,
+                         order=order, model=model, progress=progress) for i in indices]
 
 
 # ------------------------------------------------------------------------------------------ DATM/MTT buffers

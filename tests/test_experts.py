@@ -20,6 +20,7 @@ from challenge_kit import experts as ex
 from challenge_kit.cli import app
 from challenge_kit.contract import CIFAR100
 from challenge_kit.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
+from challenge_kit.parts import expert_parts
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.storage import KitFileError, load_torch, read_metadata
 
@@ -70,13 +71,13 @@ def test_gsam_flat_matches_a_per_parameter_implementation():
     final_ref = [gp - alpha * (g - dot / gp2 * gp) for g, gp in zip(gs, gps, strict=True)]
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
     p, g, gp = flat(ps), flat(gs), flat(gps)
-    assert torch.allclose(ex.gsam_perturbation(p, g, rho), flat(e_ref), atol=1e-9)
-    final = ex.gsam_gradient(g, gp, alpha)
+    assert torch.allclose(expert_parts.gsam_perturbation(p, g, rho), flat(e_ref), atol=1e-9)
+    final = expert_parts.gsam_gradient(g, gp, alpha)
     assert torch.allclose(final, flat(final_ref), atol=1e-6)
     assert abs(float((final - gp) @ gp)) < 1e-4  # only the part orthogonal to g_p is removed
-    assert torch.equal(ex.gsam_gradient(g, gp, 0.0), gp)
-    assert abs(float((ex.gsam_perturbation(p, g, rho) / p.abs()).norm()) - rho) < 1e-6  # ||e / |p| || = rho
-    assert abs(float(ex.gsam_perturbation(p, g, rho, adaptive=False).norm()) - rho) < 1e-6
+    assert torch.equal(expert_parts.gsam_gradient(g, gp, 0.0), gp)
+    assert abs(float((expert_parts.gsam_perturbation(p, g, rho) / p.abs()).norm()) - rho) < 1e-6  # ||e / |p| || = rho
+    assert abs(float(expert_parts.gsam_perturbation(p, g, rho, adaptive=False).norm()) - rho) < 1e-6
 
 
 def test_expert_gradient_equals_the_optimizer_style_two_pass_gsam():
@@ -84,7 +85,7 @@ def test_expert_gradient_equals_the_optimizer_style_two_pass_gsam():
     x, y, _, _ = tiny_data(16)
     f = FunctionalConvNet(MODEL)
     p = f.init_flat(0)
-    loss, grad = ex.expert_gradient(f, p, x, y, CONFIG)
+    loss, grad = expert_parts.gsam(f, p, x, y, CONFIG, 0)
     net = load_flat_(ConvNet(MODEL), p)
     F.cross_entropy(net(x), y).backward()
     g = [q.grad.clone() for q in net.parameters()]
@@ -129,7 +130,7 @@ def test_experts_are_deterministic_independent_and_well_formed(tmp_path):
     e = ex.read_expert(paths[0])
     assert e.complete and e.epochs == e.completed_epochs == 2 and e.model_config == MODEL and e.spec == SPEC
     assert e.meta["format"] == "ddkit-expert" and e.meta["version"] == 1 and e.meta["seed"] == 3
-    assert e.meta["optimizer"]["optimizer"] == "gsam" and len(e.train_loss) == len(e.test_acc) == 2
+    assert e.meta["config"]["objective"] == "gsam" and len(e.train_loss) == len(e.test_acc) == 2
     assert all(0 <= acc <= 1 for acc in e.test_acc)
     lazy = ex.read_expert(paths[0], snapshots=False)
     assert lazy.snapshots is None and torch.equal(lazy.snapshot(2), e.snapshots[2])
@@ -165,7 +166,7 @@ def _corrupt(path: Path, how: str) -> None:
     elif how == "count":
         tensors["snapshots"] = tensors["snapshots"][:2]
     elif how == "seed":
-        meta["optimizer"] = {**meta["optimizer"], "seed": 99}
+        meta["config"] = {**meta["config"], "seed": 99}
     import json
 
     save_file(tensors, str(path), {k: json.dumps(v) for k, v in meta.items()})
@@ -247,10 +248,12 @@ def test_torchrun_two_gloo_ranks_match_a_single_process_run(tmp_path):
     write_cifar(tmp_path / "data", n_train=24, n_test=8)
     # torchrun's own parser takes `--num` as an abbreviation of --numa-binding: the long form passes through
     args = ["experts", "cifar100", "--data-root", str(tmp_path / "data"), "--num-experts", "3", "--epochs", "1",
-            "--set", "experts.batch_size=12", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+            "--set", "experts.batch_size=12", "--set", "eval.every=0", "--device", "cpu", "--profile", "quick",
+            "--set", "distill.max_start_epoch=0", "--set", "distill.expert_epochs=1",
+            "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "challenge_kit", *args, "--out", str(tmp_path / "dist"), "--distributed"],
+                          "-m", "challenge_kit", *args, "--out", str(tmp_path / "dist")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "single")])

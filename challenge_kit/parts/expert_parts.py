@@ -1,0 +1,117 @@
+"""How experts are trained: the objective (loss and gradient of one batch) and the data schedule (which real
+images each epoch sees)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from challenge_kit.models import FunctionalConvNet
+from challenge_kit.parts import register
+
+# ---------------------------------------------------------------------------------------------- objectives
+
+
+def gsam_perturbation(p: torch.Tensor, g: torch.Tensor, rho: float, adaptive: bool = True) -> torch.Tensor:
+    """e = rho * g * p^2 / (|| |p| * g || + 1e-12) (adaptive), or rho * g / (||g|| + 1e-12)."""
+    if adaptive:
+        return rho * g * p * p / ((p.abs() * g).norm() + 1e-12)
+    return rho * g / (g.norm() + 1e-12)
+
+
+def gsam_gradient(g: torch.Tensor, g_p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """g_p - alpha * (g - (g . g_p / ||g_p||^2) g_p): the perturbed gradient minus alpha times the part of
+    the plain gradient orthogonal to it (GSAM's surrogate-gap term)."""
+    parallel = (g @ g_p) / (g_p @ g_p).clamp_min(torch.finfo(g_p.dtype).tiny)
+    return g_p - alpha * (g - parallel * g_p)
+
+
+def _ce_gradient(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = p.detach().requires_grad_(True)
+    loss = F.cross_entropy(f(q, x), y)
+    return loss.detach(), torch.autograd.grad(loss, q)[0]
+
+
+@register("objective", "sgd", "cross-entropy, plain SGD step", "MTT")
+def sgd(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+        epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _ce_gradient(f, p, x, y)
+
+
+@register("objective", "gsam", "cross-entropy with GSAM around SGD (rho, alpha, adaptive): flat trajectories",
+          "FTD/M-DATM")
+def gsam(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+         epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two passes on the same augmented batch: the plain gradient, then the one at the perturbed point."""
+    loss, g = _ce_gradient(f, p, x, y)
+    _, g_p = _ce_gradient(f, p + gsam_perturbation(p, g, config.rho, config.adaptive), x, y)
+    return loss, gsam_gradient(g, g_p, config.alpha)
+
+
+def clip_coefficient(epoch: int, start: float, epochs: int) -> float:
+    """lambda for epoch index ``epoch`` (0-based): linear from ``start`` to 1 over ``epochs``, then 1."""
+    if epochs <= 0:
+        return 1.0
+    return min(1.0, start + (1.0 - start) * epoch / epochs)
+
+
+def gradient_penalty(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, target: float) -> torch.Tensor:
+    """E[(||d f_y(x) / dx||_2 - K)^2] over the batch, f_y the true-class logit (the model's output for the
+    sample, as a WGAN critic's scalar); two-sided, kept differentiable in the parameters."""
+    (gx,) = torch.autograd.grad(out.gather(1, y[:, None]).sum(), x, create_graph=True)
+    return (gx.flatten(1).norm(dim=1) - target).pow(2).mean()
+
+
+@register("objective", "smooth", "clipped cross-entropy (lambda rising clip_start -> 1 over clip_epochs) plus a "
+          "two-sided gradient penalty gp_weight * E[(||df/dx|| - gp_target)^2]", "smooth experts")
+def smooth(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+           epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q = p.detach().requires_grad_(True)
+    xg = x.detach().requires_grad_(True)
+    out = f(q, xg)
+    ce = F.cross_entropy(out, y)
+    loss = clip_coefficient(epoch, config.clip_start, config.clip_epochs) * ce
+    if config.gp_weight:
+        loss = loss + config.gp_weight * gradient_penalty(out, xg, y, config.gp_target)
+    return ce.detach(), torch.autograd.grad(loss, q)[0]
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+
+@register("schedule", "full", "every real training image in every epoch", "MTT")
+class Full:
+    needs_difficulty = False
+
+    def indices(self, order: torch.Tensor | None, n: int, epoch: int, config) -> torch.Tensor | None:
+        return None
+
+
+def easy_first_count(n: int, epoch: int, initial_ratio: float, add_end_epoch: int) -> int:
+    """How many of the easiest images epoch ``epoch`` (1-based) trains on: initial_ratio of them in epoch 1,
+    growing linearly to all of them in epoch ``add_end_epoch``."""
+    first = math.ceil(initial_ratio * n)
+    if epoch >= add_end_epoch:
+        return n
+    return first + (n - first) * (epoch - 1) // max(1, add_end_epoch - 1)
+
+
+@register("schedule", "easy_first", "EL2N difficulty: start with the easiest initial_ratio, add harder images until "
+          "epoch add_end_epoch, then drop the easiest drop_easy in one step (FIEX)", "PAD")
+class EasyFirst:
+    needs_difficulty = True
+
+    def indices(self, order: torch.Tensor, n: int, epoch: int, config) -> torch.Tensor:
+        """``order``: image indices from easiest to hardest."""
+        if epoch > config.add_end_epoch:
+            return order[int(config.drop_easy * n):]
+        return order[:easy_first_count(n, epoch, config.initial_ratio, config.add_end_epoch)]
+
+
+def el2n(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Error L2-norm ||softmax(f(x)) - onehot(y)||_2 per image: larger is harder."""
+    probs = F.softmax(logits.float(), 1)
+    return (probs - F.one_hot(labels, probs.shape[1]).to(probs)).norm(dim=1)

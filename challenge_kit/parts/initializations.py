@@ -1,0 +1,130 @@
+"""Initializations: the IPC real (or noise) images per class, in default order, that distillation starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from challenge_kit.contract import DatasetSpec
+from challenge_kit.models import ConvNet, ModelConfig, load_flat_
+from challenge_kit.parts import register
+
+BATCH = 512
+KMEANS_ITERATIONS = 50
+CORRECT_EXPERTS = 3  # experts asked in turn for correctly classified images before falling back to any
+
+
+@dataclass
+class InitContext:
+    """What an initialization may use: the real training pool, the experts, the seeded generator."""
+
+    spec: DatasetSpec
+    images: torch.Tensor  # challenge-normalized real training images (the pool; held-out images excluded)
+    labels: torch.Tensor
+    experts: Any  # experts.Trajectories: .count, .last(expert)
+    model: ModelConfig
+    generator: torch.Generator
+    device: torch.device
+
+
+@torch.no_grad()
+def expert_model(ctx: InitContext, expert: int = 0) -> ConvNet:
+    """An expert's last snapshot as an eval-mode ConvNet on the run's device."""
+    return load_flat_(ConvNet(ctx.model).to(ctx.device), ctx.experts.last(expert)).eval()
+
+
+@torch.no_grad()
+def _apply(fn, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(images[i:i + BATCH].to(device)).cpu() for i in range(0, len(images), BATCH)])
+
+
+def _pools(ctx: InitContext) -> list[torch.Tensor]:
+    """Each class's pool indices in a seeded random order."""
+    pools = []
+    for c in range(ctx.spec.num_classes):
+        pool = torch.nonzero(ctx.labels == c).flatten()
+        if len(pool) == 0:
+            raise ValueError(f"class {c} has no real images to initialize from")
+        pools.append(pool[torch.randperm(len(pool), generator=ctx.generator)])
+    return pools
+
+
+def _take(pool: torch.Tensor, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """The first ``ipc`` of ``pool``, drawing with replacement when the class has fewer images."""
+    return pool[:ipc] if len(pool) >= ipc else pool[torch.randint(len(pool), (ipc,), generator=generator)]
+
+
+@register("init", "real", "random real images of each class", "MTT")
+def real(ctx: InitContext) -> torch.Tensor:
+    return ctx.images[torch.cat([_take(p, ctx.spec.ipc, ctx.generator) for p in _pools(ctx)])].clone()
+
+
+@register("init", "real_correct", "real images the experts' last snapshots classify correctly (first expert "
+          "first), others when too few", "DATM")
+def real_correct(ctx: InitContext) -> torch.Tensor:
+    pools = _pools(ctx)
+    models = [expert_model(ctx, e) for e in range(min(CORRECT_EXPERTS, ctx.experts.count))]
+    chosen = []
+    for c, pool in enumerate(pools):
+        ranked, left = [], pool
+        for model in models:
+            if len(ranked) >= ctx.spec.ipc or len(left) == 0:
+                break
+            right = _apply(model, ctx.images[left], ctx.device).argmax(1) == c
+            ranked.append(left[right])
+            left = left[~right]
+        chosen.append(_take(torch.cat([*ranked, left]), ctx.spec.ipc, ctx.generator))
+    return ctx.images[torch.cat(chosen)].clone()
+
+
+@register("init", "noise", "standard Gaussian noise", "MTT")
+def noise(ctx: InitContext) -> torch.Tensor:
+    return torch.randn(ctx.spec.shape, generator=ctx.generator)
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator,
+           iterations: int = KMEANS_ITERATIONS) -> torch.Tensor:
+    """Lloyd's K-means with k-means++ seeding; returns the (k, d) centroids."""
+    points = points.double()
+    first = int(torch.randint(len(points), (1,), generator=generator))
+    centroids = points[first:first + 1]
+    while len(centroids) < k:
+        d2 = torch.cdist(points, centroids).min(1).values.pow(2)
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)
+        centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
+    for _ in range(iterations):
+        assign = torch.cdist(points, centroids).argmin(1)
+        moved = torch.stack([points[assign == j].mean(0) if (assign == j).any() else centroids[j]
+                             for j in range(k)])
+        if torch.equal(moved, centroids):
+            break
+        centroids = moved
+    return centroids
+
+
+def nearest_distinct(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """For each centroid in turn, the nearest point not already taken."""
+    dist = torch.cdist(centroids.double(), points.double())
+    taken: list[int] = []
+    for row in dist:
+        row = row.clone()
+        row[taken] = float("inf")
+        taken.append(int(row.argmin()))
+    return torch.tensor(taken)
+
+
+@register("init", "kmeans", "per class, the real images nearest the K-means centroids (K = IPC) of the first "
+          "expert's penultimate features", "smooth experts")
+def representative(ctx: InitContext) -> torch.Tensor:
+    model = expert_model(ctx)
+    chosen = []
+    for pool in _pools(ctx):
+        if len(pool) <= ctx.spec.ipc:
+            chosen.append(_take(pool, ctx.spec.ipc, ctx.generator))
+            continue
+        features = _apply(model.embed, ctx.images[pool], ctx.device)
+        centroids = kmeans(features, ctx.spec.ipc, ctx.generator)
+        chosen.append(pool[nearest_distinct(features, centroids)])
+    return ctx.images[torch.cat(chosen)].clone()

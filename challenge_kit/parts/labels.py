@@ -1,0 +1,97 @@
+"""Label targets: what the student is trained towards in the inner loop, and what a run records as labels.
+
+The challenge scorer only ever trains on default-order hard labels, so ``hard`` is the one part whose sets
+export as submissions; the others make research artifacts (SPEC section 6) that export refuses unless the
+labels are explicitly dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from challenge_kit.contract import DatasetSpec, default_labels
+from challenge_kit.models import FunctionalConvNet
+from challenge_kit.parts import register
+
+BATCH = 512
+
+
+@dataclass
+class LabelContext:
+    spec: DatasetSpec
+    experts: Any  # experts.Trajectories
+    net: FunctionalConvNet
+    label_epoch: int  # expert snapshot whose logits make soft labels (-1: the last)
+    label_experts: int  # experts averaged (0: all)
+    device: torch.device
+
+
+@torch.no_grad()
+def logits(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    net.module.eval()
+    out = torch.cat([net(theta, images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
+    net.module.train()
+    return out
+
+
+def _snapshot(ctx: LabelContext, expert: int) -> torch.Tensor:
+    epoch = ctx.experts.epochs if ctx.label_epoch < 0 else ctx.label_epoch
+    return ctx.experts.snapshot(expert, epoch).to(ctx.device)
+
+
+@register("labels", "hard", "default-order hard labels, image i is class i // IPC (what the scorer uses)", "M-DATM")
+class Hard:
+    learned = False
+    challenge = True
+
+    def initial(self, images: torch.Tensor, ctx: LabelContext) -> torch.Tensor:
+        return default_labels(ctx.spec.num_classes, ctx.spec.ipc, ctx.device)
+
+    def targets(self, labels: torch.Tensor, images: torch.Tensor, net: FunctionalConvNet,
+                target: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    def record(self, labels: torch.Tensor, images: torch.Tensor, ctx: LabelContext) -> torch.Tensor:
+        return labels
+
+
+@register("labels", "learned_soft", "soft labels initialized from the experts' logits on the images they classify "
+          "correctly, learned with their own optimizer", "DATM")
+class LearnedSoft(Hard):
+    learned = True
+    challenge = False
+
+    def initial(self, images: torch.Tensor, ctx: LabelContext) -> torch.Tensor:
+        """DATM: per image, the mean logits of the experts that classify it correctly (all experts when none)."""
+        truth = default_labels(ctx.spec.num_classes, ctx.spec.ipc, ctx.device)
+        count = ctx.experts.count if ctx.label_experts <= 0 else min(ctx.label_experts, ctx.experts.count)
+        total = torch.zeros(len(images), ctx.spec.num_classes, device=ctx.device)
+        right_total = torch.zeros_like(total)
+        right_count = torch.zeros(len(images), 1, device=ctx.device)
+        for e in range(count):
+            out = logits(ctx.net, _snapshot(ctx, e), images)
+            right = (out.argmax(1) == truth).unsqueeze(1).to(out.dtype)
+            total += out
+            right_total += out * right
+            right_count += right
+        return torch.where(right_count > 0, right_total / right_count.clamp_min(1), total / count)
+
+    def record(self, labels: torch.Tensor, images: torch.Tensor, ctx: LabelContext) -> torch.Tensor:
+        return labels.detach()
+
+
+@register("labels", "assigned_soft", "each iteration, the target snapshot's logits on the synthetic images are the "
+          "inner-loop targets (no learned labels)", "TESLA")
+class AssignedSoft(Hard):
+    challenge = False
+
+    def targets(self, labels: torch.Tensor, images: torch.Tensor, net: FunctionalConvNet,
+                target: torch.Tensor) -> torch.Tensor:
+        return logits(net, target, images.detach())
+
+    def record(self, labels: torch.Tensor, images: torch.Tensor, ctx: LabelContext) -> torch.Tensor:
+        """What a user would train these images with: the first expert's logits at the label epoch."""
+        return logits(ctx.net, _snapshot(ctx, 0), images.detach())

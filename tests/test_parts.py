@@ -1,0 +1,258 @@
+"""Every seed technique checked against its paper's equation on a small case (SPEC sections 5-6), and the
+registry that makes them recipe parts."""
+
+import math
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from challenge_kit import parts
+from challenge_kit.contract import CIFAR100, default_labels
+from challenge_kit.experts import Trajectories, difficulty_order, lr_at, train_experts
+from challenge_kit.matching import Matching, match, plan_inner_steps
+from challenge_kit.models import FunctionalConvNet, ModelConfig
+from challenge_kit.parts import expert_parts, initializations, labels, matching_parts
+from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
+
+SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=8)
+MODEL = ModelConfig.for_spec(SPEC, width=4, depth=1)
+D = torch.float64
+
+
+def _data(n_per_class=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat_interleave(n_per_class)
+    x = torch.randn(len(y), 3, 8, 8, generator=g) * 0.3
+    for c in range(3):
+        x[y == c, c] += 1.0
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experts")
+    x, y = _data()
+    train_experts(x, y, x, y, SPEC, ExpertConfig(num_experts=3, epochs=3, batch_size=6, lr=0.05), root, model=MODEL)
+    return Trajectories.open(root, SPEC, MODEL, 3)
+
+
+# ------------------------------------------------------------------------------------------ the registry
+
+def test_every_kind_has_its_parts_and_unknown_names_are_refused_naming_the_known_ones():
+    names = {kind: set(parts.REGISTRY[kind]) for kind in parts.KINDS}
+    assert names["init"] == {"real", "real_correct", "noise", "kmeans"}
+    assert names["labels"] == {"hard", "learned_soft", "assigned_soft"}
+    assert names["mask"] == {"all", "deep"} and names["weights"] == {"uniform", "balanced"}
+    assert names["terms"] == {"final", "intermediate"} and names["perturb"] == {"none", "filter_noise"}
+    assert names["objective"] == {"gsam", "sgd", "smooth"} and names["schedule"] == {"full", "easy_first"}
+    with pytest.raises(ValueError, match="unknown mask part 'shallow'; known: all, deep"):
+        parts.get("mask", "shallow")
+
+
+def test_a_misspelt_part_in_a_recipe_fails_at_load_in_under_two_seconds_naming_the_known_parts(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text('method = "typo"\n[distill]\ninit = "k-means"\n')
+    tick = time.perf_counter()
+    with pytest.raises(ValueError, match=r"distill.init: unknown init part 'k-means'; known: real, real_correct, "
+                                         r"noise, kmeans"):
+        load_recipe(str(path), dataset="tinyimagenet")
+    assert time.perf_counter() - tick < 2
+    for bad, match_ in (('[distill]\ngrad = "tesla"\n', "unknown gradient mode 'tesla'; known: exact, unrolled"),
+                        ('[experts]\nobjective = "adam"\n', "experts.objective: unknown objective part 'adam'"),
+                        ('[eval]\nsplit = "val"\n', "eval.split must be one of holdout, test")):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=match_):
+            load_recipe(str(path), dataset="cifar100")
+
+
+def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
+    base = load_recipe("cifar100")
+    pad = load_recipe("pad", dataset="cifar100")
+    assert pad.method == "PAD" and pad.distill.mask == "deep" and pad.experts.schedule == "easy_first"
+    assert pad.distill.syn_steps == base.distill.syn_steps == 40  # M-DATM table 1 underneath
+    assert load_recipe("smooth", "quick", dataset="tinyimagenet").experts.epochs == 3
+    with pytest.raises(ValueError, match="needs the dataset"):
+        load_recipe("pad")
+
+
+# ------------------------------------------------------------------------------------------ DATM (seed 001)
+
+def test_datm_soft_labels_average_the_logits_of_the_experts_that_classify_each_image_correctly(store):
+    net = FunctionalConvNet(MODEL)
+    x, _ = _data(2, seed=5)
+    ctx = labels.LabelContext(SPEC, store, net, label_epoch=-1, label_experts=0, device=torch.device("cpu"))
+    got = labels.LearnedSoft().initial(x, ctx)
+    truth = default_labels(3, 2)
+    outs = [labels.logits(net, store.last(e), x) for e in range(store.count)]
+    for i in range(len(x)):
+        right = [o[i] for o in outs if o[i].argmax() == truth[i]]
+        expected = torch.stack(right).mean(0) if right else torch.stack([o[i] for o in outs]).mean(0)
+        assert torch.allclose(got[i], expected, atol=1e-6)
+    assert labels.LearnedSoft.learned and not labels.Hard.learned
+
+
+def test_tesla_assigned_labels_are_the_target_snapshots_logits(store):
+    net = FunctionalConvNet(MODEL)
+    x, _ = _data(2, seed=6)
+    target = store.snapshot(1, 2)
+    got = labels.AssignedSoft().targets(default_labels(3, 2), x, net, target)
+    net.module.eval()
+    assert torch.allclose(got, net(target, x), atol=1e-6) and not got.requires_grad
+
+
+# ------------------------------------------------------------------------------------------ PAD (seed 003)
+
+def test_el2n_is_the_l2_distance_of_softmax_from_onehot():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 2])
+    p = torch.softmax(logits, 1)
+    expected = torch.stack([(p[0] - torch.tensor([1.0, 0, 0])).norm(), (p[1] - torch.tensor([0, 0, 1.0])).norm()])
+    assert torch.allclose(expert_parts.el2n(logits, y), expected)
+
+
+def test_fiex_schedule_starts_easy_adds_harder_images_then_drops_the_easiest():
+    cfg = ExpertConfig(initial_ratio=0.75, add_end_epoch=5, drop_easy=0.1)
+    order = torch.arange(100)  # easiest first
+    sched = expert_parts.EasyFirst()
+    sizes = [len(sched.indices(order, 100, e, cfg)) for e in range(1, 8)]
+    assert sizes == [75, 81, 87, 93, 100, 90, 90]
+    assert torch.equal(sched.indices(order, 100, 1, cfg), order[:75])  # the easiest 75%
+    assert torch.equal(sched.indices(order, 100, 6, cfg), order[10:])  # the easiest 10% dropped at once
+    assert expert_parts.Full().indices(order, 100, 3, cfg) is None
+
+
+def test_fiex_difficulty_is_mean_el2n_of_early_models_and_cached(tmp_path):
+    x, y = _data()
+    cfg = ExpertConfig(batch_size=6, lr=0.05, score_models=2, score_epochs=1, seed=1)
+    order = difficulty_order(x, y, cfg, tmp_path, "fp", MODEL)
+    assert sorted(order.tolist()) == list(range(len(y)))
+    cached = difficulty_order(x, y, cfg, tmp_path, "fp", MODEL)
+    assert torch.equal(order, cached)
+    from safetensors.torch import load_file
+
+    scores = load_file(str(tmp_path / "difficulty.safetensors"))["scores"]
+    assert torch.all(scores[order][1:] >= scores[order][:-1])  # easiest (lowest EL2N) first
+
+
+def test_fiem_mask_drops_the_first_share_of_the_flat_parameters():
+    net = FunctionalConvNet(MODEL)
+    mask = matching_parts.deep_parameters(net, DistillConfig(discard_ratio=0.25))
+    k = int(net.num_params * 0.25)
+    assert mask.shape == (net.num_params,) and not mask[:k].any() and mask[k:].all()
+    assert matching_parts.all_parameters(net, DistillConfig()) is None
+
+
+# ------------------------------------------------------------------------------------------ smooth experts (002)
+
+def test_clipped_loss_coefficient_rises_from_half_to_one_over_five_epochs():
+    assert [expert_parts.clip_coefficient(e, 0.5, 5) for e in range(7)] == [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.0]
+
+
+def test_gradient_penalty_is_the_two_sided_input_gradient_norm_penalty():
+    net = FunctionalConvNet(MODEL, dtype=D)
+    p = net.init_flat(0)
+    x, y = _data(1, seed=2)
+    x = x.double().requires_grad_(True)
+    out = net(p, x)
+    got = expert_parts.gradient_penalty(out, x, y, target=1.0)
+    norms = []
+    for i in range(len(y)):  # per sample: d f_{y_i}(x_i) / d x_i, by the full Jacobian
+        jac = torch.autograd.functional.jacobian(lambda xi, i=i: net(p, xi[None])[0, y[i]], x[i].detach())
+        norms.append(jac.norm())
+    assert got.item() == pytest.approx(torch.stack([(n - 1.0) ** 2 for n in norms]).mean().item(), rel=1e-9)
+
+
+def test_smooth_objective_gradient_is_that_of_lambda_ce_plus_mu_gp():
+    f = FunctionalConvNet(MODEL, dtype=D)
+    p = f.init_flat(0)
+    x, y = _data(2, seed=3)
+    x = x.double()
+    cfg = ExpertConfig(objective="smooth", clip_start=0.5, clip_epochs=5, gp_weight=0.7, gp_target=1.0)
+    ce, grad = expert_parts.smooth(f, p, x, y, cfg, epoch=2)
+    q = p.clone().requires_grad_(True)
+    xg = x.clone().requires_grad_(True)
+    out = f(q, xg)
+    (gx,) = torch.autograd.grad(out.gather(1, y[:, None]).sum(), xg, create_graph=True)
+    loss = 0.7 * F.cross_entropy(out, y) + 0.7 * ((gx.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    (expected,) = torch.autograd.grad(loss, q)
+    assert torch.allclose(grad, expected, rtol=1e-9, atol=1e-12)
+    assert ce.item() == pytest.approx(F.cross_entropy(out, y).item())
+
+
+def test_expert_lr_is_halved_after_the_decay_epoch():
+    cfg = ExpertConfig(lr=0.01, lr_decay_epoch=25, lr_decay=0.5)
+    assert [lr_at(cfg, e) for e in (1, 25, 26, 50)] == [0.01, 0.01, 0.005, 0.005]
+    assert lr_at(ExpertConfig(lr=0.01), 40) == 0.01
+
+
+def test_kmeans_finds_separated_clusters_and_init_takes_the_nearest_images():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(20, 2, generator=g) for c in centers])
+    found = initializations.kmeans(points, 3, torch.Generator().manual_seed(1))
+    assert sorted(torch.cdist(found.float(), centers).argmin(1).tolist()) == [0, 1, 2]
+    picked = initializations.nearest_distinct(points, found)
+    assert len(set(picked.tolist())) == 3
+    for j, i in enumerate(picked.tolist()):
+        assert i == int(torch.cdist(found[j:j + 1].float(), points).argmin())
+
+
+def test_representative_init_picks_ipc_distinct_images_of_each_class_in_default_order(store):
+    x, y = _data()
+    ctx = initializations.InitContext(SPEC, x, y, store, MODEL, torch.Generator().manual_seed(0), torch.device("cpu"))
+    got = initializations.representative(ctx)
+    assert got.shape == SPEC.shape
+    for i, c in enumerate(default_labels(3, 2).tolist()):
+        assert any(torch.equal(got[i], x[j]) for j in torch.nonzero(y == c).flatten())
+    assert len({tuple(img.flatten()[:5].tolist()) for img in got}) == 6
+
+
+def test_balanced_loss_coefficient_and_its_effect_equal_a_scaled_inner_lr():
+    mid_offset = 8
+    assert matching_parts.balance(20, 20, mid_offset) == pytest.approx(math.log(10 + 8))
+    assert matching_parts.balance(0, 20, mid_offset) == pytest.approx(1 / math.log(10 + 8))
+    assert matching_parts.balance(10, 20, mid_offset) == pytest.approx(math.log(8))
+    weights = matching_parts.balanced(3, 4, DistillConfig(max_start_epoch=20, balance_offset=8.0))
+    assert weights == [1 / math.log(7 + 8)] * 4
+    net = FunctionalConvNet(MODEL, dtype=D)
+    x, y = _data(2, seed=4)
+    start = net.init_flat(0)
+    target = start + 0.01 * torch.randn_like(start)
+    plan = plan_inner_steps(6, 3, 4, 8, "cpu", torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
+                            dtype=D)
+    lr = torch.tensor(0.05, dtype=D)
+    y2 = default_labels(3, 2)
+    weighted = match(net, x.double(), y2, lr, Matching(start, start, [(4, target)], weights=weights), plan)
+    scaled = match(net, x.double(), y2, lr * weights[0], Matching(start, start, [(4, target)]), plan)
+    assert weighted.loss.item() == pytest.approx(scaled.loss.item(), rel=1e-12)
+
+
+def test_intermediate_terms_match_epoch_t_plus_i_after_floor_i_n_over_m_steps(store):
+    cfg = DistillConfig(syn_steps=10, expert_epochs=3)
+    assert matching_parts.intermediate_steps(10, 3) == [3, 6]
+    anchor, targets = matching_parts.intermediate(store, 1, 0, cfg)
+    assert [n for n, _ in targets] == [3, 6, 10]
+    for i, (_, snap) in enumerate(targets, 1):
+        assert torch.equal(snap, store.snapshot(1, i))
+    assert torch.equal(anchor, store.snapshot(1, 0))
+    _, final = matching_parts.final(store, 1, 0, cfg)
+    assert [n for n, _ in final] == [10] and torch.equal(final[0][1], store.snapshot(1, 3))
+
+
+def test_weight_perturbation_adds_filter_normalized_noise_to_weights_only():
+    net = FunctionalConvNet(MODEL)
+    start = net.init_flat(0)
+    out = matching_parts.filter_noise(start, net, torch.Generator().manual_seed(0), 0.1)
+    offset = 0
+    for _, shape in net.shapes:
+        n = shape.numel()
+        before, after = start[offset:offset + n].view(shape[0], -1), out[offset:offset + n].view(shape[0], -1)
+        if len(shape) >= 2:
+            assert torch.allclose((after - before).norm(dim=1), 0.1 * before.norm(dim=1), rtol=1e-4)
+        else:
+            assert torch.equal(after, before)
+        offset += n
+    assert matching_parts.no_perturbation(start, net, torch.Generator(), DistillConfig()) is start
