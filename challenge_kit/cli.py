@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from challenge_kit.contract import get_spec
@@ -108,9 +110,47 @@ def verify(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def methods(as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout")) -> None:
+    """List the shipped method recipes and every named part they are made of."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from challenge_kit.parts import KINDS, catalogue
+    from challenge_kit.recipes import shipped_methods
+
+    rows, parts = shipped_methods(), catalogue()
+    if as_json:
+        typer.echo(json.dumps({"methods": rows, "parts": [{"kind": p.kind, "name": p.name, "summary": p.summary,
+                                                           "source": p.source} for p in parts]}))
+        return
+    console = Console()
+    table = Table(title="methods (--recipe NAME; submissions/research/NAME.toml)")
+    for col in ("name", "method", "parts that differ from M-DATM", "description"):
+        table.add_column(col, overflow="fold")
+    base = next(r["parts"] for r in rows if r["name"] == "m-datm")
+    for r in rows:
+        differ = ", ".join(f"{k}={v}" for k, v in r["parts"].items() if v != base[k]) or "-"
+        table.add_row(r["name"], r["method"], differ, r["description"] + (" [research]" if r["research"] else ""))
+    console.print(table)
+    table = Table(title="parts (chosen in a recipe by name)")
+    for col in ("kind", "name", "from", "what it does"):
+        table.add_column(col, overflow="fold")
+    for p in parts:
+        table.add_row(f"{p.kind}: {KINDS[p.kind]}" if p is next(q for q in parts if q.kind == p.kind) else "",
+                      p.name, p.source, p.summary)
+    console.print(table)
+
+
 # ------------------------------------------------------------------------------- data and experts
 
 ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"
+PROFILE_HELP = "recipe profile: full (the paper's settings), quick (a CPU smoke run) or mini (a CPU run that improves)"
+SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
+DROP_HELP = "export a research set (learned or assigned labels) as images alone; the manifest records it"
+RECIPE_HELP = "method recipe: a shipped name (m-datm, datm, tesla, pad, smooth) or a .toml (default: the dataset's)"
 
 def _expert_table(rows: list[dict], title: str):
     from rich.table import Table
@@ -174,56 +214,26 @@ def experts_cmd(
     epochs: int | None = typer.Option(None, "--epochs", help="epochs per expert (default: recipe)"),
     seed: int | None = typer.Option(None, "--seed", help="base seed (default: recipe)"),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
-    profile: str = typer.Option("full", "--profile", help="recipe profile: full or quick"),
-    overrides: list[str] | None = typer.Option(None, "--set", help="recipe override section.key=value"),
-    distributed: bool = typer.Option(False, "--distributed", help="under torchrun: rank r trains experts r, r+K, ..."),
+    recipe_name: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
+    profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
     image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
 ) -> None:
-    """Train expert trajectories (GSAM + DSA, SPEC section 4) into a resumable store."""
-    from contextlib import nullcontext
-    from dataclasses import replace
-
-    import torch.distributed as dist
-
-    from challenge_kit import experts as ex
-    from challenge_kit.data import load_split
-    from challenge_kit.progress import console, expert_progress, make_progress
+    """Train expert trajectories (SPEC section 4) into a resumable store; under torchrun rank r trains r, r+K, ..."""
+    from challenge_kit.pipeline import experts_job
     from challenge_kit.recipes import load_recipe
-    from evaluator.scorer import resolve_device
 
+    given = {"experts.num_experts": num, "experts.epochs": epochs, "experts.seed": seed}
+    extra = [f"{k}={v}" for k, v in given.items() if v is not None]
     try:
-        config = load_recipe(dataset, profile, overrides).experts
-    except ValueError as e:
-        fail(str(e))
-    given = {"num_experts": num, "epochs": epochs, "seed": seed}
-    config = replace(config, **{k: v for k, v in given.items() if v is not None})
-    if config.num_experts < 1 or config.epochs < 1:
-        fail("--num and --epochs must be at least 1")
-    dev = resolve_device(device)
-    context = ex.distributed(dev) if distributed else nullcontext((0, 1, dev))
-    try:
-        with context as (rank, world, dev):
-            if distributed and rank != 0:
-                dist.barrier()  # rank 0 decodes the data and fills the cache first
-            train = load_split(dataset, data_root, "train", download=download and rank == 0,
-                               cache_dir=cache_dir, image_folder=image_folder)
-            test = load_split(dataset, data_root, "test", cache_dir=cache_dir, image_folder=image_folder)
-            if distributed and rank == 0:
-                dist.barrier()
-            spec = train[2]
-            indices = ex.rank_indices(config.num_experts, rank, world)
-            if rank == 0:
-                console.print(f"{spec.describe()}: {train[0].shape[0]} train / {test[0].shape[0]} test images; "
-                              f"{config.num_experts} experts x {config.epochs} epochs on {dev}"
-                              + (f" over {world} processes" if world > 1 else ""))
-            with make_progress(disable=rank != 0) as bar:
-                ex.train_experts(train[0], train[1], test[0], test[1], spec, config, out, indices=indices,
-                                 device=dev, progress=expert_progress(bar, len(indices), config.epochs))
+        recipe = load_recipe(recipe_name or dataset, profile, [*(overrides or []), *extra], dataset=dataset)
+        spec = experts_job(recipe, data_root, out, device=device, download=download, cache_dir=cache_dir,
+                           image_folder=image_folder)
     except (KitFileError, ValueError) as e:
         fail(str(e))
-    if rank == 0:
+    if spec is not None:  # rank 0 (or the only process) reports
         from rich.console import Console
 
         Console().print(_expert_table(_store_rows(out), f"{out}: {spec.describe()}"))
@@ -289,10 +299,6 @@ def info(
 
 
 
-PROFILE_HELP = "recipe profile: full (the paper's M-DATM settings) or quick (a CPU smoke run)"
-SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
-
-
 def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
     import json
 
@@ -311,8 +317,8 @@ def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
                        ("shape", "x".join(map(str, manifest["shape"]))),
                        ("challenge submission", "yes" if manifest["challenge_submission"] else "NO (subset spec)"),
                        ("iterations", run.get("iterations")), ("skipped updates", run.get("skipped")),
-                       ("best iteration", manifest.get("best_iteration")),
-                       ("selection accuracy", manifest.get("selection_accuracy")),
+                       ("exported iteration", manifest.get("best_iteration")),
+                       ("selection", (manifest.get("selection") or {}).get("reason")),
                        ("verify", "PASS" if manifest["verify"]["ok"] else "FAIL")]:
         table.add_row(key, str(value))
     console.print(table)
@@ -322,25 +328,26 @@ def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
 def distill(
     dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet (a mini folder gives a subset spec)"),
     experts_dir: str = typer.Option(..., "--experts", help="expert store written by `ddkit experts`"),
-    out: str = typer.Option(..., "--out", help="run directory (checkpoint, best set, run.json)"),
+    out: str = typer.Option(..., "--out", help="run directory (checkpoint, history, chosen set, run.json)"),
     data_root: str = typer.Option(..., "--data-root", help="real data (initialization and model selection)"),
+    recipe_name: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
 ) -> None:
-    """Run M-DATM trajectory matching; the best set (by the scorer's recipe) lands in OUT/best.safetensors."""
-    from challenge_kit.pipeline import run_distill
+    """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
+    from challenge_kit.pipeline import distill_job
     from challenge_kit.recipes import load_recipe
 
     try:
-        recipe = load_recipe(dataset, profile, overrides)
-        state = run_distill(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
+        recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+        state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
     except (KitFileError, ValueError) as e:
         fail(str(e))
-    typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped, best iteration "
-               f"{state.best_iteration} (accuracy {state.best_acc:.4f})", err=True)
+    typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped; exported iteration "
+               f"{state.decision['export']}: {state.decision['reason']}", err=True)
 
 
 @app.command("export")
@@ -348,16 +355,39 @@ def export_cmd(
     run_dir: str = typer.Argument(..., help="run directory of `ddkit distill`"),
     out: str = typer.Option(..., "--out", help="folder for <name>.pt, manifest.json, preview.png"),
     reference_model: str | None = typer.Option(None, "--reference-model", help="checkpoint for the semantic check"),
+    drop_labels: bool = typer.Option(False, "--drop-labels", help=DROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
-    """Verify the run's best set and export the challenge file, its manifest and a preview grid."""
+    """Verify the run's chosen set and export the challenge file, its manifest and a preview grid."""
     from challenge_kit.export import ExportRefused, export_run
 
     try:
-        manifest = export_run(run_dir, out, reference_model=reference_model)
+        manifest = export_run(run_dir, out, reference_model=reference_model, drop_labels=drop_labels)
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
     _print_manifest(manifest, out, as_json)
+
+
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="run directory of `ddkit distill` (finished or still running)"),
+    out: str | None = typer.Option(None, "--out", help="folder for the figures (default RUN_DIR/report)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was written as JSON"),
+) -> None:
+    """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
+    import json
+
+    from challenge_kit.report import build_report
+
+    try:
+        result = build_report(run_dir, out)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(result["summary"], nl=False)
+    typer.echo(f"figures in {result['out']}: " + ", ".join(Path(f).name for f in result["files"].values()))
 
 
 @app.command("make-submission")
@@ -365,6 +395,7 @@ def make_submission_cmd(
     dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet"),
     data_root: str = typer.Option("data", "--data-root", help="CIFAR-100 root or tiny-imagenet-200 folder"),
     out: str = typer.Option("submission", "--out", help="output folder (work/ inside keeps experts and the run)"),
+    recipe_name: str | None = typer.Option(None, "--recipe", help=RECIPE_HELP),
     profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted distillation"),
@@ -372,16 +403,18 @@ def make_submission_cmd(
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 through torchvision (online)"),
     experts_dir: str | None = typer.Option(None, "--experts", help="reuse or grow this expert store"),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    drop_labels: bool = typer.Option(False, "--drop-labels", help=DROP_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
-    """Real data -> experts -> M-DATM distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png."""
+    """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png."""
     from challenge_kit.export import ExportRefused
     from challenge_kit.pipeline import make_submission
 
     try:
         manifest = make_submission(dataset, data_root, out, profile=profile, overrides=overrides, resume=resume,
                                    device=device, download=download, experts_dir=experts_dir,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, recipe=recipe_name, drop_labels=drop_labels)
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
-    _print_manifest(manifest, out, as_json)
+    if manifest is not None:
+        _print_manifest(manifest, out, as_json)

@@ -391,6 +391,24 @@ def load_split(dataset: str, root: str | Path, split: str, *, download: bool = F
     return to_normalized(pixels, spec), labels, spec
 
 
+def split_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) indices: ``per_class`` images of every class held out, chosen by a seeded draw.
+
+    The held-out images are the selection split: neither experts nor distillation ever see them.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in torch.unique(labels).tolist():
+        pool = torch.nonzero(labels == c).flatten()
+        if len(pool) <= per_class:
+            raise ValueError(f"class {c} has {len(pool)} training images: cannot hold out {per_class} of them "
+                             "for selection and keep any (lower eval.holdout_per_class)")
+        pool = pool[torch.randperm(len(pool), generator=gen)]
+        held.append(pool[:per_class])
+        kept.append(pool[per_class:])
+    return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
 def build_reference(dataset: str, root: str | Path, out: str | Path, *, download: bool = False,
                     cache_dir: str | Path | None = None, image_folder: bool = False) -> DatasetSpec:
     """The scorer's reference file ``{images_val, labels_val}`` from the real test split (atomic write)."""
@@ -401,4 +419,4 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
 
 
 __all__ = ["load_split", "dataset_spec", "build_reference", "read_cifar_pickle", "decode_images",
-           "to_normalized", "default_cache_dir", "user_cache_dir"]
+           "to_normalized", "default_cache_dir", "user_cache_dir", "split_holdout"]

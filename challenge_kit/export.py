@@ -16,8 +16,8 @@ import torchvision
 from torchvision.utils import make_grid, save_image
 
 import challenge_kit
-from challenge_kit.contract import DatasetSpec, denormalize
-from challenge_kit.distill import BEST, SUMMARY
+from challenge_kit.contract import DatasetSpec, default_labels, denormalize
+from challenge_kit.runs import BEST, SUMMARY
 from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, save_json, save_torch, sha256
 from challenge_kit.verify import verify_path, verify_tensor
 
@@ -45,9 +45,21 @@ def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
+def dropped_labels_note(artifact: DistilledArtifact) -> dict:
+    """What the manifest (and then ``verify``) says about a research set exported without its labels."""
+    method, part = artifact.extra.get("method"), artifact.extra.get("labels_part")
+    return {"method": method, "labels_part": part, "kind": "soft" if artifact.soft else "hard",
+            "note": f"images of a {method} research run whose {part} labels were dropped: the scorer trains "
+                    "them with default-order hard labels, which is not how they were distilled"}
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None) -> dict:
-    """Verify the run's best set, write the three files, return the manifest."""
+               extra: dict | None = None, drop_labels: bool = False) -> dict:
+    """Verify the run's chosen set, write the three files, return the manifest.
+
+    A set distilled with learned or assigned labels fails the label check and is refused, unless
+    ``drop_labels``: then the images go out alone and the manifest says where they came from.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     best = run_dir / BEST
     if not best.is_file():
@@ -55,11 +67,18 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
     artifact = DistilledArtifact.load(best)
     spec = artifact.spec
     images = artifact.images.detach().float().contiguous().cpu().clone()
+    labels = artifact.labels
+    research = artifact.extra.get("labels_part", "hard") != "hard" or artifact.soft
+    dropped = dropped_labels_note(artifact) if drop_labels and research else None
+    if dropped:
+        labels = default_labels(spec.num_classes, spec.ipc)
 
-    precheck = verify_tensor(images, spec, labels=artifact.labels, reference_model=reference_model)
+    precheck = verify_tensor(images, spec, labels=labels, reference_model=reference_model)
     if not precheck.ok:
+        hint = "; pass --drop-labels to export the images alone (scored with default-order hard labels)" \
+            if research else ""
         raise ExportRefused(f"{best}: verify failed, not exporting: " + "; ".join(
-            f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL"))
+            f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL") + hint)
 
     target = out_dir / spec.submission_file
     save_torch(images, target)
@@ -82,6 +101,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         "learned_lr_not_used_by_scorer": artifact.lr,
         "best_iteration": artifact.extra.get("iteration") if artifact.extra else None,
         "selection_accuracy": artifact.extra.get("accuracy") if artifact.extra else None,
+        "selection": {k: (summary.get("selection") or {}).get(k) for k in ("split", "export", "reason")},
+        "labels_dropped": dropped,
         "run": summary,
         "verify": report.to_dict(),
         "versions": versions(),

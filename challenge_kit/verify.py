@@ -10,6 +10,7 @@ What can be told from the pixels alone, and what cannot, is documented at each t
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -593,7 +594,21 @@ def verify_path(path: str | Path, dataset: str = "auto", reference_model: nn.Mod
             spec = None
     if isinstance(obj, Check):
         return Report([obj], spec, source, str(path))
-    return verify_tensor(obj, spec, labels, lr, reference_model, spec_source=source, path=path)
+    report = verify_tensor(obj, spec, labels, lr, reference_model, spec_source=source, path=path)
+    report.checks += provenance(path)
+    return report
+
+
+def provenance(path: Path) -> list[Check]:
+    """A WARN when the manifest beside the file says it is a research set exported without its labels."""
+    manifest = path.parent / "manifest.json"
+    try:
+        dropped = json.loads(manifest.read_text()).get("labels_dropped") if manifest.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return []
+    if not isinstance(dropped, dict):
+        return []
+    return [Check("provenance", WARN, str(dropped.get("note", "exported with its labels dropped")), dropped)]
 
 
 def report_table(report: Report):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from challenge_kit import augment
 from challenge_kit.contract import DatasetSpec, default_labels
 from challenge_kit.models import ConvNet, ModelConfig
+from challenge_kit.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.progress import make_progress
 
 # The recipe: every scorer constant lives here and only here.
@@ -87,17 +88,24 @@ def _targets(labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                  batch_size: int = BATCH_SIZE) -> float:
-    """Accuracy fraction in eval mode, no augmentation; one host sync at the end."""
+def class_correct(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                  batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """Correct predictions per class in eval mode, no augmentation (stays on the device: no sync)."""
     net.eval()
     device = next(net.parameters()).device
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = torch.zeros(num_classes, dtype=torch.long, device=device)
     for i in range(0, images.shape[0], batch_size):
         x = images[i:i + batch_size].to(device, torch.float32, non_blocking=True)
         y = labels[i:i + batch_size].to(device, non_blocking=True)
-        correct += (net(x).argmax(1) == y).sum()
-    return correct.item() / images.shape[0]
+        correct += torch.bincount(y[net(x).argmax(1) == y], minlength=num_classes)
+    return correct
+
+
+def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  batch_size: int = BATCH_SIZE) -> float:
+    """Accuracy fraction in eval mode, no augmentation; one host sync at the end."""
+    num_classes = int(labels.max()) + 1 if labels.numel() else 1
+    return class_correct(net, images, labels, num_classes, batch_size).sum().item() / images.shape[0]
 
 
 def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = EPOCHS,
@@ -131,11 +139,10 @@ def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
             optimizer = make_optimizer(net.parameters(), lr_at(epoch + 1, epochs, lr))
 
 
-def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
-                   test_labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS, lr: float = LR,
-                   batch_size: int = BATCH_SIZE, seed: int | None = None,
-                   device: torch.device | str | None = None, progress: Progress | None = None) -> float:
-    """One scorer round: fresh ConvNet, train on (images, labels), return test accuracy (fraction).
+def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS,
+                lr: float = LR, batch_size: int = BATCH_SIZE, seed: int | None = None,
+                device: torch.device | str | None = None, progress: Progress | None = None) -> torch.nn.Module:
+    """One scorer round's training: fresh ConvNet trained on (images, labels); returns the trained net.
 
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order.
     ``seed`` fixes init, shuffling and augmentation (bit-reproducible on CPU); None draws a fresh one.
@@ -150,8 +157,18 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torc
     labels = labels.float() if labels.is_floating_point() else labels.long()
     train(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
           group_generator=group_generator, progress=progress)
-    test_images, test_labels = test_images.to(device, torch.float32), test_labels.to(device).long()
-    return test_accuracy(net, test_images, test_labels, batch_size)
+    return net
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                   test_labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS, lr: float = LR,
+                   batch_size: int = BATCH_SIZE, seed: int | None = None,
+                   device: torch.device | str | None = None, progress: Progress | None = None) -> float:
+    """One scorer round: fresh ConvNet, train on (images, labels), return test accuracy (fraction)."""
+    net = train_round(images, labels, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+                      seed=seed, device=device, progress=progress)
+    device = next(net.parameters()).device
+    return test_accuracy(net, test_images.to(device, torch.float32), test_labels.to(device).long(), batch_size)
 
 
 def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tensor | None = None) -> bool:
@@ -162,10 +179,13 @@ def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tenso
 def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.Tensor,
                     test_labels: torch.Tensor, *, rounds: int = ROUNDS, epochs: int = EPOCHS,
                     seed: int | None = None, device: torch.device | str | None = None,
-                    labels: torch.Tensor | None = None, show_progress: bool = True) -> dict:
+                    labels: torch.Tensor | None = None, show_progress: bool = True, per_class: bool = False,
+                    shard: Shard = LOCAL) -> dict:
     """Score a distilled set as the challenge does: ``rounds`` fresh trainings, mean test accuracy.
 
     ``labels=None`` uses the scorer's default order (image i is class i // ipc), as the leaderboard does.
+    ``per_class`` adds each class's accuracy (mean over rounds). Under ``torchrun`` (``shard``) rank r runs
+    rounds r, r + K, ...; each round keeps its seed, so the result equals a single process's.
     """
     if tuple(images.shape) != spec.shape:
         raise ValueError(f"images have shape {tuple(images.shape)}, {spec.name} expects {spec.shape}")
@@ -173,21 +193,29 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
         raise ValueError(f"rounds and epochs must be >= 1 (got rounds={rounds}, epochs={epochs})")
     device = resolve_device(device)
     train_labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
-    seeds = round_seeds(seed, rounds)
-    accuracies: list[float] = []
+    seeds = round_seeds(seed, rounds) if shard.world == 1 or seed is not None else shard.gather(
+        round_seeds(None, rounds))[0]  # unseeded: every rank must run the seeds rank 0 drew
+    test_labels = test_labels.long()
+    totals = torch.bincount(test_labels, minlength=spec.num_classes).clamp_min(1)
+    mine = rank_indices(rounds, shard.rank, shard.world)
+    results: dict[int, tuple[float, list[float]]] = {}
     start = time.perf_counter()
-    with make_progress(disable=not show_progress) as bar:
-        task = bar.add_task(f"scoring {spec.name}", total=rounds * epochs, status="")
-        for r, round_seed in enumerate(seeds):
+    with make_progress(disable=not show_progress or not shard.leader) as bar:
+        task = bar.add_task(f"scoring {spec.name}", total=len(mine) * epochs, status="")
+        for r in mine:
             def report(epoch: int, loss: float, acc: float, r: int = r) -> None:
                 bar.update(task, advance=1, status=f"round {r + 1}/{rounds} loss {loss:.3f} acc {acc:.3f}")
 
-            acc = train_and_test(images, train_labels, test_images, test_labels,
-                                 num_classes=spec.num_classes, epochs=epochs, seed=round_seed,
-                                 device=device, progress=report if show_progress else None)
-            accuracies.append(acc)
-            bar.update(task, status=f"round {r + 1}/{rounds} test acc {acc:.4f}")
-    return {
+            net = train_round(images, train_labels, num_classes=spec.num_classes, epochs=epochs, seed=seeds[r],
+                              device=device, progress=report if show_progress else None)
+            correct = class_correct(net, test_images.to(device, torch.float32), test_labels.to(device),
+                                    spec.num_classes).cpu()
+            results[r] = (correct.sum().item() / test_images.shape[0], (correct / totals).tolist())
+            bar.update(task, status=f"round {r + 1}/{rounds} test acc {results[r][0]:.4f}")
+    for part in shard.gather(results):
+        results.update(part)
+    accuracies = [results[r][0] for r in range(rounds)]
+    out = {
         "dataset": spec.name,
         "mean": sum(accuracies) / len(accuracies),
         "rounds": accuracies,
@@ -199,3 +227,6 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
         "test_images": int(test_images.shape[0]),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if per_class:
+        out["per_class"] = [sum(results[r][1][c] for r in range(rounds)) / rounds for c in range(spec.num_classes)]
+    return out

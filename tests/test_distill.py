@@ -1,16 +1,20 @@
-"""The M-DATM run around the matching math: init, schedule, skipping, model selection, resume."""
+"""The distillation run around the matching math: schedule, skipping, live history, paired model selection
+that can prefer the initialization, checkpoint and exact resume, research labels."""
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
 from challenge_kit.contract import CIFAR100, default_labels
-from challenge_kit.distill import BEST, CHECKPOINT, distill, select_real
-from challenge_kit.experts import train_experts
+from challenge_kit.distill import distill
+from challenge_kit.experts import expert_files, train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
-from challenge_kit.storage import DistilledArtifact, KitFileError
+from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
+from challenge_kit.storage import DistilledArtifact, KitFileError, read_metadata
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
 
@@ -34,62 +38,70 @@ def store(tmp_path_factory):
     return root
 
 
-def _recipe(**distill):
+def _recipe(every=3, **distill):
     base = DistillConfig(iterations=6, syn_steps=3, expert_epochs=1, min_start_epoch=0, current_max_start_epoch=0,
                          max_start_epoch=2, interval=2, batch_syn=6, lr_img=100.0, lr_lr=1e-5, checkpoint_every=2,
                          init="real_correct", threshold=10.0)
     return Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=2, epochs=3),
-                  distill=replace(base, **distill), eval=EvalConfig(every=3, epochs=2, rounds=1))
+                  distill=replace(base, **distill),
+                  eval=EvalConfig(every=every, epochs=3, rounds=2, final_rounds=2, split="holdout"))
 
 
 def _run(recipe, store, run_dir, **kw):
     x, y = _real()
-    tx, ty = _real(4, seed=1)
-    return distill(recipe, SPEC, store, run_dir, real_images=x, real_labels=y, test_images=tx, test_labels=ty,
+    sx, sy = _real(4, seed=2)
+    return distill(recipe, SPEC, store, run_dir, real_images=x, real_labels=y, select_images=sx, select_labels=sy,
                    show_progress=False, **kw)
 
 
-def test_select_real_takes_ipc_images_of_each_class_in_default_order():
-    x, y = _real()
-    picked = select_real(x, y, SPEC, "real", torch.Generator().manual_seed(0))
-    assert picked.shape == SPEC.shape
-    for i, c in enumerate(default_labels(SPEC.num_classes, SPEC.ipc).tolist()):
-        assert any(torch.equal(picked[i], x[j]) for j in torch.nonzero(y == c).flatten())
-
-
-def test_select_real_correct_prefers_images_the_classifier_gets_right():
-    x, y = _real()
-    colour = lambda imgs: imgs.mean(dim=(2, 3))  # noqa: E731  (predicts the brightest channel)
-    class1 = torch.nonzero(y == 1).flatten()
-    x[class1[5:], 1] -= 3.0  # only 5 of class 1's images are still classified right
-    picked = select_real(x, y, SPEC, "real_correct", torch.Generator().manual_seed(0), colour)
-    right = x[class1[:5]]
-    for img in picked[SPEC.ipc:2 * SPEC.ipc]:
-        assert any(torch.equal(img, r) for r in right)
-
-
-def test_run_updates_images_schedules_T_and_selects_the_best(store, tmp_path):
+def test_run_updates_images_schedules_T_and_records_every_iteration(store, tmp_path):
     state = _run(_recipe(), store, tmp_path / "run")
     assert state.iteration == 6 and state.skipped == 0
     assert state.upper == 2  # T grows by one every `interval` (2) iterations, capped at T+ = 2
-    assert [e["iteration"] for e in state.evals] == [3, 6]
-    assert state.best_iteration in (3, 6)
-    assert max(h["start_epoch"] for h in state.history) <= 2
+    assert [c["iteration"] for c in state.candidates] == [0, 3, 6]  # the initialization is candidate 0
+    history = read_history(tmp_path / "run")
+    assert [h["iteration"] for h in history] == list(range(1, 7))
+    assert {"loss", "terms", "lr", "image_change", "grad_norm", "start_epoch", "expert", "skipped"} <= set(history[0])
+    assert all(h["image_change"] > 0 and h["grad_norm"] > 0 and not h["skipped"] for h in history)
+    assert max(h["start_epoch"] for h in history) <= 2
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.images.shape == SPEC.shape and torch.equal(art.labels, default_labels(3, 4))
-    assert not torch.equal(art.images, _run_init(store, tmp_path))
+    assert art.extra["iteration"] == state.decision["export"]
+    summary = json.loads((tmp_path / "run" / SUMMARY).read_text())
+    assert summary["selection"]["split"] == "holdout" and summary["selection"]["reason"]
+    assert summary["parts"]["labels"] == "hard"
 
 
-def _run_init(store, tmp_path):
-    """The initialization alone: a run with zero iterations keeps the initial images."""
-    state = _run(_recipe(iterations=0), store, tmp_path / "init")
-    return state.best_images
+def test_candidates_are_scored_with_the_same_seeds(store, tmp_path):
+    state = _run(_recipe(), store, tmp_path / "run")
+    seeds = [c["seeds"] for c in state.candidates]
+    assert all(s == seeds[0] for s in seeds) and len(seeds[0]) == 2
+    for c in state.candidates:
+        assert c["se"] >= 0 and c["mean"] == pytest.approx(sum(c["rounds"]) / 2)
 
 
-def test_threshold_skips_updates_and_counts_them(store, tmp_path):
+def test_threshold_skips_every_update_and_the_initialization_is_exported(store, tmp_path):
     state = _run(_recipe(threshold=1e-9, iterations=3), store, tmp_path / "run")
     assert state.skipped == 3
-    assert torch.equal(state.best_images, _run_init(store, tmp_path))
+    assert state.decision["export"] == 0 and "no candidate beat the initialization" in state.decision["reason"]
+    assert torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images, state.init["images"])
+
+
+def test_a_run_that_makes_the_set_worse_exports_its_initialization_and_says_so(store, tmp_path):
+    """An absurd image lr wrecks the images; selection on held-out data keeps the initialization."""
+    state = _run(_recipe(lr_img=1e7, iterations=4, every=2), store, tmp_path / "run")
+    init, wrecked = state.candidates[0], state.candidates[1:]
+    assert all(c["mean"] < init["mean"] for c in wrecked), state.candidates
+    assert state.decision["export"] == 0 and "initialization" in state.decision["reason"]
+    art = DistilledArtifact.load(tmp_path / "run" / BEST)
+    assert art.extra["iteration"] == 0 and torch.equal(art.images, state.init["images"])
+    assert not torch.equal(state.images, state.init["images"])  # the run itself did move
+
+
+def test_without_selection_the_last_iteration_is_exported(store, tmp_path):
+    state = _run(_recipe(every=0, iterations=2), store, tmp_path / "run")
+    assert state.candidates == [] and state.decision["export"] == 2 and "selection off" in state.decision["reason"]
+    assert torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images, state.images)
 
 
 def test_refuses_to_overwrite_an_existing_run(store, tmp_path):
@@ -101,6 +113,17 @@ def test_refuses_to_overwrite_an_existing_run(store, tmp_path):
 def test_experts_too_short_for_the_matching_range_are_rejected(store, tmp_path):
     with pytest.raises(KitFileError, match="epochs"):
         _run(_recipe(max_start_epoch=5), store, tmp_path / "run")
+
+
+def test_a_corrupt_snapshot_read_during_matching_is_an_error_not_a_skipped_iteration(store, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in expert_files(store):
+        tensors, meta = load_file(str(path)), read_metadata(path)
+        tensors["snapshots"][:, :10] = float("nan")
+        save_file(tensors, str(bad / path.name), {k: json.dumps(v) for k, v in meta.items()})
+    with pytest.raises(KitFileError, match="non-finite"):
+        _run(_recipe(init="real", every=0), bad, tmp_path / "run")
 
 
 def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch):
@@ -120,11 +143,33 @@ def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch
         _run(_recipe(), store, tmp_path / "cut")
     monkeypatch.setattr(distill_mod, "match", real_match)
     assert (tmp_path / "cut" / CHECKPOINT).exists() and not (tmp_path / "cut" / BEST).exists()
+    assert len(read_history(tmp_path / "cut")) == 5  # iterations 1-5 ran; the checkpoint holds 4
 
     resumed = _run(_recipe(), store, tmp_path / "cut", resume=True)
-    assert torch.equal(resumed.best_images, full.best_images)
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    assert resumed.evals == full.evals
+    assert torch.equal(resumed.images, full.images) and torch.equal(resumed.lr, full.lr)
+    assert resumed.candidates == full.candidates and resumed.decision == full.decision
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_history(tmp_path / "cut")) == strip(read_history(tmp_path / "full"))
+    assert (tmp_path / "cut" / HISTORY).read_text().count("\n") == 6
 
     with pytest.raises(KitFileError, match="different recipe"):
         _run(_recipe(lr_img=5.0), store, tmp_path / "cut", resume=True)
+
+
+def test_learned_soft_labels_are_trained_and_recorded_as_a_research_artifact(store, tmp_path):
+    state = _run(_recipe(labels="learned_soft", lr_labels=50.0, every=0, iterations=3), store, tmp_path / "run")
+    assert state.labels.shape == (12, 3) and state.labels.is_floating_point()
+    assert state.momentum.keys() == {"images", "lr", "labels"}
+    art = DistilledArtifact.load(tmp_path / "run" / BEST)
+    assert art.soft and torch.equal(art.labels, state.labels) and art.extra["labels_part"] == "learned_soft"
+    initial = _run(_recipe(labels="learned_soft", every=0, iterations=0), store, tmp_path / "init").labels
+    assert not torch.equal(initial, state.labels)
+    # the initial soft labels are expert logits: their argmax is mostly the default-order class
+    assert (initial.argmax(1) == default_labels(3, 4)).float().mean() > 0.5
+
+
+def test_assigned_soft_labels_follow_the_target_snapshot(store, tmp_path):
+    state = _run(_recipe(labels="assigned_soft", every=0, iterations=2), store, tmp_path / "run")
+    assert torch.equal(state.labels, default_labels(3, 4))  # nothing is learned
+    art = DistilledArtifact.load(tmp_path / "run" / BEST)
+    assert art.soft and art.labels.shape == (12, 3)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.contract import CIFAR100, default_labels, normalize
-from challenge_kit.distill import BEST
 from challenge_kit.export import ExportRefused, export_run
+from challenge_kit.runs import BEST
 from challenge_kit.storage import DistilledArtifact, load_torch, sha256
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"

@@ -1,0 +1,135 @@
+"""``ddkit report RUN_DIR``: what a distillation run did, as figures and a short text summary.
+
+Works on a finished run (``run.json``, ``best.safetensors``) and on one still going (its live history and
+last checkpoint), so a long run can be looked at while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from challenge_kit.contract import DatasetSpec
+from challenge_kit.export import write_preview
+from challenge_kit.plots import Series, bar_chart, line_chart
+from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
+from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, load_torch
+
+REPORT_DIR = "report"
+WEAKEST = 5
+SMOOTHING = 0.9  # exponential moving average of the loss
+
+
+def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
+    out, avg = [], None
+    for v in values:
+        if v == v:  # skip NaN
+            avg = v if avg is None else factor * avg + (1 - factor) * v
+        out.append(float("nan") if avg is None else avg)
+    return out
+
+
+def _run_state(run_dir: Path) -> tuple[dict, DistilledArtifact | None, DatasetSpec]:
+    """(summary-like dict, chosen set if finished, spec), from run.json or, mid-run, the checkpoint."""
+    if (run_dir / SUMMARY).is_file():
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        artifact = DistilledArtifact.load(run_dir / BEST) if (run_dir / BEST).is_file() else None
+        return summary, artifact, DatasetSpec.from_dict(summary["spec"])
+    if not (run_dir / CHECKPOINT).is_file():
+        raise KitFileError(run_dir, "not a distillation run (no run.json or checkpoint.pt)")
+    saved = load_torch(run_dir / CHECKPOINT)
+    state = saved["state"]
+    spec = DatasetSpec.from_dict(saved["spec"])
+    summary = {"recipe": saved["recipe"], "method": saved["recipe"].get("method"), "iterations": state["iteration"],
+               "skipped": state["skipped"], "seconds_per_iteration": state["seconds"] / max(1, state["iteration"]),
+               "selection": {"candidates": state["candidates"], "reason": "run in progress", "export": None,
+                             "split": saved["recipe"]["eval"]["split"]}, "running": True}
+    current = DistilledArtifact(state["images"], state["labels"], spec, lr=float(state["lr"]))
+    return summary, current, spec
+
+
+def _per_class(selection: dict) -> list[float] | None:
+    """Per-class accuracy of the exported set: its fresh final rounds if run, else its selection rounds."""
+    final, export = selection.get("final"), selection.get("export")
+    if final:
+        return final["init" if export == 0 else "leader"].get("per_class")
+    return next((c.get("per_class") for c in selection.get("candidates", []) if c["iteration"] == export), None)
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Write the figures and ``summary.txt`` into ``out_dir`` (default RUN_DIR/report); returns what was written."""
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / REPORT_DIR
+    summary, artifact, spec = _run_state(run_dir)
+    history = read_history(run_dir)
+    selection = summary.get("selection") or {}
+    candidates = selection.get("candidates") or []
+    its = [h["iteration"] for h in history]
+    files: dict[str, str] = {}
+
+    def add(name: str, path: Path) -> None:
+        files[name] = str(path)
+
+    if history:
+        losses = [h["loss"] for h in history]
+        add("loss", line_chart(out / "loss.png", "matching loss", "iteration", "normalized distance",
+                               [Series("raw", its, losses, width=1), Series("smoothed", its, smooth(losses), width=3)]))
+        add("lr", line_chart(out / "lr.png", "learned inner lr (not used by the scorer)", "iteration", "lr",
+                             [Series("lr", its, [h["lr"] for h in history])]))
+        change = Series("change", its, [h["image_change"] for h in history], markers=True)
+        add("image_change", line_chart(out / "image_change.png", "relative image change per update", "iteration",
+                                       "||x' - x|| / ||x||", [change], log_y=True))
+    if candidates:
+        split = selection.get("split") or "selection"
+        at = [c["iteration"] for c in candidates]
+        series = [Series("candidates", at, [c["mean"] for c in candidates], [c["se"] for c in candidates],
+                         markers=True),
+                  Series("initialization", at, [candidates[0]["mean"]] * len(candidates))]
+        add("selection", line_chart(out / "selection.png", f"scorer-recipe accuracy on the {split} split "
+                                    "(mean +- s.e., paired rounds)", "iteration", "accuracy", series))
+    per_class = _per_class(selection)
+    weakest: list[tuple[str, float]] = []
+    if per_class:
+        names = list(spec.class_names or [str(c) for c in range(spec.num_classes)])
+        order = sorted(range(len(per_class)), key=lambda c: per_class[c])
+        weakest = [(names[c], per_class[c]) for c in order[:WEAKEST]]
+        add("classes", bar_chart(out / "classes.png", "per-class accuracy of the exported set (weakest in red)",
+                                 "accuracy", names, per_class, highlight=set(order[:WEAKEST])))
+    if artifact is not None:
+        add("images", write_preview(artifact.images, spec, out / "images.png", classes=min(spec.num_classes, 20)))
+    text = summary_text(summary, history, candidates, weakest)
+    atomic_write(out / "summary.txt", lambda tmp: tmp.write_text(text))
+    add("summary", out / "summary.txt")
+    return {"out": str(out), "files": files, "summary": text}
+
+
+def summary_text(summary: dict, history: list[dict], candidates: list[dict], weakest: list[tuple[str, float]]) -> str:
+    recipe = summary.get("recipe", {})
+    selection = summary.get("selection") or {}
+    lines = [f"method: {summary.get('method')} ({recipe.get('dataset')}, profile {recipe.get('profile')})",
+             "parts: " + ", ".join(f"{k}={v}" for k, v in (summary.get("parts") or {}).items())]
+    if summary.get("running"):
+        lines.append("status: running (from the last checkpoint and the live history)")
+    lines.append(f"iterations: {summary.get('iterations')}, skipped {summary.get('skipped')}, "
+                 f"{summary.get('seconds_per_iteration', 0):.2f} s per iteration")
+    if history:
+        k = max(1, min(50, len(history) // 4))
+        first = sum(h["loss"] for h in history[:k]) / k
+        last = sum(h["loss"] for h in history[-k:]) / k
+        lines.append(f"loss: mean of the first {k} iterations {first:.4f}, of the last {k} {last:.4f}; "
+                     f"lr {history[0]['lr']:.5f} -> {history[-1]['lr']:.5f}")
+    if candidates:
+        lines.append(f"selection on the {selection.get('split')} split, {len(candidates[0]['rounds'])} paired rounds "
+                     "per candidate:")
+        lines += [f"  iteration {c['iteration']:>6}: {c['mean']:.4f} +- {c['se']:.4f}" for c in candidates]
+    final = selection.get("final")
+    if final:
+        d = final["difference"]
+        lines.append(f"final: best candidate {final['leader']['mean']:.4f} vs initialization "
+                     f"{final['init']['mean']:.4f} on {d['rounds']} fresh paired rounds, difference "
+                     f"{d['mean']:+.4f} +- {d['se']:.4f}")
+    lines.append(f"exported: iteration {selection.get('export')} ({selection.get('reason')})")
+    if weakest:
+        lines.append("weakest classes: " + ", ".join(f"{n} {a:.2f}" for n, a in weakest))
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,89 @@
+"""Model selection: which distilled set is exported, decided on data the distillation never saw.
+
+Candidates (the initialization, iteration 0, included) are trained on with the scorer's recipe, all with
+the same round seeds, so their differences are paired. The best candidate is then re-scored against the
+initialization on fresh paired seeds that played no part in picking it: a set is only exported over its
+own initialization when it still wins there.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from challenge_kit.contract import DatasetSpec
+from challenge_kit.parallel import LOCAL, Shard
+from challenge_kit.recipes import EvalConfig
+from evaluator.scorer import evaluate_images
+
+FINAL_SEED_OFFSET = 1  # fresh seeds for the final comparison: (seed + 1) * 1000 + r, never a candidate's
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (0 for a single value)."""
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """a - b over rounds that share seeds: mean difference and its standard error."""
+    mean, se = mean_se([x - y for x, y in zip(a, b, strict=True)])
+    return {"mean": mean, "se": se, "rounds": len(a)}
+
+
+class Selector:
+    """Scores candidate sets on the selection split with the scorer's recipe, paired by seed."""
+
+    def __init__(self, config: EvalConfig, spec: DatasetSpec, images: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device, shard: Shard = LOCAL) -> None:
+        self.config, self.spec, self.images, self.labels = config, spec, images, labels
+        self.device, self.shard = device, shard
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.every > 0
+
+    def due(self, iteration: int, last: int) -> bool:
+        return self.enabled and (iteration % self.config.every == 0 or iteration == last)
+
+    def score(self, images: torch.Tensor, rounds: int, seed: int, per_class: bool = False) -> dict:
+        result = evaluate_images(images.detach(), self.spec, self.images, self.labels, rounds=rounds,
+                                 epochs=self.config.epochs, seed=seed, device=self.device, show_progress=False,
+                                 per_class=per_class, shard=self.shard)
+        mean, se = mean_se(result["rounds"])
+        out = {"mean": mean, "se": se, "rounds": result["rounds"], "seeds": result["seeds"]}
+        if per_class:
+            out["per_class"] = result["per_class"]
+        return out
+
+    def candidate(self, iteration: int, images: torch.Tensor) -> dict:
+        return {"iteration": iteration, **self.score(images, self.config.rounds, self.config.seed, per_class=True)}
+
+    def decide(self, candidates: list[dict], init: torch.Tensor, best: torch.Tensor) -> dict:
+        """Which set to export and why: the best candidate, if it beats the initialization on fresh rounds."""
+        first = candidates[0]
+        leader = max(candidates, key=lambda c: c["mean"])  # ties keep the earlier one: the initialization
+        out = {"split": self.config.split, "candidates": candidates, "leader": leader["iteration"]}
+        if leader["iteration"] == first["iteration"]:
+            runner = max(candidates[1:], key=lambda c: c["mean"], default=None)
+            behind = "" if runner is None else (f"; the best iteration, {runner['iteration']}, scored "
+                                                f"{runner['mean']:.4f} against its {first['mean']:.4f}")
+            return {**out, "export": first["iteration"], "reason": f"no candidate beat the initialization{behind}",
+                    "final": None}
+        if self.config.final_rounds < 1:
+            return {**out, "export": leader["iteration"], "final": None,
+                    "reason": f"iteration {leader['iteration']} scored best ({leader['mean']:.4f}; no final rounds)"}
+        seed = self.config.seed + FINAL_SEED_OFFSET
+        final = {"leader": self.score(best, self.config.final_rounds, seed, per_class=True),
+                 "init": self.score(init, self.config.final_rounds, seed, per_class=True)}
+        diff = paired(final["leader"]["rounds"], final["init"]["rounds"])
+        final["difference"] = diff
+        margin = f"{diff['mean']:+.4f} +- {diff['se']:.4f} over {diff['rounds']} fresh paired rounds"
+        if diff["mean"] > 0:
+            return {**out, "export": leader["iteration"], "final": final,
+                    "reason": f"iteration {leader['iteration']} beat the initialization by {margin}"}
+        return {**out, "export": first["iteration"], "final": final,
+                "reason": f"iteration {leader['iteration']} led the selection rounds but not the fresh ones "
+                          f"({margin}): exporting the initialization"}

@@ -1,0 +1,97 @@
+"""The synthetic set being distilled: the recipe's parts bound once, where the set starts, and how it steps.
+
+The leaves are the images, the learnable inner lr and (for label-learning methods) the label logits; each
+has its own SGD with momentum, as DATM's three optimizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from challenge_kit import parts
+from challenge_kit.contract import DatasetSpec
+from challenge_kit.experts import Trajectories, sgd_step
+from challenge_kit.matching import MatchResult
+from challenge_kit.models import FunctionalConvNet
+from challenge_kit.parts.initializations import InitContext
+from challenge_kit.parts.labels import LabelContext
+from challenge_kit.recipes import DistillConfig, Recipe
+from challenge_kit.runs import DistillState
+
+
+@dataclass
+class Method:
+    """A recipe's distillation parts, looked up once (the loop calls these, never a method's name)."""
+
+    init: Any
+    labels: Any
+    mask: torch.Tensor | None
+    weights: Any
+    terms: Any
+    perturb: Any
+
+    @classmethod
+    def bind(cls, recipe: Recipe, net: FunctionalConvNet, device: torch.device) -> Method:
+        d = recipe.distill
+        mask = parts.get("mask", d.mask)(net, d)
+        return cls(init=parts.get("init", d.init), labels=parts.get("labels", d.labels)(),
+                   mask=None if mask is None else mask.to(device), weights=parts.get("weights", d.weights),
+                   terms=parts.get("terms", d.terms), perturb=parts.get("perturb", d.perturb))
+
+
+def label_context(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net: FunctionalConvNet,
+                  device: torch.device) -> LabelContext:
+    return LabelContext(spec, experts, net, recipe.distill.label_epoch, recipe.distill.label_experts, device)
+
+
+def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net: FunctionalConvNet,
+                  method: Method, real_images: torch.Tensor, real_labels: torch.Tensor,
+                  device: torch.device) -> DistillState:
+    """Iteration 0: the initialization part's images, the label part's labels, lr_init, T = current_max_start."""
+    cfg = recipe.distill
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = method.init(InitContext(spec, real_images, real_labels, experts, net.config, gen, device)).float()
+    labels = method.labels.initial(images.to(device), label_context(recipe, spec, experts, net, device))
+    aug = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    return DistillState(iteration=0, images=images.cpu(), labels=labels.detach().cpu(), lr=torch.tensor(cfg.lr_init),
+                        upper=cfg.current_max_start_epoch, rng=gen.get_state(), aug_rng=aug.get_state())
+
+
+class Synthetic:
+    """The state's leaves on the run's device."""
+
+    def __init__(self, state: DistillState, device: torch.device, learned_labels: bool) -> None:
+        self.images = state.images.to(device)
+        self.lr = state.lr.to(device)
+        self.labels = state.labels.to(device).requires_grad_(learned_labels)
+        self.momentum = {k: v.to(device) for k, v in state.momentum.items()}
+
+    def step(self, result: MatchResult, cfg: DistillConfig) -> torch.Tensor:
+        """One SGD-with-momentum step of every leaf; returns the relative image change (on the device)."""
+        before = self.images
+        self.images = self._sgd("images", self.images, result.grad_images, cfg.lr_img, cfg.momentum)
+        self.lr = self._sgd("lr", self.lr, result.grad_lr, cfg.lr_lr, cfg.momentum)
+        if result.grad_labels is not None:
+            labels = self._sgd("labels", self.labels.detach(), result.grad_labels, cfg.lr_labels,
+                               cfg.labels_momentum)
+            self.labels = labels.requires_grad_(True)
+        return (self.images - before).norm() / before.norm().clamp_min(1e-12)
+
+    def _sgd(self, name: str, value: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float) -> torch.Tensor:
+        value, buf = sgd_step(value, grad, lr, momentum, buf=self.momentum.get(name))
+        if buf is not None:
+            self.momentum[name] = buf
+        return value
+
+    def store(self, state: DistillState) -> None:
+        state.images, state.lr = self.images.detach().cpu(), self.lr.detach().cpu()
+        state.labels = self.labels.detach().cpu()
+        state.momentum = {k: v.detach().cpu() for k, v in self.momentum.items()}
+
+    def snapshot(self, iteration: int) -> dict:
+        """A copy of the set as it is now (a selection candidate)."""
+        return {"iteration": iteration, "images": self.images.detach().cpu().clone(),
+                "labels": self.labels.detach().cpu().clone(), "lr": float(self.lr)}
