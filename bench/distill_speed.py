@@ -1,16 +1,21 @@
-"""Time per M-DATM iteration and peak memory: exact constant-memory gradient vs unrolled autograd.
+"""Time per distillation iteration and peak memory: exact vs unrolled gradient, 1 vs K ranks, allocator settings.
 
-Each (mode, N) runs in its own process so peak memory is that configuration's alone: CUDA peak
-allocated memory on a GPU, peak resident set size above the post-setup baseline on a CPU.
+Each configuration runs in its own process (under torchrun for K > 1 ranks) so peak memory is that
+configuration's alone: CUDA peak allocated memory on a GPU, peak resident set size above the post-setup
+baseline on a CPU, per rank. The reference variants are measured in the same run: ``unrolled`` for the
+gradient, 1 rank for sharding, glibc's default allocator (DDKIT_NO_MALLOPT=1) for the allocator tuning.
 
-    python bench/distill_speed.py                       # CIFAR-100 shapes, N in 10 20 40
-    python bench/distill_speed.py --batch 1000 --steps 10 20 40 80
+    python bench/distill_speed.py                                  # CIFAR-100 shapes, N in 10 20 40
+    python bench/distill_speed.py --batch 1000 --steps 10 20 40 80 # the paper's batch, on a GPU
+    python bench/distill_speed.py --nproc 1 2 --modes exact        # sharded over 2 ranks (gloo on a CPU)
+    python bench/distill_speed.py --allocator --modes exact        # tuned vs default glibc allocator
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,8 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from challenge_kit.contract import get_spec
-from challenge_kit.matching import match, plan_inner_steps
+from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.models import FunctionalConvNet, ModelConfig
+from challenge_kit.parallel import process_group
+from challenge_kit.runtime import tune_allocator
 
 
 def _rss_mb() -> float:
@@ -30,41 +37,46 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: str) -> dict:
-    torch.manual_seed(0)
-    spec = get_spec(dataset)
-    dev = torch.device(device)
-    net = FunctionalConvNet(ModelConfig.for_spec(spec), device=dev)
-    images = torch.randn(spec.shape, device=dev)
-    labels = torch.arange(spec.num_classes, device=dev).repeat_interleave(spec.ipc)
-    start = net.init_flat(0)
-    target = start + 0.01 * torch.randn_like(start)
-    lr = torch.tensor(0.01, device=dev)
-    gen = torch.Generator().manual_seed(0)
-    aug = torch.Generator(device=dev).manual_seed(1)
+def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: str) -> dict | None:
+    if not os.environ.get("DDKIT_NO_MALLOPT"):
+        tune_allocator()
+    with process_group(device) as (shard, dev):
+        torch.manual_seed(0)
+        spec = get_spec(dataset)
+        net = FunctionalConvNet(ModelConfig.for_spec(spec), device=dev)
+        images = torch.randn(spec.shape, device=dev)
+        labels = torch.arange(spec.num_classes, device=dev).repeat_interleave(spec.ipc)
+        start = net.init_flat(0)
+        problem = Matching(start, start, [(steps, start + 0.01 * torch.randn_like(start))])
+        lr = torch.tensor(0.01, device=dev)
+        gen = torch.Generator().manual_seed(0)
+        aug = torch.Generator(device=dev).manual_seed(1)
 
-    def one() -> None:
-        plan = plan_inner_steps(spec.num_images, batch, steps, spec.image_size, dev, generator=gen, aug_generator=aug)
-        res = match(net, images, labels, lr, start, target, plan, mode)
-        float(res.loss)
+        def one() -> None:
+            plan = plan_inner_steps(spec.num_images, batch, steps, spec.image_size, dev, generator=gen,
+                                    aug_generator=aug)
+            float(match(net, images, labels, lr, problem, plan, mode, shard).loss)
 
-    if dev.type == "cuda":
-        one()  # warm-up: kernels, allocator
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        base = _rss_mb()
-    tick = time.perf_counter()
-    for _ in range(iters):
-        one()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20 - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    return {"mode": mode, "steps": steps, "batch": batch, "seconds": (time.perf_counter() - tick) / iters,
-            "peak_mb": peak, "device": str(dev), "threads": torch.get_num_threads()}
+        if dev.type == "cuda":  # the baseline is taken before the warm-up: a tuned allocator keeps what it used
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2**20
+        else:
+            base = _rss_mb()
+        one()  # warm-up: kernels, allocator, process group
+        shard.barrier()
+        tick = time.perf_counter()
+        for _ in range(iters):
+            one()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**20 - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        seconds = (time.perf_counter() - tick) / iters
+        peaks = shard.gather(peak)
+        return {"mode": mode, "steps": steps, "batch": batch, "ranks": shard.world, "seconds": seconds,
+                "peak_mb": max(peaks), "device": str(dev), "threads": torch.get_num_threads()} if shard.leader else None
 
 
 def main() -> None:
@@ -72,8 +84,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar100")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40], help="inner steps N")
     parser.add_argument("--batch", type=int, default=None, help="batch_syn (default 1000 on CUDA, 100 on CPU)")
-    parser.add_argument("--iters", type=int, default=1, help="timed iterations per configuration")
+    parser.add_argument("--iters", type=int, default=1, help="timed iterations per configuration (after 1 warm-up)")
     parser.add_argument("--modes", nargs="+", default=["exact", "unrolled"])
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1], help="ranks (K > 1 runs under torchrun)")
+    parser.add_argument("--allocator", action="store_true", help="also measure glibc's default allocator")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -81,37 +95,61 @@ def main() -> None:
     batch = args.batch or (1000 if args.device.startswith("cuda") else 100)
 
     if args.child:
-        print(json.dumps(child(args.modes[0], args.steps[0], batch, args.dataset, args.iters, args.device)))
+        row = child(args.modes[0], args.steps[0], batch, args.dataset, args.iters, args.device)
+        if row is not None:
+            print(json.dumps(row))
         return
 
     rows = []
     for steps in args.steps:
-        for mode in args.modes:
-            cmd = [sys.executable, __file__, "--child", "--modes", mode, "--steps", str(steps), "--batch", str(batch),
-                   "--dataset", args.dataset, "--iters", str(args.iters), "--device", args.device]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
-                rows.append({"mode": mode, "steps": steps, "batch": batch, "error": tail})
-            else:
-                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            Console(stderr=True).print(f"done {mode} N={steps}: {rows[-1]}")
+        for nproc in args.nproc:
+            for mode in args.modes:
+                for allocator in (["tuned", "default"] if args.allocator else ["tuned"]):
+                    launcher = [sys.executable] if nproc == 1 else [
+                        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+                    cmd = [*launcher, __file__, "--child", "--modes", mode, "--steps", str(steps), "--batch",
+                           str(batch), "--dataset", args.dataset, "--iters", str(args.iters), "--device", args.device]
+                    env = {**os.environ, **({"DDKIT_NO_MALLOPT": "1"} if allocator == "default" else {})}
+                    if nproc > 1 and args.device == "cpu":  # share the cores between the ranks
+                        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+                    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    found = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                    if done.returncode != 0 or not found:
+                        tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                        row = {"mode": mode, "steps": steps, "batch": batch, "ranks": nproc, "error": tail}
+                    else:
+                        row = json.loads(found[-1])
+                    row["allocator"] = allocator
+                    rows.append(row)
+                    Console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {allocator}: {row}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"M-DATM iteration, {args.dataset} shapes, batch_syn {batch}, {args.device}")
-    for col in ("N", "mode", "s / iteration", "peak memory (MiB)", "time vs unrolled", "memory vs unrolled"):
+    table = Table(title=f"distillation iteration, {args.dataset} shapes, batch_syn {batch}, {args.device}, "
+                        f"{args.iters} timed iteration(s)")
+    for col in ("N", "mode", "ranks", "allocator", "s / iteration", "peak MiB per rank", "time vs reference",
+                "memory vs reference"):
         table.add_column(col, justify="right")
+
+    def reference(row: dict) -> dict | None:
+        """Unrolled, 1 rank, default allocator: the first of these that differs from this row."""
+        for key, ref_value in (("mode", "unrolled"), ("ranks", 1), ("allocator", "default")):
+            if row[key] != ref_value:
+                match_ = [r for r in rows if "error" not in r and r["steps"] == row["steps"] and r[key] == ref_value
+                          and all(r[k] == row[k] for k in ("mode", "ranks", "allocator") if k != key)]
+                if match_:
+                    return match_[0]
+        return None
+
     for row in rows:
-        ref = next((r for r in rows if r["steps"] == row["steps"] and r["mode"] == "unrolled" and "error" not in r),
-                   None)
         if "error" in row:
-            table.add_row(str(row["steps"]), row["mode"], "-", "-", "-", row["error"][:60])
+            table.add_row(str(row["steps"]), row["mode"], str(row["ranks"]), row["allocator"], "-", "-", "-",
+                          row["error"][:60])
             continue
-        t_ratio = f"{row['seconds'] / ref['seconds']:.2f}x" if ref else "-"
-        m_ratio = f"{row['peak_mb'] / ref['peak_mb']:.2f}x" if ref else "-"
-        table.add_row(str(row["steps"]), row["mode"], f"{row['seconds']:.2f}", f"{row['peak_mb']:.0f}",
-                      t_ratio, m_ratio)
+        ref = reference(row)
+        table.add_row(str(row["steps"]), row["mode"], str(row["ranks"]), row["allocator"], f"{row['seconds']:.2f}",
+                      f"{row['peak_mb']:.0f}", f"{row['seconds'] / ref['seconds']:.2f}x" if ref else "-",
+                      f"{row['peak_mb'] / ref['peak_mb']:.2f}x" if ref and ref["peak_mb"] > 0 else "-")
     Console().print(table)
 
 

@@ -1,37 +1,34 @@
-"""Does distillation help? Scorer accuracy of three sets on the shared mini Tiny ImageNet, same budget:
+"""Does distillation help? Scorer accuracy of three sets on the shared mini Tiny ImageNet, paired rounds:
 
-(a) random real images per class, (b) the M-DATM initialization alone (real images an expert gets
-right), (c) the distilled set of the quick profile. All are scored by the bundled evaluator with the
-challenge recipe (default-order labels, lr 0.01) on the same seeds.
+(a) random real images per class, (b) the run's initialization (real images an expert gets right),
+(c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
+scorer's recipe (default-order labels, lr 0.01) with the same round seeds and tested on the TEST split,
+which neither the distillation nor its model selection ever looked at.
 
-    python bench/quality.py --data-root ../shared/data/tiny-imagenet-mini --work /tmp/ddkit-quality
+    python bench/quality.py                       # the mini profile (runs it first, resumable)
+    python bench/quality.py --epochs 300 --rounds 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import time
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from challenge_kit import experts
-from challenge_kit.distill import (
-    BEST,
-    CHECKPOINT,
-    Trajectories,
-    distill,
-    expert_classifier,
-    initial_images,
-    select_real,
-)
+from challenge_kit.experts import Trajectories
 from challenge_kit.models import ModelConfig
-from challenge_kit.pipeline import load_data
+from challenge_kit.parts.initializations import InitContext, real
+from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
 from challenge_kit.recipes import load_recipe
-from challenge_kit.storage import DistilledArtifact
+from challenge_kit.runs import BEST, CHECKPOINT
+from challenge_kit.runtime import tune_allocator
+from challenge_kit.selection import mean_se, paired
+from challenge_kit.storage import DistilledArtifact, load_torch
 from evaluator.scorer import evaluate_images, resolve_device
 
 
@@ -39,55 +36,66 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default="../shared/data/tiny-imagenet-mini")
     parser.add_argument("--dataset", default="tinyimagenet")
-    parser.add_argument("--work", default="/tmp/ddkit-quality", help="experts and the distillation run (reused)")
-    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--work", default="/tmp/ddkit-quality", help="the make-submission output (reused)")
+    parser.add_argument("--profile", default="mini")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--epochs", type=int, default=100, help="scorer epochs per round (same for every set)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=200, help="scorer epochs per round (same for every set)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1000, help="round seeds (never the run's selection seeds)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    tune_allocator()
 
     console = Console(stderr=True)
     device = resolve_device(args.device)
-    recipe = load_recipe(args.dataset, args.profile, args.overrides)
-    spec, (train_x, train_y), (test_x, test_y) = load_data(args.dataset, args.data_root)
     work = Path(args.work)
-    store, run_dir = work / "experts", work / "distill"
-    console.print(f"{spec.describe()}; experts -> {store}")
-    experts.train_experts(train_x, train_y, test_x, test_y, spec, recipe.experts, store, device=device)
-    if not (run_dir / BEST).exists():
-        distill(recipe, spec, store, run_dir, real_images=train_x, real_labels=train_y, test_images=test_x,
-                test_labels=test_y, device=device, resume=(run_dir / CHECKPOINT).exists())
-
+    tick = time.perf_counter()
+    if not (work / "manifest.json").is_file():
+        make_submission(args.dataset, args.data_root, work, profile=args.profile, overrides=args.overrides,
+                        device=args.device, cache_dir=args.cache_dir,
+                        resume=(work / RUN_SUBDIR / CHECKPOINT).exists())
+    manifest = json.loads((work / "manifest.json").read_text())
+    run_seconds = sum(manifest["timings_s"].values())
+    recipe = load_recipe(args.dataset, args.profile, args.overrides)
+    splits = load_data(recipe, args.data_root, cache_dir=args.cache_dir)
+    state = load_torch(work / RUN_SUBDIR / CHECKPOINT)["state"]
     cfg = recipe.distill
-    model = ModelConfig.for_spec(spec)
-    trajectories = Trajectories.open(store, spec, model, cfg.max_start_epoch + cfg.expert_epochs)
-    classifier = expert_classifier(trajectories, model, device)
-    sets = {
-        "(a) random real images": select_real(train_x, train_y, spec, "real", torch.Generator().manual_seed(123)),
-        "(b) M-DATM initialization": initial_images(cfg.init, spec, train_x, train_y,
-                                                     torch.Generator().manual_seed(cfg.seed), classifier),
-        f"(c) distilled ({args.profile}, {cfg.iterations} it.)": DistilledArtifact.load(run_dir / BEST).images,
-    }
+    experts = Trajectories.open(work / EXPERTS_SUBDIR, splits.spec, ModelConfig.for_spec(splits.spec),
+                                cfg.max_start_epoch + cfg.expert_epochs)
+    random_real = real(InitContext(splits.spec, *splits.train, experts, ModelConfig.for_spec(splits.spec),
+                                   torch.Generator().manual_seed(args.seed), device))
+    exported = DistilledArtifact.load(work / RUN_SUBDIR / BEST)
+    sets = {"(a) random real images": random_real, "(b) initialization (real_correct)": state["init"]["images"],
+            f"(c) exported (iteration {exported.extra['iteration']})": exported.images}
     rows = []
     for name, images in sets.items():
-        console.print(f"scoring {name}")
-        res = evaluate_images(images, spec, test_x, test_y, rounds=args.rounds, epochs=args.epochs,
+        console.print(f"scoring {name}: {args.rounds} rounds x {args.epochs} epochs on the test split")
+        res = evaluate_images(images, splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
                               seed=args.seed, device=device)
-        rows.append({"set": name, "mean": res["mean"], "std": statistics.pstdev(res["rounds"]),
-                     "rounds": res["rounds"], "seconds": res["seconds"]})
+        mean, se = mean_se(res["rounds"])
+        rows.append({"set": name, "mean": mean, "se": se, "rounds": res["rounds"], "seeds": res["seeds"]})
+    a, b, c = (r["rounds"] for r in rows)
+    differences = {"(c) - (b)": paired(c, b), "(b) - (a)": paired(b, a), "(c) - (a)": paired(c, a)}
+    result = {"sets": rows, "differences": differences, "epochs": args.epochs, "rounds": args.rounds,
+              "profile": args.profile, "run_wall_seconds": run_seconds, "run_timings_s": manifest["timings_s"],
+              "selection": manifest.get("selection"), "bench_seconds": time.perf_counter() - tick,
+              "device": str(device)}
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"{spec.describe()} | scorer recipe, {args.epochs} epochs x {args.rounds} rounds, {device}")
-    for col in ("set", "accuracy", "std", "rounds", "vs (a)"):
-        table.add_column(col, justify="right" if col != "set" else "left")
-    base = rows[0]["mean"]
+    table = Table(title=f"{splits.spec.describe()}\nscorer recipe on the test split, {args.epochs} epochs x "
+                        f"{args.rounds} paired rounds, {device}",
+                  caption=f"{args.profile} profile run: {run_seconds / 60:.1f} min (data, experts, distillation "
+                          f"with selection); exported: {manifest.get('selection', {}).get('reason')}")
+    for col in ("set", "accuracy (mean +- s.e.)", "rounds"):
+        table.add_column(col, justify="left" if col == "set" else "right")
     for row in rows:
-        table.add_row(row["set"], f"{row['mean']:.4f}", f"{row['std']:.4f}",
-                      " ".join(f"{r:.3f}" for r in row["rounds"]), f"{row['mean'] - base:+.4f}")
+        table.add_row(row["set"], f"{row['mean']:.4f} +- {row['se']:.4f}", " ".join(f"{r:.3f}" for r in row["rounds"]))
+    for name, d in differences.items():
+        ratio = d["mean"] / d["se"] if d["se"] > 0 else float("inf")
+        table.add_row(f"paired {name}", f"{d['mean']:+.4f} +- {d['se']:.4f}", f"{ratio:+.1f} s.e.")
     Console().print(table)
 
 

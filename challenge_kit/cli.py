@@ -369,6 +369,52 @@ def export_cmd(
 
 
 @app.command()
+def ablate(
+    recipes: list[str] = typer.Argument(..., help="recipes to compare, the first is the reference: shipped names "
+                                                  "(m-datm, datm, pad-fiem, ...) or .toml files"),
+    experts_dir: str = typer.Option(..., "--experts", help="shared expert store (variants with other expert "
+                                                           "settings get a keyed subfolder)"),
+    data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
+    out: str = typer.Option(..., "--out", help="folder for each variant's run, ablate.json and ablate.png"),
+    dataset: str | None = typer.Option(None, "--dataset", help="cifar100 or tinyimagenet (default: detected)"),
+    profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
+    overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP + ", applied to every variant"),
+    iterations: int | None = typer.Option(None, "--iterations", help="distillation iterations per variant"),
+    rounds: int = typer.Option(3, "--rounds", help="paired scoring rounds per variant"),
+    epochs: int | None = typer.Option(None, "--epochs", help="scorer epochs per round (default: the official 1001)"),
+    seed: int = typer.Option(0, "--seed", help="scoring seed, the same for every variant"),
+    select: bool = typer.Option(False, "--select", help="export what each run's held-out selection picks "
+                                                        "(default: its last iteration)"),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    as_json: bool = typer.Option(False, "--json", help="print ablate.json on stdout"),
+) -> None:
+    """Compare methods on the same experts, seeds and scoring budget: one table, ablate.json, a bar chart."""
+    import json
+
+    from challenge_kit.ablate import ablate as run_ablation
+    from challenge_kit.ablate import ablation_table
+    from challenge_kit.data import detect_dataset
+    from evaluator.scorer import EPOCHS
+
+    if rounds < 1 or (epochs is not None and epochs < 1) or (iterations is not None and iterations < 0):
+        fail("--rounds and --epochs must be at least 1, --iterations at least 0")
+    try:
+        summary = run_ablation(recipes, dataset=dataset or detect_dataset(data_root), experts=experts_dir,
+                               data_root=data_root, out=out, profile=profile, overrides=overrides or [],
+                               iterations=iterations, rounds=rounds, epochs=epochs or EPOCHS, seed=seed,
+                               device=device, cache_dir=cache_dir, select=select)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from rich.console import Console
+
+    Console().print(ablation_table(summary))
+
+
+@app.command()
 def report(
     run_dir: str = typer.Argument(..., help="run directory of `ddkit distill` (finished or still running)"),
     out: str | None = typer.Option(None, "--out", help="folder for the figures (default RUN_DIR/report)"),

@@ -346,6 +346,16 @@ def _source(dataset: str, root: Path, split: str, image_folder: bool):
     raise ValueError(f"no loader for dataset {dataset!r}")
 
 
+def detect_dataset(root: str | Path) -> str:
+    """Which dataset a data root holds: ``cifar-100-python/`` or a ``tiny-imagenet-200`` tree."""
+    root = Path(root)
+    if (root / CIFAR_DIR).is_dir():
+        return "cifar100"
+    if (tiny_root(root) / "train").is_dir():
+        return "tinyimagenet"
+    raise KitFileError(root, f"holds neither {CIFAR_LAYOUT} nor {TINY_LAYOUT}; pass --dataset")
+
+
 def dataset_spec(dataset: str, root: str | Path, *, image_folder: bool = False) -> DatasetSpec:
     """The spec ``load_split`` will return (subset detection), reading only the class listing."""
     root = Path(root)
@@ -419,4 +429,4 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
 
 
 __all__ = ["load_split", "dataset_spec", "build_reference", "read_cifar_pickle", "decode_images",
-           "to_normalized", "default_cache_dir", "user_cache_dir", "split_holdout"]
+           "to_normalized", "default_cache_dir", "user_cache_dir", "split_holdout", "detect_dataset"]

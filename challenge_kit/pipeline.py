@@ -43,8 +43,9 @@ def load_data(recipe: Recipe, data_root: str | Path, *, download: bool = False,
     """Train and test splits, challenge-normalized, with the selection split the recipe asks for carved out.
 
     ``eval.split = "holdout"`` keeps ``holdout_per_class`` seeded images per class out of the training split
-    (experts and distillation never see them); ``"test"`` selects on the test split. Under torchrun, rank 0
-    decodes first (and fills the cache) while the others wait.
+    (experts and distillation never see them, whether or not selection runs, so a store serves both);
+    ``"test"`` selects on the test split. Under torchrun, rank 0 decodes first (and fills the cache) while
+    the others wait.
     """
     kw = {"cache_dir": cache_dir, "image_folder": image_folder}
     if not shard.leader:
@@ -54,13 +55,12 @@ def load_data(recipe: Recipe, data_root: str | Path, *, download: bool = False,
     test_x, test_y, _ = data.load_split(recipe.dataset, data_root, "test", **kw)
     if shard.leader:
         shard.barrier()
-    v = recipe.eval
-    if v.every <= 0:
-        return Splits(spec, (train_x, train_y), None, (test_x, test_y), "none")
-    if v.split == "test":
-        return Splits(spec, (train_x, train_y), (test_x, test_y), (test_x, test_y), "test")
-    kept, held = data.split_holdout(train_y, v.holdout_per_class, v.seed)
-    return Splits(spec, (train_x[kept], train_y[kept]), (train_x[held], train_y[held]), (test_x, test_y), "holdout")
+    v, holdout = recipe.eval, None
+    if v.split == "holdout" and v.holdout_per_class > 0:  # carved even when selection is off: the same experts
+        kept, held = data.split_holdout(train_y, v.holdout_per_class, v.seed)
+        train_x, train_y, holdout = train_x[kept], train_y[kept], (train_x[held], train_y[held])
+    select = None if v.every <= 0 else (test_x, test_y) if v.split == "test" else holdout
+    return Splits(spec, (train_x, train_y), select, (test_x, test_y), "none" if select is None else v.split)
 
 
 def describe(splits: Splits) -> str:

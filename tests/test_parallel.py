@@ -3,13 +3,18 @@
 import socket
 
 import pytest
+import test_distill
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_distill import _recipe, _run
 from test_matching import _problem
 
+from challenge_kit.experts import train_experts
 from challenge_kit.matching import match
 from challenge_kit.parallel import Shard
+from challenge_kit.recipes import ExpertConfig
+from challenge_kit.runs import read_history
 
 
 def free_port() -> int:
@@ -49,3 +54,33 @@ def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path, mode, batch_
                 assert got[key] is None
                 continue
             assert ((got[key] - ref).norm() / ref.norm()).item() < 1e-10, (rank, key)
+
+
+def _distill_worker(rank, world, port, store, out, mode):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), store, out, shard=Shard(rank, world))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["exact", "unrolled"])
+def test_two_gloo_ranks_distill_like_one_process(tmp_path, mode):
+    """Uneven shards (5 images per step over 2 ranks), selection rounds split over ranks, rank 0 writes."""
+    experts = tmp_path / "experts"
+    x, y = test_distill._real()
+    tx, ty = test_distill._real(4, seed=1)
+    train_experts(x, y, tx, ty, test_distill.SPEC, ExpertConfig(num_experts=2, epochs=3, batch_size=16), experts)
+    mp.spawn(_distill_worker, args=(2, free_port(), experts, tmp_path / "two", mode), nprocs=2, join=True)
+    torch.set_num_threads(1)
+    one = _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), experts, tmp_path / "one")
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["state"]
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(two["images"], one.images) < 1e-5 and rel(two["lr"], one.lr) < 1e-5
+    losses = [(h["loss"], g["loss"]) for h, g in zip(read_history(tmp_path / "two"), read_history(tmp_path / "one"),
+                                                     strict=True)]
+    assert len(losses) == 4 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in losses)
+    assert [c["iteration"] for c in two["candidates"]] == [0, 2, 4]
+    assert [c["seeds"] for c in two["candidates"]] == [c["seeds"] for c in one.candidates]
+    assert two["decision"]["export"] == one.decision["export"]

@@ -1,0 +1,190 @@
+"""``ddkit ablate``: methods side by side on the same data, experts, seeds and scoring budget.
+
+Each variant (a recipe) distills in its own process, so a crash or an out-of-memory kill is one row of the
+table and its peak memory is its own, then the chosen set is scored with the challenge scorer's recipe
+(default-order hard labels: what the leaderboard sees) on the test split, with the same round seeds for every
+variant, so differences are paired. Finished variants are skipped on a rerun. Variants whose expert settings
+differ (FIEX, smooth experts) train their experts once into the shared store, in a folder keyed by those
+settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from challenge_kit import experts as expert_store
+from challenge_kit.experts import NOT_TRAJECTORY
+from challenge_kit.pipeline import load_data, run_distill, train_experts
+from challenge_kit.plots import bar_chart
+from challenge_kit.progress import console
+from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
+from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
+from challenge_kit.selection import mean_se, paired
+from challenge_kit.storage import DistilledArtifact, KitFileError, save_json
+from evaluator.scorer import evaluate_images, resolve_device
+
+RESULT = "ablate.json"
+CHART = "ablate.png"
+VARIANT_RESULT = "variant.json"
+
+
+def trajectory_settings(config: ExpertConfig | dict) -> dict:
+    """The expert settings that shape a trajectory (not how many experts, not how long)."""
+    values = asdict(config) if isinstance(config, ExpertConfig) else dict(config)
+    return {k: v for k, v in sorted(values.items()) if k not in NOT_TRAJECTORY}
+
+
+def expert_dir(root: Path, config: ExpertConfig) -> Path:
+    """``root`` itself for the settings of the experts already there (or when empty), else a keyed subfolder."""
+    mine = trajectory_settings(config)
+    files = expert_store.expert_files(root)
+    if not files:
+        return root
+    try:
+        theirs = trajectory_settings(expert_store.read_expert(files[0], snapshots=False).meta.get("config") or {})
+    except KitFileError:
+        theirs = None
+    if theirs == mine:
+        return root
+    key = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:10]
+    return root / "by-settings" / f"{config.objective}-{config.schedule}-{key}"
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def run_variant(job: dict) -> dict:
+    """One variant, in its own process: experts (if its store lacks them), distillation, scoring."""
+    recipe = load_recipe(job["recipe"], job["profile"], job["overrides"], dataset=job["dataset"])
+    device = resolve_device(job["device"])
+    out = Path(job["out"])
+    splits = load_data(recipe, job["data_root"], cache_dir=job["cache_dir"])
+    store = expert_dir(Path(job["experts"]), recipe.experts)
+    tick = time.perf_counter()
+    train_experts(recipe, splits, store, device, show_progress=False)
+    expert_seconds = time.perf_counter() - tick
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if not (out / "run" / SUMMARY).is_file():
+        run_distill(recipe, splits, store, out / "run", device=device, resume=(out / "run" / CHECKPOINT).exists(),
+                    show_progress=False)
+    peak = _peak_mb(device)
+    summary = json.loads((out / "run" / SUMMARY).read_text())
+    images = DistilledArtifact.load(out / "run" / BEST).images
+    score = evaluate_images(images, splits.spec, *splits.test, rounds=job["rounds"], epochs=job["epochs"],
+                            seed=job["seed"], device=device, show_progress=False)
+    result = {"status": "ok", "method": recipe.method, "parts": recipe.parts(), "experts": str(store),
+              "expert_seconds": expert_seconds, "seconds_per_iteration": summary["seconds_per_iteration"],
+              "iterations": summary["iterations"], "exported_iteration": summary["exported_iteration"],
+              "peak_mb": peak, "rounds": score["rounds"], "seeds": score["seeds"], "epochs": job["epochs"]}
+    save_json(result, out / VARIANT_RESULT)
+    return result
+
+
+def _names(recipes: list[str]) -> list[str]:
+    names, seen = [], {}
+    for r in recipes:
+        stem = recipe_path(r).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: str | Path, out: str | Path,
+           profile: str, overrides: list[str], iterations: int | None, rounds: int, epochs: int, seed: int,
+           device: str | None, cache_dir: str | Path | None, select: bool = False) -> dict:
+    """Run every variant (each in a subprocess, skipping finished ones) and compare them with the first.
+
+    Without ``select`` each variant's last iteration is scored (the comparison is of methods, not of model
+    selection); with it, each exports what its own held-out selection chose.
+    """
+    out = Path(out)
+    extra = list(overrides) + ([f"distill.iterations={iterations}"] if iterations is not None else []) \
+        + ([] if select else ["eval.every=0"])
+    loaded: list[Recipe] = [load_recipe(r, profile, extra, dataset=dataset) for r in recipes]  # fail before work
+    rows = []
+    for name, recipe_name, recipe in zip(_names(recipes), recipes, loaded, strict=True):
+        folder = out / name
+        done = folder / VARIANT_RESULT
+        result = json.loads(done.read_text()) if done.is_file() else None
+        if result is None or result.get("rounds") is None or len(result["rounds"]) != rounds \
+                or result.get("epochs") != epochs:
+            console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
+            job = {"recipe": recipe_name, "profile": profile, "overrides": extra, "dataset": dataset,
+                   "device": device, "out": str(folder), "data_root": str(data_root), "cache_dir": cache_dir,
+                   "experts": str(experts), "rounds": rounds, "epochs": epochs, "seed": seed}
+            folder.mkdir(parents=True, exist_ok=True)
+            done_proc = subprocess.run([sys.executable, "-m", "challenge_kit.ablate", json.dumps(job)],
+                                       capture_output=True, text=True)
+            (folder / "log.txt").write_text(done_proc.stdout + done_proc.stderr)
+            if done_proc.returncode == 0 and done.is_file():
+                result = json.loads(done.read_text())
+            else:
+                lines = (done_proc.stderr or done_proc.stdout).strip().splitlines() or [f"exit {done_proc.returncode}"]
+                result = {"status": "failed", "error": lines[-1][:300], "exit_code": done_proc.returncode}
+                console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
+        rows.append({"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(),
+                     **result})
+    base = rows[0]
+    for row in rows:
+        if row["status"] == "ok":
+            row["mean"], row["se"] = mean_se(row["rounds"])
+            if base["status"] == "ok" and row is not base:
+                row["difference"] = paired(row["rounds"], base["rounds"])
+    summary = {"dataset": dataset, "profile": profile, "overrides": extra, "rounds": rounds, "epochs": epochs,
+               "seed": seed, "split": "test", "variants": rows}
+    save_json(summary, out / RESULT)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok:
+        bar_chart(out / CHART, f"scorer-recipe test accuracy, {epochs} epochs x {rounds} paired rounds (mean +- s.e.)",
+                  "accuracy", [r["variant"] for r in ok], [r["mean"] for r in ok], [r["se"] for r in ok])
+    return summary
+
+
+def ablation_table(summary: dict):
+    """The rich table of an ablation: accuracy, paired difference to the first variant, cost."""
+    from rich.table import Table
+
+    rows = summary["variants"]
+    base = rows[0]
+    table = Table(title=f"ablation on {summary['dataset']} ({summary['profile']} profile): scorer recipe, "
+                        f"{summary['epochs']} epochs x {summary['rounds']} paired rounds on the test split",
+                  caption=f"difference: paired over the same round seeds, against {base['variant']}; "
+                          "peak memory: CUDA peak allocated, or the variant process's peak RSS on a CPU")
+    for col in ("variant", "parts (vs first)", "accuracy", f"vs {base['variant']}", "s / iteration", "peak MiB",
+                "status"):
+        table.add_column(col, justify="left" if col in ("variant", "parts (vs first)", "status") else "right",
+                         overflow="fold")
+    for r in rows:
+        differ = ", ".join(f"{k}={v}" for k, v in r["parts"].items() if v != base["parts"][k]) or "-"
+        if r["status"] != "ok":
+            table.add_row(r["variant"], differ, "-", "-", "-", "-", f"[red]failed[/red]: {r['error']}")
+            continue
+        diff = r.get("difference")
+        table.add_row(r["variant"], differ, f"{r['mean']:.4f} +- {r['se']:.4f}",
+                      "-" if diff is None else f"{diff['mean']:+.4f} +- {diff['se']:.4f}",
+                      f"{r['seconds_per_iteration']:.2f}", f"{r['peak_mb']:.0f}", "ok")
+    return table
+
+
+def main() -> None:
+    from challenge_kit.runtime import tune_allocator
+
+    tune_allocator()
+    run_variant(json.loads(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
