@@ -100,6 +100,31 @@ def test_seeded_runs_are_reproducible_on_cpu():
     assert first[0] != other[0]
 
 
+def test_round_init_shuffle_and_augmentation_draw_separate_streams(monkeypatch):
+    """On the CPU every stream is the same kind of generator: seeded alike, they would repeat each other."""
+    states = {}
+    real_convnet = scorer.ConvNet
+
+    def convnet(config):
+        states["init"] = torch.get_rng_state()
+        return real_convnet(config)
+
+    def train(net, images, labels, *, generator, group_generator, **kwargs):
+        states["data"], states["group"] = generator.get_state(), group_generator.get_state()
+
+    monkeypatch.setattr(scorer, "ConvNet", convnet)
+    monkeypatch.setattr(scorer, "train", train)
+    images, labels = coloured(2, 0)
+    train_and_test(images, labels, images, labels, num_classes=5, epochs=1, seed=7, device="cpu")
+    draws = {}
+    for name, state in states.items():
+        g = torch.Generator()
+        g.set_state(state)
+        draws[name] = torch.rand(8, generator=g)
+    assert not torch.equal(draws["init"], draws["data"])
+    assert not torch.equal(draws["init"], draws["group"]) and not torch.equal(draws["data"], draws["group"])
+
+
 def test_both_invocations_write_the_same_scores(tmp_path):
     images, _ = coloured(2, 0)
     write_folder(tmp_path / "in", images, *coloured(4, 1))
