@@ -40,9 +40,11 @@ def evaluate(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from challenge_kit.progress import console
+    from challenge_kit.verify import findings, verify_tensor
     from evaluator.inputs import load_inputs
     from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
@@ -54,17 +56,18 @@ def evaluate(
     except (KitFileError, ValueError) as e:
         fail(str(e))
     spec = inputs.spec
-    console.print(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); "
-                  f"{inputs.test_images.shape[0]} test images from {reference}")
-    for note in inputs.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(escape(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); "
+                         f"{inputs.test_images.shape[0]} test images from {reference}"), soft_wrap=True)
+    checks = findings(verify_tensor(inputs.images, spec, inputs.labels, inputs.lr, spec_source=inputs.spec_source,
+                                    path=path))
+    for line in checks:
+        console.print(escape(line), soft_wrap=True)
     if (epochs, rounds) != (EPOCHS, ROUNDS):
         console.print(f"[yellow]shortened run:[/yellow] {epochs} epochs x {rounds} rounds, not the official "
-                      f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
+                      f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard", soft_wrap=True)
     result = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
                              epochs=epochs, seed=seed, device=device)
-    result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source,
-                  notes=inputs.notes)
+    result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source, verify=checks)
     if as_json:
         typer.echo(json.dumps(result))
         return
