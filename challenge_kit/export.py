@@ -1,4 +1,4 @@
-"""Turn a distillation run into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
+"""Turn a distilled set into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
 
 Export refuses to write a submission the label-consistency checker fails, and it verifies the file it
 wrote (not just the tensor in memory), so the manifest's report describes exactly what is uploaded.
@@ -45,20 +45,15 @@ def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None) -> dict:
-    """Verify the run's best set, write the three files, return the manifest."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    best = run_dir / BEST
-    if not best.is_file():
-        raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
-    artifact = DistilledArtifact.load(best)
-    spec = artifact.spec
-    images = artifact.images.detach().float().contiguous().cpu().clone()
-
-    precheck = verify_tensor(images, spec, labels=artifact.labels, reference_model=reference_model)
+def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, *, source: str | Path,
+                  labels: torch.Tensor | None = None, reference_model: str | Path | None = None,
+                  extra: dict | None = None) -> dict:
+    """Verify a set held in memory, write the three files, return the manifest (``source`` names the set)."""
+    out_dir = Path(out_dir)
+    images = images.detach().float().contiguous().cpu().clone()
+    precheck = verify_tensor(images, spec, labels=labels, reference_model=reference_model)
     if not precheck.ok:
-        raise ExportRefused(f"{best}: verify failed, not exporting: " + "; ".join(
+        raise ExportRefused(f"{source}: verify failed, not exporting: " + "; ".join(
             f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL"))
 
     target = out_dir / spec.submission_file
@@ -68,9 +63,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         target.unlink()
         raise ExportRefused(f"{target}: the written file fails verify, removed it")
     write_preview(images, spec, out_dir / PREVIEW)
-
-    summary_path = run_dir / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     manifest = {
         "file": spec.submission_file,
         "sha256": sha256(target),
@@ -79,13 +71,29 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         "spec": spec.to_dict(),
         "challenge_submission": spec.challenge,
         "labels": "default order (image i is class i // ipc)",
-        "learned_lr_not_used_by_scorer": artifact.lr,
-        "best_iteration": artifact.extra.get("iteration") if artifact.extra else None,
-        "selection_accuracy": artifact.extra.get("accuracy") if artifact.extra else None,
-        "run": summary,
         "verify": report.to_dict(),
         "versions": versions(),
         **(extra or {}),
     }
     save_json(manifest, out_dir / MANIFEST)
     return manifest
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
+               extra: dict | None = None) -> dict:
+    """Export the run's best set (``export_images``), its manifest also describing the run."""
+    run_dir = Path(run_dir)
+    best = run_dir / BEST
+    if not best.is_file():
+        raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
+    artifact = DistilledArtifact.load(best)
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return export_images(artifact.images, artifact.spec, out_dir, source=best, labels=artifact.labels,
+                         reference_model=reference_model, extra={
+                             "learned_lr_not_used_by_scorer": artifact.lr,
+                             "best_iteration": artifact.extra.get("iteration") if artifact.extra else None,
+                             "selection_accuracy": artifact.extra.get("accuracy") if artifact.extra else None,
+                             "run": summary,
+                             **(extra or {}),
+                         })
