@@ -88,8 +88,8 @@ def check_reference(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpe
                                  f"{spec.num_classes} classes; use a reference made for this set")
 
 
-def manifest_spec(path: str | Path) -> DatasetSpec | None:
-    """The spec recorded in a ``manifest.json`` beside ``path`` (key ``spec``), if there is one."""
+def read_manifest(path: str | Path) -> dict | None:
+    """The ``manifest.json`` beside ``path`` when there is one holding a JSON object."""
     manifest = Path(path).parent / MANIFEST
     if not manifest.is_file():
         return None
@@ -97,12 +97,18 @@ def manifest_spec(path: str | Path) -> DatasetSpec | None:
         data = json.loads(manifest.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise KitFileError(manifest, f"not readable JSON ({e})") from None
-    if not isinstance(data, dict) or "spec" not in data:
+    return data if isinstance(data, dict) else None
+
+
+def manifest_spec(path: str | Path) -> DatasetSpec | None:
+    """The spec recorded in a ``manifest.json`` beside ``path`` (key ``spec``), if there is one."""
+    data = read_manifest(path)
+    if data is None or "spec" not in data:
         return None
     try:
         return DatasetSpec.from_dict(data["spec"])
     except (KeyError, TypeError, ValueError) as e:
-        raise KitFileError(manifest, f"'spec' is not a dataset spec ({e!r})") from None
+        raise KitFileError(Path(path).parent / MANIFEST, f"'spec' is not a dataset spec ({e!r})") from None
 
 
 def spec_from_reference(shape: tuple[int, ...], labels: torch.Tensor | None,
