@@ -137,9 +137,14 @@ class BundleReport:
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
+    def failures(self) -> list[str]:
+        """Every reason the zip is not ready to upload, one line each, naming the member."""
+        return self.problems + [f"{r.path}: {c.name}: {c.reason}" for r in self.members.values()
+                                for c in r.checks if c.status == FAIL]
+
     def to_dict(self) -> dict:
         return {"path": self.path, "ok": self.ok, "exit_code": self.exit_code, "problems": self.problems,
-                "members": {name: r.to_dict() for name, r in self.members.items()}}
+                "failures": self.failures(), "members": {name: r.to_dict() for name, r in self.members.items()}}
 
 
 def verify_zip(path: str | Path) -> BundleReport:

@@ -168,10 +168,10 @@ def verify(
         typer.echo(json.dumps(report.to_dict()))
     elif is_zip:
         out = Console()
-        for line in report.problems:
-            out.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
         for member in report.members.values():
             out.print(report_table(member))
+        for line in report.failures():
+            out.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
         out.print(escape(f"{path}: exit {report.exit_code}: " + ("ready to upload" if report.ok else
                                                                   "not ready to upload")), soft_wrap=True)
     else:
