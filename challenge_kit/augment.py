@@ -101,13 +101,16 @@ def contrast(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def crop(x: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor) -> torch.Tensor:
-    """Integer translation with zero fill: out[i, j] = in[i + tx, j + ty]."""
+    """Integer translation with zero fill: out[i, j] = in[i + tx, j + ty].
+
+    Contiguous like the reference's result: a channels-last view makes the convolutions round differently.
+    """
     n, _, h, w = x.shape
     rows = (torch.arange(h, device=x.device).view(1, h, 1) + tx.view(n, 1, 1) + 1).clamp(0, h + 1)
     cols = (torch.arange(w, device=x.device).view(1, 1, w) + ty.view(n, 1, 1) + 1).clamp(0, w + 1)
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)
-    return padded[batch, rows, cols].permute(0, 3, 1, 2)
+    return padded[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def cutout_mask(n: int, h: int, w: int, ox: torch.Tensor, oy: torch.Tensor, dtype, device) -> torch.Tensor:

@@ -27,10 +27,34 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _scores_table(summary: dict):
+    """A submission's score for people: each dataset's rounds and mean, then the final figure."""
+    from rich.table import Table
+
+    official = "" if summary["official"] else " (not the official recipe)"
+    table = Table(title="submission score", caption=f"{summary['epochs']} epochs x {summary['rounds']} rounds on "
+                                                    f"{summary['device']}{official}")
+    for name in ("dataset", "rounds", "mean"):
+        table.add_column(name, justify="left" if name == "dataset" else "right")
+    for name, r in summary["datasets"].items():
+        table.add_row(name, " ".join(f"{a:.4f}" for a in r["rounds"]), f"{r['mean']:.4f}")
+    for name in summary["skipped"]:
+        table.add_row(name, "[yellow]skipped: not in the zip[/yellow]", "")
+    partial = " [yellow](partial: not a figure the official scorer gives)[/yellow]" if summary["partial"] else ""
+    table.add_row("correct", "", f"[bold]{summary['correct']:.4f}[/bold]{partial}")
+    return table
+
+
 @app.command()
 def evaluate(
-    path: str = typer.Argument(..., help="challenge .pt (bare tensor) or kit artifact (.safetensors)"),
-    reference: str = typer.Option(..., "--reference", help="test set: dict of images_val, labels_val"),
+    path: str = typer.Argument(..., help="challenge .pt (bare tensor), kit artifact (.safetensors) or submission .zip"),
+    reference: str | None = typer.Option(None, "--reference", help="test set of one file: dict of images_val, "
+                                                                   "labels_val"),
+    reference_dir: str | None = typer.Option(None, "--reference-dir",
+                                             help="for a .zip: folder with cifar100_test.pt and tinyimagenet_test.pt"),
+    output_dir: str | None = typer.Option(None, "--output-dir", help="for a .zip: write scores.txt and scores.json"),
+    partial: bool = typer.Option(False, "--partial", help="for a .zip missing a file: score the other (the "
+                                                          "official scorer crashes)"),
     dataset: str | None = typer.Option(None, "--dataset", help="cifar100 or tinyimagenet (else inferred)"),
     epochs: int | None = typer.Option(None, "--epochs", help="epochs per round (official 1001)"),
     rounds: int | None = typer.Option(None, "--rounds", help="rounds (official 3)"),
@@ -38,35 +62,79 @@ def evaluate(
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Score a distilled set exactly as the challenge scorer does (labels in default order)."""
+    """Score a distilled set, or a whole submission .zip, exactly as the challenge scorer does."""
     import json
+    from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from challenge_kit.parallel import process_group
     from challenge_kit.progress import console
+    from challenge_kit.verify import findings, verify_tensor
     from evaluator.inputs import load_inputs
-    from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
+    from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
 
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
     if epochs < 1 or rounds < 1:
         fail("--epochs and --rounds must be at least 1")
-    try:
-        inputs = load_inputs(path, reference, dataset)
-    except (KitFileError, ValueError) as e:
-        fail(str(e))
-    spec = inputs.spec
-    console.print(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); "
-                  f"{inputs.test_images.shape[0]} test images from {reference}")
-    for note in inputs.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    if (epochs, rounds) != (EPOCHS, ROUNDS):
-        console.print(f"[yellow]shortened run:[/yellow] {epochs} epochs x {rounds} rounds, not the official "
-                      f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
-    result = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
-                             epochs=epochs, seed=seed, device=device)
-    result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source,
-                  notes=inputs.notes)
+    is_zip = Path(path).suffix == ".zip"
+    if is_zip and (reference_dir is None or reference is not None or dataset is not None):
+        fail(f"{path}: a submission .zip is scored with --reference-dir (not --reference or --dataset)")
+    if not is_zip and (reference is None or reference_dir or output_dir or partial):
+        fail(f"{path}: one file is scored with --reference (--reference-dir, --output-dir and --partial are "
+             "for a submission .zip)")
+
+    def budget_note() -> None:  # after the inputs load: an error stays the only line
+        if (epochs, rounds) != (EPOCHS, ROUNDS):
+            console.print(f"[yellow]shortened run:[/yellow] {epochs} epochs x {rounds} rounds, not the official "
+                          f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard", soft_wrap=True)
+
+    def log(line: str) -> None:
+        console.print(escape(line), soft_wrap=True)
+
+    # under torchrun the rounds run on separate ranks (each with its own seed) and rank 0 reports
+    with process_group(resolve_device(device)) as (shard, dev):
+        if is_zip:
+            from challenge_kit.bundle import zip_entries
+            from evaluator.evaluate import score_entries
+
+            try:
+                entries, skipped = zip_entries(path, reference_dir, partial=partial)
+                if shard.leader:
+                    budget_note()
+                summary = score_entries(entries, output_dir if shard.leader else None, skipped=skipped,
+                                        rounds=rounds, epochs=epochs, seed=seed, device=str(dev),
+                                        show_progress=shard.leader, log=log if shard.leader else None, shard=shard)
+            except (KitFileError, ValueError) as e:
+                fail(str(e))
+            if not shard.leader:
+                return
+            if as_json:
+                typer.echo(json.dumps({"path": path, **summary}))
+            else:
+                Console().print(_scores_table(summary))
+            return
+        try:
+            inputs = load_inputs(path, reference, dataset)
+        except (KitFileError, ValueError) as e:
+            fail(str(e))
+        spec = inputs.spec
+        checks = findings(verify_tensor(inputs.images, spec, inputs.labels, inputs.lr,
+                                        spec_source=inputs.spec_source, path=path))
+        if shard.leader:
+            budget_note()
+            log(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); {inputs.test_images.shape[0]} test "
+                f"images from {reference}")
+            for line in checks:
+                log(line)
+        result = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
+                                 epochs=epochs, seed=seed, device=dev, show_progress=shard.leader, shard=shard)
+        if not shard.leader:
+            return
+    result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source, verify=checks,
+                  ranks=shard.world)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -84,27 +152,44 @@ def evaluate(
 
 @app.command()
 def verify(
-    path: str = typer.Argument(..., help="challenge .pt (bare tensor) or kit artifact (.safetensors)"),
+    path: str = typer.Argument(..., help="challenge .pt (bare tensor), kit artifact (.safetensors) or submission .zip"),
     dataset: str = typer.Option("auto", "--dataset", help="auto, cifar100 or tinyimagenet"),
     reference_model: str | None = typer.Option(
         None, "--reference-model", help="ConvNet state dict .pt (DC/MTT layout) or expert_XXXX.safetensors"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
-    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 1 failed, 2 unreadable."""
+    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 1 failed, 2 unreadable.
+
+    A submission .zip: both files at its root and nothing else, each passing every check against its full spec.
+    """
     import json
+    from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
 
+    from challenge_kit.bundle import verify_zip
     from challenge_kit.verify import report_table, verify_path
 
+    is_zip = Path(path).suffix == ".zip"
+    if is_zip and (dataset != "auto" or reference_model):
+        fail(f"{path}: --dataset and --reference-model check one file; verify the exported .pt with them", 2)
     try:
-        report = verify_path(path, dataset=dataset, reference_model=reference_model)
+        report = verify_zip(path) if is_zip else verify_path(path, dataset=dataset, reference_model=reference_model)
     except (KitFileError, ValueError) as e:
         if as_json:
             typer.echo(json.dumps({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []}))
         fail(str(e), 2)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
+    elif is_zip:
+        out = Console()
+        for member in report.members.values():
+            out.print(report_table(member))
+        for line in report.failures():
+            out.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+        out.print(escape(f"{path}: exit {report.exit_code}: " + ("ready to upload" if report.ok else
+                                                                  "not ready to upload")), soft_wrap=True)
     else:
         Console().print(report_table(report))
     raise typer.Exit(report.exit_code)
@@ -141,6 +226,35 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print one JSON o
     for p in parts:
         table.add_row(f"{p.kind}: {KINDS[p.kind]}" if p is next(q for q in parts if q.kind == p.kind) else "",
                       p.name, p.source, p.summary)
+    console.print(table)
+
+
+@app.command("bundle")
+def bundle_cmd(
+    exports: list[str] = typer.Argument(..., help="the two exports: make-submission folders or .pt files"),
+    out: str = typer.Option(..., "--out", help="the upload to write, e.g. submission.zip"),
+    as_json: bool = typer.Option(False, "--json", help="print the bundle manifest as JSON"),
+) -> None:
+    """Verify both exports against their full challenge specs and write the upload zip and its manifest."""
+    import json
+
+    from rich.table import Table
+
+    from challenge_kit.bundle import bundle, manifest_path
+    from challenge_kit.progress import console
+
+    try:
+        manifest = bundle(exports, out)
+    except (KitFileError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{out} (manifest: {manifest_path(out)})", caption=f"sha256 {manifest['sha256']}")
+    for name in ("member", "from", "bytes", "sha256"):
+        table.add_column(name, overflow="fold")
+    for name, member in manifest["members"].items():
+        table.add_row(name, member["source"], f"{member['bytes']:,}", member["sha256"][:16] + "...")
     console.print(table)
 
 
@@ -320,7 +434,8 @@ def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
                        ("exported iteration", manifest.get("best_iteration")),
                        ("selection", (manifest.get("selection") or {}).get("reason")),
                        ("verify", "PASS" if manifest["verify"]["ok"] else "FAIL")]:
-        table.add_row(key, str(value))
+        if value is not None:
+            table.add_row(key, str(value))
     console.print(table)
 
 
@@ -464,3 +579,26 @@ def make_submission_cmd(
         fail(str(e))
     if manifest is not None:
         _print_manifest(manifest, out, as_json)
+
+
+@app.command()
+def baseline(
+    dataset: str = typer.Argument(..., help="cifar100 or tinyimagenet (a mini folder gives a subset spec)"),
+    data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
+    out: str = typer.Option(..., "--out", help="output folder for <name>.pt, manifest.json, preview.png"),
+    seed: int = typer.Option(0, "--seed", help="which random images"),
+    download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+) -> None:
+    """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
+    from challenge_kit.baseline import make_baseline
+    from challenge_kit.export import ExportRefused
+
+    try:
+        manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
+                                 image_folder=image_folder)
+    except (KitFileError, ValueError, ExportRefused) as e:
+        fail(str(e))
+    _print_manifest(manifest, out, as_json)

@@ -1,4 +1,4 @@
-"""Turn a distillation run into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
+"""Turn a distilled set into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
 
 Export refuses to write a submission the label-consistency checker fails, and it verifies the file it
 wrote (not just the tensor in memory), so the manifest's report describes exactly what is uploaded.
@@ -53,31 +53,15 @@ def dropped_labels_note(artifact: DistilledArtifact) -> dict:
                     "them with default-order hard labels, which is not how they were distilled"}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None, drop_labels: bool = False) -> dict:
-    """Verify the run's chosen set, write the three files, return the manifest.
-
-    A set distilled with learned or assigned labels fails the label check and is refused, unless
-    ``drop_labels``: then the images go out alone and the manifest says where they came from.
-    """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    best = run_dir / BEST
-    if not best.is_file():
-        raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
-    artifact = DistilledArtifact.load(best)
-    spec = artifact.spec
-    images = artifact.images.detach().float().contiguous().cpu().clone()
-    labels = artifact.labels
-    research = artifact.extra.get("labels_part", "hard") != "hard" or artifact.soft
-    dropped = dropped_labels_note(artifact) if drop_labels and research else None
-    if dropped:
-        labels = default_labels(spec.num_classes, spec.ipc)
-
+def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, *, source: str | Path,
+                  labels: torch.Tensor | None = None, reference_model: str | Path | None = None,
+                  extra: dict | None = None, hint: str = "") -> dict:
+    """Verify a set held in memory, write the three files, return the manifest (``source`` names the set)."""
+    out_dir = Path(out_dir)
+    images = images.detach().float().contiguous().cpu().clone()
     precheck = verify_tensor(images, spec, labels=labels, reference_model=reference_model)
     if not precheck.ok:
-        hint = "; pass --drop-labels to export the images alone (scored with default-order hard labels)" \
-            if research else ""
-        raise ExportRefused(f"{best}: verify failed, not exporting: " + "; ".join(
+        raise ExportRefused(f"{source}: verify failed, not exporting: " + "; ".join(
             f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL") + hint)
 
     target = out_dir / spec.submission_file
@@ -87,9 +71,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         target.unlink()
         raise ExportRefused(f"{target}: the written file fails verify, removed it")
     write_preview(images, spec, out_dir / PREVIEW)
-
-    summary_path = run_dir / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     manifest = {
         "file": spec.submission_file,
         "sha256": sha256(target),
@@ -98,15 +79,42 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         "spec": spec.to_dict(),
         "challenge_submission": spec.challenge,
         "labels": "default order (image i is class i // ipc)",
-        "learned_lr_not_used_by_scorer": artifact.lr,
-        "best_iteration": artifact.extra.get("iteration") if artifact.extra else None,
-        "selection_accuracy": artifact.extra.get("accuracy") if artifact.extra else None,
-        "selection": {k: (summary.get("selection") or {}).get(k) for k in ("split", "export", "reason")},
-        "labels_dropped": dropped,
-        "run": summary,
         "verify": report.to_dict(),
         "versions": versions(),
         **(extra or {}),
     }
     save_json(manifest, out_dir / MANIFEST)
     return manifest
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
+               extra: dict | None = None, drop_labels: bool = False) -> dict:
+    """Export the run's chosen set (``export_images``), its manifest also describing the run.
+
+    A set distilled with learned or assigned labels fails the label check and is refused, unless
+    ``drop_labels``: then the images go out alone and the manifest says where they came from.
+    """
+    run_dir = Path(run_dir)
+    best = run_dir / BEST
+    if not best.is_file():
+        raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
+    artifact = DistilledArtifact.load(best)
+    spec = artifact.spec
+    research = artifact.extra.get("labels_part", "hard") != "hard" or artifact.soft
+    dropped = dropped_labels_note(artifact) if drop_labels and research else None
+    labels = default_labels(spec.num_classes, spec.ipc) if dropped else artifact.labels
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    hint = "; pass --drop-labels to export the images alone (scored with default-order hard labels)" \
+        if research else ""
+    return export_images(artifact.images, spec, out_dir, source=best, labels=labels, reference_model=reference_model,
+                         hint=hint, extra={
+                             "learned_lr_not_used_by_scorer": artifact.lr,
+                             "best_iteration": artifact.extra.get("iteration"),
+                             "selection_accuracy": artifact.extra.get("accuracy"),
+                             "selection": {k: (summary.get("selection") or {}).get(k)
+                                           for k in ("split", "export", "reason")},
+                             "labels_dropped": dropped,
+                             "run": summary,
+                             **(extra or {}),
+                         })

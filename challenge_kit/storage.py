@@ -8,9 +8,11 @@ interrupted run never leaves a half-written file. Nothing is ever unpickled with
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,14 +108,40 @@ def load_torch(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise KitFileError(path, "no such file")
+    return _load_torch(path, path)
+
+
+def load_torch_bytes(data: bytes, name: str):
+    """``load_torch`` of a file already in memory (a zip member): nothing is written to disk."""
+    return _load_torch(io.BytesIO(data), name)
+
+
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first message line, without terminal escape codes (messages may go to logs)."""
+    text = ESCAPES.sub("", str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What the restricted unpickler refused, without torch's advice to reload with ``weights_only=False``."""
+    text = ESCAPES.sub("", str(error))
+    called = re.search(r"GLOBAL ([\w.]+)", text)
+    if called:
+        return f"the pickle would call {called.group(1)}"
+    detail = re.search(r"WeightsUnpickler error: (.+?)(?:\.\s|\.?$)", text, re.MULTILINE)
+    return detail.group(1) if detail else "unsafe content"
+
+
+def _load_torch(source, name: str | Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise KitFileError(path, f"refused: holds objects that are not plain tensors ({first})") from None
+        raise KitFileError(name, f"refused: holds objects that are not plain tensors ({refusal_reason(e)})") from None
     except Exception as e:  # a corrupt file can make the unpickler raise anything (IndexError, KeyError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KitFileError(path, f"cannot be read as a torch file, truncated or corrupt ({first})") from None
+        raise KitFileError(name, f"cannot be read as a torch file, truncated or corrupt ({first_line(e)})") from None
 
 
 def sha256(path: str | Path) -> str:

@@ -10,7 +10,7 @@ What can be told from the pixels alone, and what cannot, is documented at each t
 
 from __future__ import annotations
 
-import json
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +22,8 @@ from torch import nn
 from challenge_kit.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
 from challenge_kit.experts import infer_model_config, read_expert
 from challenge_kit.models import ConvNet, load_flat_
-from challenge_kit.storage import DistilledArtifact, KitFileError, load_rows, load_torch
-from evaluator.inputs import manifest_spec, resolve_spec
+from challenge_kit.storage import DistilledArtifact, KitFileError, load_rows, load_torch, load_torch_bytes
+from evaluator.inputs import manifest_spec, read_manifest, resolve_spec
 from evaluator.scorer import LR as SCORER_LR
 from evaluator.scorer import resolve_device
 
@@ -146,6 +146,8 @@ def check_shape(images: torch.Tensor, spec: DatasetSpec | None) -> Check:
     if shape != spec.shape:
         other = spec_for_shape(shape)
         hint = f" ({other.name}'s shape: wrong dataset?)" if other and other.name != spec.name else ""
+        if shape[1:] == spec.shape[1:] and shape[0] < spec.num_images and shape[0] % spec.ipc == 0:
+            hint = f" (a subset export of {shape[0] // spec.ipc} classes? the scorer needs all {spec.num_classes})"
         return Check("shape", FAIL, f"{_shape(shape)} is not the {_shape(spec.shape)} that {spec.name} "
                                     f"needs{hint}")
     return Check("shape", PASS, f"{_shape(shape)} = {spec.num_classes} classes x {spec.ipc} per class")
@@ -545,22 +547,29 @@ NUMPY_GLOBALS = {"numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconst
                  "numpy._core.multiarray._reconstruct"}
 
 
-def _refusal(path: Path, error: KitFileError) -> Check:
+def _refusal(source, name: str | Path, error: KitFileError) -> Check:
     """Why ``load_torch`` refused a file, read from the pickle's global names without running anything.
 
     A pickled numpy array is named as a FAIL (it is a submission, in the wrong type); anything else is
     re-raised, naming what the pickle would have called.
     """
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source)
     except Exception:  # not a zip checkpoint (legacy pickle or garbage): keep load_torch's message
         raise error from None
     if unsafe and all(n in NUMPY_GLOBALS or n.startswith("numpy.dtypes.") for n in unsafe):
         return Check("type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; "
                                    "save torch.from_numpy(array)")
     if unsafe:
-        raise KitFileError(path, f"refused without loading: the pickle would call {', '.join(unsafe)}") from None
+        raise KitFileError(name, f"refused without loading: the pickle would call {', '.join(unsafe)}") from None
     raise error
+
+
+def _report(obj, spec: DatasetSpec | None, source: str | None, path: str | Path, labels=None, lr=None,
+            reference_model=None) -> Report:
+    if isinstance(obj, Check):
+        return Report([obj], spec, source, str(path))
+    return verify_tensor(obj, spec, labels, lr, reference_model, spec_source=source, path=path)
 
 
 def verify_path(path: str | Path, dataset: str = "auto", reference_model: nn.Module | str | Path | None = None,
@@ -581,7 +590,7 @@ def verify_path(path: str | Path, dataset: str = "auto", reference_model: nn.Mod
         try:
             obj = load_torch(path)
         except KitFileError as e:
-            obj = _refusal(path, e)
+            obj = _refusal(path, path, e)
     source = None
     if spec is not None:
         source = "caller"
@@ -592,23 +601,32 @@ def verify_path(path: str | Path, dataset: str = "auto", reference_model: nn.Mod
             spec, source = resolve_spec(tuple(obj.shape), declared=(manifest_spec(path), declared))
         except ValueError:
             spec = None
-    if isinstance(obj, Check):
-        return Report([obj], spec, source, str(path))
-    report = verify_tensor(obj, spec, labels, lr, reference_model, spec_source=source, path=path)
+    report = _report(obj, spec, source, path, labels, lr, reference_model)
     report.checks += provenance(path)
     return report
 
 
 def provenance(path: Path) -> list[Check]:
     """A WARN when the manifest beside the file says it is a research set exported without its labels."""
-    manifest = path.parent / "manifest.json"
-    try:
-        dropped = json.loads(manifest.read_text()).get("labels_dropped") if manifest.is_file() else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return []
+    dropped = (read_manifest(path) or {}).get("labels_dropped")
     if not isinstance(dropped, dict):
         return []
     return [Check("provenance", WARN, str(dropped.get("note", "exported with its labels dropped")), dropped)]
+
+
+def verify_bytes(data: bytes, name: str, spec: DatasetSpec) -> Report:
+    """A challenge ``.pt`` held in memory (a zip member) checked against ``spec``; KitFileError when unreadable."""
+    try:
+        obj = load_torch_bytes(data, name)
+    except KitFileError as e:
+        obj = _refusal(io.BytesIO(data), name, e)
+    return _report(obj, spec, "member name", name)
+
+
+def findings(report: Report) -> list[str]:
+    """The report's FAIL and WARN rows, one line each: what a scoring command prints before its score."""
+    where = f"{report.path}: " if report.path else ""
+    return [f"{where}{c.status} {c.name}: {c.reason}" for c in report.checks if c.status != PASS]
 
 
 def report_table(report: Report):

@@ -3,20 +3,27 @@
 Both public invocations work: the CodaLab form ``INPUT OUTPUT`` (``INPUT/res/{name}.pt`` and
 ``INPUT/ref/{name}_test.pt``) and the flag form ``--submit_dir D --truth_dir D --output_dir D``. Writes
 ``scores.txt`` (exactly ``correct: <float>``, no newline) and ``scores.json`` (per-round detail).
-Unlike the public script it loads files safely, scores whichever datasets are present, runs on CPU when
-there is no GPU, and can be seeded.
+Like the public script it needs every dataset's file; unlike it, it loads files safely, says what ``verify``
+finds wrong before scoring, scores part of a submission when asked (``--partial``), runs on CPU when there
+is no GPU, and can be seeded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from challenge_kit.contract import SPECS, DatasetSpec
+from challenge_kit.parallel import LOCAL, Shard
 from challenge_kit.runtime import tune_allocator
 from challenge_kit.storage import KitFileError, atomic_write, save_json
+from challenge_kit.verify import findings, verify_tensor
 from evaluator.inputs import load_reference, load_submission
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
 
@@ -24,13 +31,34 @@ SCORES_TXT = "scores.txt"
 SCORES_JSON = "scores.json"
 
 
-def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec]
+@dataclass
+class Entry:
+    """One dataset to score: the submission as stored, its test set, and where each was read."""
+
+    spec: DatasetSpec
+    images: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    submission: str
+    reference: str
+
+
+def missing_reason(specs: Iterable[DatasetSpec]) -> str:
+    files = " and ".join(s.submission_file for s in specs)
+    return (f"no such file; the official evaluate.py reads {files} and crashes without one (leaving an empty "
+            f"{SCORES_TXT}); --partial scores the others alone")
+
+
+def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec], partial: bool = False
                   ) -> tuple[list[tuple[DatasetSpec, Path, Path]], list[str]]:
-    """(spec, submission, reference) for each dataset whose submission is present; the skipped names."""
+    """(spec, submission, reference) for each dataset; a missing submission fails unless ``partial``."""
+    specs = tuple(specs)
     present, skipped = [], []
     for spec in specs:
         submission = submit_dir / spec.submission_file
         if not submission.is_file():
+            if not partial:
+                raise KitFileError(submission, missing_reason(specs))
             skipped.append(spec.name)
             continue
         reference = truth_dir / spec.reference_file
@@ -43,34 +71,76 @@ def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec
     return present, skipped
 
 
-def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: str | Path, *,
-                    specs: Iterable[DatasetSpec] = tuple(SPECS.values()), rounds: int = ROUNDS,
-                    epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
-                    show_progress: bool = True) -> dict:
-    """Validate every present dataset first (fail before any training), score each, write the outputs."""
-    specs = tuple(specs)
-    present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs)
-    loaded = [(spec, load_submission(sub, spec), *load_reference(ref, spec)) for spec, sub, ref in present]
+def load_entry(spec: DatasetSpec, submission: Path, reference: Path) -> Entry:
+    return Entry(spec, load_submission(submission, spec), *load_reference(reference, spec), str(submission),
+                 str(reference))
+
+
+def score_entries(entries: list[Entry], output_dir: str | Path | None = None, *, skipped: Iterable[str] = (),
+                  rounds: int = ROUNDS, epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
+                  show_progress: bool = True, log: Callable[[str], None] | None = None,
+                  shard: Shard = LOCAL) -> dict:
+    """Score loaded datasets in order, the final figure the mean over them; write the outputs if asked.
+
+    Before any training, ``log`` gets the files read and each FAIL or WARN ``verify`` finds (the scorer
+    itself checks only shapes: a broken set just scores badly). Under torchrun (``shard``) each dataset's
+    rounds are spread over the ranks.
+    """
+    skipped, log = list(skipped), log or (lambda line: None)
+    checks = {e.spec.name: findings(verify_tensor(e.images, e.spec, spec_source="file name", path=e.submission))
+              for e in entries}
+    for e in entries:
+        for line in [f"{e.spec.name}: scoring {e.submission} on {e.reference}", *checks[e.spec.name]]:
+            log(line)
     device = device or str(resolve_device())
-    results = {spec.name: evaluate_images(images, spec, test_images, test_labels, rounds=rounds,
-                                          epochs=epochs, seed=seed, device=device,
-                                          show_progress=show_progress)
-               for spec, images, test_images, test_labels in loaded}
+    results = {}
+    for e in entries:
+        results[e.spec.name] = evaluate_images(e.images, e.spec, e.test_images, e.test_labels, rounds=rounds,
+                                               epochs=epochs, seed=seed, device=device,
+                                               show_progress=show_progress, shard=shard)
+        results[e.spec.name].update(submission=e.submission, reference=e.reference, verify=checks[e.spec.name])
     final = sum(r["mean"] for r in results.values()) / len(results)
     summary = {
         "correct": final,
         "datasets": results,
         "skipped": skipped,
+        "partial": bool(skipped),
         "epochs": epochs,
         "rounds": rounds,
         "seed": seed,
         "device": device,
-        "official": all(r["official"] for r in results.values()),
+        "official": not skipped and all(r["official"] for r in results.values()),
     }
-    output_dir = Path(output_dir)
-    atomic_write(output_dir / SCORES_TXT, lambda tmp: tmp.write_text(f"correct: {final}"))
-    save_json(summary, output_dir / SCORES_JSON)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        atomic_write(output_dir / SCORES_TXT, lambda tmp: tmp.write_text(f"correct: {final}"))
+        save_json(summary, output_dir / SCORES_JSON)
     return summary
+
+
+def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: str | Path, *,
+                    specs: Iterable[DatasetSpec] = tuple(SPECS.values()), rounds: int = ROUNDS,
+                    epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
+                    show_progress: bool = True, partial: bool = False,
+                    log: Callable[[str], None] | None = None) -> dict:
+    """Validate every dataset first (fail before any training), score each, write the outputs."""
+    present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs, partial)
+    entries = [load_entry(*found) for found in present]
+    return score_entries(entries, output_dir, skipped=skipped, rounds=rounds, epochs=epochs, seed=seed,
+                         device=device, show_progress=show_progress, log=log)
+
+
+def report_lines(summary: dict, where: str) -> list[str]:
+    """The result for people: each dataset's rounds, what was skipped, the final figure."""
+    lines = []
+    for name, r in summary["datasets"].items():
+        rounds = " ".join(f"{a:.4f}" for a in r["rounds"])
+        lines.append(f"{name}: {r['mean']:.4f} (rounds {rounds}; seeds {r['seeds']}; "
+                     f"{r['epochs']} epochs on {r['device']})")
+    lines += [f"skipped {name}: no {name}.pt in {where}" for name in summary["skipped"]]
+    if summary["partial"]:
+        lines.append("partial: the mean of the datasets present, not a figure the official scorer gives")
+    return lines + [f"correct: {summary['correct']}"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,6 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=EPOCHS,
                         help=f"training epochs per round (official: {EPOCHS}); shorter only for checks")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--partial", action="store_true",
+                        help="score the datasets present when one is missing (the official script crashes)")
     args = parser.parse_args(argv)
     flags = (args.submit_dir, args.truth_dir, args.output_dir)
     if args.input is not None:
@@ -108,17 +180,16 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
     if (args.epochs, args.rounds) != (EPOCHS, ROUNDS):
         print(f"shortened run: {args.epochs} epochs x {args.rounds} rounds instead of the official "
               f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
+    if args.input is None and not args.truth_dir.endswith(("/", os.sep)):
+        first = next(iter(specs)).reference_file
+        print(f"note: --truth_dir has no trailing slash: the official evaluate.py would read "
+              f"{args.truth_dir}{first} (it joins by string); give {args.truth_dir}/ there")
     try:
         summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
-                                  rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device)
+                                  rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device,
+                                  partial=args.partial, log=print)
     except (KitFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for name, r in summary["datasets"].items():
-        rounds = " ".join(f"{a:.4f}" for a in r["rounds"])
-        print(f"{name}: {r['mean']:.4f} (rounds {rounds}; seeds {r['seeds']}; "
-              f"{r['epochs']} epochs on {r['device']})")
-    for name in summary["skipped"]:
-        print(f"skipped {name}: no {name}.pt in {args.submit_dir}")
-    print(f"correct: {summary['correct']}")
+    print("\n".join(report_lines(summary, args.submit_dir)))
     return 0

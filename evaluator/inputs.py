@@ -8,12 +8,12 @@ asserts, a reference dict with ``images_val`` and ``labels_val``. Each problem i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from challenge_kit.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
+from challenge_kit.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
 from challenge_kit.storage import DistilledArtifact, KitFileError, load_torch
 
 REFERENCE_KEYS = ("images_val", "labels_val")
@@ -28,13 +28,19 @@ def check_shape(images: torch.Tensor, spec: DatasetSpec, path: str | Path) -> No
                                  f"{spec.shape} (images, channels, height, width)")
 
 
-def load_submission_tensor(path: str | Path) -> torch.Tensor:
-    """A challenge ``.pt``: a bare tensor (anything else crashes the scorer), cast with ``.float()``."""
-    obj = load_torch(path)
+def submission_tensor(obj, name: str | Path) -> torch.Tensor:
+    """What a challenge ``.pt`` must hold: a bare tensor (anything else crashes the scorer).
+
+    Kept as stored, so ``verify`` still sees its dtype; the scorer casts it like the official ``.float()``.
+    """
     if not isinstance(obj, torch.Tensor):
-        raise KitFileError(path, f"holds a {type(obj).__name__}, not a bare tensor (the scorer would crash); "
+        raise KitFileError(name, f"holds a {type(obj).__name__}, not a bare tensor (the scorer would crash); "
                                  "save the image tensor itself with torch.save")
-    return obj.detach().float()
+    return obj.detach()
+
+
+def load_submission_tensor(path: str | Path) -> torch.Tensor:
+    return submission_tensor(load_torch(path), path)
 
 
 def load_submission(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
@@ -82,8 +88,8 @@ def check_reference(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpe
                                  f"{spec.num_classes} classes; use a reference made for this set")
 
 
-def manifest_spec(path: str | Path) -> DatasetSpec | None:
-    """The spec recorded in a ``manifest.json`` beside ``path`` (key ``spec``), if there is one."""
+def read_manifest(path: str | Path) -> dict | None:
+    """The ``manifest.json`` beside ``path`` when there is one holding a JSON object."""
     manifest = Path(path).parent / MANIFEST
     if not manifest.is_file():
         return None
@@ -91,12 +97,18 @@ def manifest_spec(path: str | Path) -> DatasetSpec | None:
         data = json.loads(manifest.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise KitFileError(manifest, f"not readable JSON ({e})") from None
-    if not isinstance(data, dict) or "spec" not in data:
+    return data if isinstance(data, dict) else None
+
+
+def manifest_spec(path: str | Path) -> DatasetSpec | None:
+    """The spec recorded in a ``manifest.json`` beside ``path`` (key ``spec``), if there is one."""
+    data = read_manifest(path)
+    if data is None or "spec" not in data:
         return None
     try:
         return DatasetSpec.from_dict(data["spec"])
     except (KeyError, TypeError, ValueError) as e:
-        raise KitFileError(manifest, f"'spec' is not a dataset spec ({e!r})") from None
+        raise KitFileError(Path(path).parent / MANIFEST, f"'spec' is not a dataset spec ({e!r})") from None
 
 
 def spec_from_reference(shape: tuple[int, ...], labels: torch.Tensor | None,
@@ -143,24 +155,15 @@ def resolve_spec(shape: tuple[int, ...], *, dataset: str | None = None,
 
 @dataclass
 class ScoringInput:
-    """Everything one ``evaluate`` call needs, validated."""
+    """Everything one ``evaluate`` call needs, validated; ``images`` as stored (the scorer casts them)."""
 
     images: torch.Tensor
     spec: DatasetSpec
     spec_source: str
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    notes: list[str] = field(default_factory=list)
-
-
-def _artifact_notes(labels: torch.Tensor, spec: DatasetSpec) -> list[str]:
-    if labels.is_floating_point():
-        return ["the artifact's soft labels are ignored: the scorer trains on default-order hard labels"]
-    if labels.shape != (spec.num_images,) or not torch.equal(labels.long(), default_labels(spec.num_classes,
-                                                                                             spec.ipc)):
-        return ["the artifact's labels are not in default order; the scorer labels image i as class "
-                "i // ipc, and so does this score"]
-    return []
+    labels: torch.Tensor | None = None  # an artifact's own labels and learned lr: the scorer ignores both
+    lr: float | None = None
 
 
 def load_inputs(path: str | Path, reference: str | Path, dataset: str | None = None) -> ScoringInput:
@@ -169,16 +172,15 @@ def load_inputs(path: str | Path, reference: str | Path, dataset: str | None = N
     if dataset is not None:
         get_spec(dataset)
     test_images, test_labels = load_reference(reference)
-    artifact_labels = None
+    labels = lr = None
     if path.suffix == ".safetensors":
         artifact = DistilledArtifact.load(path)
-        images, declared = artifact.images.detach().float(), (manifest_spec(path), artifact.spec)
-        artifact_labels = artifact.labels
+        images, declared = artifact.images.detach(), (manifest_spec(path), artifact.spec)
+        labels, lr = artifact.labels, artifact.lr
     else:
         images, declared = load_submission_tensor(path), (manifest_spec(path),)
     spec, source = resolve_spec(tuple(images.shape), dataset=dataset, declared=declared,
                                 reference_labels=test_labels)
     check_shape(images, spec, path)
     check_reference(test_images, test_labels, spec, reference)
-    notes = _artifact_notes(artifact_labels, spec) if artifact_labels is not None else []
-    return ScoringInput(images, spec, source, test_images, test_labels, notes)
+    return ScoringInput(images, spec, source, test_images, test_labels, labels, lr)

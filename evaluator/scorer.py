@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,16 +69,22 @@ def round_seeds(seed: int | None, rounds: int) -> list[int]:
     return [(seed * 1000 + r) & 0x7FFFFFFF for r in range(rounds)]
 
 
+def stream_seeds(seed: int) -> tuple[int, int, int]:
+    """Seeds of a round's three random streams: network init, device draws (shuffle, augmentation
+    parameters), augmentation group. Derived by ``SeedSequence`` so they differ in their low 32 bits:
+    torch's CPU generator keeps only those, so ``seed + 2**32`` would replay the very same numbers."""
+    return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
+
+
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     """A device RNG (shuffling, augmentation parameters) and a CPU RNG (augmentation group, no sync)."""
-    on_device = torch.Generator(device=device).manual_seed(seed)
-    on_cpu = torch.Generator().manual_seed(seed + (1 << 32))  # a stream no round's seed reaches
-    return on_device, on_cpu
+    _, on_device, on_cpu = stream_seeds(seed)
+    return torch.Generator(device=device).manual_seed(on_device), torch.Generator().manual_seed(on_cpu)
 
 
 def _init_net(config: ModelConfig, seed: int, device: torch.device) -> ConvNet:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(stream_seeds(seed)[0])
         net = ConvNet(config)
     return net.to(device)
 
@@ -145,7 +152,8 @@ def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
     """One scorer round's training: fresh ConvNet trained on (images, labels); returns the trained net.
 
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order.
-    ``seed`` fixes init, shuffling and augmentation (bit-reproducible on CPU); None draws a fresh one.
+    ``seed`` fixes init, shuffling and augmentation, each its own stream (bit-reproducible on CPU); None
+    draws a fresh one.
     """
     device = resolve_device(device)
     seed = fresh_seed() if seed is None else seed

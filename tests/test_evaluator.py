@@ -100,19 +100,51 @@ def test_seeded_runs_are_reproducible_on_cpu():
     assert first[0] != other[0]
 
 
-def test_both_invocations_write_the_same_scores(tmp_path):
+def test_round_init_shuffle_and_augmentation_draw_separate_streams(monkeypatch):
+    """On the CPU every stream is the same kind of generator: seeded alike, they would repeat each other."""
+    states = {}
+    real_convnet = scorer.ConvNet
+
+    def convnet(config):
+        states["init"] = torch.get_rng_state()
+        return real_convnet(config)
+
+    def train(net, images, labels, *, generator, group_generator, **kwargs):
+        states["data"], states["group"] = generator.get_state(), group_generator.get_state()
+
+    monkeypatch.setattr(scorer, "ConvNet", convnet)
+    monkeypatch.setattr(scorer, "train", train)
+    images, labels = coloured(2, 0)
+    train_and_test(images, labels, images, labels, num_classes=5, epochs=1, seed=7, device="cpu")
+    draws = {}
+    for name, state in states.items():
+        g = torch.Generator()
+        g.set_state(state)
+        draws[name] = torch.rand(8, generator=g)
+    assert not torch.equal(draws["init"], draws["data"])
+    assert not torch.equal(draws["init"], draws["group"]) and not torch.equal(draws["data"], draws["group"])
+
+
+def test_both_invocations_write_the_same_scores(tmp_path, capsys):
     images, _ = coloured(2, 0)
     write_folder(tmp_path / "in", images, *coloured(4, 1))
-    flags = ["--epochs", "2", "--rounds", "2", "--seed", "3", "--device", "cpu"]
+    flags = ["--epochs", "2", "--rounds", "2", "--seed", "3", "--device", "cpu", "--partial"]
     specs = [TINY, TINYIMAGENET]
     assert main([str(tmp_path / "in"), str(tmp_path / "out1"), *flags], specs=specs) == 0
-    assert main(["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", str(tmp_path / "in" / "ref"),
-                 "--output_dir", str(tmp_path / "out2"), *flags], specs=specs) == 0
+    capsys.readouterr()
+    ref = tmp_path / "in" / "ref"
+    for slash, out in (("", "out2"), ("/", "out3")):  # the official joins truth_dir by string: both work here
+        assert main(["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", f"{ref}{slash}",
+                     "--output_dir", str(tmp_path / out), *flags], specs=specs) == 0
+        printed = capsys.readouterr().out
+        assert f"scoring {tmp_path / 'in' / 'res' / 'cifar100.pt'} on {ref / 'cifar100_test.pt'}" in printed
+        assert ("no trailing slash" in printed) == (slash == "")
+        assert "partial:" in printed and "skipped tinyimagenet" in printed
     text = (tmp_path / "out1" / "scores.txt").read_bytes()
-    assert text == (tmp_path / "out2" / "scores.txt").read_bytes()
+    assert text == (tmp_path / "out2" / "scores.txt").read_bytes() == (tmp_path / "out3" / "scores.txt").read_bytes()
     assert re.fullmatch(rb"correct: \d+\.\d+(e-?\d+)?", text)  # exactly one line, no newline
     summary = json.loads((tmp_path / "out1" / "scores.json").read_text())
-    assert summary["skipped"] == ["tinyimagenet"] and summary["official"] is False
+    assert summary["skipped"] == ["tinyimagenet"] and summary["partial"] is True and summary["official"] is False
     cifar = summary["datasets"]["cifar100"]
     assert cifar["epochs"] == 2 and len(cifar["rounds"]) == 2 and len(cifar["seeds"]) == 2
     assert float(text.split()[1]) == pytest.approx(cifar["mean"])
@@ -122,12 +154,19 @@ def test_python_m_evaluator_on_the_challenge_shape(tmp_path):
     images = torch.randn(1000, 3, 32, 32)
     g = torch.Generator().manual_seed(0)
     write_folder(tmp_path / "in", images, torch.randn(20, 3, 32, 32, generator=g), torch.arange(20) * 5)
-    proc = subprocess.run([sys.executable, "-m", "evaluator", str(tmp_path / "in"), str(tmp_path / "out"),
-                           "--epochs", "1", "--rounds", "1", "--seed", "0", "--device", "cpu"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    command = [sys.executable, "-m", "evaluator", str(tmp_path / "in"), str(tmp_path / "out"),
+               "--epochs", "1", "--rounds", "1", "--seed", "0", "--device", "cpu"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    missing = tmp_path / "in" / "res" / "tinyimagenet.pt"
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {missing}: no such file")
+    assert "--partial" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # fails before training, not after
+
+    proc = subprocess.run([*command, "--partial"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "shortened run" in proc.stdout and "skipped tinyimagenet" in proc.stdout
+    assert "shortened run" in proc.stdout and "skipped tinyimagenet" in proc.stdout and "partial:" in proc.stdout
     assert re.fullmatch(r"correct: [0-9.e-]+", (tmp_path / "out" / "scores.txt").read_text())
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["partial"] is True
 
 
 def _malformed(root: Path, case: str) -> Path:
@@ -147,7 +186,6 @@ def _malformed(root: Path, case: str) -> Path:
         return ref
     elif case == "missing":
         sub.unlink()
-        return root / "res"
     return sub
 
 
@@ -160,10 +198,30 @@ def test_malformed_inputs_fail_naming_the_file(tmp_path, capsys, case):
     assert not (tmp_path / "out" / "scores.txt").exists()
 
 
+@pytest.mark.parametrize("case, says", [
+    ("nan", "FAIL finite: 1 NaN"), ("0-255", "FAIL normalization: raw [0, 255] pixels"),
+    ("integer", "FAIL dtype: int64: integer images")])
+def test_scoring_says_what_verify_finds_before_the_score(tmp_path, capsys, case, says):
+    images, _ = coloured(2, 0)
+    if case == "nan":
+        images[0, 0, 0, 0] = float("nan")
+    else:
+        pixels = (torch.sigmoid(images) * 255).round()
+        images = pixels.long() if case == "integer" else pixels
+    write_folder(tmp_path / "in", images, *coloured(2, 1))
+    assert main([str(tmp_path / "in"), str(tmp_path / "out"), "--epochs", "1", "--rounds", "1"], specs=[TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    found = [i for i, line in enumerate(lines) if line.startswith(f"{tmp_path / 'in' / 'res' / 'cifar100.pt'}: ")]
+    assert any(says in lines[i] for i in found), lines
+    assert max(found) < next(i for i, line in enumerate(lines) if re.match(r"cifar100: \d", line))
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert any(says in line for line in scores["datasets"]["cifar100"]["verify"])
+
+
 def test_python_m_evaluator_exits_nonzero_on_bad_file(tmp_path):
     named = _malformed(tmp_path / "in", "dict")
     dirs = ["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", str(tmp_path / "in" / "ref"),
-            "--output_dir", str(tmp_path / "out")]
+            "--output_dir", str(tmp_path / "out"), "--partial"]
     proc = subprocess.run([sys.executable, "-m", "evaluator", *dirs], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode != 0 and str(named) in proc.stderr and "not a bare tensor" in proc.stderr
@@ -204,3 +262,33 @@ def test_ddkit_evaluate_bad_file(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "bad.pt"), "--reference",
                                    str(tmp_path / "ref.pt"), "--dataset", "cifar100"])
     assert res.exit_code != 0 and f"{tmp_path / 'bad.pt'}" in res.output
+
+
+def test_ddkit_evaluate_says_what_verify_finds_first(tmp_path):
+    images, _ = coloured(2, 0)
+    images[1, 2, 3, 4] = float("nan")
+    torch.save(images, tmp_path / "set.pt")
+    torch.save({"images_val": images[:5].nan_to_num(), "labels_val": torch.arange(5)}, tmp_path / "ref.pt")
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "set.pt"), "--reference", str(tmp_path / "ref.pt"),
+                                   "--epochs", "1", "--rounds", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    said = f"{tmp_path / 'set.pt'}: FAIL finite: 1 NaN and 0 inf values"
+    assert said in res.stderr and any(said in line for line in json.loads(res.stdout)["verify"])
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_refused_pickle_is_one_plain_line_without_torchs_advice(tmp_path):
+    torch.save(Payload(), tmp_path / "cifar100.pt")
+    reference = tmp_path / "cifar100_test.pt"
+    torch.save({"images_val": torch.zeros(2, 3, 32, 32), "labels_val": torch.zeros(2)}, reference)
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "cifar100.pt"), "--reference", str(reference)])
+    proc = subprocess.run([sys.executable, "-m", "evaluator", "--submit_dir", str(tmp_path), "--truth_dir",
+                           str(tmp_path), "--output_dir", str(tmp_path / "out"), "--partial"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    for code, err in ((res.exit_code, res.stderr), (proc.returncode, proc.stderr)):
+        assert code == 1 and err.startswith(f"error: {tmp_path / 'cifar100.pt'}: refused") and err.count("\n") == 1
+        assert "would call" in err and "print" in err and "weights_only" not in err and "\x1b" not in err

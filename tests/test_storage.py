@@ -4,6 +4,7 @@ import hashlib
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,9 @@ from challenge_kit.storage import (
     atomic_write,
     load_tensors,
     load_torch,
+    load_torch_bytes,
     read_metadata,
+    refusal_reason,
     save_json,
     save_tensors,
     save_torch,
@@ -88,7 +91,29 @@ def test_load_torch_refuses_code_and_runs_none_of_it(tmp_path, how):
     with pytest.raises(KitFileError) as info:
         load_torch(path)
     assert not marker.exists()
-    assert str(info.value).startswith(f"{path}: ")
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message and "\x1b" not in message
+    assert "weights_only" not in message and "trust" not in message  # no advice to run the file's code
+    with pytest.raises(KitFileError) as again:
+        load_torch_bytes(path.read_bytes(), "bundle.zip:cifar100.pt")
+    assert not marker.exists() and str(again.value) == message.replace(str(path), "bundle.zip:cifar100.pt")
+
+
+@pytest.mark.parametrize("payload, named", [(Marker("x"), "the pickle would call io.open"),
+                                            (np.zeros(3), "the pickle would call numpy")])
+def test_load_torch_refusal_names_what_the_pickle_would_call(tmp_path, payload, named):
+    torch.save(payload, tmp_path / "x.pt")
+    with pytest.raises(KitFileError, match=f"refused: holds objects that are not plain tensors \\({named}"):
+        load_torch(tmp_path / "x.pt")
+
+
+def test_refusal_reason_keeps_the_unpickler_detail_only():
+    error = pickle.UnpicklingError("Weights only load failed. \x1b[1mdo those steps only if you trust the source"
+                                   "\x1b[0m.\n\t(1) Re-running `torch.load` with `weights_only` set to `False` will "
+                                   "likely succeed.\n\tWeightsUnpickler error: Unsupported operand 149\n\nCheck the "
+                                   "documentation of torch.load")
+    assert refusal_reason(error) == "Unsupported operand 149"
+    assert refusal_reason(pickle.UnpicklingError("weights_only=False would work")) == "unsafe content"
 
 
 @pytest.mark.parametrize("legacy", [False, True])

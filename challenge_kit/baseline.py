@@ -1,0 +1,29 @@
+"""The organizers' sample submission: random real training images, IPC per class, in default order.
+
+A floor to compare a distilled set with, scored by the same scorer: a distilled set that does not beat
+it is not worth uploading. Seeded, verified and exported exactly like a distillation run's set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from challenge_kit.data import load_split
+from challenge_kit.export import export_images
+from challenge_kit.parts.initializations import InitContext, real
+
+
+def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, seed: int = 0,
+                  download: bool = False, cache_dir: str | Path | None = None,
+                  image_folder: bool = False) -> dict:
+    """Draw the set from the training split and export it; returns the manifest."""
+    images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
+                                      image_folder=image_folder)
+    chosen = real(InitContext(spec, images, labels, None, None, torch.Generator().manual_seed(seed),
+                              torch.device("cpu")))
+    return export_images(chosen, spec, out_dir, source=f"{dataset} baseline from {data_root}", extra={
+        "baseline": {"method": f"random real training images, {spec.ipc} per class, default order",
+                     "seed": seed, "data_root": str(data_root)},
+    })
