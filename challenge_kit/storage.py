@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +35,30 @@ class KitFileError(Exception):
         self.path, self.problem = str(path), problem
 
 
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path``, created as a plain ``open(path, "w")`` would create it: mode 0666 less
+    the umask. mkstemp's 0600 would leave a submission written by root in Docker unreadable to the host user."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
-        write(Path(tmp))
+        write(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file, and its mode with it
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -64,14 +78,46 @@ def save_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def _sort_metadata(path: Path) -> None:
+    """safetensors writes its metadata in hash-map order, which changes from call to call: rewrite the header
+    in place with the keys sorted (the same JSON reordered has the same length), so that identical content
+    gives identical bytes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) > size:
+            raise ValueError(f"{path}: sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text.ljust(size))
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """safetensors with JSON-encoded metadata values (safetensors metadata is str -> str)."""
+    """safetensors with JSON-encoded metadata values (safetensors metadata is str -> str), keys sorted."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
+
+    return atomic_write(path, write)
+
+
+def _readable(path: str | Path) -> None:
+    """Unreadable is not corrupt (and safetensors reports a permission error as a missing file): say which."""
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise KitFileError(path, f"cannot be read ({e.strerror or e})") from None
 
 
 def read_metadata(path: str | Path) -> dict:
+    _readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -84,6 +130,7 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    _readable(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -106,6 +153,7 @@ def load_torch(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise KitFileError(path, "no such file")
+    _readable(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import pickle
 
 import pytest
@@ -130,7 +131,7 @@ def test_load_tensors_reports_bad_files_by_name(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(KitFileError, match=r"a\.safetensors: not a readable safetensors file"):
         load_tensors(path)
-    with pytest.raises(KitFileError, match="not a readable safetensors file"):
+    with pytest.raises(KitFileError, match=r"missing\.safetensors: cannot be read \(No such file or directory\)"):
         read_metadata(tmp_path / "missing.safetensors")
 
 
@@ -194,3 +195,29 @@ def test_save_torch_gives_the_same_bytes_for_the_same_content(tmp_path):
     save_torch(x, tmp_path / "a.pt")
     save_torch(x, tmp_path / "sub" / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
+    meta = {k: {"value": i, "text": "é\"\n"} for i, k in enumerate("jihgfedcba")}
+    tensors = {"x": torch.arange(6.0), "y": torch.zeros(2, dtype=torch.uint8)}
+    paths = [save_tensors(tensors, tmp_path / f"{i}.safetensors", meta) for i in range(5)]
+    # safetensors itself writes the metadata in hash-map order, new for every call
+    assert len({p.read_bytes() for p in paths}) == 1
+    blob = paths[0].read_bytes()
+    header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(meta)
+    loaded, read = load_tensors(paths[0])
+    assert read == meta and all(torch.equal(loaded[k], v) for k, v in tensors.items())
