@@ -1,19 +1,26 @@
-"""Files the kit writes and reads: atomic writes, safe loading, and the distilled-artifact format.
+"""Files the kit writes and reads: atomic writes, safe loading, output checks, run locks, the artifact format.
 
 Every artifact goes to a temporary file in the same folder and is renamed into place, so an
 interrupted run never leaves a half-written file. Nothing is ever unpickled without
-``weights_only=True``: submissions and buffers come from strangers.
+``weights_only=True``: submissions and buffers come from strangers. Output folders are checked and locked
+before a run does any work, so it fails in its first second rather than at its first checkpoint.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import pickle
 import secrets
+import socket
 import stat
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,9 @@ from challenge_kit.contract import DatasetSpec
 
 ARTIFACT_FORMAT = "ddkit-distilled"
 ARTIFACT_VERSION = 1
+LOCK_FILE = ".ddkit-lock"
+# flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class KitFileError(Exception):
@@ -33,6 +43,21 @@ class KitFileError(Exception):
     def __init__(self, path: str | Path, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = str(path), problem
+
+
+def os_error(e: OSError) -> KitFileError:
+    """An operating-system error as the kit's one-line error: the file it concerns, then what is wrong."""
+    where = e.filename2 if e.filename2 is not None else e.filename  # a rename's target, not its temp file
+    return KitFileError(where if where is not None else "(no file)", e.strerror or str(e) or type(e).__name__)
+
+
+@contextmanager
+def file_errors() -> Iterator[None]:
+    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise os_error(e) from None
 
 
 def _new_temp(path: Path) -> Path:
@@ -61,6 +86,93 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def output_folder(path: str | Path) -> Path:
+    """Create ``path`` if needed and prove a file can be created in it: checked before a run does any work."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise KitFileError(path, "is a file, not a folder")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise KitFileError(path, f"cannot be created: {blocker} is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        _new_temp(path / "write-check").unlink()
+    except OSError as e:
+        raise KitFileError(path, f"cannot be written ({e.strerror or e})") from None
+    return path
+
+
+def output_file(path: str | Path) -> Path:
+    """Check, before the work, that ``path`` can be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise KitFileError(path, "is a folder; give a file name")
+    output_folder(path.parent)
+    return path
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']} since {info['started']}: {info['command']}"
+    except (ValueError, TypeError, KeyError):
+        return "no details recorded"
+
+
+def _lock(path: Path) -> tuple[int | None, str]:
+    """An open, flock-held descriptor of ``path`` and what the file held before (a dead run's record)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
+            os.close(fd)
+            raise KitFileError(path.parent, f"in use by another ddkit run ({holder}); wait for it to end or "
+                                            "choose another output folder") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in NO_LOCKS:
+                return None, ""
+            raise
+        try:  # the holder may have removed the file between our open and our flock: then lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, os.pread(fd, 1 << 16, 0).decode(errors="replace")
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` (checked writable, created if needed) for one run; a second live run refuses, naming this one.
+
+    The lock is an flock on ``folder/.ddkit-lock``, which the kernel drops when its process dies however it
+    dies, so a lock file left by a killed run is recognised as stale without guessing from pids, across
+    containers too; the file records pid, host, command line and start time for the refusal message.
+    """
+    folder = output_folder(folder)
+    path = folder / LOCK_FILE
+    fd, previous = _lock(path)
+    if fd is None:
+        print(f"note: {folder}: this filesystem offers no file locks; make sure no other run writes here",
+              file=sys.stderr)
+        yield folder
+        return
+    try:
+        if previous.strip():
+            print(f"note: {path}: taking over the lock of a run that is no longer running ({_holder(previous)})",
+                  file=sys.stderr)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def save_torch(obj, path: str | Path) -> Path:

@@ -1,22 +1,31 @@
 """Atomic writes, safe loading of untrusted files, and the kit's own file formats."""
 
+import errno
 import hashlib
 import json
 import os
 import pickle
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from challenge_kit import storage
 from challenge_kit.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.storage import (
     ARTIFACT_FORMAT,
+    LOCK_FILE,
     DistilledArtifact,
     KitFileError,
     atomic_write,
     load_tensors,
     load_torch,
+    output_file,
+    output_folder,
     read_metadata,
+    run_lock,
     save_json,
     save_tensors,
     save_torch,
@@ -221,3 +230,48 @@ def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
     assert list(header["__metadata__"]) == sorted(meta)
     loaded, read = load_tensors(paths[0])
     assert read == meta and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_output_folder_is_created_and_refused_when_a_file_is_in_the_way(tmp_path):
+    assert output_folder(tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(KitFileError, match=r"f: is a file, not a folder$"):
+        output_folder(tmp_path / "f")
+    with pytest.raises(KitFileError, match=rf"f/out: cannot be created: {tmp_path / 'f'} is a file$"):
+        output_folder(tmp_path / "f" / "out")
+    with pytest.raises(KitFileError, match=r"a: is a folder; give a file name$"):
+        output_file(tmp_path / "a")
+    assert output_file(tmp_path / "new" / "x.pt") == tmp_path / "new" / "x.pt" and (tmp_path / "new").is_dir()
+
+
+def test_run_lock_refuses_a_live_holder_and_is_gone_after_the_run(tmp_path):
+    with run_lock(tmp_path / "out") as folder:
+        record = json.loads((folder / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        assert record["command"] and record["started"]
+        # flock locks of two open files conflict even within one process: this stands for a second run
+        with pytest.raises(KitFileError, match=rf"out: in use by another ddkit run \(pid {os.getpid()} on "):
+            with run_lock(tmp_path / "out"):
+                pass
+    assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_saying_so(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": "box", "started": "noon",
+                                                  "command": "ddkit distill"}))
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert f"taking over the lock of a run that is no longer running (pid {int(dead.stdout)} on box since noon: " \
+           "ddkit distill)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_filesystem_without_locks_runs_unlocked_saying_so(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(storage.fcntl, "flock", no_locks)
+    with run_lock(tmp_path) as folder:
+        assert folder == tmp_path
+    assert "offers no file locks" in capsys.readouterr().err
