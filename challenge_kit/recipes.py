@@ -143,6 +143,10 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
     if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
         raise ValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
                          f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
+    if recipe.experts.epochs < d.max_start_epoch + d.expert_epochs:
+        raise ValueError(f"{where}: experts.epochs ({recipe.experts.epochs}) must be at least distill.max_start_epoch "
+                         f"+ distill.expert_epochs ({d.max_start_epoch} + {d.expert_epochs}): matching reads "
+                         f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
     return recipe
 
 
