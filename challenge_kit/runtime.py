@@ -47,10 +47,12 @@ def usable_device(device: str | None = None):
         dev = resolve_device(device)
     except RuntimeError as e:
         raise ValueError(f"{name}: not a torch device ({_first_sentence(e)})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name}: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if dev.type == "cuda":  # no test allocation here: it would open a context on GPU 0 in every torchrun process
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return dev
     try:
         torch.empty(1, device=dev)
     except (RuntimeError, NotImplementedError, AssertionError) as e:
