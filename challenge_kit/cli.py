@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from challenge_kit.contract import get_spec
-from challenge_kit.storage import KitFileError
+from challenge_kit.storage import KitFileError, file_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class KitCommands(TyperGroup):
+    """Whatever command runs, a file or operating-system error ends as ``fail``'s one line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            with file_errors():
+                return super().invoke(ctx)
+        except KitFileError as e:
+            fail(str(e))
+
+
+app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
                   help="ddkit: distill, verify and score ECCV 2024 DD challenge submissions.")
 
 
@@ -43,6 +56,7 @@ def evaluate(
     from rich.table import Table
 
     from challenge_kit.progress import console
+    from challenge_kit.runtime import usable_device
     from evaluator.inputs import load_inputs
     from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
@@ -50,6 +64,7 @@ def evaluate(
     if epochs < 1 or rounds < 1:
         fail("--epochs and --rounds must be at least 1")
     try:
+        device = usable_device(device)
         inputs = load_inputs(path, reference, dataset)
     except (KitFileError, ValueError) as e:
         fail(str(e))
@@ -96,7 +111,8 @@ def verify(
     from challenge_kit.verify import report_table, verify_path
 
     try:
-        report = verify_path(path, dataset=dataset, reference_model=reference_model)
+        with file_errors():
+            report = verify_path(path, dataset=dataset, reference_model=reference_model)
     except (KitFileError, ValueError) as e:
         if as_json:
             typer.echo(json.dumps({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []}))
@@ -111,6 +127,8 @@ def verify(
 # ------------------------------------------------------------------------------- data and experts
 
 ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"
+CACHE_HELP = "decoded-data cache (default $XDG_CACHE_HOME/ddkit or ~/.cache/ddkit)"
+REPLACE_HELP = "train again experts of the store that were trained with other settings (seed, lr, data, ...)"
 
 def _expert_table(rows: list[dict], title: str):
     from rich.table import Table
@@ -148,14 +166,16 @@ def reference(
     data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
     out: str = typer.Option(..., "--out", help="reference file to write, e.g. cifar100_test.pt"),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     image_folder: bool = typer.Option(False, "--image-folder", help="read ROOT as ImageFolder (ROOT/test/<class>/*)"),
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
     from challenge_kit.data import build_reference
     from challenge_kit.progress import console
+    from challenge_kit.storage import output_file
 
     try:
+        output_file(out)
         spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir,
                                image_folder=image_folder)
     except (KitFileError, ValueError) as e:
@@ -178,49 +198,19 @@ def experts_cmd(
     overrides: list[str] | None = typer.Option(None, "--set", help="recipe override section.key=value"),
     distributed: bool = typer.Option(False, "--distributed", help="under torchrun: rank r trains experts r, r+K, ..."),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
+    replace_experts: bool = typer.Option(False, "--replace-experts", help=REPLACE_HELP),
 ) -> None:
     """Train expert trajectories (GSAM + DSA, SPEC section 4) into a resumable store."""
-    from contextlib import nullcontext
-    from dataclasses import replace
+    from challenge_kit.pipeline import run_experts
 
-    import torch.distributed as dist
-
-    from challenge_kit import experts as ex
-    from challenge_kit.data import load_split
-    from challenge_kit.progress import console, expert_progress, make_progress
-    from challenge_kit.recipes import load_recipe
-    from evaluator.scorer import resolve_device
-
-    try:
-        config = load_recipe(dataset, profile, overrides).experts
-    except ValueError as e:
-        fail(str(e))
     given = {"num_experts": num, "epochs": epochs, "seed": seed}
-    config = replace(config, **{k: v for k, v in given.items() if v is not None})
-    if config.num_experts < 1 or config.epochs < 1:
-        fail("--num and --epochs must be at least 1")
-    dev = resolve_device(device)
-    context = ex.distributed(dev) if distributed else nullcontext((0, 1, dev))
+    overrides = [*(overrides or []), *(f"experts.{k}={v}" for k, v in given.items() if v is not None)]
     try:
-        with context as (rank, world, dev):
-            if distributed and rank != 0:
-                dist.barrier()  # rank 0 decodes the data and fills the cache first
-            train = load_split(dataset, data_root, "train", download=download and rank == 0,
-                               cache_dir=cache_dir, image_folder=image_folder)
-            test = load_split(dataset, data_root, "test", cache_dir=cache_dir, image_folder=image_folder)
-            if distributed and rank == 0:
-                dist.barrier()
-            spec = train[2]
-            indices = ex.rank_indices(config.num_experts, rank, world)
-            if rank == 0:
-                console.print(f"{spec.describe()}: {train[0].shape[0]} train / {test[0].shape[0]} test images; "
-                              f"{config.num_experts} experts x {config.epochs} epochs on {dev}"
-                              + (f" over {world} processes" if world > 1 else ""))
-            with make_progress(disable=rank != 0) as bar:
-                ex.train_experts(train[0], train[1], test[0], test[1], spec, config, out, indices=indices,
-                                 device=dev, progress=expert_progress(bar, len(indices), config.epochs))
+        spec, rank = run_experts(dataset, data_root, out, profile=profile, overrides=overrides, device=device,
+                                 distributed=distributed, download=download, cache_dir=cache_dir,
+                                 image_folder=image_folder, replace=replace_experts)
     except (KitFileError, ValueError) as e:
         fail(str(e))
     if rank == 0:
@@ -240,10 +230,12 @@ def experts_import(
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts import import_buffers
     from challenge_kit.progress import console
+    from challenge_kit.storage import run_lock
 
     try:
         spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
-        written = import_buffers(buffers, out, spec)
+        with run_lock(out):
+            written = import_buffers(buffers, out, spec)
     except (KitFileError, ValueError) as e:
         fail(str(e))
     console.print(f"imported {len(written)} experts into {out} ({spec.describe()})")
@@ -258,8 +250,10 @@ def experts_export(
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
     from challenge_kit.experts import export_buffers
     from challenge_kit.progress import console
+    from challenge_kit.storage import output_folder
 
     try:
+        output_folder(out)
         written = export_buffers(directory, out, per_file)
     except (KitFileError, ValueError) as e:
         fail(str(e))
@@ -328,7 +322,7 @@ def distill(
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
 ) -> None:
     """Run M-DATM trajectory matching; the best set (by the scorer's recipe) lands in OUT/best.safetensors."""
     from challenge_kit.pipeline import run_distill
@@ -351,10 +345,11 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Verify the run's best set and export the challenge file, its manifest and a preview grid."""
-    from challenge_kit.export import ExportRefused, export_run
+    from challenge_kit.export import ExportRefused
+    from challenge_kit.pipeline import run_export
 
     try:
-        manifest = export_run(run_dir, out, reference_model=reference_model)
+        manifest = run_export(run_dir, out, reference_model=reference_model)
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
     _print_manifest(manifest, out, as_json)
@@ -371,7 +366,8 @@ def make_submission_cmd(
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 through torchvision (online)"),
     experts_dir: str | None = typer.Option(None, "--experts", help="reuse or grow this expert store"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
+    replace_experts: bool = typer.Option(False, "--replace-experts", help=REPLACE_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Real data -> experts -> M-DATM distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png."""
@@ -381,7 +377,7 @@ def make_submission_cmd(
     try:
         manifest = make_submission(dataset, data_root, out, profile=profile, overrides=overrides, resume=resume,
                                    device=device, download=download, experts_dir=experts_dir,
-                                   cache_dir=cache_dir)
+                                   cache_dir=cache_dir, replace_experts=replace_experts)
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
     _print_manifest(manifest, out, as_json)

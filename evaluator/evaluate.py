@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from challenge_kit.contract import SPECS, DatasetSpec
-from challenge_kit.runtime import tune_allocator
-from challenge_kit.storage import KitFileError, atomic_write, save_json
+from challenge_kit.runtime import tune_allocator, usable_device
+from challenge_kit.storage import KitFileError, atomic_write, file_errors, output_folder, save_json
 from evaluator.inputs import load_reference, load_submission
-from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
+from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
 SCORES_TXT = "scores.txt"
 SCORES_JSON = "scores.json"
@@ -48,10 +48,11 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                     epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
                     show_progress: bool = True) -> dict:
     """Validate every present dataset first (fail before any training), score each, write the outputs."""
+    device = str(usable_device(device))
+    output_folder(output_dir)  # an unwritable OUTPUT must not cost a whole scoring run
     specs = tuple(specs)
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs)
     loaded = [(spec, load_submission(sub, spec), *load_reference(ref, spec)) for spec, sub, ref in present]
-    device = device or str(resolve_device())
     results = {spec.name: evaluate_images(images, spec, test_images, test_labels, rounds=rounds,
                                           epochs=epochs, seed=seed, device=device,
                                           show_progress=show_progress)
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
         print(f"shortened run: {args.epochs} epochs x {args.rounds} rounds instead of the official "
               f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
     try:
-        summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
-                                  rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device)
+        with file_errors():
+            summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
+                                      rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device)
     except (KitFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -265,7 +265,9 @@ def test_torchrun_two_gloo_ranks_match_a_single_process_run(tmp_path):
     write_cifar(tmp_path / "data", n_train=24, n_test=8)
     # torchrun's own parser takes `--num` as an abbreviation of --numa-binding: the long form passes through
     args = ["experts", "cifar100", "--data-root", str(tmp_path / "data"), "--num-experts", "3", "--epochs", "1",
-            "--set", "experts.batch_size=12", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+            "--set", "experts.batch_size=12", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
+            "--set", "distill.max_start_epoch=0", "--set", "distill.current_max_start_epoch=0",
+            "--set", "distill.expert_epochs=1"]  # the recipe's matching range must fit in 1-epoch experts
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "challenge_kit", *args, "--out", str(tmp_path / "dist"), "--distributed"],
