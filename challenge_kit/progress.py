@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log too, not wrapped at 80 columns
 LOG_INTERVAL = 30.0  # seconds between plain progress lines when the output is not a terminal
 
 

@@ -442,6 +442,13 @@ def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeyp
     assert "\x1b" not in file.getvalue()
 
 
+def test_messages_stay_one_line_in_a_log(monkeypatch):
+    file = io.StringIO()
+    monkeypatch.setattr(progress.console, "file", file)  # the shared console, writing where a log would
+    progress.console.print("a long message " * 20)
+    assert file.getvalue().count("\n") == 1
+
+
 # ------------------------------------------------------------------------------------------ item 8: file modes
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
