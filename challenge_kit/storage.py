@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +28,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from challenge_kit.contract import DatasetSpec
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs go unlocked, saying so
+    fcntl = None
 
 ARTIFACT_FORMAT = "ddkit-distilled"
 ARTIFACT_VERSION = 1
@@ -122,8 +126,9 @@ def _holder(text: str) -> str:
 
 
 def _lock(path: Path) -> tuple[int | None, str]:
-    """An open, flock-held descriptor of ``path`` and what the file held before (a dead run's record)."""
-    while True:
+    """An open, flock-held descriptor of ``path`` and what the file held before (a dead run's record); no
+    descriptor where there are no locks."""
+    while fcntl is not None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -143,6 +148,7 @@ def _lock(path: Path) -> tuple[int | None, str]:
         except FileNotFoundError:
             pass
         os.close(fd)
+    return None, ""
 
 
 @contextmanager
@@ -157,7 +163,7 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
     path = folder / LOCK_FILE
     fd, previous = _lock(path)
     if fd is None:
-        print(f"note: {folder}: this filesystem offers no file locks; make sure no other run writes here",
+        print(f"note: {folder}: no file locks here (filesystem or system); make sure no other run writes here",
               file=sys.stderr)
         yield folder
         return
