@@ -52,13 +52,13 @@ def main() -> None:
     device = resolve_device(args.device)
     work = Path(args.work)
     tick = time.perf_counter()
+    recipe = load_recipe(args.dataset, args.profile, args.overrides)
     if not (work / "manifest.json").is_file():
-        make_submission(args.dataset, args.data_root, work, profile=args.profile, overrides=args.overrides,
-                        device=args.device, cache_dir=args.cache_dir,
-                        resume=(work / RUN_SUBDIR / CHECKPOINT).exists())
+        make_submission(recipe, args.data_root, work, device=args.device, cache_dir=args.cache_dir,
+                        resume=(work / RUN_SUBDIR / CHECKPOINT).exists(),
+                        command={"dataset": args.dataset, "profile": args.profile, "overrides": args.overrides})
     manifest = json.loads((work / "manifest.json").read_text())
     run_seconds = sum(manifest["timings_s"].values())
-    recipe = load_recipe(args.dataset, args.profile, args.overrides)
     splits = load_data(recipe, args.data_root, cache_dir=args.cache_dir)
     state = load_torch(work / RUN_SUBDIR / CHECKPOINT)["state"]
     cfg = recipe.distill

@@ -5,11 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
 from challenge_kit.contract import get_spec
-from challenge_kit.storage import KitFileError
+from challenge_kit.storage import KitFileError, file_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class KitCommands(TyperGroup):
+    """Whatever command runs, a file or operating-system error ends as ``fail``'s one line, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            with file_errors():
+                return super().invoke(ctx)
+        except KitFileError as e:
+            fail(str(e))
+
+
+app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
                   help="ddkit: distill, verify and score ECCV 2024 DD challenge submissions.")
 
 
@@ -72,9 +85,10 @@ def evaluate(
 
     from challenge_kit.parallel import process_group
     from challenge_kit.progress import console
+    from challenge_kit.runtime import usable_device
     from challenge_kit.verify import findings, verify_tensor
     from evaluator.inputs import load_inputs
-    from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
+    from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
     if epochs < 1 or rounds < 1:
@@ -94,8 +108,12 @@ def evaluate(
     def log(line: str) -> None:
         console.print(escape(line), soft_wrap=True)
 
+    try:
+        dev = usable_device(device)
+    except ValueError as e:
+        fail(str(e))
     # under torchrun the rounds run on separate ranks (each with its own seed) and rank 0 reports
-    with process_group(resolve_device(device)) as (shard, dev):
+    with process_group(dev) as (shard, dev):
         if is_zip:
             from challenge_kit.bundle import zip_entries
             from evaluator.evaluate import score_entries
@@ -175,7 +193,9 @@ def verify(
     if is_zip and (dataset != "auto" or reference_model):
         fail(f"{path}: --dataset and --reference-model check one file; verify the exported .pt with them", 2)
     try:
-        report = verify_zip(path) if is_zip else verify_path(path, dataset=dataset, reference_model=reference_model)
+        with file_errors():
+            report = verify_zip(path) if is_zip else verify_path(path, dataset=dataset,
+                                                                 reference_model=reference_model)
     except (KitFileError, ValueError) as e:
         if as_json:
             typer.echo(json.dumps({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []}))
@@ -265,6 +285,9 @@ PROFILE_HELP = "recipe profile: full (the paper's settings), quick (a CPU smoke 
 SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
 DROP_HELP = "export a research set (learned or assigned labels) as images alone; the manifest records it"
 RECIPE_HELP = "method recipe: a shipped name (m-datm, datm, tesla, pad, smooth) or a .toml (default: the dataset's)"
+CACHE_HELP = "decoded-data cache (default $XDG_CACHE_HOME/ddkit or ~/.cache/ddkit)"
+REPLACE_HELP = "train again experts of the store that were trained with other settings (seed, lr, data, ...)"
+
 
 def _expert_table(rows: list[dict], title: str):
     from rich.table import Table
@@ -302,14 +325,16 @@ def reference(
     data_root: str = typer.Option(..., "--data-root", help=ROOT_HELP),
     out: str = typer.Option(..., "--out", help="reference file to write, e.g. cifar100_test.pt"),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     image_folder: bool = typer.Option(False, "--image-folder", help="read ROOT as ImageFolder (ROOT/test/<class>/*)"),
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
     from challenge_kit.data import build_reference
     from challenge_kit.progress import console
+    from challenge_kit.storage import output_file
 
     try:
+        output_file(out)
         spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir,
                                image_folder=image_folder)
     except (KitFileError, ValueError) as e:
@@ -332,8 +357,9 @@ def experts_cmd(
     profile: str = typer.Option("full", "--profile", help=PROFILE_HELP),
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="decoded-data cache (default ROOT/.ddkit-cache)"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
+    replace_experts: bool = typer.Option(False, "--replace-experts", help=REPLACE_HELP),
 ) -> None:
     """Train expert trajectories (SPEC section 4) into a resumable store; under torchrun rank r trains r, r+K, ..."""
     from challenge_kit.pipeline import experts_job
@@ -344,7 +370,7 @@ def experts_cmd(
     try:
         recipe = load_recipe(recipe_name or dataset, profile, [*(overrides or []), *extra], dataset=dataset)
         spec = experts_job(recipe, data_root, out, device=device, download=download, cache_dir=cache_dir,
-                           image_folder=image_folder)
+                           image_folder=image_folder, replace=replace_experts)
     except (KitFileError, ValueError) as e:
         fail(str(e))
     if spec is not None:  # rank 0 (or the only process) reports
@@ -364,10 +390,12 @@ def experts_import(
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts import import_buffers
     from challenge_kit.progress import console
+    from challenge_kit.storage import run_lock
 
     try:
         spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
-        written = import_buffers(buffers, out, spec)
+        with run_lock(out):
+            written = import_buffers(buffers, out, spec)
     except (KitFileError, ValueError) as e:
         fail(str(e))
     console.print(f"imported {len(written)} experts into {out} ({spec.describe()})")
@@ -382,8 +410,10 @@ def experts_export(
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
     from challenge_kit.experts import export_buffers
     from challenge_kit.progress import console
+    from challenge_kit.storage import output_folder
 
     try:
+        output_folder(out)
         written = export_buffers(directory, out, per_file)
     except (KitFileError, ValueError) as e:
         fail(str(e))
@@ -450,7 +480,7 @@ def distill(
     overrides: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
 ) -> None:
     """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
     from challenge_kit.pipeline import distill_job
@@ -474,10 +504,11 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Verify the run's chosen set and export the challenge file, its manifest and a preview grid."""
-    from challenge_kit.export import ExportRefused, export_run
+    from challenge_kit.export import ExportRefused
+    from challenge_kit.pipeline import run_export
 
     try:
-        manifest = export_run(run_dir, out, reference_model=reference_model, drop_labels=drop_labels)
+        manifest = run_export(run_dir, out, reference_model=reference_model, drop_labels=drop_labels)
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
     _print_manifest(manifest, out, as_json)
@@ -501,7 +532,7 @@ def ablate(
     select: bool = typer.Option(False, "--select", help="export what each run's held-out selection picks "
                                                         "(default: its last iteration)"),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     as_json: bool = typer.Option(False, "--json", help="print ablate.json on stdout"),
 ) -> None:
     """Compare methods on the same experts, seeds and scoring budget: one table, ablate.json, a bar chart."""
@@ -563,18 +594,23 @@ def make_submission_cmd(
     device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available)"),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 through torchvision (online)"),
     experts_dir: str | None = typer.Option(None, "--experts", help="reuse or grow this expert store"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     drop_labels: bool = typer.Option(False, "--drop-labels", help=DROP_HELP),
+    replace_experts: bool = typer.Option(False, "--replace-experts", help=REPLACE_HELP),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
-    """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png."""
+    """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png, report/."""
     from challenge_kit.export import ExportRefused
     from challenge_kit.pipeline import make_submission
+    from challenge_kit.recipes import load_recipe
 
     try:
-        manifest = make_submission(dataset, data_root, out, profile=profile, overrides=overrides, resume=resume,
-                                   device=device, download=download, experts_dir=experts_dir,
-                                   cache_dir=cache_dir, recipe=recipe_name, drop_labels=drop_labels)
+        recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+        manifest = make_submission(recipe, data_root, out, resume=resume, device=device, download=download,
+                                   experts_dir=experts_dir, cache_dir=cache_dir, drop_labels=drop_labels,
+                                   replace_experts=replace_experts,
+                                   command={"dataset": dataset, "profile": profile, "method": recipe.method,
+                                            "overrides": list(overrides or [])})
     except (KitFileError, ValueError, ExportRefused) as e:
         fail(str(e))
     if manifest is not None:
@@ -588,7 +624,7 @@ def baseline(
     out: str = typer.Option(..., "--out", help="output folder for <name>.pt, manifest.json, preview.png"),
     seed: int = typer.Option(0, "--seed", help="which random images"),
     download: bool = typer.Option(False, "--download", help="download CIFAR-100 first (needs the internet)"),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="where decoded datasets are cached"),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
     image_folder: bool = typer.Option(False, "--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*"),
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:

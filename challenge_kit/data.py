@@ -12,7 +12,7 @@ Three sources, one entry point (``load_split``):
 
 Decoded pixels are cached as uint8 safetensors (4x smaller than float32; normalizing on load takes a moment)
 under a key that covers the source files, the split and the spec, so a changed source or spec is never
-served stale.
+served stale. The cache lives in the user's cache folder, never in the data folder (often shared or read-only).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import pickle
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +39,7 @@ CACHE_VERSION = 1
 CIFAR_DIR = "cifar-100-python"
 CIFAR_LAYOUT = "ROOT/cifar-100-python/{train,test,meta} (torchvision's CIFAR-100 python format)"
 TINY_LAYOUT = "ROOT/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, val/val_annotations.txt}"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-100
@@ -99,11 +99,19 @@ def read_cifar100(root: Path, split: str, spec: DatasetSpec) -> tuple[torch.Tens
 
 
 def download_cifar100(root: Path) -> None:
-    """Fetch and unpack CIFAR-100 with torchvision (checks the archive's md5); needs the internet."""
+    """Fetch and unpack CIFAR-100 with torchvision (checks the archive's md5); needs the internet.
+
+    A failure (offline, a proxy, a bad archive) is one line saying how to place the files by hand."""
     from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
 
-    for train in (True, False):
-        TorchvisionCIFAR100(str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            TorchvisionCIFAR100(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as e:
+        reason = str(getattr(e, "reason", None) or e).strip().splitlines()[0]
+        raise KitFileError(root, f"downloading CIFAR-100 failed ({reason}); to place the files by hand, unpack "
+                                 f"{CIFAR_URL} into ROOT so that it holds {CIFAR_LAYOUT}, and run without "
+                                 "--download") from None
 
 
 # ------------------------------------------------------------------------------------------ image folders
@@ -255,31 +263,9 @@ def _hash_contents(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _writable(folder: Path) -> bool:
-    """Honour a folder's permission bits even for root, who could write to a read-only-marked data dir."""
-    try:
-        mode = folder.stat().st_mode
-    except OSError:
-        return False
-    return bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)) and os.access(folder, os.W_OK)
-
-
-def user_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ddkit`` or ``~/.cache/ddkit``: the user's, so shared or read-only data stays untouched."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddkit"
-
-
-def default_cache_dir(root: Path) -> Path:
-    """``ROOT/.ddkit-cache``, or the user cache when ROOT is read-only (e.g. a shared data dir)."""
-    cache = root / ".ddkit-cache"
-    if cache.is_dir() and _writable(cache):
-        return cache
-    if _writable(root):
-        try:
-            cache.mkdir(exist_ok=True)
-            return cache
-        except OSError:
-            pass
-    return user_cache_dir()
 
 
 def _cache_path(cache_dir: Path, name: str, split: str, root: Path, key: str) -> Path:
@@ -288,8 +274,7 @@ def _cache_path(cache_dir: Path, name: str, split: str, root: Path, key: str) ->
 
 
 def _cached(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if not path.is_file():
-        return None
+    """The entry at ``path`` when it is valid for ``key``; missing, unreadable or stale only means decoding."""
     try:
         tensors, meta = load_tensors(path)
     except KitFileError:
@@ -391,7 +376,7 @@ def load_split(dataset: str, root: str | Path, split: str, *, download: bool = F
     key = hashlib.sha256(json.dumps(
         {"version": CACHE_VERSION, "split": split, "spec": spec.to_dict(), "source": material},
         sort_keys=True).encode()).hexdigest()
-    path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(root), dataset, split, root, key)
+    path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), dataset, split, root, key)
     hit = _cached(path, key)
     if hit is None:
         pixels, labels = decode()
@@ -429,4 +414,4 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
 
 
 __all__ = ["load_split", "dataset_spec", "build_reference", "read_cifar_pickle", "decode_images",
-           "to_normalized", "default_cache_dir", "user_cache_dir", "split_holdout", "detect_dataset"]
+           "to_normalized", "default_cache_dir", "split_holdout", "detect_dataset"]

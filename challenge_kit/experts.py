@@ -12,6 +12,8 @@ they are split over processes.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -43,6 +45,7 @@ EVAL_BATCH = 1024
 DIFFICULTY = "difficulty.safetensors"
 # Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).
 NOT_TRAJECTORY = ("num_experts", "epochs")
+EXPERT_NAME = re.compile(r"expert_[0-9]{4}\.safetensors")
 
 
 def expert_path(out_dir: str | Path, index: int) -> Path:
@@ -50,7 +53,11 @@ def expert_path(out_dir: str | Path, index: int) -> Path:
 
 
 def expert_files(out_dir: str | Path) -> list[Path]:
-    return sorted(Path(out_dir).glob("expert_[0-9][0-9][0-9][0-9].safetensors"))
+    """The store's expert files; none for a missing folder, an error (not an empty store) for an unreadable one."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if EXPERT_NAME.fullmatch(p.name))
 
 
 # ------------------------------------------------------------------------------------------ optimizer math
@@ -334,40 +341,74 @@ class Trajectories:
 # ------------------------------------------------------------------------------------------ training
 
 def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the training images and labels: an expert store never mixes experts of different data
-    (a held-out split, another subset, other preprocessing)."""
+    """sha256 of the training tensors: another training set of the same size (a held-out split, another
+    subset, other preprocessing) is other data, not a resume."""
     h = hashlib.sha256()
     for t in (images, labels):
-        t = t.detach().contiguous().cpu()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()
 
 
-def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int, data: str) -> dict:
+def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int, num_train: int,
+              train_sha256: str) -> dict:
     """What must match for an existing file to be continued rather than retrained."""
     trajectory = {k: v for k, v in asdict(config).items() if k not in NOT_TRAJECTORY}
-    return {"spec": spec.to_dict(), "model": model.to_dict(), "config": trajectory, "index": index, "data": data}
+    return {"spec": spec.to_dict(), "model": model.to_dict(), "experts": trajectory, "index": index,
+            "num_train": num_train, "train_sha256": train_sha256}
 
 
 def _identity_of(meta: dict) -> dict:
     trajectory = {k: v for k, v in (meta.get("config") or {}).items() if k not in NOT_TRAJECTORY}
-    return {"spec": meta.get("spec"), "model": meta.get("model"), "config": trajectory,
-            "index": meta.get("index"), "data": meta.get("data")}
+    return {"spec": meta.get("spec"), "model": meta.get("model"), "experts": trajectory,
+            "index": meta.get("index"), "num_train": meta.get("num_train"), "train_sha256": meta.get("train_sha256")}
 
 
-def _resume(path: Path, identity: dict, momentum: bool):
+def _flat(identity: dict) -> dict:
+    return {f"{k}.{sub}" if isinstance(v, dict) else k: w
+            for k, v in identity.items() for sub, w in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
+def _differences(meta: dict, identity: dict) -> list[str]:
+    """This run's settings that differ from an existing expert's, as 'key old -> new'.
+
+    Files from before the data fingerprint (no ``train_sha256``) are compared on everything else."""
+    old, new = _flat(_identity_of(meta)), _flat(identity)
+    if old["train_sha256"] is None:
+        del old["train_sha256"], new["train_sha256"]
+    short = lambda v: (s if len(s := json.dumps(v)) <= 40 else s[:37] + "...")  # noqa: E731
+    return [f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
+def _conflict(path: Path, identity: dict, replace: bool) -> str | None:
+    """Why an existing file must be trained again (None: continue it); refuses to replace another run's work.
+
+    A file that cannot be read holds nothing to lose and is retrained; one trained with other settings is
+    somebody's work: replaced only when asked."""
+    try:
+        meta = read_metadata(path)
+    except KitFileError as err:
+        return err.problem
+    if meta.get("source"):
+        raise KitFileError(path, f"holds an imported expert ({meta['source']}); train into another folder")
+    differences = _differences(meta, identity)
+    if differences and not replace:
+        raise KitFileError(path, f"was trained with other settings ({'; '.join(differences)}); pass "
+                                 "--replace-experts to train it again, or choose another --out")
+    return f"trained with other settings ({'; '.join(differences)})" if differences else None
+
+
+def _resume(path: Path, identity: dict, momentum: bool, replace: bool):
     """((snapshots, rng_state, buf, meta) to continue from, or None), and why a file cannot be continued."""
     if not path.exists():
         return None, None
+    problem = _conflict(path, identity, replace)
+    if problem:
+        return None, problem
     try:
         tensors, meta, *_ = _load_checked(path)
     except KitFileError as err:
         return None, err.problem
-    if meta.get("source"):
-        raise KitFileError(path, f"holds an imported expert ({meta['source']}); train into another folder")
-    if _identity_of(meta) != identity:
-        return None, "trained with a different spec, model, expert config, seed or training set"
     no_buf = momentum and meta["completed_epochs"] and "momentum_buffer" not in tensors
     if "rng_state" not in tensors or no_buf:
         return None, "has no saved RNG/optimizer state to continue from"
@@ -389,19 +430,21 @@ def epoch_subset(config: ExpertConfig, order: torch.Tensor | None, n: int, epoch
 
 def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                  test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
-                 data: str, order: torch.Tensor | None = None, model: ModelConfig | None = None,
-                 progress: Callable[[dict], None] | None = None) -> Path:
+                 order: torch.Tensor | None = None, model: ModelConfig | None = None,
+                 progress: Callable[[dict], None] | None = None, replace: bool = False,
+                 train_sha256: str | None = None) -> Path:
     """Train (or continue, or skip) expert ``index``; data tensors must already be on the training device.
 
-    ``data`` is the training set's fingerprint; ``order`` ranks its images easiest first for schedules that
-    need it.
-    """
+    ``order`` ranks the images easiest first for schedules that need it. An existing file trained with other
+    settings is refused unless ``replace``; ``train_sha256`` is ``data_fingerprint(images, labels)`` when the
+    caller has it already."""
     model = model or ModelConfig.for_spec(spec)
     path = expert_path(out_dir, index)
     device = images.device
     f = FunctionalConvNet(model, device=device)
-    identity = _identity(spec, model, config, index, data)
-    state, problem = _resume(path, identity, bool(config.momentum))
+    train_sha256 = train_sha256 or data_fingerprint(images, labels)
+    identity = _identity(spec, model, config, index, images.shape[0], train_sha256)
+    state, problem = _resume(path, identity, bool(config.momentum), replace)
     emit = progress or (lambda event: None)
     if problem:
         warnings.warn(f"{path}: {problem}; retraining it", RuntimeWarning, stacklevel=2)
@@ -414,7 +457,7 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
         snapshots, buf = [p.detach().cpu()], None
         meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
                 "model": model.to_dict(), "config": asdict(config), "seed": config.seed, "index": index,
-                "data": data, "num_train": images.shape[0], "num_test": test_images.shape[0],
+                "num_train": images.shape[0], "train_sha256": train_sha256, "num_test": test_images.shape[0],
                 "completed_epochs": 0, "train_loss": [], "test_acc": [], "epoch_seconds": [],
                 "epochs": config.epochs}
         _save(path, snapshots, gen, buf, meta)  # visible, and resumable, from the init on
@@ -505,16 +548,22 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
                   test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
                   indices: Iterable[int] | None = None, device: str | torch.device = "cpu",
                   progress: Callable[[dict], None] | None = None, model: ModelConfig | None = None,
-                  ) -> list[Path]:
+                  replace: bool = False) -> list[Path]:
     """Train experts ``indices`` (default all ``config.num_experts``) into ``out_dir``, resuming the store.
 
+    Every existing file is checked against this run's settings before anything is trained: one trained with
+    other settings (seed, lr, data, ...) is refused, naming them, unless ``replace``.
     ``progress`` receives dict events: ``plan`` (total steps), ``step``, ``epoch``, ``skip``.
     """
     indices = list(range(config.num_experts) if indices is None else indices)
     device = torch.device(device)
     model = model or ModelConfig.for_spec(spec)
+    train_sha256 = data_fingerprint(images, labels)
+    for i in indices:
+        if expert_path(out_dir, i).exists():
+            _conflict(expert_path(out_dir, i), _identity(spec, model, config, i, images.shape[0], train_sha256),
+                      replace)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    data = data_fingerprint(images, labels)
     if progress is not None:
         progress({"kind": "plan", "total": planned_steps(out_dir, indices, config, images.shape[0]),
                   "experts": indices})
@@ -522,9 +571,10 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
     test_images, test_labels = test_images.to(device), test_labels.to(device)
     order = None
     if parts.get("schedule", config.schedule).needs_difficulty:
-        order = difficulty_order(images, labels, config, out_dir, data, model)
-    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, data=data,
-                         order=order, model=model, progress=progress) for i in indices]
+        order = difficulty_order(images, labels, config, out_dir, train_sha256, model)
+    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, order=order,
+                         model=model, progress=progress, replace=replace, train_sha256=train_sha256)
+            for i in indices]
 
 
 # ------------------------------------------------------------------------------------------ DATM/MTT buffers

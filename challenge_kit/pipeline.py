@@ -1,12 +1,16 @@
-"""The main job as readable recipes: data -> experts -> M-DATM -> verify -> export.
+"""The main job as readable recipes: data -> experts -> distillation -> verify -> export (-> report).
 
 Each stage resumes on its own: complete experts are reused, an interrupted distillation continues
-from its checkpoint with ``resume``, and export only ever writes verified files.
+from its checkpoint with ``resume``, and export only ever writes verified files. Before any data is read a
+run has its recipe validated, its device proven usable and its output folders checked and locked, so what
+would fail late fails in the first second. Started by torchrun, experts are spread over the ranks and each
+distillation step's batch is sharded; rank 0 locks, writes and reports.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +21,18 @@ from challenge_kit.contract import DatasetSpec
 from challenge_kit.distill import distill
 from challenge_kit.export import export_run
 from challenge_kit.parallel import LOCAL, Shard, process_group, rank_indices
-from challenge_kit.progress import console, expert_progress, make_progress
-from challenge_kit.recipes import Recipe, load_recipe
+from challenge_kit.progress import console, expert_progress, make_progress, time_first_steps
+from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import DistillState
-from evaluator.scorer import resolve_device
+from challenge_kit.runtime import usable_device
+from challenge_kit.storage import run_lock
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
+# Work of one distillation iteration relative to one expert step, in image forward+backward passes: the exact
+# adjoint walk runs each of syn_steps inner steps about three times (forward, then recompute and a double backward).
+ADJOINT_PASSES = 3
 
 
 @dataclass
@@ -68,14 +76,42 @@ def describe(splits: Splits) -> str:
     return f"{splits.spec.describe()}: {len(splits.train[0])} train / {len(splits.test[0])} test images{held}"
 
 
+def duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{seconds / 60:.0f} minutes"
+
+
+def full_run_estimate(recipe: Recipe, seconds_per_step: float, steps: int) -> str:
+    """The experts' time from the measured step speed; distillation's scaled from it by image passes."""
+    e, d = recipe.experts, recipe.distill
+    per_pass = seconds_per_step / (e.batch_size * (2 if e.objective == "gsam" else 1))
+    distill_s = per_pass * ADJOINT_PASSES * d.syn_steps * d.batch_syn * d.iterations
+    return (f"measured {seconds_per_step:.2f} s per expert step: the experts take about "
+            f"{duration(steps * seconds_per_step)} here, distillation roughly {duration(distill_s)} more; "
+            "for a CPU run stop now (Ctrl-C) and use --profile mini or quick")
+
+
 def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, device: torch.device,
-                  shard: Shard = LOCAL, show_progress: bool = True) -> None:
-    """This rank's share of the store's experts (rank r trains r, r + K, ...); every rank waits for all."""
+                  shard: Shard = LOCAL, show_progress: bool = True, replace: bool = False,
+                  estimate: bool = False) -> None:
+    """This rank's share of the store's experts (rank r trains r, r + K, ...); every rank waits for all.
+
+    ``estimate``: time the first steps and say how long the whole run would take (the full profile on a CPU).
+    """
     e = recipe.experts
     indices = rank_indices(e.num_experts, shard.rank, shard.world)
     with make_progress(disable=not show_progress or not shard.leader) as bar:
+        progress = expert_progress(bar, len(indices), e.epochs)
+        if estimate and shard.leader:
+            console.print(f"full profile on the CPU: {e.num_experts} experts x {e.epochs} epochs, then "
+                          f"{recipe.distill.iterations} distillation iterations, a GPU job; timing the first "
+                          "expert steps for an estimate (--profile mini runs the same code path in minutes)")
+            progress = time_first_steps(progress, lambda s, n: console.print(full_run_estimate(recipe, s, n)))
         experts.train_experts(*splits.train, *splits.test, splits.spec, e, experts_dir, indices=indices,
-                              device=device, progress=expert_progress(bar, len(indices), e.epochs))
+                              device=device, progress=progress, replace=replace)
     shard.barrier()
 
 
@@ -88,18 +124,23 @@ def run_distill(recipe: Recipe, splits: Splits, experts_dir: str | Path, run_dir
                    resume=resume, shard=shard, show_progress=show_progress)
 
 
+def leader_lock(folder: str | Path, shard: Shard):
+    """Rank 0 holds the folder's run lock (the other ranks work under it)."""
+    return run_lock(folder) if shard.leader else nullcontext()
+
+
 def experts_job(recipe: Recipe, data_root: str | Path, out: str | Path, *, device: str | None = None,
                 download: bool = False, cache_dir: str | Path | None = None, image_folder: bool = False,
-                show_progress: bool = True) -> DatasetSpec | None:
+                replace: bool = False, show_progress: bool = True) -> DatasetSpec | None:
     """``ddkit experts``: train a store on the recipe's training split (held-out images excluded); returns
     the spec on rank 0 (or the only process), None elsewhere."""
-    with process_group(resolve_device(device)) as (shard, dev):
+    with process_group(usable_device(device)) as (shard, dev), leader_lock(out, shard):
         splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
                            shard=shard)
         if shard.leader:
             console.print(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
                           f"epochs on {dev}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
-        train_experts(recipe, splits, out, dev, shard, show_progress)
+        train_experts(recipe, splits, out, dev, shard, show_progress, replace)
     return splits.spec if shard.leader else None
 
 
@@ -107,24 +148,32 @@ def distill_job(recipe: Recipe, data_root: str | Path, experts_dir: str | Path, 
                 device: str | None = None, resume: bool = False, cache_dir: str | Path | None = None,
                 image_folder: bool = False, show_progress: bool = True) -> DistillState:
     """``ddkit distill``: one run, sharded over the ranks when started by torchrun."""
-    with process_group(resolve_device(device)) as (shard, dev):
+    with process_group(usable_device(device)) as (shard, dev), leader_lock(run_dir, shard):
         splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
         return run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
                            show_progress=show_progress)
 
 
-def make_submission(dataset: str, data_root: str | Path, out_dir: str | Path, *, profile: str = "full",
-                    overrides: list[str] | None = None, resume: bool = False, device: str | None = None,
-                    download: bool = False, experts_dir: str | Path | None = None,
-                    cache_dir: str | Path | None = None, image_folder: bool = False,
-                    show_progress: bool = True, recipe: str | None = None, drop_labels: bool = False) -> dict | None:
+def run_export(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
+               drop_labels: bool = False) -> dict:
+    with run_lock(out_dir):
+        return export_run(run_dir, out_dir, reference_model=reference_model, drop_labels=drop_labels)
+
+
+def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,
+                    device: str | None = None, download: bool = False, experts_dir: str | Path | None = None,
+                    cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
+                    drop_labels: bool = False, replace_experts: bool = False,
+                    command: dict | None = None) -> dict | None:
     """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0."""
-    recipe = load_recipe(recipe or dataset, profile, overrides, dataset=dataset)
     out_dir = Path(out_dir)
     experts_dir = Path(experts_dir) if experts_dir else out_dir / EXPERTS_SUBDIR
     run_dir = out_dir / RUN_SUBDIR
+    dev = usable_device(device)
     timings: dict[str, float] = {}
-    with process_group(resolve_device(device)) as (shard, dev):
+    shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
+    with process_group(dev) as (shard, dev), leader_lock(out_dir, shard), \
+            leader_lock(experts_dir, shard) if shared_store else nullcontext():
         tick = time.perf_counter()
         splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
                            shard=shard)
@@ -133,7 +182,8 @@ def make_submission(dataset: str, data_root: str | Path, out_dir: str | Path, *,
             console.print(f"data: {describe(splits)}")
 
         tick = time.perf_counter()
-        train_experts(recipe, splits, experts_dir, dev, shard, show_progress)
+        train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts,
+                      estimate=dev.type == "cpu" and recipe.profile == "full")
         timings["experts"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -143,8 +193,7 @@ def make_submission(dataset: str, data_root: str | Path, out_dir: str | Path, *,
         if not shard.leader:
             return None
         manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, extra={
-            "command": {"dataset": dataset, "data_root": str(data_root), "profile": profile,
-                        "method": recipe.method, "overrides": list(overrides or []), "device": str(dev),
+            "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
                         "experts_dir": str(experts_dir), "world_size": shard.world},
             "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed, "eval": recipe.eval.seed},
             "timings_s": {k: round(v, 2) for k, v in timings.items()},

@@ -1,35 +1,77 @@
-"""Rich progress bars and tables shared by every long-running command."""
+"""Rich progress bars and tables shared by every long-running command.
+
+On a terminal the bars redraw in place. Anywhere else (a log file, ``docker logs``, CI) a live bar only shows
+its final state, so there each task is written as a plain line every ``LOG_INTERVAL`` seconds instead.
+"""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log too, not wrapped at 80 columns
+LOG_INTERVAL = 30.0  # seconds between plain progress lines when the output is not a terminal
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
+class LogProgress(Progress):
+    """A Progress that also prints each task as one plain line at most every ``interval`` seconds."""
+
+    def __init__(self, *columns, interval: float = LOG_INTERVAL, **kwargs) -> None:
+        super().__init__(*columns, **kwargs)
+        self.interval = interval
+        self._logged: dict[TaskID, float] = {}
+
+    def update(self, task_id: TaskID, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id: TaskID) -> None:
+        if self.disable:
+            return
+        task = next(t for t in self.tasks if t.id == task_id)
+        now = self.get_time()
+        if now - self._logged.setdefault(task_id, now if task.start_time is None else task.start_time) \
+                < self.interval:
+            return
+        self._logged[task_id] = now
+        total = "?" if task.total is None else f"{task.total:.0f}"
+        percent = "" if task.total is None else f" ({task.percentage:.0f}%)"
+        self.console.print(f"{task.description} {task.completed:.0f}/{total}{percent} {task.fields.get('status', '')} "
+                           f"elapsed {_clock(task.elapsed)} eta {_clock(task.time_remaining)}",
+                           markup=False, highlight=False, soft_wrap=True)
 
 
 def make_progress(disable: bool = False) -> Progress:
-    """A bar with count, rate (via the ``status`` field), elapsed time and ETA, drawn on stderr."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=disable,
-    )
+    """A bar with count, rate (via the ``status`` field), elapsed time and ETA, drawn on stderr; plain lines at a
+    steady interval when stderr is not a terminal."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    if console.is_terminal and not console.is_dumb_terminal:
+        return Progress(*columns, console=console, disable=disable)
+    return LogProgress(*columns, console=console, disable=disable)
 
 
 def expert_progress(bar, count: int, epochs: int):
@@ -49,3 +91,23 @@ def expert_progress(bar, count: int, epochs: int):
                                                f"epoch {ev['epoch']}/{epochs} loss {ev['loss']:.3f}{acc}")
 
     return on_event
+
+
+def time_first_steps(on_event: Callable[[dict], None], report: Callable[[float, int], None], steps: int = 3,
+                     clock: Callable[[], float] = time.perf_counter) -> Callable[[dict], None]:
+    """Wrap a ``train_experts`` progress callback: after the first step (warm-up) and ``steps`` more, call
+    ``report(seconds per step, planned steps)`` once."""
+    state = {"total": 0, "seen": 0, "start": 0.0}
+
+    def timed(ev: dict) -> None:
+        on_event(ev)
+        if ev["kind"] == "plan":
+            state["total"] = ev["total"]
+        elif ev["kind"] == "step":
+            state["seen"] += 1
+            if state["seen"] == 1:
+                state["start"] = clock()
+            elif state["seen"] == steps + 1:
+                report((clock() - state["start"]) / steps, state["total"])
+
+    return timed

@@ -196,8 +196,9 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
         raise ValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
                          f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
     if e.epochs < d.max_start_epoch + d.expert_epochs:
-        raise ValueError(f"{where}: experts.epochs = {e.epochs} is too short: matching reads expert snapshots up to "
-                         f"max_start_epoch + expert_epochs = {d.max_start_epoch + d.expert_epochs}")
+        raise ValueError(f"{where}: experts.epochs ({e.epochs}) must be at least distill.max_start_epoch "
+                         f"+ distill.expert_epochs ({d.max_start_epoch} + {d.expert_epochs}): matching reads "
+                         f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
     if d.label_epoch > e.epochs:
         raise ValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
     if v.split not in SPLITS:

@@ -1,4 +1,4 @@
-"""Process set-up done once at the edge (the CLI, the scorer's entry point, benchmarks, tests).
+"""Process set-up done once at the edge (the CLI, the scorer's entry point, benchmarks, tests): allocator, device.
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and returns it to the OS on free, so each
 CPU training step page-faults its activation buffers in again (hundreds of MB at 64 px): about 40% of a
@@ -29,3 +29,32 @@ def tune_allocator() -> bool:
         return False
     return all(mallopt(param, value) == 1 for param, value in
                ((M_MMAP_THRESHOLD, HEAP_LIMIT), (M_TRIM_THRESHOLD, HEAP_LIMIT), (M_TOP_PAD, TOP_PAD)))
+
+
+def _first_sentence(e: Exception) -> str:
+    return str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+
+
+def usable_device(device: str | None = None):
+    """The torch device to run on, proven usable before any data is read: a missing GPU is one line now, not a
+    CUDA traceback after the data is loaded. ``None`` picks CUDA when present, else the CPU."""
+    import torch
+
+    from evaluator.scorer import resolve_device
+
+    name = f"--device {device}" if device else "default device"
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:
+        raise ValueError(f"{name}: not a torch device ({_first_sentence(e)})") from None
+    if dev.type == "cuda":  # no test allocation here: it would open a context on GPU 0 in every torchrun process
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return dev
+    try:
+        torch.empty(1, device=dev)
+    except (RuntimeError, NotImplementedError, AssertionError) as e:
+        raise ValueError(f"{name}: cannot allocate memory on it ({_first_sentence(e)})") from None
+    return dev

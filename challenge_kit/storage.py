@@ -1,20 +1,27 @@
-"""Files the kit writes and reads: atomic writes, safe loading, and the distilled-artifact format.
+"""Files the kit writes and reads: atomic writes, safe loading, output checks, run locks, the artifact format.
 
 Every artifact goes to a temporary file in the same folder and is renamed into place, so an
 interrupted run never leaves a half-written file. Nothing is ever unpickled without
-``weights_only=True``: submissions and buffers come from strangers.
+``weights_only=True``: submissions and buffers come from strangers. Output folders are checked and locked
+before a run does any work, so it fails in its first second rather than at its first checkpoint.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
 import hashlib
 import io
 import json
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
+import secrets
+import socket
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +31,16 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from challenge_kit.contract import DatasetSpec
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs go unlocked, saying so
+    fcntl = None
+
 ARTIFACT_FORMAT = "ddkit-distilled"
 ARTIFACT_VERSION = 1
+LOCK_FILE = ".ddkit-lock"
+# flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class KitFileError(Exception):
@@ -36,19 +51,136 @@ class KitFileError(Exception):
         self.path, self.problem = str(path), problem
 
 
+def os_error(e: OSError) -> KitFileError:
+    """An operating-system error as the kit's one-line error: the file it concerns, then what is wrong."""
+    where = e.filename2 if e.filename2 is not None else e.filename  # a rename's target, not its temp file
+    return KitFileError(where if where is not None else "(no file)", e.strerror or str(e) or type(e).__name__)
+
+
+@contextmanager
+def file_errors() -> Iterator[None]:
+    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise os_error(e) from None
+
+
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path``, created as a plain ``open(path, "w")`` would create it: mode 0666 less
+    the umask. mkstemp's 0600 would leave a submission written by root in Docker unreadable to the host user."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
-        write(Path(tmp))
+        write(tmp)
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file, and its mode with it
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def output_folder(path: str | Path) -> Path:
+    """Create ``path`` if needed and prove a file can be created in it: checked before a run does any work."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise KitFileError(path, "is a file, not a folder")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise KitFileError(path, f"cannot be created: {blocker} is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        _new_temp(path / "write-check").unlink()
+    except OSError as e:
+        raise KitFileError(path, f"cannot be written ({e.strerror or e})") from None
+    return path
+
+
+def output_file(path: str | Path) -> Path:
+    """Check, before the work, that ``path`` can be written as a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise KitFileError(path, "is a folder; give a file name")
+    output_folder(path.parent)
+    return path
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']} since {info['started']}: {info['command']}"
+    except (ValueError, TypeError, KeyError):
+        return "no details recorded"
+
+
+def _lock(path: Path) -> tuple[int | None, str]:
+    """An open, flock-held descriptor of ``path`` and what the file held before (a dead run's record); no
+    descriptor where there are no locks."""
+    while fcntl is not None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
+            os.close(fd)
+            raise KitFileError(path.parent, f"in use by another ddkit run ({holder}); wait for it to end or "
+                                            "choose another output folder") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno in NO_LOCKS:
+                return None, ""
+            raise
+        try:  # the holder may have removed the file between our open and our flock: then lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, os.pread(fd, 1 << 16, 0).decode(errors="replace")
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    return None, ""
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold ``folder`` (checked writable, created if needed) for one run; a second live run refuses, naming this one.
+
+    The lock is an flock on ``folder/.ddkit-lock``, which the kernel drops when its process dies however it
+    dies, so a lock file left by a killed run is recognised as stale without guessing from pids, across
+    containers too; the file records pid, host, command line and start time for the refusal message.
+    """
+    folder = output_folder(folder)
+    path = folder / LOCK_FILE
+    fd, previous = _lock(path)
+    if fd is None:
+        print(f"note: {folder}: no file locks here (filesystem or system); make sure no other run writes here",
+              file=sys.stderr)
+        yield folder
+        return
+    try:
+        if previous.strip():
+            print(f"note: {path}: taking over the lock of a run that is no longer running ({_holder(previous)})",
+                  file=sys.stderr)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                  "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield folder
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def save_torch(obj, path: str | Path) -> Path:
@@ -66,14 +198,46 @@ def save_json(obj, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def _sort_metadata(path: Path) -> None:
+    """safetensors writes its metadata in hash-map order, which changes from call to call: rewrite the header
+    in place with the keys sorted (the same JSON reordered has the same length), so that identical content
+    gives identical bytes."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        if meta is None:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) > size:
+            raise ValueError(f"{path}: sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text.ljust(size))
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
-    """safetensors with JSON-encoded metadata values (safetensors metadata is str -> str)."""
+    """safetensors with JSON-encoded metadata values (safetensors metadata is str -> str), keys sorted."""
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
+
+    return atomic_write(path, write)
+
+
+def _readable(path: str | Path) -> None:
+    """Unreadable is not corrupt (and safetensors reports a permission error as a missing file): say which."""
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise KitFileError(path, f"cannot be read ({e.strerror or e})") from None
 
 
 def read_metadata(path: str | Path) -> dict:
+    _readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -86,6 +250,7 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    _readable(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -108,6 +273,7 @@ def load_torch(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise KitFileError(path, "no such file")
+    _readable(path)
     return _load_torch(path, path)
 
 

@@ -21,11 +21,11 @@ import torch
 
 from challenge_kit.contract import SPECS, DatasetSpec
 from challenge_kit.parallel import LOCAL, Shard
-from challenge_kit.runtime import tune_allocator
-from challenge_kit.storage import KitFileError, atomic_write, save_json
+from challenge_kit.runtime import tune_allocator, usable_device
+from challenge_kit.storage import KitFileError, atomic_write, file_errors, output_folder, save_json
 from challenge_kit.verify import findings, verify_tensor
 from evaluator.inputs import load_reference, load_submission
-from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, resolve_device
+from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
 SCORES_TXT = "scores.txt"
 SCORES_JSON = "scores.json"
@@ -71,6 +71,14 @@ def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec
     return present, skipped
 
 
+def ready(device: str | None, output_dir: str | Path | None) -> str:
+    """The device proven usable and OUTPUT writable, first: neither may cost a whole scoring run."""
+    device = str(usable_device(device))
+    if output_dir is not None:
+        output_folder(output_dir)
+    return device
+
+
 def load_entry(spec: DatasetSpec, submission: Path, reference: Path) -> Entry:
     return Entry(spec, load_submission(submission, spec), *load_reference(reference, spec), str(submission),
                  str(reference))
@@ -87,12 +95,12 @@ def score_entries(entries: list[Entry], output_dir: str | Path | None = None, *,
     rounds are spread over the ranks.
     """
     skipped, log = list(skipped), log or (lambda line: None)
+    device = ready(device, output_dir)
     checks = {e.spec.name: findings(verify_tensor(e.images, e.spec, spec_source="file name", path=e.submission))
               for e in entries}
     for e in entries:
         for line in [f"{e.spec.name}: scoring {e.submission} on {e.reference}", *checks[e.spec.name]]:
             log(line)
-    device = device or str(resolve_device())
     results = {}
     for e in entries:
         results[e.spec.name] = evaluate_images(e.images, e.spec, e.test_images, e.test_labels, rounds=rounds,
@@ -124,6 +132,7 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                     show_progress: bool = True, partial: bool = False,
                     log: Callable[[str], None] | None = None) -> dict:
     """Validate every dataset first (fail before any training), score each, write the outputs."""
+    device = ready(device, output_dir)
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs, partial)
     entries = [load_entry(*found) for found in present]
     return score_entries(entries, output_dir, skipped=skipped, rounds=rounds, epochs=epochs, seed=seed,
@@ -185,9 +194,10 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
         print(f"note: --truth_dir has no trailing slash: the official evaluate.py would read "
               f"{args.truth_dir}{first} (it joins by string); give {args.truth_dir}/ there")
     try:
-        summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
-                                  rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device,
-                                  partial=args.partial, log=print)
+        with file_errors():
+            summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
+                                      rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device,
+                                      partial=args.partial, log=print)
     except (KitFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,7 +4,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from challenge_kit.contract import DatasetSpec, default_labels, normalize
+from challenge_kit.runs import BEST
+from challenge_kit.storage import DistilledArtifact
 
 
 def color(label: int) -> tuple[int, int, int]:
@@ -73,3 +78,18 @@ def write_tiny(root: Path, wnids=("n03000000", "n01000000", "n02000000"), per_cl
     lines.reverse()
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return truth
+
+
+def distilled_images(spec: DatasetSpec, seed: int = 0) -> torch.Tensor:
+    """A natural-looking normalized set in default order, as a distillation run would leave (verify passes)."""
+    labels = default_labels(spec.num_classes, spec.ipc).tolist()
+    pixels = smooth_pixels(labels, np.random.default_rng(seed), spec.image_size)
+    return normalize(torch.from_numpy(pixels).view(-1, 3, spec.image_size, spec.image_size).float() / 255, spec)
+
+
+def write_run(run: Path, spec: DatasetSpec, labels=None, images=None) -> Path:
+    """A ``ddkit distill`` run folder holding what export reads: ``best.safetensors``."""
+    images = distilled_images(spec) if images is None else images
+    labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
+    DistilledArtifact(images, labels, spec, lr=0.012, extra={"iteration": 7, "accuracy": 0.5}).save(run / BEST)
+    return run

@@ -20,9 +20,9 @@ from challenge_kit.storage import KitFileError, load_torch
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def user_cache(tmp_path, monkeypatch):
-    """Never write into the real ~/.cache; the read-only fallback lands here."""
+    """Never the real ~/.cache: the default cache lands here."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     return tmp_path / "xdg" / "ddkit"
 
@@ -76,10 +76,10 @@ def test_cifar_bad_content_is_one_clear_error(tmp_path):
         load_split("cifar100", tmp_path, "train")
 
 
-def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, monkeypatch):
+def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, monkeypatch, user_cache):
     write_cifar(tmp_path)
     first = load_split("cifar100", tmp_path, "train")
-    assert list((tmp_path / ".ddkit-cache").glob("cifar100-train-*.safetensors"))
+    assert list(user_cache.glob("cifar100-train-*.safetensors"))
     real_reader = data.read_cifar100
 
     def must_not_decode(*a, **k):
@@ -94,7 +94,7 @@ def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, mon
     monkeypatch.setattr(data, "read_cifar100", real_reader)
     changed = load_split("cifar100", tmp_path, "train")
     assert not torch.equal(changed[0], first[0])
-    assert len(list((tmp_path / ".ddkit-cache").glob("cifar100-train-*.safetensors"))) == 1  # stale entry gone
+    assert len(list(user_cache.glob("cifar100-train-*.safetensors"))) == 1  # stale entry gone
 
 
 # ------------------------------------------------------------------------------------------ Tiny ImageNet
@@ -175,17 +175,16 @@ def test_changed_class_list_is_never_served_from_the_old_entry(tmp_path):
     assert spec.class_names == ("n01000000", "n03000000") and x.shape[0] == 7 and y.max() == 1
 
 
-def test_read_only_root_falls_back_to_the_user_cache(tmp_path, user_cache):
-    write_tiny(tmp_path / "ro")
-    os.chmod(tmp_path / "ro", 0o555)
-    try:
-        assert default_cache_dir(tmp_path / "ro") == user_cache
-        load_split("tinyimagenet", tmp_path / "ro", "test")
-        assert not (tmp_path / "ro" / ".ddkit-cache").exists()
-        assert list(user_cache.glob("tinyimagenet-test-*.safetensors"))
-    finally:
-        os.chmod(tmp_path / "ro", 0o755)
-    assert default_cache_dir(tmp_path / "ro") == tmp_path / "ro" / ".ddkit-cache"
+def test_the_cache_goes_to_the_user_cache_folder_never_the_data_root(tmp_path, monkeypatch, user_cache):
+    write_tiny(tmp_path / "data")
+    load_split("tinyimagenet", tmp_path / "data", "test")
+    assert default_cache_dir() == user_cache and list(user_cache.glob("tinyimagenet-test-*.safetensors"))
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "ddkit"
+    load_split("tinyimagenet", tmp_path / "data", "test", cache_dir=tmp_path / "mine")  # --cache-dir wins
+    assert list((tmp_path / "mine").glob("tinyimagenet-test-*.safetensors"))
 
 
 # -------------------------------------------------------------------------------------------- ImageFolder

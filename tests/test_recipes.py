@@ -127,3 +127,10 @@ def test_a_minimal_recipe_uses_the_defaults(tmp_path):
     assert r.dataset == "tinyimagenet" and r.distill.lr_img == 100.0 and isinstance(r.distill.lr_img, float)
     assert r.experts == ExpertConfig() and r.distill.syn_steps == DistillConfig().syn_steps
     assert r.to_dict()["distill"]["lr_img"] == 100.0
+
+
+def test_experts_must_cover_the_matching_range():
+    with pytest.raises(ValueError, match=r"quick with --set experts\.epochs=2: experts\.epochs \(2\) must be at least "
+                                         r"distill\.max_start_epoch \+ distill\.expert_epochs \(1 \+ 2\)"):
+        load_recipe("tinyimagenet", "quick", ["experts.epochs=2"])
+    assert load_recipe("tinyimagenet", "quick", ["experts.epochs=2", "distill.max_start_epoch=0"]).experts.epochs == 2

@@ -1,24 +1,34 @@
 """Atomic writes, safe loading of untrusted files, and the kit's own file formats."""
 
+import errno
 import hashlib
 import json
+import os
 import pickle
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from challenge_kit import storage
 from challenge_kit.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.storage import (
     ARTIFACT_FORMAT,
+    LOCK_FILE,
     DistilledArtifact,
     KitFileError,
     atomic_write,
     load_tensors,
     load_torch,
     load_torch_bytes,
+    output_file,
+    output_folder,
     read_metadata,
     refusal_reason,
+    run_lock,
     save_json,
     save_tensors,
     save_torch,
@@ -155,7 +165,7 @@ def test_load_tensors_reports_bad_files_by_name(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(KitFileError, match=r"a\.safetensors: not a readable safetensors file"):
         load_tensors(path)
-    with pytest.raises(KitFileError, match="not a readable safetensors file"):
+    with pytest.raises(KitFileError, match=r"missing\.safetensors: cannot be read \(No such file or directory\)"):
         read_metadata(tmp_path / "missing.safetensors")
 
 
@@ -219,3 +229,78 @@ def test_save_torch_gives_the_same_bytes_for_the_same_content(tmp_path):
     save_torch(x, tmp_path / "a.pt")
     save_torch(x, tmp_path / "sub" / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
+    meta = {k: {"value": i, "text": "é\"\n"} for i, k in enumerate("jihgfedcba")}
+    tensors = {"x": torch.arange(6.0), "y": torch.zeros(2, dtype=torch.uint8)}
+    paths = [save_tensors(tensors, tmp_path / f"{i}.safetensors", meta) for i in range(5)]
+    # safetensors itself writes the metadata in hash-map order, new for every call
+    assert len({p.read_bytes() for p in paths}) == 1
+    blob = paths[0].read_bytes()
+    header = json.loads(blob[8:8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(meta)
+    loaded, read = load_tensors(paths[0])
+    assert read == meta and all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_output_folder_is_created_and_refused_when_a_file_is_in_the_way(tmp_path):
+    assert output_folder(tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(KitFileError, match=r"f: is a file, not a folder$"):
+        output_folder(tmp_path / "f")
+    with pytest.raises(KitFileError, match=rf"f/out: cannot be created: {tmp_path / 'f'} is a file$"):
+        output_folder(tmp_path / "f" / "out")
+    with pytest.raises(KitFileError, match=r"a: is a folder; give a file name$"):
+        output_file(tmp_path / "a")
+    assert output_file(tmp_path / "new" / "x.pt") == tmp_path / "new" / "x.pt" and (tmp_path / "new").is_dir()
+
+
+def test_run_lock_refuses_a_live_holder_and_is_gone_after_the_run(tmp_path):
+    with run_lock(tmp_path / "out") as folder:
+        record = json.loads((folder / LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        assert record["command"] and record["started"]
+        # flock locks of two open files conflict even within one process: this stands for a second run
+        with pytest.raises(KitFileError, match=rf"out: in use by another ddkit run \(pid {os.getpid()} on "):
+            with run_lock(tmp_path / "out"):
+                pass
+    assert not (tmp_path / "out" / LOCK_FILE).exists()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_saying_so(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": "box", "started": "noon",
+                                                  "command": "ddkit distill"}))
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert f"taking over the lock of a run that is no longer running (pid {int(dead.stdout)} on box since noon: " \
+           "ddkit distill)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["filesystem", "system"])
+def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch, capsys, where):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    if where == "filesystem":  # some FUSE and network mounts
+        monkeypatch.setattr(storage.fcntl, "flock", no_locks)
+    else:  # Windows has no fcntl
+        monkeypatch.setattr(storage, "fcntl", None)
+    with run_lock(tmp_path) as folder:
+        assert folder == tmp_path
+    assert "no file locks here" in capsys.readouterr().err

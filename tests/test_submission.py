@@ -5,36 +5,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from fakes import smooth_pixels, write_cifar
+from fakes import distilled_images, write_cifar, write_run
 from PIL import Image
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, default_labels, normalize
+from challenge_kit.contract import CIFAR100, default_labels
 from challenge_kit.export import ExportRefused, export_run
-from challenge_kit.runs import BEST
-from challenge_kit.storage import DistilledArtifact, load_torch, sha256
+from challenge_kit.storage import load_torch, sha256
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 SUBSET = CIFAR100.subset(5)
 
 
-def _images(spec, seed=0):
-    labels = default_labels(spec.num_classes, spec.ipc).tolist()
-    pixels = smooth_pixels(labels, np.random.default_rng(seed), spec.image_size)
-    x = torch.from_numpy(pixels).view(-1, 3, spec.image_size, spec.image_size).float() / 255
-    return normalize(x, spec)
-
-
-def _run_dir(tmp_path, spec=SUBSET, labels=None, images=None):
-    run = tmp_path / "run"
-    images = _images(spec) if images is None else images
-    labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
-    DistilledArtifact(images, labels, spec, lr=0.012, extra={"iteration": 7, "accuracy": 0.5}).save(run / BEST)
-    return run
+def _run_dir(tmp_path, labels=None, images=None):
+    return write_run(tmp_path / "run", SUBSET, labels=labels, images=images)
 
 
 def test_export_writes_the_file_manifest_and_preview(tmp_path):
@@ -44,7 +31,7 @@ def test_export_writes_the_file_manifest_and_preview(tmp_path):
     tensor = load_torch(pt)
     assert type(tensor) is torch.Tensor and tensor.dtype == torch.float32 and tensor.is_contiguous()
     assert tuple(tensor.shape) == SUBSET.shape and not tensor.requires_grad
-    assert torch.equal(tensor, _images(SUBSET))
+    assert torch.equal(tensor, distilled_images(SUBSET))
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["sha256"] == sha256(pt) == manifest["sha256"]
     assert saved["challenge_submission"] is False and saved["spec"]["num_classes"] == 5
@@ -65,7 +52,7 @@ def test_export_refuses_a_set_that_fails_verify_and_writes_nothing(tmp_path, pro
     elif problem == "wrong order":
         labels = torch.arange(5).repeat(10)
     else:
-        images = _images(SUBSET)
+        images = distilled_images(SUBSET)
         images[3, 0, 0, 0] = float("nan")
     run = _run_dir(tmp_path, labels=labels, images=images)
     with pytest.raises(ExportRefused, match="verify failed"):
@@ -81,7 +68,7 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
             "--device", "cpu", "--set", "experts.num_experts=1", "--set", "experts.epochs=1",
             "--set", "distill.iterations=2", "--set", "distill.syn_steps=1", "--set", "distill.expert_epochs=1",
             "--set", "distill.current_max_start_epoch=0", "--set", "distill.max_start_epoch=0",
-            "--set", "distill.batch_syn=50", "--set", "eval.every=0"]
+            "--set", "distill.batch_syn=50", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     pt = out / "cifar100.pt"

@@ -1,0 +1,490 @@
+"""Every command against what goes wrong outside the kit: one line on stderr, the documented exit code, no traceback,
+and before any work.
+
+How each case is made:
+- output is a file: a real regular file where the output folder should be (or its parent).
+- read-only output: a real folder with mode 0555. Root passes every permission bit, so when the tests run as root
+  (as here) the command runs with this thread's file-system uid switched to ``nobody`` (setfsuid, which also drops
+  root's file capabilities): the kernel's own permission checks, nothing mocked. A non-root tester needs no switch.
+- unreadable input: real files (mode 0600) and folders (0700) of root's, read the same way as ``nobody``.
+- no GPU: ``--device cuda`` on a machine without one (``cuda:N`` past the last GPU where there is one).
+- offline ``--download``: torchvision's download raises the URLError an offline machine gives (monkeypatched: a test
+  must not depend on the network being down).
+- a live second run: a separate process holding the output folder's lock.
+Before any work: where a case must fail before data is read or training starts, reading data or scoring is made to
+fail the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.datasets.cifar
+from fakes import distilled_images, write_cifar, write_run
+from rich.console import Console
+from typer.testing import CliRunner
+
+import challenge_kit.pipeline
+import evaluator.evaluate
+from challenge_kit import data, progress
+from challenge_kit import experts as ex
+from challenge_kit.cli import app
+from challenge_kit.contract import CIFAR100
+from challenge_kit.export import export_run
+from challenge_kit.models import ModelConfig
+from challenge_kit.pipeline import full_run_estimate, make_submission
+from challenge_kit.recipes import ExpertConfig, load_recipe
+from challenge_kit.storage import LOCK_FILE, read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+EVALUATOR = "python -m evaluator"
+NOBODY = 65534
+SUBSET = CIFAR100.subset(5)
+STORE_MODEL = ModelConfig.for_spec(CIFAR100, width=8)  # the challenge's classes, a narrow net: quick to train
+ROWS: list[tuple] = []  # (case, command, exit code, message): printed by `pytest -s` at the end of the module
+
+
+@contextlib.contextmanager
+def unprivileged():
+    """Permission checks as a non-root user meets them (see the module docstring)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    try:
+        setfsuid = ctypes.CDLL(None).setfsuid
+    except (OSError, AttributeError):
+        pytest.skip("running as root where setfsuid is not available: permission bits cannot be tested")
+    setfsuid(NOBODY)
+    try:
+        if setfsuid(NOBODY) != NOBODY:
+            pytest.skip("running as root without the right to switch the file-system uid")
+        yield
+    finally:
+        setfsuid(0)
+
+
+@dataclass
+class World:
+    base: Path
+    data: Path
+    store: Path
+    run: Path
+    buffer: Path
+    submission: Path
+    reference: Path
+    scoring: Path  # CodaLab input folder: res/cifar100.pt, ref/cifar100_test.pt
+    scratch: Path  # anyone may write here
+
+    def fresh(self, name: str) -> Path:
+        """A path in the scratch folder no earlier case used."""
+        return self.scratch / f"{name}-{len(list(self.scratch.iterdir()))}"
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Valid inputs for every command, in a folder everyone can read (pytest's own is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="ddkit-hardening-"))
+    old = os.umask(0o022)
+    try:
+        base.chmod(0o755)
+        write_cifar(base / "data", n_train=30, n_test=20)
+        images = torch.randn(48, 3, 32, 32)
+        labels = torch.arange(48) % 100
+        ex.train_experts(images, labels, images[:16], labels[:16], CIFAR100,
+                         ExpertConfig(num_experts=1, epochs=1, batch_size=16), base / "store", model=STORE_MODEL)
+        (buffer,) = ex.export_buffers(base / "store", base / "buffers")
+        run = write_run(base / "run", SUBSET)
+        torch.save(distilled_images(SUBSET), base / "sub.pt")
+        torch.save({"images_val": torch.randn(20, 3, 32, 32), "labels_val": torch.arange(20) % 5}, base / "ref.pt")
+        scoring = base / "scoring"
+        (scoring / "res").mkdir(parents=True)
+        (scoring / "ref").mkdir()
+        torch.save(torch.randn(CIFAR100.shape), scoring / "res" / "cifar100.pt")
+        torch.save({"images_val": torch.randn(20, 3, 32, 32), "labels_val": torch.arange(20) * 5},
+                   scoring / "ref" / "cifar100_test.pt")
+        (base / "scratch").mkdir(mode=0o777)
+        (base / "scratch").chmod(0o777)
+        yield World(base, base / "data", base / "store", run, buffer, base / "sub.pt", base / "ref.pt", scoring,
+                    base / "scratch")
+    finally:
+        os.umask(old)
+        for path in (base, *base.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(base)
+        for row in ROWS:
+            print(" | ".join(map(str, row)))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Reading data or scoring fails the test: the case must be refused before either."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the check")
+
+    monkeypatch.setattr(data, "load_split", work)
+    monkeypatch.setattr(evaluator.evaluate, "evaluate_images", work)
+
+
+def invoke(argv: list) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a ddkit command, or of ``python -m evaluator`` (same process)."""
+    argv = [str(a) for a in argv]
+    if argv[0] == EVALUATOR:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = evaluator.evaluate.main(argv[1:])
+        return code, out.getvalue(), err.getvalue()
+    result = CliRunner().invoke(app, argv)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line(case: str, argv: list, code: int, expected: str) -> str:
+    """Run; assert exactly one stderr line starting with ``expected``, the exit code, no traceback."""
+    got, _, err = invoke(argv)
+    lines = err.strip().splitlines()
+    ROWS.append((case, argv[0], got, lines[0] if lines else ""))
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(expected), (lines[0], expected)
+    assert got == code, (got, err)
+    return lines[0]
+
+
+def writers(w: World, out: Path) -> dict[str, list]:
+    """Every command that writes, with valid inputs and ``out`` as its output folder."""
+    quick = ["--profile", "quick", "--device", "cpu"]
+    return {
+        "make-submission": ["make-submission", "cifar100", "--data-root", w.data, "--out", out, *quick],
+        "experts": ["experts", "cifar100", "--data-root", w.data, "--out", out, *quick],
+        "distill": ["distill", "cifar100", "--experts", w.store, "--data-root", w.data, "--out", out, *quick],
+        "export": ["export", w.run, "--out", out],
+        "reference": ["reference", "cifar100", "--data-root", w.data, "--out", out / "cifar100_test.pt"],
+        "experts-import": ["experts-import", w.buffer, "--dataset", "cifar100", "--out", out],
+        "experts-export": ["experts-export", w.store, "--out", out],
+        EVALUATOR: [EVALUATOR, w.scoring, out, "--partial"],  # the world holds cifar100.pt only
+    }
+
+
+# ------------------------------------------------------------------------------------------ item 1 and 2: outputs
+
+WRITERS = ["make-submission", "experts", "distill", "export", "reference", "experts-import", "experts-export",
+           EVALUATOR]
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_output_that_is_a_file(world, no_work, command):
+    taken = world.fresh("taken")
+    taken.write_text("not a folder")
+    one_line("output is a file", writers(world, taken)[command], 1, f"error: {taken}: is a file, not a folder")
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_read_only_output(world, no_work, command):
+    read_only = world.fresh("read-only")
+    read_only.mkdir(mode=0o555)
+    read_only.chmod(0o555)
+    with unprivileged():
+        one_line("read-only output", writers(world, read_only)[command], 1,
+                 f"error: {read_only}: cannot be written (Permission denied)")
+    assert list(read_only.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------ item 1: inputs
+
+@pytest.fixture(scope="module")
+def unreadable(world):
+    """Root's own inputs, closed to everybody else: files 0600, folders 0700."""
+    base = world.base / "unreadable"
+    base.mkdir()
+    shutil.copytree(world.data, base / "data")
+    shutil.copytree(world.store, base / "store")
+    shutil.copytree(world.run, base / "run")
+    shutil.copytree(world.scoring, base / "scoring")
+    shutil.copy(world.submission, base / "sub.pt")
+    shutil.copy(world.buffer, base / "buffer.pt")
+    for path in [*(base / "data" / "cifar-100-python").iterdir(), base / "run" / "best.safetensors",
+                 base / "scoring" / "res" / "cifar100.pt", base / "sub.pt", base / "buffer.pt"]:
+        path.chmod(0o600)
+    (base / "store").chmod(0o700)
+    return base
+
+
+def readers(w: World, u: Path) -> dict[str, tuple[list, Path, int]]:
+    """Every command with one unreadable input: (argv, the path the message must name, exit code)."""
+    quick = ["--profile", "quick", "--device", "cpu"]
+    train_file = u / "data" / "cifar-100-python" / "train"
+    return {
+        "make-submission": (["make-submission", "cifar100", "--data-root", u / "data", "--out", w.fresh("sub"),
+                             *quick], train_file, 1),
+        "experts": (["experts", "cifar100", "--data-root", u / "data", "--out", w.fresh("store"), *quick],
+                    train_file, 1),
+        "distill": (["distill", "cifar100", "--experts", w.store, "--data-root", u / "data", "--out",
+                     w.fresh("run"), *quick], train_file, 1),
+        "export": (["export", u / "run", "--out", w.fresh("export")], u / "run" / "best.safetensors", 1),
+        "reference": (["reference", "cifar100", "--data-root", u / "data", "--out", w.fresh("ref") / "r.pt"],
+                      train_file.with_name("test"), 1),
+        "verify": (["verify", u / "sub.pt"], u / "sub.pt", 2),
+        "evaluate": (["evaluate", u / "sub.pt", "--reference", w.reference, "--device", "cpu"], u / "sub.pt", 1),
+        "info": (["info", u / "store"], u / "store", 1),
+        "experts-import": (["experts-import", u / "buffer.pt", "--dataset", "cifar100", "--out", w.fresh("import")],
+                           u / "buffer.pt", 1),
+        "experts-export": (["experts-export", u / "store", "--out", w.fresh("buffers")], u / "store", 1),
+        EVALUATOR: ([EVALUATOR, u / "scoring", w.fresh("scores"), "--partial"], u / "scoring" / "res" / "cifar100.pt",
+                    1),
+    }
+
+
+@pytest.mark.parametrize("command", ["make-submission", "experts", "distill", "export", "reference", "verify",
+                                     "evaluate", "info", "experts-import", "experts-export", EVALUATOR])
+def test_unreadable_input(world, unreadable, command):
+    argv, named, code = readers(world, unreadable)[command]
+    with unprivileged():
+        line = one_line("unreadable input", argv, code, f"error: {named}: ")
+    assert "Permission denied" in line
+
+
+# ------------------------------------------------------------------------------------------ item 1 and 2: device
+
+def unusable_gpu() -> str:
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("command", ["make-submission", "experts", "distill", "evaluate", EVALUATOR])
+def test_unusable_device(world, no_work, command):
+    device = unusable_gpu()
+    out = world.fresh("device")
+    argv = {
+        "make-submission": ["make-submission", "cifar100", "--data-root", world.data, "--out", out],
+        "experts": ["experts", "cifar100", "--data-root", world.data, "--out", out],
+        "distill": ["distill", "cifar100", "--experts", world.store, "--data-root", world.data, "--out", out],
+        "evaluate": ["evaluate", world.submission, "--reference", world.reference],
+        EVALUATOR: [EVALUATOR, world.scoring, out, "--partial"],
+    }[command]
+    one_line("unusable device", [*argv, "--device", device], 1, f"error: --device {device}: ")
+    assert not out.exists()  # nothing written before the check either
+
+
+# ------------------------------------------------------------------------------------------ item 2: recipe
+
+@pytest.mark.parametrize("command", ["make-submission", "experts", "distill"])
+def test_experts_too_short_for_the_matching_range_fail_first(world, no_work, command):
+    out = world.fresh("short")
+    argv = {
+        "make-submission": ["make-submission", "cifar100", "--data-root", world.data, "--out", out],
+        "experts": ["experts", "cifar100", "--data-root", world.data, "--out", out],
+        "distill": ["distill", "cifar100", "--experts", world.store, "--data-root", world.data, "--out", out],
+    }[command]
+    line = one_line("experts shorter than the matching range", [*argv, "--set", "experts.epochs=5"], 1, "error: ")
+    assert line.endswith("experts.epochs (5) must be at least distill.max_start_epoch + distill.expert_epochs "
+                         "(20 + 2): matching reads expert epochs up to 22")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ item 3: offline
+
+@pytest.mark.parametrize("command", ["make-submission", "experts", "reference"])
+def test_offline_download(world, monkeypatch, command):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    root = world.fresh("empty-data")
+    out = world.fresh("out")
+    argv = {
+        "make-submission": ["make-submission", "cifar100", "--data-root", root, "--out", out, "--device", "cpu",
+                            "--profile", "quick"],
+        "experts": ["experts", "cifar100", "--data-root", root, "--out", out, "--device", "cpu", "--profile", "quick"],
+        "reference": ["reference", "cifar100", "--data-root", root, "--out", out / "ref.pt"],
+    }[command]
+    line = one_line("offline --download", [*argv, "--download"], 1,
+                    f"error: {root}: downloading CIFAR-100 failed ([Errno -3] Temporary failure in name resolution); "
+                    "to place the files by hand, unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
+    assert line.endswith("into ROOT so that it holds ROOT/cifar-100-python/{train,test,meta} (torchvision's "
+                         "CIFAR-100 python format), and run without --download")
+
+
+# ------------------------------------------------------------------------------------------ item 5: locks
+
+HOLDER = textwrap.dedent("""
+    import contextlib, sys
+    from challenge_kit.storage import run_lock
+    with contextlib.ExitStack() as stack:
+        for folder in sys.argv[1:]:
+            stack.enter_context(run_lock(folder))
+        print("held", flush=True)
+        sys.stdin.read()
+""")
+LOCKED = ["make-submission", "experts", "distill", "export", "experts-import"]
+
+
+@pytest.fixture(scope="module")
+def held(world):
+    """Output folders held by a live run of another process: {command: folder}, and that process's pid."""
+    folders = {command: world.fresh(f"held-{command}") for command in LOCKED}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, *map(str, folders.values())], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield folders, proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("command", LOCKED)
+def test_a_second_live_run_refuses_naming_the_holder(world, held, no_work, command):
+    folders, pid = held
+    out = folders[command]
+    before = sorted(p.name for p in out.iterdir())
+    one_line("output folder in use by a live run", writers(world, out)[command], 1,
+             f"error: {out}: in use by another ddkit run (pid {pid} on {socket.gethostname()} since ")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["export", "experts-import"])
+def test_a_stale_lock_is_taken_over_saying_so(world, command):
+    out = world.fresh("stale")
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"pid": int(dead.stdout), "host": socket.gethostname(), "command": "ddkit export", "started": "then"}
+    (out / LOCK_FILE).write_text(json.dumps(record))
+    code, _, err = invoke(writers(world, out)[command])
+    ROWS.append(("stale lock (dead run)", command, code, err.strip().splitlines()[0]))
+    assert code == 0, err
+    assert err.startswith(f"note: {out / LOCK_FILE}: taking over the lock of a run that is no longer running "
+                          f"(pid {record['pid']} on ")
+    assert not (out / LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------ item 6: expert stores
+
+def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
+    store = world.fresh("experts")
+    argv = ["experts", "cifar100", "--data-root", world.data, "--out", store, "--profile", "quick", "--device", "cpu",
+            "--set", "experts.num_experts=1", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0"]
+    assert invoke(argv)[0] == 0
+    expert = ex.expert_path(store, 0)
+    before = expert.read_bytes()
+    for change, named in ((["--seed", "1"], "experts.seed 0 -> 1"), (["--set", "experts.lr=0.02"],
+                                                                      "experts.lr 0.01 -> 0.02")):
+        code, _, err = invoke([*argv, *change])  # after the line saying what data was loaded, before training
+        ROWS.append(("expert store trained with other settings", "experts", code, err.strip().splitlines()[-1]))
+        assert code == 1 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (f"error: {expert}: was trained with other settings ({named}); pass "
+                                                "--replace-experts to train it again, or choose another --out")
+        assert expert.read_bytes() == before
+    with pytest.warns(RuntimeWarning, match=r"trained with other settings \(experts\.seed 0 -> 1\); retraining it"):
+        code, _, err = invoke([*argv, "--seed", "1", "--replace-experts"])
+    assert code == 0, err
+    assert read_metadata(expert)["seed"] == 1
+
+
+# ------------------------------------------------------------------------------------------ item 4: CPU notice, logs
+
+def test_full_profile_on_a_cpu_says_what_it_would_take(world, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def first_steps(*args, progress, **kwargs):
+        progress({"kind": "plan", "total": 588000, "experts": list(range(100))})
+        for _ in range(4):
+            progress({"kind": "step", "expert": 0, "epoch": 1, "loss": 4.6, "steps": 196})
+        raise Stop
+
+    monkeypatch.setattr(ex, "train_experts", first_steps)
+    console = Console(file=io.StringIO(), width=400)
+    monkeypatch.setattr(challenge_kit.pipeline, "console", console)
+    with pytest.raises(Stop):
+        make_submission(load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"]), world.data,
+                        world.fresh("cpu"), device="cpu", show_progress=False)
+    said = console.file.getvalue()
+    assert "full profile on the CPU: 100 experts x 30 epochs, then 10000 distillation iterations" in said
+    assert "measured" in said and "s per expert step" in said and said.count("--profile mini") == 2
+
+
+def test_the_estimate_scales_the_measured_step_speed():
+    recipe = load_recipe("cifar100")
+    # 100 experts x 30 epochs x 196 steps at 4 s; distillation: 40 x 1000 images x 3 passes per iteration,
+    # 10000 iterations, at 4 s / (2 x 256) images per pass
+    text = full_run_estimate(recipe, 4.0, 588000)
+    assert "the experts take about 27 days here, distillation roughly 109 days more" in text
+
+
+def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeypatch):
+    file = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=file, width=200))
+    now = [0.0]
+    bar = progress.make_progress()
+    assert isinstance(bar, progress.LogProgress)
+    bar.get_time = lambda: now[0]
+    with bar:
+        task = bar.add_task("distill", total=100, status="")
+        for i in range(1, 101):
+            now[0] = float(i)
+            bar.update(task, completed=i, status=f"loss {i}")
+    lines = file.getvalue().splitlines()
+    assert lines[:3] == ["distill 30/100 (30%) loss 30 elapsed 0:00:30 eta 0:01:10",
+                         "distill 60/100 (60%) loss 60 elapsed 0:01:00 eta 0:00:40",
+                         "distill 90/100 (90%) loss 90 elapsed 0:01:30 eta 0:00:10"]
+    assert "\x1b" not in file.getvalue()
+
+
+def test_messages_stay_one_line_in_a_log(monkeypatch):
+    file = io.StringIO()
+    monkeypatch.setattr(progress.console, "file", file)  # the shared console, writing where a log would
+    progress.console.print("a long message " * 20)
+    assert file.getvalue().count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------ item 8: file modes
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        export_run(write_run(tmp_path / "run", SUBSET), tmp_path / "out")
+        images = torch.randn(8, 3, 32, 32)
+        ex.train_experts(images, torch.arange(8), images, torch.arange(8), CIFAR100,
+                         ExpertConfig(num_experts=1, epochs=1, batch_size=8), tmp_path / "store", model=STORE_MODEL)
+        small = CIFAR100.subset(5, ipc=2)
+        (tmp_path / "in" / "res").mkdir(parents=True)
+        (tmp_path / "in" / "ref").mkdir()
+        torch.save(torch.randn(small.shape), tmp_path / "in" / "res" / "cifar100.pt")
+        torch.save({"images_val": torch.randn(10, 3, 32, 32), "labels_val": torch.arange(10) % 5},
+                   tmp_path / "in" / "ref" / "cifar100_test.pt")
+        assert evaluator.evaluate.main([str(tmp_path / "in"), str(tmp_path / "scores"), "--epochs", "1",
+                                        "--rounds", "1", "--device", "cpu"], specs=[small]) == 0
+    finally:
+        os.umask(old)
+    written = [tmp_path / "out" / n for n in ("cifar100.pt", "manifest.json", "preview.png")] + \
+        [ex.expert_path(tmp_path / "store", 0), tmp_path / "scores" / "scores.txt", tmp_path / "scores" / "scores.json"]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == \
+        {p.name: oct(0o666 & ~umask) for p in written}
+
+
+# ------------------------------------------------------------------------------------------ item 9: same bytes
+
+def test_identical_content_gives_identical_bytes(tmp_path):
+    names = ("run/best.safetensors", "out/cifar100.pt", "out/manifest.json", "out/preview.png")
+    first = {}
+    for _ in range(2):
+        write_run(tmp_path / "run", SUBSET)  # best.safetensors: several metadata keys
+        export_run(tmp_path / "run", tmp_path / "out")
+        for name in names:
+            first.setdefault(name, (tmp_path / name).read_bytes())
+            assert (tmp_path / name).read_bytes() == first[name], name
