@@ -98,7 +98,7 @@ def expert_generator(seed: int, index: int) -> torch.Generator:
 
 def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
                 labels: torch.Tensor, config: ExpertConfig, gen: torch.Generator, epoch: int = 1,
-                on_step: Callable[[torch.Tensor], None] | None = None,
+                on_step: Callable[[], None] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """One shuffled pass (epoch ``epoch``, 1-based) in ``batch_size`` batches, fresh per-image DSA each, with
     the recipe's objective part; returns (p, buf, mean loss)."""
@@ -115,7 +115,7 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
         p, buf = sgd_step(p, grad, lr_at(config, epoch), config.momentum, config.weight_decay, buf)
         total += loss * idx.numel()
         if on_step is not None:
-            on_step(loss)
+            on_step()
     return p, buf, float(total) / n
 
 
@@ -303,7 +303,10 @@ class Trajectories:
     epochs: int
 
     @classmethod
-    def open(cls, root: str | Path, spec: DatasetSpec, model: ModelConfig, needed_epochs: int) -> Trajectories:
+    def open(cls, root: str | Path, spec: DatasetSpec, model: ModelConfig, needed_epochs: int,
+             train_sha256: str | None = None) -> Trajectories:
+        """The store's complete experts, checked against the run: the same network and, when both are known,
+        the same training data (``train_sha256``), so held-out images cannot have shaped the experts."""
         paths, epochs = [], None
         for path in complete_experts(root):
             expert = read_expert(path, snapshots=False)
@@ -311,6 +314,12 @@ class Trajectories:
                     or expert.spec.image_size != spec.image_size:
                 raise KitFileError(path, f"expert was trained for {expert.spec.describe()} with {expert.model_config}, "
                                          f"not for {spec.describe()}")
+            trained_on = expert.meta.get("train_sha256")
+            if train_sha256 and trained_on and trained_on != train_sha256:
+                raise KitFileError(path, f"expert was trained on other data than this run's training split "
+                                         f"({expert.meta.get('num_train')} images; held-out images must not shape the "
+                                         "experts): train the store with the same recipe (eval.split, "
+                                         "eval.holdout_per_class) or choose another --experts")
             paths.append(path)
             epochs = expert.epochs if epochs is None else min(epochs, expert.epochs)
         if not paths:
@@ -488,8 +497,8 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
     return path
 
 
-def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int, loss: torch.Tensor) -> None:
-    emit({"kind": "step", "expert": index, "epoch": epoch, "loss": loss, "steps": steps})
+def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int) -> None:
+    emit({"kind": "step", "expert": index, "epoch": epoch, "steps": steps})
 
 
 def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertConfig, num_train: int) -> int:

@@ -75,20 +75,21 @@ def make_progress(disable: bool = False) -> Progress:
 
 
 def expert_progress(bar, count: int, epochs: int):
-    """A ``train_experts`` progress callback drawing one rich bar: expert k/N, epoch, loss, accuracy, ETA."""
+    """A ``train_experts`` progress callback drawing one rich bar: expert k/N, epoch, the last epoch's loss and
+    test accuracy, ETA (per-step losses stay on the device: no host sync per step)."""
     task = bar.add_task("experts", total=None, status="")
-    state = {"done": 0, "acc": None}
+    state = {"done": 0, "acc": None, "loss": None}
 
     def on_event(ev: dict) -> None:
         if ev["kind"] == "plan":
             bar.update(task, total=ev["total"])
         elif ev["kind"] in ("skip", "epoch"):
-            state["acc"] = ev.get("acc", state["acc"])
+            state["acc"], state["loss"] = ev.get("acc", state["acc"]), ev.get("loss", state["loss"])
             state["done"] += ev["kind"] == "skip" or ev["epoch"] == ev["epochs"]
         else:
-            acc = "" if state["acc"] is None else f" acc {state['acc']:.3f}"
+            last = "" if state["acc"] is None else f" last epoch: loss {state['loss']:.3f} acc {state['acc']:.3f}"
             bar.update(task, advance=1, status=f"expert {state['done'] + 1}/{count} (#{ev['expert']}) "
-                                               f"epoch {ev['epoch']}/{epochs} loss {ev['loss']:.3f}{acc}")
+                                               f"epoch {ev['epoch']}/{epochs}{last}")
 
     return on_event
 

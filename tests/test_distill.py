@@ -173,3 +173,18 @@ def test_assigned_soft_labels_follow_the_target_snapshot(store, tmp_path):
     assert torch.equal(state.labels, default_labels(3, 4))  # nothing is learned
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.soft and art.labels.shape == (12, 3)
+
+
+def test_experts_trained_on_other_data_than_the_runs_training_split_are_refused(store, tmp_path):
+    """E.g. experts trained on the whole training split, then a run that holds some of it out for selection."""
+    x, y = _real(seed=5)
+    with pytest.raises(KitFileError, match="trained on other data than this run's training split"):
+        distill(_recipe(), SPEC, store, tmp_path / "run", real_images=x, real_labels=y, select_images=x[:6],
+                select_labels=y[:6], show_progress=False)
+
+
+def test_selection_on_the_test_split_is_recorded_as_such(store, tmp_path):
+    state = _run(replace(_recipe(iterations=2, every=2), eval=EvalConfig(every=2, epochs=2, rounds=1, final_rounds=1,
+                                                                      split="test")), store, tmp_path / "run")
+    assert state.decision["split"] == "test"
+    assert json.loads((tmp_path / "run" / SUMMARY).read_text())["selection"]["split"] == "test"
