@@ -28,8 +28,9 @@ from challenge_kit.plots import bar_chart
 from challenge_kit.progress import console
 from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
+from challenge_kit.runtime import usable_device
 from challenge_kit.selection import mean_se, paired
-from challenge_kit.storage import DistilledArtifact, KitFileError, save_json
+from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, run_lock, save_json
 from evaluator.scorer import evaluate_images, resolve_device
 
 RESULT = "ablate.json"
@@ -102,6 +103,30 @@ def _names(recipes: list[str]) -> list[str]:
     return names
 
 
+def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> dict:
+    """One row: the variant's saved result, or a fresh run of it in a child process (its crash is the row)."""
+    folder = out / name
+    done = folder / VARIANT_RESULT
+    result = json.loads(done.read_text()) if done.is_file() else None
+    if result is None or len(result.get("rounds") or []) != job["rounds"] or result.get("epochs") != job["epochs"]:
+        console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = {"recipe": recipe_name, "profile": job["profile"], "overrides": job["extra"], "dataset": job["dataset"],
+                "device": job["device"], "out": str(folder), "data_root": str(job["data_root"]),
+                "cache_dir": None if job["cache_dir"] is None else str(job["cache_dir"]),
+                "experts": str(job["experts"]), "rounds": job["rounds"], "epochs": job["epochs"], "seed": job["seed"]}
+        proc = subprocess.run([sys.executable, "-m", "challenge_kit.ablate", json.dumps(spec)], capture_output=True,
+                              text=True)
+        atomic_write(folder / "log.txt", lambda tmp: tmp.write_text(proc.stdout + proc.stderr))
+        if proc.returncode == 0 and done.is_file():
+            result = json.loads(done.read_text())
+        else:
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+            result = {"status": "failed", "error": lines[-1][:300], "exit_code": proc.returncode}
+            console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
+    return {"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(), **result}
+
+
 def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: str | Path, out: str | Path,
            profile: str, overrides: list[str], iterations: int | None, rounds: int, epochs: int, seed: int,
            device: str | None, cache_dir: str | Path | None, select: bool = False) -> dict:
@@ -114,29 +139,12 @@ def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: 
     extra = list(overrides) + ([f"distill.iterations={iterations}"] if iterations is not None else []) \
         + ([] if select else ["eval.every=0"])
     loaded: list[Recipe] = [load_recipe(r, profile, extra, dataset=dataset) for r in recipes]  # fail before work
-    rows = []
-    for name, recipe_name, recipe in zip(_names(recipes), recipes, loaded, strict=True):
-        folder = out / name
-        done = folder / VARIANT_RESULT
-        result = json.loads(done.read_text()) if done.is_file() else None
-        if result is None or result.get("rounds") is None or len(result["rounds"]) != rounds \
-                or result.get("epochs") != epochs:
-            console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
-            job = {"recipe": recipe_name, "profile": profile, "overrides": extra, "dataset": dataset,
-                   "device": device, "out": str(folder), "data_root": str(data_root), "cache_dir": cache_dir,
-                   "experts": str(experts), "rounds": rounds, "epochs": epochs, "seed": seed}
-            folder.mkdir(parents=True, exist_ok=True)
-            done_proc = subprocess.run([sys.executable, "-m", "challenge_kit.ablate", json.dumps(job)],
-                                       capture_output=True, text=True)
-            (folder / "log.txt").write_text(done_proc.stdout + done_proc.stderr)
-            if done_proc.returncode == 0 and done.is_file():
-                result = json.loads(done.read_text())
-            else:
-                lines = (done_proc.stderr or done_proc.stdout).strip().splitlines() or [f"exit {done_proc.returncode}"]
-                result = {"status": "failed", "error": lines[-1][:300], "exit_code": done_proc.returncode}
-                console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
-        rows.append({"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(),
-                     **result})
+    usable_device(device)
+    with run_lock(out), run_lock(experts):
+        rows = [_variant(name, recipe_name, recipe, out, extra=extra, profile=profile, dataset=dataset,
+                         device=device, data_root=data_root, cache_dir=cache_dir, experts=experts, rounds=rounds,
+                         epochs=epochs, seed=seed)
+                for name, recipe_name, recipe in zip(_names(recipes), recipes, loaded, strict=True)]
     base = rows[0]
     for row in rows:
         if row["status"] == "ok":

@@ -73,7 +73,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
 
             # 5. update, unless DATM's threshold skips a diverging (or non-finite) match
             skipped = not math.isfinite(loss) or loss > cfg.threshold
-            change = torch.zeros(()) if skipped else syn.step(result, cfg)
+            change = torch.zeros((), device=device) if skipped else syn.step(result, cfg)
 
             # 6. advance: T grows by one every `interval` iterations, up to T+
             state.iteration += 1
@@ -82,7 +82,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
                 state.upper = min(state.upper + 1, cfg.max_start_epoch)
             state.seconds += time.perf_counter() - tick
 
-            lr, change = torch.stack([syn.lr.detach().float().cpu(), change.float().cpu()]).tolist()
+            lr, change = torch.stack([syn.lr.detach().float(), change.float()]).tolist()
             monitor.after(state, syn, {
                 "iteration": state.iteration, "loss": loss, "terms": terms,
                 "lr": lr, "image_change": change, "grad_norm": grad_norm, "start_epoch": start_epoch,
