@@ -131,9 +131,12 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                     epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
                     show_progress: bool = True, partial: bool = False,
                     log: Callable[[str], None] | None = None) -> dict:
-    """Validate every dataset first (fail before any training), score each, write the outputs."""
-    device = ready(device, output_dir)
+    """Validate every dataset first (fail before any training), score each, write the outputs.
+
+    Missing inputs are reported before the output folder is probed, so a typo creates nothing.
+    """
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs, partial)
+    device = ready(device, output_dir)
     entries = [load_entry(*found) for found in present]
     return score_entries(entries, output_dir, skipped=skipped, rounds=rounds, epochs=epochs, seed=seed,
                          device=device, show_progress=show_progress, log=log)

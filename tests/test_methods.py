@@ -106,9 +106,12 @@ def test_ablate_runs_variants_side_by_side_reports_a_crash_and_resumes(tiny, tmp
     with Image.open(tmp_path / "ablate" / "ablate.png") as png:
         assert png.size[0] > 0
     assert "broken" in result.output and "failed" in result.output
-    again = runner.invoke(app, [*args, "--json"])  # finished variants are not run again
+    logs = {name: (tmp_path / "ablate" / name / "log.txt").stat().st_mtime_ns for name in rows}
+    again = runner.invoke(app, [*args, "--json"])  # finished variants are not run again, the failed one is
     assert again.exit_code == 0
-    assert "m-datm (M-DATM): distilling" not in again.output and "broken (broken): distilling" in again.output
+    assert json.loads(again.stdout)["variants"] == summary["variants"]
+    rerun = {name for name in rows if (tmp_path / "ablate" / name / "log.txt").stat().st_mtime_ns != logs[name]}
+    assert rerun == {"broken"}
 
 
 def test_variants_with_other_expert_settings_train_their_own_keyed_store(tiny, tmp_path):
