@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -20,6 +22,9 @@ class KitCommands(TyperGroup):
                 return super().invoke(ctx)
         except KitFileError as e:
             fail(str(e))
+        except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other command-line tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision.utils import make_grid, save_image
 
 import challenge_kit
 from challenge_kit.contract import DatasetSpec, default_labels, denormalize
@@ -31,14 +30,20 @@ class ExportRefused(Exception):
 
 
 def versions() -> dict:
-    return {"ddkit": challenge_kit.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    return {"ddkit": challenge_kit.__version__, "torch": torch.__version__, "torchvision": version("torchvision"),
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
 def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
                   classes: int = PREVIEW_CLASSES) -> Path:
-    """One row per class (the first ``classes`` classes), denormalized to pixels."""
+    """One row per class (the first ``classes`` classes), denormalized to pixels.
+
+    torchvision is imported here: importing it pulls in torch's compiler stack (seconds), which every command
+    that reaches this module (a recipe typo included) would otherwise pay before its first check.
+    """
+    from torchvision.utils import make_grid, save_image
+
     rows = min(classes, spec.num_classes)
     pixels = denormalize(images[: rows * spec.ipc].detach().float().cpu(), spec).clamp(0, 1)
     grid = make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)

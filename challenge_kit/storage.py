@@ -59,9 +59,14 @@ def os_error(e: OSError) -> KitFileError:
 
 @contextmanager
 def file_errors() -> Iterator[None]:
-    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file."""
+    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file.
+
+    A closed pipe (``ddkit methods | head``) is no file's problem: it goes through for the caller to end quietly.
+    """
     try:
         yield
+    except BrokenPipeError:
+        raise
     except OSError as e:
         raise os_error(e) from None
 

@@ -446,9 +446,20 @@ def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeyp
 
 def test_messages_stay_one_line_in_a_log(monkeypatch):
     file = io.StringIO()
-    monkeypatch.setattr(progress.console, "file", file)  # the shared console, writing where a log would
+    # rich's private _file: patching the ``file`` property would pin the console to today's sys.stderr for
+    # every later test (undo sets the property to what it returned), hiding their output from CliRunner
+    monkeypatch.setattr(progress.console, "_file", file)
     progress.console.print("a long message " * 20)
     assert file.getvalue().count("\n") == 1
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``ddkit reference --help | head -20``: no 'Broken pipe' error line, no traceback (the pipe closes at a
+    different moment each time, so a few tries)."""
+    command = f"{sys.executable} -m challenge_kit reference --help | head -20 > /dev/null"
+    for _ in range(3):
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+        assert proc.stderr == ""
 
 
 # ------------------------------------------------------------------------------------------ item 8: file modes
