@@ -157,7 +157,7 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
     n = max(1, len(values))
     width = max(WIDTH, 60 + 28 * n)
     canvas = Canvas(title, "", ylabel, [0.0, float(n)], nice_ticks(low, high), size=(width, HEIGHT + 60),
-                    margin=(MARGIN[0], MARGIN[1], MARGIN[2], 120), xlabels=False)
+                    margin=(MARGIN[0], MARGIN[1], MARGIN[2], 150), xlabels=False)
     font = _font(12 if n <= 40 else 9)
     slot = (canvas.box[2] - canvas.box[0]) / n
     for i, (v, e) in enumerate(zip(values, errors, strict=True)):
@@ -169,8 +169,8 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
             canvas.draw.line([(cx, canvas.y(v + e)), (cx, canvas.y(v - e))], fill=AXIS, width=2)
             canvas.draw.line([(cx - 6, canvas.y(v + e)), (cx + 6, canvas.y(v + e))], fill=AXIS, width=2)
             canvas.draw.line([(cx - 6, canvas.y(v - e)), (cx + 6, canvas.y(v - e))], fill=AXIS, width=2)
-        text = Image.new("RGBA", (120, 16), (255, 255, 255, 0))
-        ImageDraw.Draw(text).text((118, 8), labels[i][:18], fill=TEXT, font=font, anchor="rm")
+        text = Image.new("RGBA", (170, 16), (255, 255, 255, 0))
+        ImageDraw.Draw(text).text((168, 8), labels[i][:26], fill=TEXT, font=font, anchor="rm")
         turned = text.rotate(45, expand=True)
         canvas.image.paste(turned, (int(cx - turned.width + 8), int(canvas.box[3] + 4)), turned)
     return canvas.save(path)
