@@ -82,8 +82,9 @@ class Selector:
         final["difference"] = diff
         margin = f"{diff['mean']:+.4f} +- {diff['se']:.4f} over {diff['rounds']} fresh paired rounds"
         if diff["mean"] > 0:
+            weak = "" if diff["mean"] > 2 * diff["se"] else " (within 2 standard errors: not a significant gain)"
             return {**out, "export": leader["iteration"], "final": final,
-                    "reason": f"iteration {leader['iteration']} beat the initialization by {margin}"}
+                    "reason": f"iteration {leader['iteration']} beat the initialization by {margin}{weak}"}
         return {**out, "export": first["iteration"], "final": final,
                 "reason": f"iteration {leader['iteration']} led the selection rounds but not the fresh ones "
                           f"({margin}): exporting the initialization"}

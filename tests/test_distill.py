@@ -14,6 +14,7 @@ from challenge_kit.distill import distill
 from challenge_kit.experts import expert_files, train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
+from challenge_kit.selection import Selector
 from challenge_kit.storage import DistilledArtifact, KitFileError, read_metadata
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
@@ -188,3 +189,17 @@ def test_selection_on_the_test_split_is_recorded_as_such(store, tmp_path):
                                                                       split="test")), store, tmp_path / "run")
     assert state.decision["split"] == "test"
     assert json.loads((tmp_path / "run" / SUMMARY).read_text())["selection"]["split"] == "test"
+
+
+@pytest.mark.parametrize("leader_rounds, significant", [([0.21, 0.20, 0.24], False), ([0.23, 0.24, 0.25], True)])
+def test_the_reason_says_whether_the_winning_margin_is_significant(monkeypatch, leader_rounds, significant):
+    """Fresh rounds that favour the leader by less than 2 standard errors still export it, saying so."""
+    selector = Selector(EvalConfig(final_rounds=3), SPEC, torch.zeros(1), torch.zeros(1), torch.device("cpu"))
+    init, best = torch.zeros(2), torch.ones(2)
+    fresh = {0.0: [0.20, 0.21, 0.22], 2.0: leader_rounds}
+    monkeypatch.setattr(selector, "score", lambda images, rounds, seed, per_class=False:
+                        {"rounds": fresh[float(images.sum())], "mean": sum(fresh[float(images.sum())]) / 3})
+    candidates = [{"iteration": 0, "mean": 0.20}, {"iteration": 5, "mean": 0.22}]
+    decision = selector.decide(candidates, init, best)
+    assert decision["export"] == 5 and decision["reason"].startswith("iteration 5 beat the initialization by +")
+    assert ("not a significant gain" in decision["reason"]) is not significant
