@@ -61,7 +61,8 @@ def os_error(e: OSError) -> KitFileError:
 def file_errors() -> Iterator[None]:
     """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file.
 
-    A closed pipe (``ddkit methods | head``) is no file's problem: it goes through for the caller to end quietly.
+    A closed pipe (``ddkit reference --help | head``) is no file's problem: it goes through, for the caller
+    to end quietly.
     """
     try:
         yield
