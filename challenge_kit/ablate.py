@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from challenge_kit import experts as expert_store
+from challenge_kit.errors import KitFileError
 from challenge_kit.experts import NOT_TRAJECTORY
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
@@ -30,7 +31,7 @@ from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
 from challenge_kit.runtime import usable_device
 from challenge_kit.selection import mean_se, paired
-from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, run_lock, save_json
+from challenge_kit.storage import DistilledArtifact, atomic_write, run_lock, save_json
 from evaluator.scorer import evaluate_images, resolve_device
 
 RESULT = "ablate.json"

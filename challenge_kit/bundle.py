@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from challenge_kit.contract import SPECS, DatasetSpec
+from challenge_kit.errors import KitFileError, first_line
 from challenge_kit.export import MANIFEST, versions
-from challenge_kit.storage import KitFileError, atomic_write, first_line, load_torch_bytes, save_json, sha256
+from challenge_kit.storage import atomic_write, load_torch_bytes, save_json, sha256
 from challenge_kit.verify import FAIL, Report, verify_bytes, verify_path
 from evaluator.evaluate import Entry, missing_reason
 from evaluator.inputs import check_shape, load_reference, read_manifest, submission_tensor

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from challenge_kit.contract import get_spec
-from challenge_kit.storage import KitFileError, file_errors
+from challenge_kit.errors import ExportRefused, KitFileError, file_errors
 
 
 class KitCommands(TyperGroup):
@@ -367,13 +367,14 @@ def experts_cmd(
     replace_experts: bool = typer.Option(False, "--replace-experts", help=REPLACE_HELP),
 ) -> None:
     """Train expert trajectories (SPEC section 4) into a resumable store; under torchrun rank r trains r, r+K, ..."""
-    from challenge_kit.pipeline import experts_job
     from challenge_kit.recipes import load_recipe
 
     given = {"experts.num_experts": num, "experts.epochs": epochs, "experts.seed": seed}
     extra = [f"{k}={v}" for k, v in given.items() if v is not None]
     try:
         recipe = load_recipe(recipe_name or dataset, profile, [*(overrides or []), *extra], dataset=dataset)
+        from challenge_kit.pipeline import experts_job  # torch: only once the recipe is known to be good
+
         spec = experts_job(recipe, data_root, out, device=device, download=download, cache_dir=cache_dir,
                            image_folder=image_folder, replace=replace_experts)
     except (KitFileError, ValueError) as e:
@@ -488,11 +489,12 @@ def distill(
     cache_dir: str | None = typer.Option(None, "--cache-dir", help=CACHE_HELP),
 ) -> None:
     """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
-    from challenge_kit.pipeline import distill_job
     from challenge_kit.recipes import load_recipe
 
     try:
         recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+        from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
+
         state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
     except (KitFileError, ValueError) as e:
         fail(str(e))
@@ -509,7 +511,6 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Verify the run's chosen set and export the challenge file, its manifest and a preview grid."""
-    from challenge_kit.export import ExportRefused
     from challenge_kit.pipeline import run_export
 
     try:
@@ -605,12 +606,12 @@ def make_submission_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
 ) -> None:
     """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png, report/."""
-    from challenge_kit.export import ExportRefused
-    from challenge_kit.pipeline import make_submission
     from challenge_kit.recipes import load_recipe
 
     try:
         recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+        from challenge_kit.pipeline import make_submission  # torch: only once the recipe is known to be good
+
         manifest = make_submission(recipe, data_root, out, resume=resume, device=device, download=download,
                                    experts_dir=experts_dir, cache_dir=cache_dir, drop_labels=drop_labels,
                                    replace_experts=replace_experts,
@@ -635,7 +636,6 @@ def baseline(
 ) -> None:
     """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
     from challenge_kit.baseline import make_baseline
-    from challenge_kit.export import ExportRefused
 
     try:
         manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,

@@ -8,8 +8,10 @@ order of the images *is* the labelling.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made, so that reading a recipe stays well under a second
+    import torch
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,14 @@ def spec_for_shape(shape: tuple[int, ...]) -> DatasetSpec | None:
 
 def default_labels(num_classes: int, ipc: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Labels the scorer assumes: image ``i`` is class ``i // ipc``."""
+    import torch
+
     return torch.arange(num_classes, device=device).repeat_interleave(ipc)
 
 
 def _stats(spec: DatasetSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     if not like.is_floating_point():
         # integer statistics would truncate to 0: convert uint8 pixels with x.float() / 255 first
         raise ValueError(f"expected floating-point images, got {like.dtype}")

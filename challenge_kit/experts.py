@@ -26,18 +26,11 @@ from safetensors import safe_open
 
 from challenge_kit import augment, parts
 from challenge_kit.contract import DatasetSpec
+from challenge_kit.errors import KitFileError
 from challenge_kit.models import ConvNet, FunctionalConvNet, ModelConfig, param_shapes, unflatten_params
 from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.recipes import ExpertConfig
-from challenge_kit.storage import (
-    KitFileError,
-    load_rows,
-    load_tensors,
-    load_torch,
-    read_metadata,
-    save_tensors,
-    save_torch,
-)
+from challenge_kit.storage import load_rows, load_tensors, load_torch, read_metadata, save_tensors, save_torch
 
 EXPERT_FORMAT = "ddkit-expert"
 EXPERT_VERSION = 1

@@ -16,17 +16,14 @@ import torch
 
 import challenge_kit
 from challenge_kit.contract import DatasetSpec, default_labels, denormalize
+from challenge_kit.errors import ExportRefused, KitFileError
 from challenge_kit.runs import BEST, SUMMARY
-from challenge_kit.storage import DistilledArtifact, KitFileError, atomic_write, save_json, save_torch, sha256
+from challenge_kit.storage import DistilledArtifact, atomic_write, save_json, save_torch, sha256
 from challenge_kit.verify import verify_path, verify_tensor
 
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
 PREVIEW_CLASSES = 10
-
-
-class ExportRefused(Exception):
-    """Verify failed: nothing was written."""
 
 
 def versions() -> dict:

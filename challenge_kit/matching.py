@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from challenge_kit import augment
 from challenge_kit.models import FunctionalConvNet
 from challenge_kit.parallel import LOCAL, Shard, replicated, summed
-
-GRAD_MODES = ("exact", "unrolled")
+from challenge_kit.recipes import GRAD_MODES
 
 
 @dataclass

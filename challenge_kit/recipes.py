@@ -65,7 +65,7 @@ class DistillConfig:
     lr_init: float = 0.01
     momentum: float = 0.5
     threshold: float = 1.0
-    grad: str = "exact"
+    grad: str = "exact"  # one of GRAD_MODES
     init: str = "real_correct"
     labels: str = "hard"
     lr_labels: float = 10.0  # learned_soft (DATM): SGD on the label logits
@@ -83,6 +83,7 @@ class DistillConfig:
     checkpoint_every: int = 100
 
 
+GRAD_MODES = ("exact", "unrolled")  # matching.match: the constant-memory adjoint, or autograd through N steps
 SPLITS = ("holdout", "test")
 
 
@@ -211,11 +212,10 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
 def _check_parts(recipe: Recipe, where: str) -> None:
     """Every named part and every other choice by name exists (a typo fails here, not hours into a run)."""
     from challenge_kit import parts
-    from challenge_kit.matching import GRAD_MODES
 
     for kind, name in recipe.parts().items():
         try:
-            parts.get(kind, name)
+            parts.check(kind, name)
         except ValueError as e:
             raise ValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
     if recipe.distill.grad not in GRAD_MODES:

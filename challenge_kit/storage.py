@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from challenge_kit.contract import DatasetSpec
+from challenge_kit.errors import ESCAPES, KitFileError, first_line
 
 try:
     import fcntl
@@ -41,35 +42,6 @@ ARTIFACT_VERSION = 1
 LOCK_FILE = ".ddkit-lock"
 # flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
-
-
-class KitFileError(Exception):
-    """A file cannot be read or has the wrong content; the message names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path, self.problem = str(path), problem
-
-
-def os_error(e: OSError) -> KitFileError:
-    """An operating-system error as the kit's one-line error: the file it concerns, then what is wrong."""
-    where = e.filename2 if e.filename2 is not None else e.filename  # a rename's target, not its temp file
-    return KitFileError(where if where is not None else "(no file)", e.strerror or str(e) or type(e).__name__)
-
-
-@contextmanager
-def file_errors() -> Iterator[None]:
-    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file.
-
-    A closed pipe (``ddkit reference --help | head``) is no file's problem: it goes through, for the caller
-    to end quietly.
-    """
-    try:
-        yield
-    except BrokenPipeError:
-        raise
-    except OSError as e:
-        raise os_error(e) from None
 
 
 def _new_temp(path: Path) -> Path:
@@ -286,15 +258,6 @@ def load_torch(path: str | Path):
 def load_torch_bytes(data: bytes, name: str):
     """``load_torch`` of a file already in memory (a zip member): nothing is written to disk."""
     return _load_torch(io.BytesIO(data), name)
-
-
-ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def first_line(error: BaseException) -> str:
-    """An exception's first message line, without terminal escape codes (messages may go to logs)."""
-    text = ESCAPES.sub("", str(error)).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:

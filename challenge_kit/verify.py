@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from challenge_kit.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
+from challenge_kit.errors import KitFileError
 from challenge_kit.experts import infer_model_config, read_expert
 from challenge_kit.models import ConvNet, load_flat_
-from challenge_kit.storage import DistilledArtifact, KitFileError, load_rows, load_torch, load_torch_bytes
+from challenge_kit.storage import DistilledArtifact, load_rows, load_torch, load_torch_bytes
 from evaluator.inputs import manifest_spec, read_manifest, resolve_spec
 from evaluator.scorer import LR as SCORER_LR
 from evaluator.scorer import resolve_device

@@ -2,6 +2,8 @@
 registry that makes them recipe parts."""
 
 import math
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -66,6 +68,39 @@ def test_a_misspelt_part_in_a_recipe_fails_at_load_in_under_two_seconds_naming_t
         path.write_text(bad)
         with pytest.raises(ValueError, match=match_):
             load_recipe(str(path), dataset="cifar100")
+
+
+COMMAND = """
+import sys
+from challenge_kit.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code, "torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", ["distill", "experts", "make-submission"])
+def test_the_whole_command_refuses_a_misspelt_part_before_torch_is_imported(tmp_path, command):
+    """Python plus typer start in about 0.4 s; torch alone takes 2 s on this machine: a typo must not wait for it."""
+    path = tmp_path / "typo.toml"
+    path.write_text('method = "typo"\n[experts]\nschedule = "easy-first"\n')
+    args = [command, "tinyimagenet", "--recipe", str(path), "--out", str(tmp_path / "out"), "--data-root",
+            str(tmp_path / "absent")] + (["--experts", str(tmp_path / "experts")] if command == "distill" else [])
+    done = subprocess.run([sys.executable, "-c", COMMAND, *args], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "exit 1 torch imported: False", done.stdout + done.stderr
+    assert done.stderr.strip() == (f"error: {path} profile full: experts.schedule: unknown schedule part "
+                                   "'easy-first'; known: full, easy_first")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_catalogue_names_every_part_once_and_each_resolves_to_its_implementation():
+    assert len({(p.kind, p.name) for p in parts.PARTS}) == len(parts.PARTS)
+    assert {p.kind for p in parts.PARTS} == set(parts.KINDS)
+    assert parts.get("init", "kmeans") is initializations.representative
+    assert parts.get("schedule", "easy_first") is expert_parts.EasyFirst
+    for part in parts.catalogue():
+        assert callable(part.impl), part.where
 
 
 def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():

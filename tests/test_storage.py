@@ -15,11 +15,11 @@ import torch
 
 from challenge_kit import storage
 from challenge_kit.contract import CIFAR100, TINYIMAGENET
+from challenge_kit.errors import KitFileError
 from challenge_kit.storage import (
     ARTIFACT_FORMAT,
     LOCK_FILE,
     DistilledArtifact,
-    KitFileError,
     atomic_write,
     load_tensors,
     load_torch,

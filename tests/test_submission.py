@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.contract import CIFAR100, default_labels
-from challenge_kit.export import ExportRefused, export_run
+from challenge_kit.errors import ExportRefused
+from challenge_kit.export import export_run
 from challenge_kit.storage import load_torch, sha256
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from challenge_kit.models import FunctionalConvNet
-from challenge_kit.parts import register
 
 # ---------------------------------------------------------------------------------------------- objectives
 
@@ -35,14 +34,11 @@ def _ce_gradient(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor,
     return loss.detach(), torch.autograd.grad(loss, q)[0]
 
 
-@register("objective", "sgd", "cross-entropy, plain SGD step", "MTT")
 def sgd(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
         epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _ce_gradient(f, p, x, y)
 
 
-@register("objective", "gsam", "cross-entropy with GSAM around SGD (rho, alpha, adaptive): flat trajectories",
-          "FTD/M-DATM")
 def gsam(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
          epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two passes on the same augmented batch: the plain gradient, then the one at the perturbed point."""
@@ -65,8 +61,6 @@ def gradient_penalty(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, target
     return (gx.flatten(1).norm(dim=1) - target).pow(2).mean()
 
 
-@register("objective", "smooth", "clipped cross-entropy (lambda rising clip_start -> 1 over clip_epochs) plus a "
-          "two-sided gradient penalty gp_weight * E[(||df/dx|| - gp_target)^2]", "smooth experts")
 def smooth(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
            epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     q = p.detach().requires_grad_(True)
@@ -82,7 +76,6 @@ def smooth(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tens
 # ---------------------------------------------------------------------------------------------- schedules
 
 
-@register("schedule", "full", "every real training image in every epoch", "MTT")
 class Full:
     needs_difficulty = False
 
@@ -99,8 +92,6 @@ def easy_first_count(n: int, epoch: int, initial_ratio: float, add_end_epoch: in
     return first + (n - first) * (epoch - 1) // max(1, add_end_epoch - 1)
 
 
-@register("schedule", "easy_first", "EL2N difficulty: start with the easiest initial_ratio, add harder images until "
-          "epoch add_end_epoch, then drop the easiest drop_easy in one step (FIEX)", "PAD")
 class EasyFirst:
     needs_difficulty = True
 

@@ -9,7 +9,6 @@ import torch
 
 from challenge_kit.contract import DatasetSpec
 from challenge_kit.models import ConvNet, ModelConfig, load_flat_
-from challenge_kit.parts import register
 
 BATCH = 512
 KMEANS_ITERATIONS = 50
@@ -56,13 +55,10 @@ def _take(pool: torch.Tensor, ipc: int, generator: torch.Generator) -> torch.Ten
     return pool[:ipc] if len(pool) >= ipc else pool[torch.randint(len(pool), (ipc,), generator=generator)]
 
 
-@register("init", "real", "random real images of each class", "MTT")
 def real(ctx: InitContext) -> torch.Tensor:
     return ctx.images[torch.cat([_take(p, ctx.spec.ipc, ctx.generator) for p in _pools(ctx)])].clone()
 
 
-@register("init", "real_correct", "real images the experts' last snapshots classify correctly (first expert "
-          "first), others when too few", "DATM")
 def real_correct(ctx: InitContext) -> torch.Tensor:
     pools = _pools(ctx)
     models = [expert_model(ctx, e) for e in range(min(CORRECT_EXPERTS, ctx.experts.count))]
@@ -79,7 +75,6 @@ def real_correct(ctx: InitContext) -> torch.Tensor:
     return ctx.images[torch.cat(chosen)].clone()
 
 
-@register("init", "noise", "standard Gaussian noise", "MTT")
 def noise(ctx: InitContext) -> torch.Tensor:
     return torch.randn(ctx.spec.shape, generator=ctx.generator)
 
@@ -115,8 +110,6 @@ def nearest_distinct(points: torch.Tensor, centroids: torch.Tensor) -> torch.Ten
     return torch.tensor(taken)
 
 
-@register("init", "kmeans", "per class, the real images nearest the K-means centroids (K = IPC) of the first "
-          "expert's penultimate features", "smooth experts")
 def representative(ctx: InitContext) -> torch.Tensor:
     model = expert_model(ctx)
     chosen = []

@@ -14,7 +14,6 @@ import torch
 
 from challenge_kit.contract import DatasetSpec, default_labels
 from challenge_kit.models import FunctionalConvNet
-from challenge_kit.parts import register
 
 BATCH = 512
 
@@ -42,7 +41,6 @@ def _snapshot(ctx: LabelContext, expert: int) -> torch.Tensor:
     return ctx.experts.snapshot(expert, epoch).to(ctx.device)
 
 
-@register("labels", "hard", "default-order hard labels, image i is class i // IPC (what the scorer uses)", "M-DATM")
 class Hard:
     learned = False
     challenge = True
@@ -58,8 +56,6 @@ class Hard:
         return labels
 
 
-@register("labels", "learned_soft", "soft labels initialized from the experts' logits on the images they classify "
-          "correctly, learned with their own optimizer", "DATM")
 class LearnedSoft(Hard):
     learned = True
     challenge = False
@@ -83,8 +79,6 @@ class LearnedSoft(Hard):
         return labels.detach()
 
 
-@register("labels", "assigned_soft", "each iteration, the target snapshot's logits on the synthetic images are the "
-          "inner-loop targets (no learned labels)", "TESLA")
 class AssignedSoft(Hard):
     challenge = False
 

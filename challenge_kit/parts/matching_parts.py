@@ -9,22 +9,18 @@ from typing import Any
 import torch
 
 from challenge_kit.models import FunctionalConvNet
-from challenge_kit.parts import register
 
 
-@register("mask", "all", "every parameter counts in the matching loss", "MTT")
 def all_parameters(net: FunctionalConvNet, cfg) -> torch.Tensor | None:
     return None
 
 
-@register("mask", "deep", "drop the first discard_ratio of the flat parameter vector (shallow layers, FIEM)", "PAD")
 def deep_parameters(net: FunctionalConvNet, cfg) -> torch.Tensor:
     mask = torch.ones(net.num_params, dtype=torch.bool)
     mask[: int(net.num_params * cfg.discard_ratio)] = False
     return mask
 
 
-@register("weights", "uniform", "every inner step's loss has weight 1", "MTT")
 def uniform(start_epoch: int, steps: int, cfg) -> list[float] | None:
     return None
 
@@ -37,8 +33,6 @@ def balance(start_epoch: int, max_start_epoch: int, offset: float) -> float:
     return 1 / math.log(mid - start_epoch + offset)
 
 
-@register("weights", "balanced", "balanced inner-loop loss: scale by nu(start epoch), small for early starts, "
-          "large for late ones", "smooth experts")
 def balanced(start_epoch: int, steps: int, cfg) -> list[float]:
     return [balance(start_epoch, cfg.max_start_epoch, cfg.balance_offset)] * steps
 
@@ -48,14 +42,11 @@ def intermediate_steps(steps: int, expert_epochs: int) -> list[int]:
     return [i * steps // expert_epochs for i in range(1, expert_epochs)]
 
 
-@register("terms", "final", "match theta*_{t+M} after N steps", "MTT")
 def final(experts: Any, expert: int, start_epoch: int, cfg) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     rows = experts.snapshots(expert, [start_epoch, start_epoch + cfg.expert_epochs])
     return rows[0], [(cfg.syn_steps, rows[1])]
 
 
-@register("terms", "intermediate", "also match theta*_{t+i} after floor(i N / M) steps, i = 1..M-1, each "
-          "normalized like the main term", "smooth experts")
 def intermediate(experts: Any, expert: int, start_epoch: int,
                  cfg) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
     rows = experts.snapshots(expert, list(range(start_epoch, start_epoch + cfg.expert_epochs + 1)))
@@ -63,7 +54,6 @@ def intermediate(experts: Any, expert: int, start_epoch: int,
     return rows[0], [(n, rows[i]) for i, n in enumerate(steps, 1)]
 
 
-@register("perturb", "none", "the student starts at the expert snapshot", "MTT")
 def no_perturbation(start: torch.Tensor, net: FunctionalConvNet, generator: torch.Generator, cfg) -> torch.Tensor:
     return start
 
@@ -85,7 +75,5 @@ def filter_noise(start: torch.Tensor, net: FunctionalConvNet, generator: torch.G
     return out
 
 
-@register("perturb", "filter_noise", "add Gaussian noise to each filter of theta*_t, rescaled to perturb_scale "
-          "times the filter's norm", "smooth experts")
 def perturb_filters(start: torch.Tensor, net: FunctionalConvNet, generator: torch.Generator, cfg) -> torch.Tensor:
     return filter_noise(start, net, generator, cfg.perturb_scale)

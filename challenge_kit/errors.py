@@ -1,0 +1,53 @@
+"""The kit's expected failures, each said on one line: a file and what is wrong with it, or a refused export.
+
+Torch-free on purpose: the command line catches these around every command, before torch is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class KitFileError(Exception):
+    """A file cannot be read or has the wrong content; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = str(path), problem
+
+
+class ExportRefused(Exception):
+    """Verify failed, or the artifact is not a challenge set: nothing was written."""
+
+
+def os_error(e: OSError) -> KitFileError:
+    """An operating-system error as the kit's one-line error: the file it concerns, then what is wrong."""
+    where = e.filename2 if e.filename2 is not None else e.filename  # a rename's target, not its temp file
+    return KitFileError(where if where is not None else "(no file)", e.strerror or str(e) or type(e).__name__)
+
+
+@contextmanager
+def file_errors() -> Iterator[None]:
+    """Let no OSError out of the block as a traceback: it becomes a KitFileError naming the file.
+
+    A closed pipe (``ddkit reference --help | head``) is no file's problem: it goes through, for the caller
+    to end quietly.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise os_error(e) from None
+
+
+ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first message line, without terminal escape codes (messages may go to logs)."""
+    text = ESCAPES.sub("", str(error)).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
