@@ -5,13 +5,14 @@
 scorer's recipe (default-order labels, lr 0.01) with the same round seeds and tested on the TEST split,
 which neither the distillation nor its model selection ever looked at.
 
-    python bench/quality.py                       # the mini profile (runs it first, resumable)
+    python bench/quality.py                       # the mini profile (runs it first; both it and the scoring resume)
     python bench/quality.py --epochs 300 --rounds 8
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,8 +29,12 @@ from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
 from challenge_kit.runtime import tune_allocator
 from challenge_kit.selection import mean_se, paired
-from challenge_kit.storage import DistilledArtifact, load_torch
+from challenge_kit.storage import DistilledArtifact, load_torch, save_json
 from evaluator.scorer import evaluate_images, resolve_device
+
+
+def tensor_digest(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -69,13 +74,20 @@ def main() -> None:
     exported = DistilledArtifact.load(work / RUN_SUBDIR / BEST)
     sets = {"(a) random real images": random_real, "(b) initialization (real_correct)": state["init"]["images"],
             f"(c) exported (iteration {exported.extra['iteration']})": exported.images}
+    # Each set's scores are kept in WORK as they come (an hour or more of CPU each): a rerun scores only the rest.
+    done_path = work / "quality_scores.json"
+    done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     rows = []
     for name, images in sets.items():
-        console.print(f"scoring {name}: {args.rounds} rounds x {args.epochs} epochs on the test split")
-        res = evaluate_images(images, splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
-                              seed=args.seed, device=device)
-        mean, se = mean_se(res["rounds"])
-        rows.append({"set": name, "mean": mean, "se": se, "rounds": res["rounds"], "seeds": res["seeds"]})
+        key = f"{tensor_digest(images)}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
+        if key not in done:
+            console.print(f"scoring {name}: {args.rounds} rounds x {args.epochs} epochs on the test split")
+            res = evaluate_images(images, splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
+                                  seed=args.seed, device=device)
+            done[key] = {"rounds": res["rounds"], "seeds": res["seeds"], "seconds": res["seconds"]}
+            save_json(done, done_path)
+        mean, se = mean_se(done[key]["rounds"])
+        rows.append({"set": name, "mean": mean, "se": se, **done[key]})
     a, b, c = (r["rounds"] for r in rows)
     differences = {"(c) - (b)": paired(c, b), "(b) - (a)": paired(b, a), "(c) - (a)": paired(c, a)}
     result = {"sets": rows, "differences": differences, "epochs": args.epochs, "rounds": args.rounds,
@@ -94,8 +106,8 @@ def main() -> None:
     for row in rows:
         table.add_row(row["set"], f"{row['mean']:.4f} +- {row['se']:.4f}", " ".join(f"{r:.3f}" for r in row["rounds"]))
     for name, d in differences.items():
-        ratio = d["mean"] / d["se"] if d["se"] > 0 else float("inf")
-        table.add_row(f"paired {name}", f"{d['mean']:+.4f} +- {d['se']:.4f}", f"{ratio:+.1f} s.e.")
+        ratio = f"{d['mean'] / d['se']:+.1f} s.e." if d["se"] > 0 else ("equal" if d["mean"] == 0 else "no spread")
+        table.add_row(f"paired {name}", f"{d['mean']:+.4f} +- {d['se']:.4f}", ratio)
     Console().print(table)
 
 
