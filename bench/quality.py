@@ -77,17 +77,19 @@ def main() -> None:
     # Each set's scores are kept in WORK as they come (an hour or more of CPU each): a rerun scores only the rest.
     done_path = work / "quality_scores.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
-    rows = []
-    for name, images in sets.items():
-        key = f"{tensor_digest(images)}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
-        if key not in done:
+    keys = {name: f"{tensor_digest(images)}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
+            for name, images in sets.items()}
+    for name in reversed(sets):  # the exported set and its initialization first: their difference is the question
+        if keys[name] not in done:
             console.print(f"scoring {name}: {args.rounds} rounds x {args.epochs} epochs on the test split")
-            res = evaluate_images(images, splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
+            res = evaluate_images(sets[name], splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
                                   seed=args.seed, device=device)
-            done[key] = {"rounds": res["rounds"], "seeds": res["seeds"], "seconds": res["seconds"]}
+            done[keys[name]] = {"rounds": res["rounds"], "seeds": res["seeds"], "seconds": res["seconds"]}
             save_json(done, done_path)
-        mean, se = mean_se(done[key]["rounds"])
-        rows.append({"set": name, "mean": mean, "se": se, **done[key]})
+    rows = []
+    for name in sets:
+        mean, se = mean_se(done[keys[name]]["rounds"])
+        rows.append({"set": name, "mean": mean, "se": se, **done[keys[name]]})
     a, b, c = (r["rounds"] for r in rows)
     differences = {"(c) - (b)": paired(c, b), "(b) - (a)": paired(b, a), "(c) - (a)": paired(c, a)}
     result = {"sets": rows, "differences": differences, "epochs": args.epochs, "rounds": args.rounds,
