@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from challenge_kit import parts
 from challenge_kit.contract import get_spec
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
@@ -121,9 +122,7 @@ class Recipe:
 
     def parts(self) -> dict[str, str]:
         """The part chosen for each kind (what makes this method this method)."""
-        from challenge_kit.parts import FIELDS
-
-        return {kind: getattr(getattr(self, f.split(".")[0]), f.split(".")[1]) for kind, f in FIELDS.items()}
+        return {kind: getattr(getattr(self, f.split(".")[0]), f.split(".")[1]) for kind, f in parts.FIELDS.items()}
 
 
 SECTIONS = {"experts": ExpertConfig, "distill": DistillConfig, "eval": EvalConfig}
@@ -211,8 +210,6 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
 
 def _check_parts(recipe: Recipe, where: str) -> None:
     """Every named part and every other choice by name exists (a typo fails here, not hours into a run)."""
-    from challenge_kit import parts
-
     for kind, name in recipe.parts().items():
         try:
             parts.check(kind, name)
