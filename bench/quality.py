@@ -12,7 +12,6 @@ which neither the distillation nor its model selection ever looked at.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from challenge_kit.experts import Trajectories
+from challenge_kit.contract import default_labels
+from challenge_kit.experts import Trajectories, data_fingerprint
 from challenge_kit.models import ModelConfig
 from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
@@ -31,10 +31,6 @@ from challenge_kit.runtime import tune_allocator
 from challenge_kit.selection import mean_se, paired
 from challenge_kit.storage import DistilledArtifact, load_torch, save_json
 from evaluator.scorer import evaluate_images, resolve_device
-
-
-def tensor_digest(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -77,7 +73,8 @@ def main() -> None:
     # Each set's scores are kept in WORK as they come (an hour or more of CPU each): a rerun scores only the rest.
     done_path = work / "quality_scores.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
-    keys = {name: f"{tensor_digest(images)}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
+    labels = default_labels(splits.spec.num_classes, splits.spec.ipc)  # what the scorer trains every set with
+    keys = {name: f"{data_fingerprint(images, labels)[:16]}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
             for name, images in sets.items()}
     for name in reversed(sets):  # the exported set and its initialization first: their difference is the question
         if keys[name] not in done:
