@@ -1,18 +1,21 @@
 """Sharding over ranks: a 2-process gloo job computes the same matching gradients as one process."""
 
+import faulthandler
+import os
 import socket
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import test_distill
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_distill import _recipe, _run
 from test_matching import _problem
 
 from challenge_kit.experts import train_experts
 from challenge_kit.matching import match
-from challenge_kit.parallel import Shard
+from challenge_kit.parallel import Shard, process_group
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.runs import read_history
 
@@ -23,15 +26,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out, batch_syn, soft, mode):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+@contextmanager
+def _joined(rank: int, world: int, port: int, logs: Path):
+    """Join as a torchrun rank would (env://), through the kit's own process_group and its teardown.
+
+    A native crash of the rank (gloo aborts in C++) leaves every thread's Python stack in ``logs``; the
+    handler stays on for the rank's whole life, its exit included (an empty file: it died after Python).
+    """
+    faulthandler.enable(open(logs / f"crash.{rank}", "w"), all_threads=True)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with process_group("cpu") as (shard, _):
+        yield shard
+
+
+def _spawn(worker, logs: Path, *args) -> None:
+    """Run ``worker`` on 2 ranks; a rank that dies by a signal fails the test with the stacks it left."""
     try:
-        torch.set_num_threads(1)
-        res = match(*_problem(batch_syn=batch_syn, soft=soft), mode=mode, shard=Shard(rank, world))
+        mp.spawn(worker, args=(2, free_port(), logs, *args), nprocs=2, join=True)
+    except mp.ProcessExitedException as e:
+        stacks = "\n".join(f"{p.name}:\n{p.read_text()}" for p in sorted(logs.glob("crash.*")))
+        raise AssertionError(f"{e}\n{stacks}") from e
+
+
+def _worker(rank, world, port, logs, batch_syn, soft, mode):
+    with _joined(rank, world, port, logs) as shard:
+        res = match(*_problem(batch_syn=batch_syn, soft=soft), mode=mode, shard=shard)
         torch.save({"loss": res.loss, "x": res.grad_images, "lr": res.grad_lr, "y": res.grad_labels},
-                   f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+                   logs / f"res.{rank}")
 
 
 def test_shards_are_contiguous_near_equal_and_cover_the_batch():
@@ -43,11 +66,10 @@ def test_shards_are_contiguous_near_equal_and_cover_the_batch():
 @pytest.mark.parametrize("mode,batch_syn,soft", [("exact", 5, True), ("unrolled", 5, True), ("exact", 1, False)])
 def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path, mode, batch_syn, soft):
     """Uneven shards (5 images over 2 ranks: 3 + 2), and more ranks than images (batch 1)."""
-    out = str(tmp_path / "res")
-    mp.spawn(_worker, args=(2, free_port(), out, batch_syn, soft, mode), nprocs=2, join=True)
+    _spawn(_worker, tmp_path, batch_syn, soft, mode)
     single = match(*_problem(batch_syn=batch_syn, soft=soft), mode=mode)
     for rank in range(2):
-        got = torch.load(f"{out}.{rank}", weights_only=True)
+        got = torch.load(tmp_path / f"res.{rank}", weights_only=True)
         assert got["loss"].item() == pytest.approx(single.loss.item(), rel=1e-10)
         for key, ref in (("x", single.grad_images), ("lr", single.grad_lr), ("y", single.grad_labels)):
             if ref is None:
@@ -56,13 +78,9 @@ def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path, mode, batch_
             assert ((got[key] - ref).norm() / ref.norm()).item() < 1e-10, (rank, key)
 
 
-def _distill_worker(rank, world, port, store, out, mode):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), store, out, shard=Shard(rank, world))
-    finally:
-        dist.destroy_process_group()
+def _distill_worker(rank, world, port, logs, store, out, mode):
+    with _joined(rank, world, port, logs) as shard:
+        _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), store, out, shard=shard)
 
 
 @pytest.mark.parametrize("mode", ["exact", "unrolled"])
@@ -72,9 +90,13 @@ def test_two_gloo_ranks_distill_like_one_process(tmp_path, mode):
     x, y = test_distill._real()
     tx, ty = test_distill._real(4, seed=1)
     train_experts(x, y, tx, ty, test_distill.SPEC, ExpertConfig(num_experts=2, epochs=3, batch_size=16), experts)
-    mp.spawn(_distill_worker, args=(2, free_port(), experts, tmp_path / "two", mode), nprocs=2, join=True)
-    torch.set_num_threads(1)
-    one = _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), experts, tmp_path / "one")
+    _spawn(_distill_worker, tmp_path, experts, tmp_path / "two", mode)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' thread count: the same reduction order
+    try:
+        one = _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), experts, tmp_path / "one")
+    finally:
+        torch.set_num_threads(threads)
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["state"]
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     assert rel(two["images"], one.images) < 1e-5 and rel(two["lr"], one.lr) < 1e-5
