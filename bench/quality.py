@@ -25,12 +25,13 @@ from challenge_kit.experts import Trajectories, data_fingerprint
 from challenge_kit.models import ModelConfig
 from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
+from challenge_kit.progress import make_progress
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
 from challenge_kit.runtime import tune_allocator
 from challenge_kit.selection import mean_se, paired
 from challenge_kit.storage import DistilledArtifact, load_torch, save_json
-from evaluator.scorer import evaluate_images, resolve_device
+from evaluator.scorer import resolve_device, round_seeds, train_and_test
 
 
 def main() -> None:
@@ -70,23 +71,39 @@ def main() -> None:
     exported = DistilledArtifact.load(work / RUN_SUBDIR / BEST)
     sets = {"(a) random real images": random_real, "(b) initialization (real_correct)": state["init"]["images"],
             f"(c) exported (iteration {exported.extra['iteration']})": exported.images}
-    # Each set's scores are kept in WORK as they come (an hour or more of CPU each): a rerun scores only the rest.
+    # Every round's score is kept in WORK as it comes (a 200-epoch round of 200 images is minutes of CPU, a set's
+    # rounds an hour or more): a rerun, or one with more rounds, scores only the rest. Round r's seed does not
+    # depend on how many rounds are asked for, so the rounds are keyed by index.
     done_path = work / "quality_scores.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     labels = default_labels(splits.spec.num_classes, splits.spec.ipc)  # what the scorer trains every set with
-    keys = {name: f"{data_fingerprint(images, labels)[:16]}:{args.epochs}x{args.rounds}:seed {args.seed}:{device}"
+    keys = {name: f"{data_fingerprint(images, labels)[:16]}:{args.epochs} epochs:seed {args.seed}:{device}"
             for name, images in sets.items()}
+    seeds = round_seeds(args.seed, args.rounds)
+    todo: dict[str, list[int]] = {}
     for name in reversed(sets):  # the exported set and its initialization first: their difference is the question
-        if keys[name] not in done:
-            console.print(f"scoring {name}: {args.rounds} rounds x {args.epochs} epochs on the test split")
-            res = evaluate_images(sets[name], splits.spec, *splits.test, rounds=args.rounds, epochs=args.epochs,
-                                  seed=args.seed, device=device)
-            done[keys[name]] = {"rounds": res["rounds"], "seeds": res["seeds"], "seconds": res["seconds"]}
-            save_json(done, done_path)
+        if keys[name] not in {keys[n] for n in todo}:  # identical sets are scored once
+            todo[name] = [r for r in range(args.rounds) if str(r) not in done.get(keys[name], {})]
+    with make_progress() as bar:
+        task = bar.add_task("scoring on the test split", total=sum(map(len, todo.values())) * args.epochs,
+                            status="")
+        for name, rounds in todo.items():
+            for r in rounds:
+                def report(epoch: int, loss: float, acc: float, name: str = name, r: int = r) -> None:
+                    bar.update(task, advance=1, status=f"{name} round {r + 1}/{args.rounds} loss {loss:.3f}")
+
+                tock = time.perf_counter()
+                acc = train_and_test(sets[name], labels, *splits.test, num_classes=splits.spec.num_classes,
+                                     epochs=args.epochs, seed=seeds[r], device=device, progress=report)
+                done.setdefault(keys[name], {})[str(r)] = {"accuracy": acc, "seed": seeds[r],
+                                                           "seconds": round(time.perf_counter() - tock, 1)}
+                save_json(done, done_path)
+                console.print(f"{name} round {r + 1}: {acc:.4f}")
+    scores = {name: [done[keys[name]][str(r)]["accuracy"] for r in range(args.rounds)] for name in sets}
     rows = []
     for name in sets:
-        mean, se = mean_se(done[keys[name]]["rounds"])
-        rows.append({"set": name, "mean": mean, "se": se, **done[keys[name]]})
+        mean, se = mean_se(scores[name])
+        rows.append({"set": name, "mean": mean, "se": se, "rounds": scores[name], "seeds": seeds})
     a, b, c = (r["rounds"] for r in rows)
     differences = {"(c) - (b)": paired(c, b), "(b) - (a)": paired(b, a), "(c) - (a)": paired(c, a)}
     result = {"sets": rows, "differences": differences, "epochs": args.epochs, "rounds": args.rounds,
