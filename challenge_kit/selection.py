@@ -27,6 +27,11 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
+def _weak(diff: dict, before: str, after: str) -> str:
+    """A warning, between ``before`` and ``after``, when a gain is within 2 standard errors; else nothing."""
+    return "" if diff["mean"] > 2 * diff["se"] else f"{before}within 2 standard errors: not a significant gain{after}"
+
+
 def paired(a: list[float], b: list[float]) -> dict:
     """a - b over rounds that share seeds: mean difference and its standard error."""
     mean, se = mean_se([x - y for x, y in zip(a, b, strict=True)])
@@ -72,9 +77,12 @@ class Selector:
                                                 f"{runner['mean']:.4f} against its {first['mean']:.4f}")
             return {**out, "export": first["iteration"], "reason": f"no candidate beat the initialization{behind}",
                     "final": None}
-        if self.config.final_rounds < 1:
+        if self.config.final_rounds < 1:  # the selection rounds are paired (same seeds): say by how much
+            diff = paired(leader["rounds"], first["rounds"])
             return {**out, "export": leader["iteration"], "final": None,
-                    "reason": f"iteration {leader['iteration']} scored best ({leader['mean']:.4f}; no final rounds)"}
+                    "reason": f"iteration {leader['iteration']} scored best ({leader['mean']:.4f} against the "
+                              f"initialization's {first['mean']:.4f}: {diff['mean']:+.4f} +- {diff['se']:.4f} over "
+                              f"{diff['rounds']} paired selection rounds{_weak(diff, ', ', '')}; no final rounds)"}
         seed = self.config.seed + FINAL_SEED_OFFSET
         final = {"leader": self.score(best, self.config.final_rounds, seed, per_class=True),
                  "init": self.score(init, self.config.final_rounds, seed, per_class=True)}
@@ -82,9 +90,9 @@ class Selector:
         final["difference"] = diff
         margin = f"{diff['mean']:+.4f} +- {diff['se']:.4f} over {diff['rounds']} fresh paired rounds"
         if diff["mean"] > 0:
-            weak = "" if diff["mean"] > 2 * diff["se"] else " (within 2 standard errors: not a significant gain)"
             return {**out, "export": leader["iteration"], "final": final,
-                    "reason": f"iteration {leader['iteration']} beat the initialization by {margin}{weak}"}
+                    "reason": f"iteration {leader['iteration']} beat the initialization by "
+                              f"{margin}{_weak(diff, ' (', ')')}"}
         return {**out, "export": first["iteration"], "final": final,
                 "reason": f"iteration {leader['iteration']} led the selection rounds but not the fresh ones "
                           f"({margin}): exporting the initialization"}
