@@ -25,11 +25,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from challenge_kit.contract import get_spec
+from challenge_kit.core.contract import get_spec
+from challenge_kit.core.devices import tune_allocator
+from challenge_kit.core.models import FunctionalConvNet, ModelConfig
+from challenge_kit.core.parallel import process_group
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.models import FunctionalConvNet, ModelConfig
-from challenge_kit.parallel import process_group
-from challenge_kit.runtime import tune_allocator
 
 
 def _rss_mb() -> float:

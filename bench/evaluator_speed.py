@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, TensorDataset
 
-from challenge_kit import augment
-from challenge_kit.contract import SPECS, default_labels, normalize
-from challenge_kit.models import ConvNet, ModelConfig
+from challenge_kit.core import augment
+from challenge_kit.core.contract import SPECS, default_labels, normalize
+from challenge_kit.core.devices import resolve_device
+from challenge_kit.core.models import ConvNet, ModelConfig
 from evaluator import scorer
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings per variant; best is kept")
     args = parser.parse_args()
     spec = SPECS[args.dataset]
-    device = scorer.resolve_device(args.device)
+    device = resolve_device(args.device)
     epochs = args.epochs or (200 if device.type == "cuda" else 3)
     g = torch.Generator().manual_seed(0)
     images = normalize(torch.rand(spec.shape, generator=g), spec)

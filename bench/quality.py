@@ -20,18 +20,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from challenge_kit.contract import default_labels
+from challenge_kit.core.contract import default_labels
+from challenge_kit.core.devices import resolve_device, tune_allocator
+from challenge_kit.core.models import ModelConfig
+from challenge_kit.core.progress import make_progress
+from challenge_kit.core.storage import DistilledArtifact, load_torch, save_json
 from challenge_kit.experts import Trajectories, data_fingerprint
-from challenge_kit.models import ModelConfig
 from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
-from challenge_kit.progress import make_progress
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
-from challenge_kit.runtime import tune_allocator
 from challenge_kit.selection import mean_se, paired
-from challenge_kit.storage import DistilledArtifact, load_torch, save_json
-from evaluator.scorer import resolve_device, round_seeds, train_and_test
+from evaluator.scorer import round_seeds, train_and_test
 
 
 def main() -> None:

@@ -22,17 +22,17 @@ from pathlib import Path
 import torch
 
 from challenge_kit import experts as expert_store
-from challenge_kit.errors import KitFileError
+from challenge_kit.core.devices import resolve_device, usable_device
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.progress import console
+from challenge_kit.core.storage import DistilledArtifact, atomic_write, run_lock, save_json
 from challenge_kit.experts import NOT_TRAJECTORY
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
-from challenge_kit.progress import console
 from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
-from challenge_kit.runtime import usable_device
 from challenge_kit.selection import mean_se, paired
-from challenge_kit.storage import DistilledArtifact, atomic_write, run_lock, save_json
-from evaluator.scorer import evaluate_images, resolve_device
+from evaluator.scorer import evaluate_images
 
 RESULT = "ablate.json"
 CHART = "ablate.png"
@@ -189,7 +189,7 @@ def ablation_table(summary: dict):
 
 
 def main() -> None:
-    from challenge_kit.runtime import tune_allocator
+    from challenge_kit.core.devices import tune_allocator
 
     tune_allocator()
     run_variant(json.loads(sys.argv[1]))

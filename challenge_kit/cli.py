@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from challenge_kit.contract import get_spec
-from challenge_kit.errors import ExportRefused, KitFileError, file_errors
+from challenge_kit.core.contract import get_spec
+from challenge_kit.core.errors import ExportRefused, KitFileError, file_errors
 
 
 class KitCommands(TyperGroup):
@@ -34,7 +34,7 @@ app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
 @app.callback()
 def main() -> None:
     """ddkit: distill, verify and score ECCV 2024 DD challenge submissions."""
-    from challenge_kit.runtime import tune_allocator
+    from challenge_kit.core.devices import tune_allocator
 
     tune_allocator()
 
@@ -88,11 +88,11 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from challenge_kit.parallel import process_group
-    from challenge_kit.progress import console
-    from challenge_kit.runtime import usable_device
-    from challenge_kit.verify import findings, verify_tensor
-    from evaluator.inputs import load_inputs
+    from challenge_kit.core.devices import usable_device
+    from challenge_kit.core.parallel import process_group
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.submission import load_inputs
+    from challenge_kit.core.verify import findings, verify_tensor
     from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
@@ -192,7 +192,7 @@ def verify(
     from rich.markup import escape
 
     from challenge_kit.bundle import verify_zip
-    from challenge_kit.verify import report_table, verify_path
+    from challenge_kit.core.verify import report_table, verify_path
 
     is_zip = Path(path).suffix == ".zip"
     if is_zip and (dataset != "auto" or reference_model):
@@ -266,7 +266,7 @@ def bundle_cmd(
     from rich.table import Table
 
     from challenge_kit.bundle import bundle, manifest_path
-    from challenge_kit.progress import console
+    from challenge_kit.core.progress import console
 
     try:
         manifest = bundle(exports, out)
@@ -312,8 +312,8 @@ def _expert_table(rows: list[dict], title: str):
 def _store_rows(directory: str) -> list[dict]:
     from pathlib import Path
 
+    from challenge_kit.core.storage import read_metadata
     from challenge_kit.experts import store_status
-    from challenge_kit.storage import read_metadata
 
     rows = []
     for status in store_status(directory):
@@ -334,9 +334,9 @@ def reference(
     image_folder: bool = typer.Option(False, "--image-folder", help="read ROOT as ImageFolder (ROOT/test/<class>/*)"),
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import output_file
     from challenge_kit.data import build_reference
-    from challenge_kit.progress import console
-    from challenge_kit.storage import output_file
 
     try:
         output_file(out)
@@ -393,10 +393,10 @@ def experts_import(
     data_root: str | None = typer.Option(None, "--data-root", help="dataset folder, to detect a Tiny ImageNet subset"),
 ) -> None:
     """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import run_lock
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts import import_buffers
-    from challenge_kit.progress import console
-    from challenge_kit.storage import run_lock
 
     try:
         spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
@@ -414,9 +414,9 @@ def experts_export(
     per_file: int = typer.Option(10, "--per-file", help="experts per buffer file (DATM: 10)"),
 ) -> None:
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import output_folder
     from challenge_kit.experts import export_buffers
-    from challenge_kit.progress import console
-    from challenge_kit.storage import output_folder
 
     try:
         output_folder(out)
@@ -454,7 +454,7 @@ def _print_manifest(manifest: dict, out: str, as_json: bool) -> None:
 
     from rich.table import Table
 
-    from challenge_kit.progress import console
+    from challenge_kit.core.progress import console
 
     if as_json:
         typer.echo(json.dumps(manifest, indent=2, sort_keys=True))

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from challenge_kit.contract import DatasetSpec, get_spec, normalize
-from challenge_kit.errors import KitFileError
-from challenge_kit.storage import load_tensors, save_tensors, save_torch
+from challenge_kit.core.contract import DatasetSpec, get_spec, normalize
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import load_tensors, save_tensors, save_torch
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

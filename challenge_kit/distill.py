@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.errors import KitFileError
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.models import FunctionalConvNet, ModelConfig
+from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.experts import Trajectories, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.models import FunctionalConvNet, ModelConfig
-from challenge_kit.parallel import LOCAL, Shard
 from challenge_kit.recipes import Recipe
 from challenge_kit.runs import DistillState, Monitor, RunDir
 from challenge_kit.selection import Selector

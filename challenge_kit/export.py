@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 import challenge_kit
-from challenge_kit.contract import DatasetSpec, default_labels, denormalize
-from challenge_kit.errors import ExportRefused, KitFileError
+from challenge_kit.core.contract import DatasetSpec, default_labels, denormalize
+from challenge_kit.core.errors import ExportRefused, KitFileError
+from challenge_kit.core.storage import DistilledArtifact, atomic_write, save_json, save_torch, sha256
+from challenge_kit.core.verify import verify_path, verify_tensor
 from challenge_kit.runs import BEST, SUMMARY
-from challenge_kit.storage import DistilledArtifact, atomic_write, save_json, save_torch, sha256
-from challenge_kit.verify import verify_path, verify_tensor
 
 MANIFEST = "manifest.json"
 PREVIEW = "preview.png"

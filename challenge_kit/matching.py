@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from challenge_kit import augment
-from challenge_kit.models import FunctionalConvNet
-from challenge_kit.parallel import LOCAL, Shard, replicated, summed
+from challenge_kit.core import augment
+from challenge_kit.core.models import FunctionalConvNet
+from challenge_kit.core.parallel import LOCAL, Shard, replicated, summed
 from challenge_kit.recipes import GRAD_MODES
 
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 
 from challenge_kit import data, experts
-from challenge_kit.contract import DatasetSpec
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.devices import usable_device
+from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
+from challenge_kit.core.progress import console, expert_progress, make_progress, time_first_steps
+from challenge_kit.core.storage import run_lock
 from challenge_kit.distill import distill
 from challenge_kit.export import export_run
-from challenge_kit.parallel import LOCAL, Shard, process_group, rank_indices
-from challenge_kit.progress import console, expert_progress, make_progress, time_first_steps
 from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import DistillState
-from challenge_kit.runtime import usable_device
-from challenge_kit.storage import run_lock
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from challenge_kit.storage import atomic_write
+from challenge_kit.core.storage import atomic_write
 
 WIDTH, HEIGHT = 900, 480
 MARGIN = (80, 50, 30, 60)  # left, top, right, bottom

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from challenge_kit import parts
-from challenge_kit.contract import get_spec
+from challenge_kit.core.contract import get_spec
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.errors import KitFileError
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch
 from challenge_kit.export import write_preview
 from challenge_kit.plots import Series, bar_chart, line_chart
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
-from challenge_kit.storage import DistilledArtifact, atomic_write, load_torch
 
 REPORT_DIR = "report"
 WEAKEST = 5

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.errors import KitFileError
-from challenge_kit.parallel import LOCAL, Shard
-from challenge_kit.progress import make_progress
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.parallel import LOCAL, Shard
+from challenge_kit.core.progress import make_progress
+from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch, save_json, save_torch
 from challenge_kit.recipes import Recipe
 from challenge_kit.selection import Selector
-from challenge_kit.storage import DistilledArtifact, atomic_write, load_torch, save_json, save_torch
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"

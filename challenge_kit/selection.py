@@ -13,8 +13,8 @@ import statistics
 
 import torch
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.parallel import LOCAL, Shard
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.recipes import EvalConfig
 from evaluator.scorer import evaluate_images
 

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from challenge_kit import parts
-from challenge_kit.contract import DatasetSpec
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.experts import Trajectories, sgd_step
 from challenge_kit.matching import MatchResult
-from challenge_kit.models import FunctionalConvNet
 from challenge_kit.parts.initializations import InitContext
 from challenge_kit.parts.labels import LabelContext
 from challenge_kit.recipes import DistillConfig, Recipe

@@ -4,7 +4,7 @@
 it (model selection during distillation); ``load_inputs`` reads and validates what gets scored.
 """
 
-from evaluator.inputs import load_inputs, load_reference, load_submission, resolve_spec
+from challenge_kit.core.submission import load_inputs, load_reference, load_submission, resolve_spec
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images, lr_at, train_and_test
 
 __all__ = ["EPOCHS", "ROUNDS", "evaluate_images", "load_inputs", "load_reference", "load_submission",

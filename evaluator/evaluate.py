@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit.contract import SPECS, DatasetSpec
-from challenge_kit.errors import KitFileError, file_errors
-from challenge_kit.parallel import LOCAL, Shard
-from challenge_kit.runtime import tune_allocator, usable_device
-from challenge_kit.storage import atomic_write, output_folder, save_json
-from challenge_kit.verify import findings, verify_tensor
-from evaluator.inputs import load_reference, load_submission
+from challenge_kit.core.contract import SPECS, DatasetSpec
+from challenge_kit.core.devices import tune_allocator, usable_device
+from challenge_kit.core.errors import KitFileError, file_errors
+from challenge_kit.core.parallel import LOCAL, Shard
+from challenge_kit.core.storage import atomic_write, output_folder, save_json
+from challenge_kit.core.submission import load_reference, load_submission
+from challenge_kit.core.verify import findings, verify_tensor
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
 SCORES_TXT = "scores.txt"

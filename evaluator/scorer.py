@@ -17,20 +17,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from challenge_kit import augment
-from challenge_kit.contract import DatasetSpec, default_labels
-from challenge_kit.models import ConvNet, ModelConfig
-from challenge_kit.parallel import LOCAL, Shard, rank_indices
-from challenge_kit.progress import make_progress
-
-# The recipe: every scorer constant lives here and only here.
-EPOCHS = 1001  # epoch indices 0..1000
-ROUNDS = 3
-LR = 0.01
-LR_DECAY = 0.1
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
-BATCH_SIZE = 256
+from challenge_kit.core import augment
+from challenge_kit.core.contract import (
+    BATCH_SIZE,
+    EPOCHS,
+    LR,
+    LR_DECAY,
+    MOMENTUM,
+    ROUNDS,
+    WEIGHT_DECAY,
+    DatasetSpec,
+    default_labels,
+)
+from challenge_kit.core.devices import resolve_device
+from challenge_kit.core.models import ConvNet, ModelConfig
+from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
+from challenge_kit.core.progress import make_progress
 
 Progress = Callable[[int, float, float], None]  # (epoch index, mean train loss, train accuracy)
 
@@ -48,13 +50,6 @@ def lr_at(epoch: int, epochs: int = EPOCHS, lr: float = LR) -> float:
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     """A fresh SGD: the reference builds a new one at the lr drop, so momentum buffers restart."""
     return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-
-
-def resolve_device(device: torch.device | str | None = None) -> torch.device:
-    """The device asked for, else CUDA when present, else the CPU: one code path for both."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def fresh_seed() -> int:

@@ -3,7 +3,7 @@ of each test's own instead of the user's ~/.cache/ddkit."""
 
 import pytest
 
-from challenge_kit.runtime import tune_allocator
+from challenge_kit.core.devices import tune_allocator
 
 tune_allocator()
 

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from challenge_kit.contract import DatasetSpec, default_labels, normalize
+from challenge_kit.core.contract import DatasetSpec, default_labels, normalize
+from challenge_kit.core.storage import DistilledArtifact
 from challenge_kit.runs import BEST
-from challenge_kit.storage import DistilledArtifact
 
 
 def color(label: int) -> tuple[int, int, int]:

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from challenge_kit import augment
-from challenge_kit.augment import GROUPS, apply, crop_shift, cutout_side, dsa, sample
+from challenge_kit.core import augment
+from challenge_kit.core.augment import GROUPS, apply, crop_shift, cutout_side, dsa, sample
 
 D = torch.float64
 

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from challenge_kit import bundle as bundle_module
 from challenge_kit.cli import app
-from challenge_kit.contract import TINYIMAGENET
+from challenge_kit.core.contract import TINYIMAGENET
+from challenge_kit.core.storage import sha256
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
-from challenge_kit.storage import sha256
 from evaluator import evaluate as evaluate_module
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"

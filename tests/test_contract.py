@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from challenge_kit.contract import (
+from challenge_kit.core.contract import (
     CIFAR100,
     SPECS,
     TINYIMAGENET,

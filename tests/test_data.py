@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from challenge_kit import data
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, TINYIMAGENET, denormalize, normalize
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, denormalize, normalize
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split
-from challenge_kit.errors import KitFileError
-from challenge_kit.storage import load_torch
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
-from challenge_kit.contract import CIFAR100, default_labels
+from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import DistilledArtifact, read_metadata
 from challenge_kit.distill import distill
-from challenge_kit.errors import KitFileError
 from challenge_kit.experts import expert_files, train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
 from challenge_kit.selection import Selector, paired
-from challenge_kit.storage import DistilledArtifact, read_metadata
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
 

@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, TINYIMAGENET, default_labels
-from challenge_kit.storage import DistilledArtifact
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
+from challenge_kit.core.storage import DistilledArtifact
+from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
 from evaluator.evaluate import main
-from evaluator.inputs import resolve_spec
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_and_test
 
 REPO = Path(__file__).resolve().parent.parent

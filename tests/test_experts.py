@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from challenge_kit import experts as ex
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100
-from challenge_kit.errors import KitFileError
-from challenge_kit.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
+from challenge_kit.core.contract import CIFAR100
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
+from challenge_kit.core.storage import load_torch, read_metadata
 from challenge_kit.parts import expert_parts
 from challenge_kit.recipes import ExpertConfig
-from challenge_kit.storage import load_torch, read_metadata
 
 SPEC = CIFAR100.subset(4)
 MODEL = ModelConfig.for_spec(SPEC, width=8)

@@ -42,15 +42,16 @@ from typer.testing import CliRunner
 
 import challenge_kit.pipeline
 import evaluator.evaluate
-from challenge_kit import data, progress
+from challenge_kit import data
 from challenge_kit import experts as ex
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100
+from challenge_kit.core import progress
+from challenge_kit.core.contract import CIFAR100
+from challenge_kit.core.models import ModelConfig
+from challenge_kit.core.storage import LOCK_FILE, read_metadata
 from challenge_kit.export import export_run
-from challenge_kit.models import ModelConfig
 from challenge_kit.pipeline import full_run_estimate, make_submission
 from challenge_kit.recipes import ExpertConfig, load_recipe
-from challenge_kit.storage import LOCK_FILE, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATOR = "python -m evaluator"
@@ -322,7 +323,7 @@ def test_offline_download(world, monkeypatch, command):
 
 HOLDER = textwrap.dedent("""
     import contextlib, sys
-    from challenge_kit.storage import run_lock
+    from challenge_kit.core.storage import run_lock
     with contextlib.ExitStack() as stack:
         for folder in sys.argv[1:]:
             stack.enter_context(run_lock(folder))

@@ -4,8 +4,8 @@ labels) and every method term (masks, per-step weights, intermediate targets), p
 import pytest
 import torch
 
+from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.matching import Matching, inner_loss, match, normalized_distance, plan_inner_steps
-from challenge_kit.models import FunctionalConvNet, ModelConfig
 
 D = torch.float64
 

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from challenge_kit.ablate import expert_dir
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, default_labels
-from challenge_kit.errors import ExportRefused
+from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.errors import ExportRefused
+from challenge_kit.core.storage import DistilledArtifact, save_json
 from challenge_kit.experts import train_experts
 from challenge_kit.export import export_run
 from challenge_kit.recipes import ExpertConfig, load_recipe
 from challenge_kit.runs import BEST
-from challenge_kit.storage import DistilledArtifact, save_json
 
 runner = CliRunner()
 SUBSET = CIFAR100.subset(5)

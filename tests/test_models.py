@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from challenge_kit.contract import CIFAR100, TINYIMAGENET
-from challenge_kit.models import (
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
+from challenge_kit.core.models import (
     ACTIVATIONS,
     NORMS,
     POOLINGS,

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from challenge_kit import parts
-from challenge_kit.contract import CIFAR100, default_labels
+from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts import Trajectories, difficulty_order, lr_at, train_experts
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.models import FunctionalConvNet, ModelConfig
 from challenge_kit.parts import expert_parts, initializations, labels, matching_parts
 from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
 

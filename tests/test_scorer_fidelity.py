@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from challenge_kit.contract import default_labels
-from challenge_kit.models import ConvNet, ModelConfig
+from challenge_kit.core.contract import default_labels
+from challenge_kit.core.models import ConvNet, ModelConfig
 from evaluator import scorer
 
 GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from challenge_kit import storage
-from challenge_kit.contract import CIFAR100, TINYIMAGENET
-from challenge_kit.errors import KitFileError
-from challenge_kit.storage import (
+from challenge_kit.core import storage
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import (
     ARTIFACT_FORMAT,
     LOCK_FILE,
     DistilledArtifact,

@@ -12,10 +12,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, default_labels
-from challenge_kit.errors import ExportRefused
+from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.errors import ExportRefused
+from challenge_kit.core.storage import load_torch, sha256
 from challenge_kit.export import export_run
-from challenge_kit.storage import load_torch, sha256
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 SUBSET = CIFAR100.subset(5)

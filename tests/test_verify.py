@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
-from challenge_kit.models import ConvNet, ModelConfig, flatten_params
-from challenge_kit.storage import DistilledArtifact, save_json, save_tensors, save_torch
-from challenge_kit.verify import (
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
+from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
+from challenge_kit.core.storage import DistilledArtifact, save_json, save_tensors, save_torch
+from challenge_kit.core.verify import (
     FAIL,
     PASS,
     WARN,

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from challenge_kit.models import FunctionalConvNet
+from challenge_kit.core.models import FunctionalConvNet
 
 # ---------------------------------------------------------------------------------------------- objectives
 

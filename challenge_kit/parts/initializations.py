@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.models import ConvNet, ModelConfig, load_flat_
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_
 
 BATCH = 512
 KMEANS_ITERATIONS = 50

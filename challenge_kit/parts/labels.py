@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from challenge_kit.contract import DatasetSpec, default_labels
-from challenge_kit.models import FunctionalConvNet
+from challenge_kit.core.contract import DatasetSpec, default_labels
+from challenge_kit.core.models import FunctionalConvNet
 
 BATCH = 512
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from challenge_kit.models import FunctionalConvNet
+from challenge_kit.core.models import FunctionalConvNet
 
 
 def all_parameters(net: FunctionalConvNet, cfg) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from challenge_kit.contract import DatasetSpec
+from challenge_kit.core.contract import DatasetSpec
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")

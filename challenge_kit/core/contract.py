@@ -97,6 +97,15 @@ TINYIMAGENET = DatasetSpec(
 )
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (CIFAR100, TINYIMAGENET)}
 
+# The scorer's training recipe (the official evaluate.py): every constant of it lives here and only here.
+EPOCHS = 1001  # epoch indices 0..1000
+ROUNDS = 3
+LR = 0.01
+LR_DECAY = 0.1  # after epoch index EPOCHS // 2 + 1, with a fresh optimizer (momentum restarts)
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+BATCH_SIZE = 256
+
 
 def get_spec(name: str) -> DatasetSpec:
     try:

@@ -1,4 +1,4 @@
-"""Process set-up done once at the edge (the CLI, the scorer's entry point, benchmarks, tests): allocator, device.
+"""Devices and process set-up, done once at the edge (the CLI, the scorer's entry point, benchmarks, tests).
 
 glibc serves every allocation above 32 MiB with a fresh ``mmap`` and returns it to the OS on free, so each
 CPU training step page-faults its activation buffers in again (hundreds of MB at 64 px): about 40% of a
@@ -35,12 +35,19 @@ def _first_sentence(e: Exception) -> str:
     return str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
 
 
+def resolve_device(device=None):
+    """The device asked for, else CUDA when present, else the CPU: one code path for both."""
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def usable_device(device: str | None = None):
     """The torch device to run on, proven usable before any data is read: a missing GPU is one line now, not a
     CUDA traceback after the data is loaded. ``None`` picks CUDA when present, else the CPU."""
     import torch
-
-    from evaluator.scorer import resolve_device
 
     name = f"--device {device}" if device else "default device"
     try:

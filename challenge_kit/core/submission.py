@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
-from challenge_kit.errors import KitFileError
-from challenge_kit.storage import DistilledArtifact, load_torch
+from challenge_kit.core.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.storage import DistilledArtifact, load_torch
 
 REFERENCE_KEYS = ("images_val", "labels_val")
 MANIFEST = "manifest.json"

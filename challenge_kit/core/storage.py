@@ -29,8 +29,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from challenge_kit.contract import DatasetSpec
-from challenge_kit.errors import ESCAPES, KitFileError, first_line
+from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import ESCAPES, KitFileError, first_line
 
 try:
     import fcntl

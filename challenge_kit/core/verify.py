@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from challenge_kit.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
-from challenge_kit.errors import KitFileError
-from challenge_kit.experts import infer_model_config, read_expert
-from challenge_kit.models import ConvNet, load_flat_
-from challenge_kit.storage import DistilledArtifact, load_rows, load_torch, load_torch_bytes
-from evaluator.inputs import manifest_spec, read_manifest, resolve_spec
-from evaluator.scorer import LR as SCORER_LR
-from evaluator.scorer import resolve_device
+from challenge_kit.core.contract import LR as SCORER_LR
+from challenge_kit.core.contract import SPECS, DatasetSpec, default_labels, get_spec, spec_for_shape
+from challenge_kit.core.devices import resolve_device
+from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.expert_file import infer_model_config, read_expert
+from challenge_kit.core.models import ConvNet, load_flat_
+from challenge_kit.core.storage import DistilledArtifact, load_rows, load_torch, load_torch_bytes
+from challenge_kit.core.submission import manifest_spec, read_manifest, resolve_spec
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 
