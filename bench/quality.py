@@ -24,6 +24,7 @@ from challenge_kit.core.contract import default_labels
 from challenge_kit.core.devices import resolve_device, tune_allocator
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.progress import make_progress
+from challenge_kit.core.seeds import round_seeds
 from challenge_kit.core.storage import DistilledArtifact, load_torch, save_json
 from challenge_kit.experts import Trajectories, data_fingerprint
 from challenge_kit.parts.initializations import InitContext, real
@@ -31,7 +32,7 @@ from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_s
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
 from challenge_kit.selection import mean_se, paired
-from evaluator.scorer import round_seeds, train_and_test
+from evaluator.scorer import train_and_test
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from challenge_kit.core import seeds
 from challenge_kit.core.contract import DatasetSpec, get_spec, normalize
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import load_tensors, save_tensors, save_torch
@@ -392,7 +393,7 @@ def split_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torc
 
     The held-out images are the selection split: neither experts nor distillation ever see them.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeds.generator(seed)
     kept, held = [], []
     for c in torch.unique(labels).tolist():
         pool = torch.nonzero(labels == c).flatten()

@@ -15,10 +15,9 @@ import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.parallel import LOCAL, Shard
+from challenge_kit.core.seeds import final_round_seed
 from challenge_kit.recipes import EvalConfig
 from evaluator.scorer import evaluate_images
-
-FINAL_SEED_OFFSET = 1  # fresh seeds for the final comparison: (seed + 1) * 1000 + r, never a candidate's
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -83,7 +82,7 @@ class Selector:
                     "reason": f"iteration {leader['iteration']} scored best ({leader['mean']:.4f} against the "
                               f"initialization's {first['mean']:.4f}: {diff['mean']:+.4f} +- {diff['se']:.4f} over "
                               f"{diff['rounds']} paired selection rounds{_weak(diff, ', ', '')}; no final rounds)"}
-        seed = self.config.seed + FINAL_SEED_OFFSET
+        seed = final_round_seed(self.config.seed)
         final = {"leader": self.score(best, self.config.final_rounds, seed, per_class=True),
                  "init": self.score(init, self.config.final_rounds, seed, per_class=True)}
         diff = paired(final["leader"]["rounds"], final["init"]["rounds"])

@@ -14,6 +14,7 @@ import torch
 from challenge_kit import parts
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.models import FunctionalConvNet
+from challenge_kit.core.seeds import distill_generators
 from challenge_kit.experts import Trajectories, sgd_step
 from challenge_kit.matching import MatchResult
 from challenge_kit.parts.initializations import InitContext
@@ -52,10 +53,9 @@ def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net:
                   device: torch.device) -> DistillState:
     """Iteration 0: the initialization part's images, the label part's labels, lr_init, T = current_max_start."""
     cfg = recipe.distill
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen, aug = distill_generators(cfg.seed, device)
     images = method.init(InitContext(spec, real_images, real_labels, experts, net.config, gen, device)).float()
     labels = method.labels.initial(images.to(device), label_context(recipe, spec, experts, net, device))
-    aug = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     return DistillState(iteration=0, images=images.cpu(), labels=labels.detach().cpu(), lr=torch.tensor(cfg.lr_init),
                         upper=cfg.current_max_start_epoch, rng=gen.get_state(), aug_rng=aug.get_state())
 

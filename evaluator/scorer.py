@@ -9,11 +9,9 @@ augmented on the device, and losses and correct counts stay on the device until 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +31,7 @@ from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
+from challenge_kit.core.seeds import fresh_seed, round_seeds, stream_seeds
 
 Progress = Callable[[int, float, float], None]  # (epoch index, mean train loss, train accuracy)
 
@@ -50,25 +49,6 @@ def lr_at(epoch: int, epochs: int = EPOCHS, lr: float = LR) -> float:
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
     """A fresh SGD: the reference builds a new one at the lr drop, so momentum buffers restart."""
     return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-
-
-def fresh_seed() -> int:
-    """An unpredictable seed (the official scorer seeds nothing), drawn so a run can still be replayed."""
-    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-
-
-def round_seeds(seed: int | None, rounds: int) -> list[int]:
-    """One seed per round derived from ``seed`` (fresh ones when ``seed`` is None)."""
-    if seed is None:
-        return [fresh_seed() for _ in range(rounds)]
-    return [(seed * 1000 + r) & 0x7FFFFFFF for r in range(rounds)]
-
-
-def stream_seeds(seed: int) -> tuple[int, int, int]:
-    """Seeds of a round's three random streams: network init, device draws (shuffle, augmentation
-    parameters), augmentation group. Derived by ``SeedSequence`` so they differ in their low 32 bits:
-    torch's CPU generator keeps only those, so ``seed + 2**32`` would replay the very same numbers."""
-    return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
 
 
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:

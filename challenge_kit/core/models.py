@@ -7,6 +7,7 @@ flat vector of parameters, which is what experts store and what the matching los
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -119,6 +120,28 @@ def unflatten_params(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -
         out[name] = flat[offset:offset + n].view(shape)
         offset += n
     return out
+
+
+INFERENCE_BATCH = 512  # images per forward pass wherever the kit only predicts (eval mode, no gradient)
+
+
+@torch.no_grad()
+def predict(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+            device: torch.device | None = None, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
+    """``forward`` over ``images`` in batches with ``module`` in eval mode (its mode is restored after).
+
+    With ``device``, each batch is moved there as float32 and the outputs come back to the images' device, so a
+    large CPU pool is never copied whole to a GPU.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        if device is None:
+            return torch.cat([forward(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat([forward(images[i:i + batch_size].to(device, torch.float32)).to(images.device)
+                          for i in range(0, len(images), batch_size)])
+    finally:
+        module.train(was_training)
 
 
 def load_flat_(net: nn.Module, flat: torch.Tensor) -> nn.Module:

@@ -8,9 +8,8 @@ from typing import Any
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_
+from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_, predict
 
-BATCH = 512
 KMEANS_ITERATIONS = 50
 CORRECT_EXPERTS = 3  # experts asked in turn for correctly classified images before falling back to any
 
@@ -32,11 +31,6 @@ class InitContext:
 def expert_model(ctx: InitContext, expert: int = 0) -> ConvNet:
     """An expert's last snapshot as an eval-mode ConvNet on the run's device."""
     return load_flat_(ConvNet(ctx.model).to(ctx.device), ctx.experts.last(expert)).eval()
-
-
-@torch.no_grad()
-def _apply(fn, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([fn(images[i:i + BATCH].to(device)).cpu() for i in range(0, len(images), BATCH)])
 
 
 def _pools(ctx: InitContext) -> list[torch.Tensor]:
@@ -68,7 +62,7 @@ def real_correct(ctx: InitContext) -> torch.Tensor:
         for model in models:
             if len(ranked) >= ctx.spec.ipc or len(left) == 0:
                 break
-            right = _apply(model, ctx.images[left], ctx.device).argmax(1) == c
+            right = predict(model, model, ctx.images[left], ctx.device).argmax(1) == c
             ranked.append(left[right])
             left = left[~right]
         chosen.append(_take(torch.cat([*ranked, left]), ctx.spec.ipc, ctx.generator))
@@ -117,7 +111,7 @@ def representative(ctx: InitContext) -> torch.Tensor:
         if len(pool) <= ctx.spec.ipc:
             chosen.append(_take(pool, ctx.spec.ipc, ctx.generator))
             continue
-        features = _apply(model.embed, ctx.images[pool], ctx.device)
+        features = predict(model, model.embed, ctx.images[pool], ctx.device)
         centroids = kmeans(features, ctx.spec.ipc, ctx.generator)
         chosen.append(pool[nearest_distinct(features, centroids)])
     return ctx.images[torch.cat(chosen)].clone()

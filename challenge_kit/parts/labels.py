@@ -13,9 +13,7 @@ from typing import Any
 import torch
 
 from challenge_kit.core.contract import DatasetSpec, default_labels
-from challenge_kit.core.models import FunctionalConvNet
-
-BATCH = 512
+from challenge_kit.core.models import FunctionalConvNet, predict
 
 
 @dataclass
@@ -28,12 +26,8 @@ class LabelContext:
     device: torch.device
 
 
-@torch.no_grad()
 def logits(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    net.module.eval()
-    out = torch.cat([net(theta, images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
-    net.module.train()
-    return out
+    return predict(net.module, lambda x: net(theta, x), images)
 
 
 def _snapshot(ctx: LabelContext, expert: int) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""Every random stream the kit and the scorer draw from, named in one place and derived from the user's seed.
+
+Each function keeps the values its stream has always drawn, so seeds given before this module existed replay
+the same experts, sets and scores. Streams that must not collide are derived apart (a digest, an offset or a
+``SeedSequence``), never by reusing one generator for two jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+SEED_MASK = 0x7FFFFFFF  # the official scorer's seeds are non-negative 31-bit ints
+FINAL_SEED_OFFSET = 1  # selection's fresh rounds: (seed + 1) * 1000 + r, never a candidate's round seed
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with ``seed`` on ``device``: the holdout split, a baseline's draw, a distillation run."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def expert_generator(seed: int, index: int) -> torch.Generator:
+    """The one CPU generator behind everything random in expert ``index`` (init, shuffling, DSA): a digest of
+    (seed, index), so experts are independent of each other and of how they are split over processes."""
+    digest = hashlib.sha256(f"ddkit-expert:{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def distill_generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """Distillation's CPU stream (initialization, expert and start-epoch draws, batches) and its device stream
+    (the augmentation of every inner step)."""
+    return generator(seed), generator(seed + 1, device)
+
+
+def fresh_seed() -> int:
+    """An unpredictable seed (the official scorer seeds nothing), drawn so a run can still be replayed."""
+    return int.from_bytes(os.urandom(4), "little") & SEED_MASK
+
+
+def round_seeds(seed: int | None, rounds: int) -> list[int]:
+    """One scorer seed per round derived from ``seed`` (fresh ones when ``seed`` is None)."""
+    if seed is None:
+        return [fresh_seed() for _ in range(rounds)]
+    return [(seed * 1000 + r) & SEED_MASK for r in range(rounds)]
+
+
+def final_round_seed(seed: int) -> int:
+    """The seed whose rounds re-score selection's leader against the initialization (fresh, paired)."""
+    return seed + FINAL_SEED_OFFSET
+
+
+def stream_seeds(seed: int) -> tuple[int, int, int]:
+    """Seeds of a scorer round's three streams: network init, device draws (shuffle, augmentation parameters),
+    augmentation group. Derived by ``SeedSequence`` so they differ in their low 32 bits: torch's CPU generator
+    keeps only those, so ``seed + 2**32`` would replay the very same numbers."""
+    return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
