@@ -31,7 +31,7 @@ from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
-from challenge_kit.selection import mean_se, paired
+from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import train_and_test
 
 

@@ -31,7 +31,7 @@ from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
 from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
-from challenge_kit.selection import mean_se, paired
+from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import evaluate_images
 
 RESULT = "ablate.json"

@@ -18,9 +18,9 @@ from pathlib import Path, PurePosixPath
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.errors import KitFileError, first_line
 from challenge_kit.core.storage import atomic_write, load_torch_bytes, save_json, sha256
-from challenge_kit.core.submission import check_shape, load_reference, read_manifest, submission_tensor
+from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
-from challenge_kit.export import MANIFEST, versions
+from challenge_kit.export import versions
 from evaluator.evaluate import Entry, missing_reason
 
 MEMBERS: dict[str, DatasetSpec] = {spec.submission_file: spec for spec in SPECS.values()}  # scorer's order

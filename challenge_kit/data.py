@@ -149,17 +149,17 @@ def image_folder_files(folder: Path) -> tuple[list[Path], list[int], tuple[str, 
     """``folder/<class>/*.<image>``: files, labels and classes, sorted as torchvision's ImageFolder sorts."""
     if not folder.is_dir():
         raise KitFileError(folder, "not found; expected an image folder FOLDER/<class>/*.{jpg,png,...}")
-    classes = _subdirs(folder)
-    if not classes:
-        raise KitFileError(folder, "has no class folders; expected FOLDER/<class>/*.{jpg,png,...}")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not found:
-            raise KitFileError(folder / name, "class folder holds no images")
-        files += found
-        labels += [label] * len(found)
-    return files, labels, tuple(classes)
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    try:
+        classes, class_to_idx = find_classes(str(folder))
+    except FileNotFoundError:
+        raise KitFileError(folder, "has no class folders; expected FOLDER/<class>/*.{jpg,png,...}") from None
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    counts = torch.bincount(torch.tensor([label for _, label in samples], dtype=torch.long), minlength=len(classes))
+    if (counts == 0).any():
+        raise KitFileError(folder / classes[int(torch.nonzero(counts == 0)[0])], "class folder holds no images")
+    return [Path(path) for path, _ in samples], [label for _, label in samples], tuple(classes)
 
 
 def image_folder_root(root: Path, split: str) -> Path:
@@ -257,11 +257,11 @@ def _fingerprint_files(files: list[Path]) -> str:
 
 
 def _hash_contents(files: list[Path]) -> str:
+    """One digest of the files' bytes in order (the same as hashing their concatenation)."""
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+            hashlib.file_digest(fh, lambda: h)
     return h.hexdigest()
 
 

@@ -1,7 +1,7 @@
 """The M-DATM distillation loop: draw an expert and a start epoch, plan the inner steps, match, update, advance T.
 
 What differs between methods is a named part (``synthetic.Method``); what happens around an iteration
-(history, selection, checkpoints, progress) is the ``runs.Monitor``'s. Every random draw comes from two
+(history, selection, checkpoints, progress) is the ``monitor.Monitor``'s. Every random draw comes from two
 generators whose states are checkpointed, so a resumed run continues exactly where it stopped.
 """
 
@@ -19,8 +19,9 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.experts import Trajectories, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
+from challenge_kit.monitor import Monitor
 from challenge_kit.recipes import Recipe
-from challenge_kit.runs import DistillState, Monitor, RunDir
+from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.synthetic import Method, Synthetic, initial_state, label_context
 

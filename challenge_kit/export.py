@@ -18,10 +18,10 @@ import challenge_kit
 from challenge_kit.core.contract import DatasetSpec, default_labels, denormalize
 from challenge_kit.core.errors import ExportRefused, KitFileError
 from challenge_kit.core.storage import DistilledArtifact, atomic_write, save_json, save_torch, sha256
+from challenge_kit.core.submission import MANIFEST
 from challenge_kit.core.verify import verify_path, verify_tensor
 from challenge_kit.runs import BEST, SUMMARY
 
-MANIFEST = "manifest.json"
 PREVIEW = "preview.png"
 PREVIEW_CLASSES = 10
 

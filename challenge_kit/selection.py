@@ -8,33 +8,19 @@ own initialization when it still wins there.
 
 from __future__ import annotations
 
-import math
-import statistics
-
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.seeds import final_round_seed
 from challenge_kit.recipes import EvalConfig
+from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import evaluate_images
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and its standard error (0 for a single value)."""
-    mean = sum(values) / len(values)
-    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
 def _weak(diff: dict, before: str, after: str) -> str:
     """A warning, between ``before`` and ``after``, when a gain is within 2 standard errors; else nothing."""
     return "" if diff["mean"] > 2 * diff["se"] else f"{before}within 2 standard errors: not a significant gain{after}"
-
-
-def paired(a: list[float], b: list[float]) -> dict:
-    """a - b over rounds that share seeds: mean difference and its standard error."""
-    mean, se = mean_se([x - y for x, y in zip(a, b, strict=True)])
-    return {"mean": mean, "se": se, "rounds": len(a)}
 
 
 class Selector:

@@ -16,7 +16,8 @@ from challenge_kit.distill import distill
 from challenge_kit.experts import expert_files, train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
-from challenge_kit.selection import Selector, paired
+from challenge_kit.selection import Selector
+from challenge_kit.stats import paired
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
 
 from challenge_kit.core.contract import DatasetSpec
 
@@ -102,7 +103,7 @@ def num_parameters(net: nn.Module) -> int:
 
 def flatten_params(net: nn.Module) -> torch.Tensor:
     """All parameters in ``net.parameters()`` order as one detached flat vector."""
-    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    return parameters_to_vector(net.parameters()).detach()
 
 
 def param_shapes(net: nn.Module) -> list[tuple[str, torch.Size]]:

@@ -1,0 +1,89 @@
+"""What happens around a distillation iteration that is not the method: the live history, model selection,
+checkpoints and the progress bar, and at the end the decision of what to export."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from challenge_kit.core.progress import make_progress
+from challenge_kit.core.storage import DistilledArtifact
+from challenge_kit.runs import DistillState, RunDir
+from challenge_kit.selection import Selector
+from challenge_kit.stats import ema
+
+
+class Monitor:
+    """Everything around an iteration that is not the method: the live history, model selection, checkpoints
+    and the progress bar. The loop calls ``begin`` once, ``after`` each iteration and ``finish`` at the end."""
+
+    def __init__(self, run: RunDir, selector: Selector, generators: tuple[torch.Generator, torch.Generator],
+                 show_progress: bool = True) -> None:
+        self.run, self.selector, self.cfg, self.generators = run, selector, run.recipe.distill, generators
+        self.bar = make_progress(disable=not show_progress or not run.shard.leader)
+        self.smoothed: float | None = None
+
+    def __enter__(self) -> Monitor:
+        self.bar.__enter__()
+        self.task = self.bar.add_task("distill", total=self.cfg.iterations, status="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def begin(self, state: DistillState, syn) -> None:
+        """Score the initialization (candidate 0) once, before the first update."""
+        if state.init is None:
+            state.init = state.best = syn.snapshot(0)
+            if self.selector.enabled:
+                state.candidates.append(self.selector.candidate(0, syn.images))
+            self.save(state, syn)
+        self.bar.update(self.task, completed=state.iteration)
+
+    def save(self, state: DistillState, syn) -> None:
+        """Checkpoint: the leaves, the RNG states and selection so far."""
+        syn.store(state)
+        state.rng, state.aug_rng = (g.get_state() for g in self.generators)
+        self.run.save(state)
+
+    def after(self, state: DistillState, syn, row: dict) -> None:
+        self.run.record(row)
+        if self.selector.due(state.iteration, self.cfg.iterations):
+            candidate = self.selector.candidate(state.iteration, syn.images)
+            state.candidates.append(candidate)
+            if candidate["mean"] > max(c["mean"] for c in state.candidates[:-1]):
+                state.best = syn.snapshot(state.iteration)
+        if state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:
+            self.save(state, syn)
+        self.smoothed = ema(self.smoothed, row["loss"])
+        last = f"{state.candidates[-1]['mean']:.3f}" if state.candidates else "-"
+        self.bar.update(self.task, completed=state.iteration,
+                        status=f"T {state.upper} loss {self.smoothed or float('nan'):.4f} lr {row['lr']:.5f} "
+                               f"skipped {state.skipped} sel {last}")
+
+    def finish(self, state: DistillState, syn, record_labels: Callable, experts: list[str]) -> DistillState:
+        """Decide what to export (once: a resumed finished run decides nothing again) and write it."""
+        if state.decision is None:
+            if self.selector.enabled:
+                state.decision = self.selector.decide(state.candidates, state.init["images"], state.best["images"])
+            else:
+                state.decision = {"split": None, "export": state.iteration, "candidates": [], "final": None,
+                                  "reason": "selection off (eval.every = 0): the last iteration"}
+            self.save(state, syn)
+        export = state.decision["export"]
+        chosen = state.init if export == 0 else state.best if state.best["iteration"] == export else \
+            syn.snapshot(state.iteration)
+        score = next((c["mean"] for c in state.candidates if c["iteration"] == export), None)
+        recipe, spec = self.run.recipe, self.run.spec
+        artifact = DistilledArtifact(chosen["images"], record_labels(chosen["labels"], chosen["images"]), spec,
+                                     lr=chosen["lr"], extra={"iteration": export, "accuracy": score,
+                                                             "method": recipe.method,
+                                                             "labels_part": recipe.distill.labels})
+        done = max(1, state.iteration)
+        self.run.finish(artifact, {
+            "recipe": recipe.to_dict(), "spec": spec.to_dict(), "method": recipe.method, "parts": recipe.parts(),
+            "experts": experts, "iterations": state.iteration, "skipped": state.skipped,
+            "seconds": state.seconds, "seconds_per_iteration": state.seconds / done,
+            "selection": state.decision, "exported_iteration": export, "world_size": self.run.shard.world})
+        return state
