@@ -26,7 +26,7 @@ from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import round_seeds
 from challenge_kit.core.storage import DistilledArtifact, load_torch, save_json
-from challenge_kit.experts import Trajectories, data_fingerprint
+from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission
 from challenge_kit.recipes import load_recipe
@@ -65,8 +65,8 @@ def main() -> None:
     splits = load_data(recipe, args.data_root, cache_dir=args.cache_dir)
     state = load_torch(work / RUN_SUBDIR / CHECKPOINT)["state"]
     cfg = recipe.distill
-    experts = Trajectories.open(work / EXPERTS_SUBDIR, splits.spec, ModelConfig.for_spec(splits.spec),
-                                cfg.max_start_epoch + cfg.expert_epochs)
+    experts = ExpertStore(work / EXPERTS_SUBDIR).trajectories(splits.spec, ModelConfig.for_spec(splits.spec),
+                                                              cfg.max_start_epoch + cfg.expert_epochs)
     random_real = real(InitContext(splits.spec, *splits.train, experts, ModelConfig.for_spec(splits.spec),
                                    torch.Generator().manual_seed(args.seed), device))
     exported = DistilledArtifact.load(work / RUN_SUBDIR / BEST)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit import experts as expert_store
 from challenge_kit.core.devices import resolve_device, usable_device
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.progress import console
 from challenge_kit.core.storage import DistilledArtifact, atomic_write, run_lock, save_json
-from challenge_kit.experts import NOT_TRAJECTORY
+from challenge_kit.experts.store import NOT_TRAJECTORY, expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
 from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
@@ -48,11 +48,11 @@ def trajectory_settings(config: ExpertConfig | dict) -> dict:
 def expert_dir(root: Path, config: ExpertConfig) -> Path:
     """``root`` itself for the settings of the experts already there (or when empty), else a keyed subfolder."""
     mine = trajectory_settings(config)
-    files = expert_store.expert_files(root)
+    files = expert_files(root)
     if not files:
         return root
     try:
-        theirs = trajectory_settings(expert_store.read_expert(files[0], snapshots=False).meta.get("config") or {})
+        theirs = trajectory_settings(read_expert(files[0], snapshots=False).meta.get("config") or {})
     except KitFileError:
         theirs = None
     if theirs == mine:

@@ -313,10 +313,10 @@ def _store_rows(directory: str) -> list[dict]:
     from pathlib import Path
 
     from challenge_kit.core.storage import read_metadata
-    from challenge_kit.experts import store_status
+    from challenge_kit.experts.store import ExpertStore
 
     rows = []
-    for status in store_status(directory):
+    for status in ExpertStore(directory).status():
         row = {"name": Path(status.path).stem, **status.to_dict(), "source": None}
         if status.status != "corrupt":
             row["source"] = read_metadata(status.path).get("source")
@@ -396,7 +396,7 @@ def experts_import(
     from challenge_kit.core.progress import console
     from challenge_kit.core.storage import run_lock
     from challenge_kit.data import dataset_spec
-    from challenge_kit.experts import import_buffers
+    from challenge_kit.experts.buffers import import_buffers
 
     try:
         spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
@@ -416,7 +416,7 @@ def experts_export(
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
     from challenge_kit.core.progress import console
     from challenge_kit.core.storage import output_folder
-    from challenge_kit.experts import export_buffers
+    from challenge_kit.experts.buffers import export_buffers
 
     try:
         output_folder(out)

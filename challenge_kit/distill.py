@@ -17,7 +17,7 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.core.parallel import LOCAL, Shard
-from challenge_kit.experts import Trajectories, data_fingerprint
+from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
 from challenge_kit.recipes import Recipe
@@ -33,8 +33,8 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     """Run (or resume) distillation into ``run_dir``; selection scores candidates on ``select_*``."""
     cfg, device = recipe.distill, torch.device(device)
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
-    experts = Trajectories.open(experts_dir, spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
-                                data_fingerprint(real_images, real_labels))
+    experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
+                                                    data_fingerprint(real_images, real_labels))
     method = Method.bind(recipe, net, device)
     run = RunDir(run_dir, recipe, spec, shard)
     if run.checkpoint.exists() and not resume:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit import data, experts
+from challenge_kit import data
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.devices import usable_device
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
 from challenge_kit.core.progress import console, expert_progress, make_progress, time_first_steps
 from challenge_kit.core.storage import run_lock
 from challenge_kit.distill import distill
+from challenge_kit.experts import training as expert_training
 from challenge_kit.export import export_run
 from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
@@ -110,8 +111,8 @@ def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, devic
                           f"{recipe.distill.iterations} distillation iterations, a GPU job; timing the first "
                           "expert steps for an estimate (--profile mini runs the same code path in minutes)")
             progress = time_first_steps(progress, lambda s, n: console.print(full_run_estimate(recipe, s, n)))
-        experts.train_experts(*splits.train, *splits.test, splits.spec, e, experts_dir, indices=indices,
-                              device=device, progress=progress, replace=replace)
+        expert_training.train_experts(*splits.train, *splits.test, splits.spec, e, experts_dir, indices=indices,
+                                      device=device, progress=progress, replace=replace)
     shard.barrier()
 
 

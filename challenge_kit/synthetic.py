@@ -15,8 +15,9 @@ from challenge_kit import parts
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.core.seeds import distill_generators
-from challenge_kit.experts import Trajectories, sgd_step
+from challenge_kit.experts.store import Trajectories
 from challenge_kit.matching import MatchResult
+from challenge_kit.optim import sgd_step
 from challenge_kit.parts.initializations import InitContext
 from challenge_kit.parts.labels import LabelContext
 from challenge_kit.recipes import DistillConfig, Recipe

@@ -13,7 +13,8 @@ from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import DistilledArtifact, read_metadata
 from challenge_kit.distill import distill
-from challenge_kit.experts import expert_files, train_experts
+from challenge_kit.experts.store import expert_files
+from challenge_kit.experts.training import train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
 from challenge_kit.selection import Selector

@@ -16,12 +16,17 @@ from fakes import write_cifar
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from challenge_kit import experts as ex
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.expert_file import _num_params, read_expert
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
+from challenge_kit.core.seeds import expert_generator
 from challenge_kit.core.storage import load_torch, read_metadata
+from challenge_kit.experts import training
+from challenge_kit.experts.buffers import export_buffers, import_buffers
+from challenge_kit.experts.store import ExpertStore, expert_files, expert_path
+from challenge_kit.optim import sgd_step
 from challenge_kit.parts import expert_parts
 from challenge_kit.recipes import ExpertConfig
 
@@ -49,11 +54,11 @@ def tiny_data(n: int = 48, seed: int = 0):
 
 
 def train(out, config=CONFIG, indices=None, **kw):
-    return ex.train_experts(*tiny_data(), SPEC, config, out, indices=indices, model=MODEL, **kw)
+    return training.train_experts(*tiny_data(), SPEC, config, out, indices=indices, model=MODEL, **kw)
 
 
 def snapshots(out) -> list[torch.Tensor]:
-    return [load_file(str(p))["snapshots"] for p in ex.expert_files(out)]
+    return [load_file(str(p))["snapshots"] for p in expert_files(out)]
 
 
 # ------------------------------------------------------------------------------------------ the math
@@ -114,7 +119,7 @@ def test_sgd_step_matches_torch_sgd():
         grad = torch.full((7,), float(k + 1))
         q.grad = grad.clone()
         opt.step()
-        p, buf = ex.sgd_step(p, grad, 0.1, 0.9, 5e-4, buf)
+        p, buf = sgd_step(p, grad, 0.1, 0.9, 5e-4, buf)
     assert torch.allclose(p, q.detach(), atol=1e-6)
 
 
@@ -124,21 +129,21 @@ def test_experts_are_deterministic_independent_and_well_formed(tmp_path):
     paths = train(tmp_path / "a")
     train(tmp_path / "b", indices=[1])
     a = snapshots(tmp_path / "a")
-    assert a[0].shape == (3, ex._num_params(MODEL)) and not torch.equal(a[0], a[1])
+    assert a[0].shape == (3, _num_params(MODEL)) and not torch.equal(a[0], a[1])
     assert torch.equal(a[1], snapshots(tmp_path / "b")[0])  # expert 1 does not depend on expert 0 being trained
     train(tmp_path / "c", replace(CONFIG, seed=4), indices=[1])
     assert not torch.equal(a[1], snapshots(tmp_path / "c")[0])
-    e = ex.read_expert(paths[0])
+    e = read_expert(paths[0])
     assert e.complete and e.epochs == e.completed_epochs == 2 and e.model_config == MODEL and e.spec == SPEC
     assert e.meta["format"] == "ddkit-expert" and e.meta["version"] == 1 and e.meta["seed"] == 3
     assert e.meta["config"]["objective"] == "gsam" and len(e.train_loss) == len(e.test_acc) == 2
     assert all(0 <= acc <= 1 for acc in e.test_acc)
-    lazy = ex.read_expert(paths[0], snapshots=False)
+    lazy = read_expert(paths[0], snapshots=False)
     assert lazy.snapshots is None and torch.equal(lazy.snapshot(2), e.snapshots[2])
-    assert ex.complete_experts(tmp_path / "a") == paths
-    assert [x.path for x in ex.ExpertStore(tmp_path / "a").complete()] == paths
+    assert [x.path for x in ExpertStore(tmp_path / "a").complete()] == paths
+    assert ExpertStore(tmp_path / "a").next_index() == 2
     # snapshot 0 is the init: what FunctionalConvNet.init_flat gives for the derived seed
-    gen = ex.expert_generator(3, 0)
+    gen = expert_generator(3, 0)
     init = FunctionalConvNet(MODEL).init_flat(int(torch.randint(2**62, (1,), generator=gen)))
     assert torch.equal(e.snapshots[0], init)
 
@@ -151,9 +156,9 @@ def test_training_reduces_the_loss():
     config = replace(CONFIG, lr=0.05)
     losses = []
     for _ in range(6):
-        p, _, loss = ex.train_epoch(f, p, None, x, y, config, gen)
+        p, _, loss = training.train_epoch(f, p, None, x, y, config, gen)
         losses.append(loss)
-    assert losses[-1] < losses[0] - 0.1 and ex.accuracy(f, p, xt, yt) > 0.4
+    assert losses[-1] < losses[0] - 0.1 and training.accuracy(f, p, xt, yt) > 0.4
 
 
 def _corrupt(path: Path, how: str) -> None:
@@ -175,8 +180,8 @@ def _corrupt(path: Path, how: str) -> None:
 def test_corrupt_files_are_detected_and_retrained(tmp_path, how):
     train(tmp_path / "ref")
     train(tmp_path / "s")
-    _corrupt(ex.expert_path(tmp_path / "s", 0), how)
-    assert ex.inspect_expert(ex.expert_path(tmp_path / "s", 0)).status == "corrupt"
+    _corrupt(expert_path(tmp_path / "s", 0), how)
+    assert ExpertStore(tmp_path / "s").status()[0].status == "corrupt"
     with pytest.warns(RuntimeWarning, match="expert_0000.safetensors: .*retraining it"):
         train(tmp_path / "s")
     for a, b in zip(snapshots(tmp_path / "s"), snapshots(tmp_path / "ref"), strict=True):
@@ -190,16 +195,16 @@ def test_corrupt_files_are_detected_and_retrained(tmp_path, how):
 ])
 def test_an_expert_trained_otherwise_is_refused_before_anything_is_trained(tmp_path, config, data_seed, named):
     train(tmp_path / "s", indices=[1])  # expert 1 is there, expert 0 is not yet
-    before = ex.expert_path(tmp_path / "s", 1).read_bytes()
+    before = expert_path(tmp_path / "s", 1).read_bytes()
     data = tiny_data(seed=data_seed)
     with pytest.raises(KitFileError, match=rf"expert_0001\.safetensors: was trained with other settings \({named}\); "
                                            "pass --replace-experts"):
-        ex.train_experts(*data, SPEC, config, tmp_path / "s", model=MODEL)
-    assert [p.name for p in ex.expert_files(tmp_path / "s")] == ["expert_0001.safetensors"]
-    assert ex.expert_path(tmp_path / "s", 1).read_bytes() == before
+        training.train_experts(*data, SPEC, config, tmp_path / "s", model=MODEL)
+    assert [p.name for p in expert_files(tmp_path / "s")] == ["expert_0001.safetensors"]
+    assert expert_path(tmp_path / "s", 1).read_bytes() == before
     with pytest.warns(RuntimeWarning, match="expert_0001.safetensors: trained with other settings .*retraining it"):
-        ex.train_experts(*data, SPEC, config, tmp_path / "s", model=MODEL, replace=True)
-    ex.train_experts(*data, SPEC, config, tmp_path / "fresh", model=MODEL)
+        training.train_experts(*data, SPEC, config, tmp_path / "s", model=MODEL, replace=True)
+    training.train_experts(*data, SPEC, config, tmp_path / "fresh", model=MODEL)
     for a, b in zip(snapshots(tmp_path / "s"), snapshots(tmp_path / "fresh"), strict=True):
         assert torch.equal(a, b)
 
@@ -224,7 +229,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from dataclasses import replace
     import test_experts as t
     cfg = replace(t.CONFIG, num_experts=3, epochs=3)
-    t.ex.train_experts(*t.tiny_data(128), t.SPEC, cfg, {out!r}, model=t.MODEL)
+    t.training.train_experts(*t.tiny_data(128), t.SPEC, cfg, {out!r}, model=t.MODEL)
 """)
 
 
@@ -232,7 +237,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "killed"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
-    first = ex.expert_path(out, 0)
+    first = expert_path(out, 0)
     deadline = time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -245,17 +250,17 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    status = [s.status for s in ex.store_status(out)]
+    status = [s.status for s in ExpertStore(out).status()]
     assert status[0] == "partial" and len(status) == 1, status  # killed mid-expert, not after the end
     config = replace(CONFIG, num_experts=3, epochs=3)
     events = []
-    ex.train_experts(*tiny_data(128), SPEC, config, out, model=MODEL, progress=events.append)
+    training.train_experts(*tiny_data(128), SPEC, config, out, model=MODEL, progress=events.append)
     trained = [(e["expert"], e["epoch"]) for e in events if e["kind"] == "epoch"]
     # expert 0 continues after its saved epochs; nothing saved is trained again
     assert trained[0][0] == 0 and trained[0][1] > 1 and len(trained) == 9 - (trained[0][1] - 1)
-    assert all(s.status == "complete" for s in ex.store_status(out)) and len(ex.expert_files(out)) == 3
-    ex.train_experts(*tiny_data(128), SPEC, config, tmp_path / "clean", model=MODEL)
-    for a, b in zip(ex.expert_files(out), ex.expert_files(tmp_path / "clean"), strict=True):
+    assert all(s.status == "complete" for s in ExpertStore(out).status()) and len(expert_files(out)) == 3
+    training.train_experts(*tiny_data(128), SPEC, config, tmp_path / "clean", model=MODEL)
+    for a, b in zip(expert_files(out), expert_files(tmp_path / "clean"), strict=True):
         assert torch.equal(load_file(str(a))["snapshots"], load_file(str(b))["snapshots"])
         ma, mb = read_metadata(a), read_metadata(b)
         assert ma["train_loss"] == mb["train_loss"] and ma["test_acc"] == mb["test_acc"]
@@ -279,29 +284,29 @@ def test_torchrun_two_gloo_ranks_match_a_single_process_run(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     single = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.output
-    dist, one = ex.expert_files(tmp_path / "dist"), ex.expert_files(tmp_path / "single")
+    dist, one = expert_files(tmp_path / "dist"), expert_files(tmp_path / "single")
     assert [p.name for p in dist] == [p.name for p in one] == [f"expert_{i:04d}.safetensors" for i in range(3)]
     for a, b in zip(dist, one, strict=True):
         assert torch.equal(load_file(str(a))["snapshots"], load_file(str(b))["snapshots"])
-    assert ex.read_expert(one[0]).model_config == ModelConfig.for_spec(CIFAR100)  # the challenge network
+    assert read_expert(one[0]).model_config == ModelConfig.for_spec(CIFAR100)  # the challenge network
 
 
 def test_info_lists_complete_partial_and_corrupt(tmp_path):
     train(tmp_path)
     train(tmp_path, replace(CONFIG, num_experts=3, epochs=3), indices=[2])
-    meta = read_metadata(ex.expert_path(tmp_path, 2))
-    tensors = load_file(str(ex.expert_path(tmp_path, 2)))
+    meta = read_metadata(expert_path(tmp_path, 2))
+    tensors = load_file(str(expert_path(tmp_path, 2)))
     import json
 
     meta.update(epochs=5)
-    save_file(tensors, str(ex.expert_path(tmp_path, 2)), {k: json.dumps(v) for k, v in meta.items()})
-    ex.expert_path(tmp_path, 3).write_bytes(b"garbage")
+    save_file(tensors, str(expert_path(tmp_path, 2)), {k: json.dumps(v) for k, v in meta.items()})
+    expert_path(tmp_path, 3).write_bytes(b"garbage")
     result = CliRunner().invoke(app, ["info", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert [r["status"] for r in rows] == ["complete", "complete", "partial", "corrupt"]
     assert rows[2]["completed_epochs"] == 3 and rows[2]["epochs"] == 5
-    assert rows[0]["last_acc"] == ex.read_expert(ex.expert_path(tmp_path, 0)).test_acc[-1]
+    assert rows[0]["last_acc"] == read_expert(expert_path(tmp_path, 0)).test_acc[-1]
     assert "not a readable safetensors file" in rows[3]["problem"]
     table = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert table.exit_code == 0 and "expert_0003" in table.output and "corrupt" in table.output
@@ -331,12 +336,12 @@ def test_datm_buffer_round_trips_through_the_store(tmp_path):
     for n, buf in enumerate(buffers):
         files.append(tmp_path / f"replay_buffer_{n}.pt")
         torch.save(buf, files[-1])
-    written = ex.import_buffers(files, tmp_path / "store", SPEC)
+    written = import_buffers(files, tmp_path / "store", SPEC)
     assert [p.name for p in written] == [f"expert_{i:04d}.safetensors" for i in range(3)]
-    e = ex.read_expert(written[2])
+    e = read_expert(written[2])
     assert e.complete and e.model_config.depth == 4 and e.completed_epochs == 2 and e.meta["source"]
     assert torch.equal(e.snapshot(1), torch.cat([t.reshape(-1) for t in buffers[1][0][1]]))
-    out = ex.export_buffers(tmp_path / "store", tmp_path / "back", per_file=2)
+    out = export_buffers(tmp_path / "store", tmp_path / "back", per_file=2)
     assert [p.name for p in out] == ["replay_buffer_0.pt", "replay_buffer_1.pt"]
     original = [t for buf in buffers for t in buf]
     exported = [t for p in out for t in load_torch(p)]
@@ -353,10 +358,10 @@ def test_import_rejects_shapes_that_do_not_fit_the_model(tmp_path):
     wrong = datm_buffer(ModelConfig.for_spec(CIFAR100.subset(5), width=8), 1, 2)
     torch.save(wrong, tmp_path / "replay_buffer_0.pt")
     with pytest.raises(KitFileError, match="trajectory 0 snapshot 0: parameter shapes"):
-        ex.import_buffers([tmp_path / "replay_buffer_0.pt"], tmp_path / "store", SPEC)
+        import_buffers([tmp_path / "replay_buffer_0.pt"], tmp_path / "store", SPEC)
     torch.save([[["not a tensor"]]], tmp_path / "bad.pt")
     with pytest.raises(KitFileError, match="bad.pt"):
-        ex.import_buffers([tmp_path / "bad.pt"], tmp_path / "store", SPEC)
+        import_buffers([tmp_path / "bad.pt"], tmp_path / "store", SPEC)
 
 
 def test_import_and_export_commands(tmp_path):

@@ -43,12 +43,13 @@ from typer.testing import CliRunner
 import challenge_kit.pipeline
 import evaluator.evaluate
 from challenge_kit import data
-from challenge_kit import experts as ex
 from challenge_kit.cli import app
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.storage import LOCK_FILE, read_metadata
+from challenge_kit.experts import buffers, training
+from challenge_kit.experts.store import expert_path
 from challenge_kit.export import export_run
 from challenge_kit.pipeline import full_run_estimate, make_submission
 from challenge_kit.recipes import ExpertConfig, load_recipe
@@ -107,9 +108,9 @@ def world():
         write_cifar(base / "data", n_train=30, n_test=20)
         images = torch.randn(48, 3, 32, 32)
         labels = torch.arange(48) % 100
-        ex.train_experts(images, labels, images[:16], labels[:16], CIFAR100,
-                         ExpertConfig(num_experts=1, epochs=1, batch_size=16), base / "store", model=STORE_MODEL)
-        (buffer,) = ex.export_buffers(base / "store", base / "buffers")
+        training.train_experts(images, labels, images[:16], labels[:16], CIFAR100,
+                               ExpertConfig(num_experts=1, epochs=1, batch_size=16), base / "store", model=STORE_MODEL)
+        (buffer,) = buffers.export_buffers(base / "store", base / "buffers")
         run = write_run(base / "run", SUBSET)
         torch.save(distilled_images(SUBSET), base / "sub.pt")
         torch.save({"images_val": torch.randn(20, 3, 32, 32), "labels_val": torch.arange(20) % 5}, base / "ref.pt")
@@ -379,7 +380,7 @@ def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
     argv = ["experts", "cifar100", "--data-root", world.data, "--out", store, "--profile", "quick", "--device", "cpu",
             "--set", "experts.num_experts=1", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0"]
     assert invoke(argv)[0] == 0
-    expert = ex.expert_path(store, 0)
+    expert = expert_path(store, 0)
     before = expert.read_bytes()
     for change, named in ((["--seed", "1"], "experts.seed 0 -> 1"), (["--set", "experts.lr=0.02"],
                                                                       "experts.lr 0.01 -> 0.02")):
@@ -407,7 +408,7 @@ def test_full_profile_on_a_cpu_says_what_it_would_take(world, monkeypatch):
             progress({"kind": "step", "expert": 0, "epoch": 1, "loss": 4.6, "steps": 196})
         raise Stop
 
-    monkeypatch.setattr(ex, "train_experts", first_steps)
+    monkeypatch.setattr(training, "train_experts", first_steps)
     console = Console(file=io.StringIO(), width=400)
     monkeypatch.setattr(challenge_kit.pipeline, "console", console)
     with pytest.raises(Stop):
@@ -471,7 +472,7 @@ def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
     try:
         export_run(write_run(tmp_path / "run", SUBSET), tmp_path / "out")
         images = torch.randn(8, 3, 32, 32)
-        ex.train_experts(images, torch.arange(8), images, torch.arange(8), CIFAR100,
+        training.train_experts(images, torch.arange(8), images, torch.arange(8), CIFAR100,
                          ExpertConfig(num_experts=1, epochs=1, batch_size=8), tmp_path / "store", model=STORE_MODEL)
         small = CIFAR100.subset(5, ipc=2)
         (tmp_path / "in" / "res").mkdir(parents=True)
@@ -484,7 +485,7 @@ def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
     finally:
         os.umask(old)
     written = [tmp_path / "out" / n for n in ("cifar100.pt", "manifest.json", "preview.png")] + \
-        [ex.expert_path(tmp_path / "store", 0), tmp_path / "scores" / "scores.txt", tmp_path / "scores" / "scores.json"]
+        [expert_path(tmp_path / "store", 0), tmp_path / "scores" / "scores.txt", tmp_path / "scores" / "scores.json"]
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == \
         {p.name: oct(0o666 & ~umask) for p in written}
 

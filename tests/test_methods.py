@@ -18,7 +18,7 @@ from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import ExportRefused
 from challenge_kit.core.storage import DistilledArtifact, save_json
-from challenge_kit.experts import train_experts
+from challenge_kit.experts.training import train_experts
 from challenge_kit.export import export_run
 from challenge_kit.recipes import ExpertConfig, load_recipe
 from challenge_kit.runs import BEST

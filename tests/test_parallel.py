@@ -14,7 +14,7 @@ from test_distill import _recipe, _run
 from test_matching import _problem
 
 from challenge_kit.core.parallel import Shard, process_group
-from challenge_kit.experts import train_experts
+from challenge_kit.experts.training import train_experts
 from challenge_kit.matching import match
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.runs import read_history

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from challenge_kit import parts
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
-from challenge_kit.experts import Trajectories, difficulty_order, lr_at, train_experts
+from challenge_kit.experts.store import ExpertStore
+from challenge_kit.experts.training import difficulty_order, expert_lr, train_experts
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.parts import expert_parts, initializations, labels, matching_parts
 from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
@@ -38,7 +39,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("experts")
     x, y = _data()
     train_experts(x, y, x, y, SPEC, ExpertConfig(num_experts=3, epochs=3, batch_size=6, lr=0.05), root, model=MODEL)
-    return Trajectories.open(root, SPEC, MODEL, 3)
+    return ExpertStore(root).trajectories(SPEC, MODEL, 3)
 
 
 # ------------------------------------------------------------------------------------------ the registry
@@ -219,8 +220,8 @@ def test_smooth_objective_gradient_is_that_of_lambda_ce_plus_mu_gp():
 
 def test_expert_lr_is_halved_after_the_decay_epoch():
     cfg = ExpertConfig(lr=0.01, lr_decay_epoch=25, lr_decay=0.5)
-    assert [lr_at(cfg, e) for e in (1, 25, 26, 50)] == [0.01, 0.01, 0.005, 0.005]
-    assert lr_at(ExpertConfig(lr=0.01), 40) == 0.01
+    assert [expert_lr(cfg, e) for e in (1, 25, 26, 50)] == [0.01, 0.01, 0.005, 0.005]
+    assert expert_lr(ExpertConfig(lr=0.01), 40) == 0.01
 
 
 def test_kmeans_finds_separated_clusters_and_init_takes_the_nearest_images():

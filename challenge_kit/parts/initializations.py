@@ -21,7 +21,7 @@ class InitContext:
     spec: DatasetSpec
     images: torch.Tensor  # challenge-normalized real training images (the pool; held-out images excluded)
     labels: torch.Tensor
-    experts: Any  # experts.Trajectories: .count, .last(expert)
+    experts: Any  # experts.store.Trajectories: .count, .last(expert)
     model: ModelConfig
     generator: torch.Generator
     device: torch.device

@@ -19,7 +19,7 @@ from challenge_kit.core.models import FunctionalConvNet, predict
 @dataclass
 class LabelContext:
     spec: DatasetSpec
-    experts: Any  # experts.Trajectories
+    experts: Any  # experts.store.Trajectories
     net: FunctionalConvNet
     label_epoch: int  # expert snapshot whose logits make soft labels (-1: the last)
     label_experts: int  # experts averaged (0: all)

@@ -1,23 +1,22 @@
-"""Expert trajectories (SPEC section 4): training, the on-disk store, and DATM/MTT buffer interop.
+"""Expert training: a ConvNet from a random init, trained with the recipe's objective part (GSAM around plain
+SGD by default), DSA on every batch and a constant (or once-decayed) lr; its flat parameters are saved before
+training and after every epoch.
 
-An expert is a ConvNet trained from a random init with GSAM around plain SGD, DSA on every batch and a
-constant learning rate; its flat parameters are saved before training and after every epoch. Each expert is
-one safetensors file (``expert_0007.safetensors``) rewritten atomically after every epoch together with the
-RNG state, so a killed run resumes exactly where it stopped and gives bitwise the result of an uninterrupted
-run (same device and thread count). Every expert draws all its randomness from one CPU generator seeded by
-(seed, expert index): experts are independent of each other, of the order they are trained in and of how
-they are split over processes.
+Each expert file is rewritten atomically after every epoch together with the RNG state, so a killed run resumes
+exactly where it stopped and gives bitwise the result of an uninterrupted run (same device and thread count).
+Every expert draws all its randomness from one CPU generator seeded by (seed, expert index): experts are
+independent of each other, of the order they are trained in and of how they are split over processes. An
+existing file is continued only when everything that shapes its trajectory matches this run (its identity).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,52 +26,19 @@ from challenge_kit import parts
 from challenge_kit.core import augment
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.expert_file import (
-    EXPERT_FORMAT,
-    EXPERT_VERSION,
-    Expert,
-    _load_checked,
-    infer_model_config,
-    read_expert,
-)
-from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, param_shapes, unflatten_params
-from challenge_kit.core.storage import load_rows, load_tensors, load_torch, read_metadata, save_tensors, save_torch
+from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, _load_checked
+from challenge_kit.core.models import FunctionalConvNet, ModelConfig, predict
+from challenge_kit.core.seeds import expert_generator
+from challenge_kit.core.storage import load_tensors, read_metadata, save_tensors
+from challenge_kit.experts.store import DIFFICULTY, NOT_TRAJECTORY, data_fingerprint, expert_path
+from challenge_kit.optim import sgd_step
 from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.recipes import ExpertConfig
 
-EVAL_BATCH = 1024
-DIFFICULTY = "difficulty.safetensors"
-# Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).
-NOT_TRAJECTORY = ("num_experts", "epochs")
-EXPERT_NAME = re.compile(r"expert_[0-9]{4}\.safetensors")
+EVAL_BATCH = 1024  # test accuracy and EL2N logits: the batch size the stored values were computed with
 
 
-def expert_path(out_dir: str | Path, index: int) -> Path:
-    return Path(out_dir) / f"expert_{index:04d}.safetensors"
-
-
-def expert_files(out_dir: str | Path) -> list[Path]:
-    """The store's expert files; none for a missing folder, an error (not an empty store) for an unreadable one."""
-    folder = Path(out_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if EXPERT_NAME.fullmatch(p.name))
-
-
-# ------------------------------------------------------------------------------------------ optimizer math
-
-def sgd_step(p: torch.Tensor, grad: torch.Tensor, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-             buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """torch.optim.SGD's update (no dampening, no Nesterov) on a flat vector; returns (p, momentum buffer)."""
-    if weight_decay:
-        grad = grad + weight_decay * p
-    if momentum:
-        buf = grad.clone() if buf is None else buf * momentum + grad
-        grad = buf
-    return p - lr * grad, buf
-
-
-def lr_at(config: ExpertConfig, epoch: int) -> float:
+def expert_lr(config: ExpertConfig, epoch: int) -> float:
     """The lr of epoch ``epoch`` (1-based): constant, or times lr_decay after ``lr_decay_epoch``."""
     if config.lr_decay_epoch and epoch > config.lr_decay_epoch:
         return config.lr * config.lr_decay
@@ -81,18 +47,11 @@ def lr_at(config: ExpertConfig, epoch: int) -> float:
 
 @torch.no_grad()
 def accuracy(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> float:
-    f.module.eval()
-    correct = 0
-    for i in range(0, images.shape[0], EVAL_BATCH):
-        correct += (f(p, images[i:i + EVAL_BATCH]).argmax(1) == labels[i:i + EVAL_BATCH]).sum().item()
-    f.module.train()
-    return correct / max(1, images.shape[0])
-
-
-def expert_generator(seed: int, index: int) -> torch.Generator:
-    """The one CPU generator behind everything random in expert ``index`` (init, shuffling, DSA)."""
-    digest = hashlib.sha256(f"ddkit-expert:{seed}:{index}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    """Top-1 accuracy of parameters ``p`` on a test set (0 for an empty one)."""
+    if not len(images):
+        return 0.0
+    predicted = predict(f.module, partial(f, p), images, batch_size=EVAL_BATCH).argmax(1)
+    return (predicted == labels).sum().item() / images.shape[0]
 
 
 def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
@@ -111,143 +70,11 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
         params = augment.sample(idx.numel(), images.shape[-1], "cpu", generator=gen, group_generator=gen)
         x = augment.apply(images[idx], params.to(device))
         loss, grad = objective(f, p, x, labels[idx], config, epoch - 1)
-        p, buf = sgd_step(p, grad, lr_at(config, epoch), config.momentum, config.weight_decay, buf)
+        p, buf = sgd_step(p, grad, expert_lr(config, epoch), config.momentum, config.weight_decay, buf)
         total += loss * idx.numel()
         if on_step is not None:
             on_step()
     return p, buf, float(total) / n
-
-
-@dataclass
-class ExpertStatus:
-    """One row of a store listing: what ``ddkit info`` prints."""
-
-    path: Path
-    status: str  # complete | partial | corrupt
-    completed_epochs: int | None = None
-    epochs: int | None = None
-    test_acc: list | None = None
-    size: int = 0
-    problem: str | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        accs = [a for a in (self.test_acc or []) if a is not None]
-        d["last_acc"], d["best_acc"] = (accs[-1], max(accs)) if accs else (None, None)
-        return d
-
-
-def inspect_expert(path: str | Path) -> ExpertStatus:
-    """Full validation (values included) of one file, reported rather than raised."""
-    path = Path(path)
-    size = path.stat().st_size if path.exists() else 0
-    try:
-        e = read_expert(path)
-    except KitFileError as err:
-        return ExpertStatus(path, "corrupt", size=size, problem=err.problem)
-    return ExpertStatus(path, "complete" if e.complete else "partial", e.completed_epochs, e.epochs,
-                        e.test_acc, size)
-
-
-def store_status(out_dir: str | Path) -> list[ExpertStatus]:
-    return [inspect_expert(p) for p in expert_files(out_dir)]
-
-
-def complete_experts(out_dir: str | Path) -> list[Path]:
-    """Paths of a store's complete experts (header check only); corrupt files are skipped with a warning."""
-    paths = []
-    for path in expert_files(out_dir):
-        try:
-            if read_expert(path, snapshots=False).complete:
-                paths.append(path)
-        except KitFileError as e:
-            warnings.warn(f"skipping {e}", RuntimeWarning, stacklevel=2)
-    return paths
-
-
-class ExpertStore:
-    """A folder of expert files."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def paths(self) -> list[Path]:
-        return expert_files(self.root)
-
-    def complete(self) -> list[Expert]:
-        """Complete experts, headers only (use ``Expert.snapshot`` to read single epochs)."""
-        return [read_expert(p, snapshots=False) for p in complete_experts(self.root)]
-
-    def status(self) -> list[ExpertStatus]:
-        return store_status(self.root)
-
-    def next_index(self) -> int:
-        paths = self.paths()
-        return int(paths[-1].stem.split("_")[1]) + 1 if paths else 0
-
-
-@dataclass
-class Trajectories:
-    """The complete experts of a store, as matching reads them: a few snapshots of one expert at a time."""
-
-    paths: list[Path]
-    epochs: int
-
-    @classmethod
-    def open(cls, root: str | Path, spec: DatasetSpec, model: ModelConfig, needed_epochs: int,
-             train_sha256: str | None = None) -> Trajectories:
-        """The store's complete experts, checked against the run: the same network and, when both are known,
-        the same training data (``train_sha256``), so held-out images cannot have shaped the experts."""
-        paths, epochs = [], None
-        for path in complete_experts(root):
-            expert = read_expert(path, snapshots=False)
-            if expert.model_config != model or expert.spec.num_classes != spec.num_classes \
-                    or expert.spec.image_size != spec.image_size:
-                raise KitFileError(path, f"expert was trained for {expert.spec.describe()} with {expert.model_config}, "
-                                         f"not for {spec.describe()}")
-            trained_on = expert.meta.get("train_sha256")
-            if train_sha256 and trained_on and trained_on != train_sha256:
-                raise KitFileError(path, f"expert was trained on other data than this run's training split "
-                                         f"({expert.meta.get('num_train')} images; held-out images must not shape the "
-                                         "experts): train the store with the same recipe (eval.split, "
-                                         "eval.holdout_per_class) or choose another --experts")
-            paths.append(path)
-            epochs = expert.epochs if epochs is None else min(epochs, expert.epochs)
-        if not paths:
-            raise KitFileError(root, "no complete experts in this store; train them with `ddkit experts` first")
-        if epochs < needed_epochs:
-            raise KitFileError(root, f"experts have {epochs} epochs, matching needs max_start_epoch + expert_epochs "
-                                     f"= {needed_epochs}")
-        return cls(paths, epochs)
-
-    @property
-    def count(self) -> int:
-        return len(self.paths)
-
-    def snapshots(self, expert: int, epochs: list[int]) -> torch.Tensor:
-        """Rows ``epochs`` of expert ``expert`` (memory-mapped reads), checked finite like a full read."""
-        rows = load_rows(self.paths[expert], "snapshots", epochs)
-        if not torch.isfinite(rows).all():
-            raise KitFileError(self.paths[expert], f"snapshots {epochs} hold non-finite values")
-        return rows
-
-    def snapshot(self, expert: int, epoch: int) -> torch.Tensor:
-        return self.snapshots(expert, [epoch])[0]
-
-    def last(self, expert: int = 0) -> torch.Tensor:
-        return self.snapshot(expert, self.epochs)
-
-
-# ------------------------------------------------------------------------------------------ training
-
-def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the training tensors: another training set of the same size (a held-out split, another
-    subset, other preprocessing) is other data, not a resume."""
-    h = hashlib.sha256()
-    for t in (images, labels):
-        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
-    return h.hexdigest()
 
 
 def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int, num_train: int,
@@ -413,10 +240,7 @@ def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertCon
 
 @torch.no_grad()
 def _logits(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    f.module.eval()
-    out = torch.cat([f(p, images[i:i + EVAL_BATCH]) for i in range(0, images.shape[0], EVAL_BATCH)])
-    f.module.train()
-    return out
+    return predict(f.module, partial(f, p), images, batch_size=EVAL_BATCH)
 
 
 def difficulty_order(images: torch.Tensor, labels: torch.Tensor, config: ExpertConfig, out_dir: str | Path,
@@ -476,68 +300,3 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
     return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, order=order,
                          model=model, progress=progress, replace=replace, train_sha256=train_sha256)
             for i in indices]
-
-
-# ------------------------------------------------------------------------------------------ DATM/MTT buffers
-
-def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: DatasetSpec,
-                   model: ModelConfig | None = None) -> list[Path]:
-    """Copy DATM/MTT ``replay_buffer_{n}.pt`` trajectories into the store, numbered after its experts.
-
-    A buffer is a list of trajectories, each a list of snapshots, each a list of tensors in
-    ``net.parameters()`` order; every snapshot is checked against the model (inferred unless given).
-    """
-    store = ExpertStore(out_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
-    index, written = store.next_index(), []
-    for file in files:
-        buffer = load_torch(file)
-        if not isinstance(buffer, list) or not buffer:
-            raise KitFileError(file, "not a replay buffer (expected a non-empty list of trajectories)")
-        for t, trajectory in enumerate(buffer):
-            if not isinstance(trajectory, list) or not trajectory:
-                raise KitFileError(file, f"trajectory {t} is not a non-empty list of snapshots")
-            for s, snap in enumerate(trajectory):
-                if not isinstance(snap, list) or not all(isinstance(x, torch.Tensor) for x in snap):
-                    raise KitFileError(file, f"trajectory {t} snapshot {s} is not a list of tensors")
-            if model is None:
-                try:
-                    model = infer_model_config([tuple(x.shape) for x in trajectory[0]], spec)
-                except ValueError as e:
-                    raise KitFileError(file, str(e)) from None
-            expected = [tuple(s) for _, s in param_shapes(ConvNet(model))]
-            for s, snap in enumerate(trajectory):
-                got = [tuple(x.shape) for x in snap]
-                if got != expected:
-                    raise KitFileError(file, f"trajectory {t} snapshot {s}: parameter shapes {got} do not "
-                                             f"match {model} for {spec.describe()} ({expected})")
-            flat = torch.stack([torch.cat([x.detach().float().reshape(-1) for x in snap])
-                                for snap in trajectory])
-            if not torch.isfinite(flat).all():
-                raise KitFileError(file, f"trajectory {t} holds non-finite values")
-            k = flat.shape[0] - 1
-            meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
-                    "model": model.to_dict(), "optimizer": None, "seed": None, "index": index, "epochs": k,
-                    "completed_epochs": k, "train_loss": [None] * k, "test_acc": [None] * k,
-                    "source": f"{Path(file).name}[{t}]"}
-            written.append(save_tensors({"snapshots": flat}, expert_path(out_dir, index), meta))
-            index += 1
-    return written
-
-
-def export_buffers(store_dir: str | Path, out_dir: str | Path, per_file: int = 10) -> list[Path]:
-    """Write the store's complete experts as DATM/MTT ``replay_buffer_{n}.pt`` files, ``per_file`` each."""
-    if per_file < 1:
-        raise ValueError(f"experts per file must be at least 1, got {per_file}")
-    experts = ExpertStore(store_dir).complete()
-    if not experts:
-        raise KitFileError(store_dir, "no complete experts to export")
-    written = []
-    for n, first in enumerate(range(0, len(experts), per_file)):
-        buffer = []
-        for e in experts[first:first + per_file]:
-            shapes = param_shapes(ConvNet(e.model_config))
-            rows = read_expert(e.path).snapshots
-            buffer.append([[v.clone() for v in unflatten_params(row, shapes).values()] for row in rows])
-        written.append(save_torch(buffer, Path(out_dir) / f"replay_buffer_{n}.pt"))
-    return written
