@@ -17,7 +17,7 @@ from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import infer_model_config, read_expert
-from challenge_kit.core.models import ConvNet, load_flat_
+from challenge_kit.core.models import ConvNet, load_flat_, predict
 from challenge_kit.core.storage import load_rows, load_torch
 from challenge_kit.core.verify.report import FAIL, PASS, WARN, Check, _listing, _shape
 
@@ -136,21 +136,13 @@ def load_reference_model(path: str | Path, spec: DatasetSpec) -> nn.Module:
     return net
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    device = next(model.parameters()).device
-    model.eval()
-    return torch.cat([model(images[i:i + batch_size].to(device, torch.float32)).float().cpu()
-                      for i in range(0, images.shape[0], batch_size)])
-
-
-
 def check_reference(images: torch.Tensor, spec: DatasetSpec, model: nn.Module | str | Path) -> Check:
     """Do the images of class k's rows look like class k to a model trained on real data?"""
     if not isinstance(model, nn.Module):  # a model passed in stays on its device
         model = load_reference_model(model, spec).to(resolve_device())
     x = torch.nan_to_num(images.detach().float())
-    logits = predict_logits(model, x)
+    with torch.no_grad():
+        logits = predict(model, model, x, next(model.parameters()).device, batch_size=256).float().cpu()
     k, ipc = spec.num_classes, spec.ipc
     if logits.shape[1] != k:
         raise ValueError(f"the reference model predicts {logits.shape[1]} classes, {spec.describe()} has {k}")
