@@ -192,7 +192,8 @@ def verify(
     from rich.markup import escape
 
     from challenge_kit.bundle import verify_zip
-    from challenge_kit.core.verify import report_table, verify_path
+    from challenge_kit.core.verify import verify_path
+    from challenge_kit.verify_table import report_table
 
     is_zip = Path(path).suffix == ".zip"
     if is_zip and (dataset != "auto" or reference_model):
