@@ -61,7 +61,12 @@ def spans_decades(values: list[float], ratio: float = DECADES) -> bool:
 
 def line_chart(path: str | Path, title: str, xlabel: str, ylabel: str, series: list[Series],
                log_y: bool | None = None) -> Path:
-    """Lines or markers with optional error bars; ``log_y=None`` takes a log axis when the values span decades."""
+    """Lines or markers with optional error bars over a count (iterations: integer ticks).
+
+    ``log_y=None`` takes a log axis when the values span decades; within one a linear axis reads better.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(WIDTH, HEIGHT)
     ax = figure.add_subplot()
     if log_y is None:
@@ -74,6 +79,7 @@ def line_chart(path: str | Path, title: str, xlabel: str, ylabel: str, series: l
         ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
     ax.grid(True, which="major", color="#e0e0e0")
     if len(series) > 1:

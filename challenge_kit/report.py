@@ -79,7 +79,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
                              [Series("lr", its, [h["lr"] for h in history])]))
         change = Series("change", its, [h["image_change"] for h in history], style="o")
         add("image_change", line_chart(out / "image_change.png", "relative image change per update", "iteration",
-                                       "||x' - x|| / ||x||", [change], log_y=True))
+                                       "||x' - x|| / ||x||", [change]))
     if candidates:
         split = selection.get("split") or "selection"
         at = [c["iteration"] for c in candidates]
