@@ -15,36 +15,21 @@ from pathlib import Path
 import torch
 
 import challenge_kit
-from challenge_kit.core.contract import DatasetSpec, default_labels, denormalize
+from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.errors import ExportRefused, KitFileError
-from challenge_kit.core.storage import DistilledArtifact, atomic_write, save_json, save_torch, sha256
+from challenge_kit.core.storage import DistilledArtifact, save_json, save_torch, sha256
 from challenge_kit.core.submission import MANIFEST
 from challenge_kit.core.verify import verify_path, verify_tensor
+from challenge_kit.plots import write_preview
 from challenge_kit.runs import BEST, SUMMARY
 
 PREVIEW = "preview.png"
-PREVIEW_CLASSES = 10
 
 
 def versions() -> dict:
     return {"ddkit": challenge_kit.__version__, "torch": torch.__version__, "torchvision": version("torchvision"),
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
-
-
-def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
-                  classes: int = PREVIEW_CLASSES) -> Path:
-    """One row per class (the first ``classes`` classes), denormalized to pixels.
-
-    torchvision is imported here: importing it pulls in torch's compiler stack (seconds), which every command
-    that reaches this module (a recipe typo included) would otherwise pay before its first check.
-    """
-    from torchvision.utils import make_grid, save_image
-
-    rows = min(classes, spec.num_classes)
-    pixels = denormalize(images[: rows * spec.ipc].detach().float().cpu(), spec).clamp(0, 1)
-    grid = make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
-    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
 
 
 def dropped_labels_note(artifact: DistilledArtifact) -> dict:

@@ -1,7 +1,9 @@
-"""Small PNG charts drawn with Pillow (already a dependency): lines with error bars, and bar charts.
+"""The PNG figures of a run and an ablation: line charts, bar charts (matplotlib) and the image grid (torchvision).
 
-Enough for a run report and an ablation table a person would rather look at than read; no plotting
-library needed in the image.
+matplotlib and torchvision are imported inside the functions that draw: commands that draw nothing do not pay for
+them. Figures go through ``Figure`` + ``FigureCanvasAgg`` rather than pyplot, so no global backend is chosen for
+whoever else imports matplotlib, and every PNG is saved without metadata at a fixed size and dpi: the same data
+gives the same bytes.
 """
 
 from __future__ import annotations
@@ -9,15 +11,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
-
+from challenge_kit.core.contract import DatasetSpec, denormalize
 from challenge_kit.core.storage import atomic_write
 
-WIDTH, HEIGHT = 900, 480
-MARGIN = (80, 50, 30, 60)  # left, top, right, bottom
-COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
-GRID, AXIS, TEXT = "#e0e0e0", "#404040", "#202020"
+if TYPE_CHECKING:
+    import torch
+
+DPI = 100
+WIDTH, HEIGHT = 900, 480  # pixels of a line chart, and of a bar chart with few bars
+BLUE, RED = "#1f77b4", "#d62728"
+DECADES = 10.0  # ``log_y=None`` picks a log axis when the largest positive value is this many times the smallest
+MAX_COLUMNS = 40  # more bars than this are drawn horizontally, one labelled row each
+ROW_INCHES = 0.2  # height of one horizontal bar's row
+PREVIEW_CLASSES = 10
 
 
 @dataclass
@@ -26,151 +34,111 @@ class Series:
     xs: list[float]
     ys: list[float]
     errors: list[float] | None = None  # +- half-widths drawn as error bars
-    markers: bool = False
-    width: int = 2
+    style: str = "-"  # matplotlib format: "-" line, "--" dashed, "o" markers only, "o-" both
+    width: float = 2.0
+    alpha: float = 1.0
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
+def _figure(width: int, height: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
-    """Round tick values (1, 2, 5 x 10^k steps) from at or below ``low`` to at or above ``high``."""
-    if not math.isfinite(low) or not math.isfinite(high):
-        return [0.0, 1.0]
-    if high <= low:
-        high = low + (abs(low) or 1.0)
-    raw = (high - low) / max(1, count - 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
-    return [round(k * step, 12) for k in range(first, last + 1)]
+def _save(figure, path: str | Path) -> Path:
+    """PNG at the figure's own size (no tight bbox), with no Software or other text chunks."""
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}))
 
 
-def _label(value: float, log: bool = False) -> str:
-    if log:
-        return f"{10 ** value:.2g}"
-    if value == 0:
-        return "0"
-    if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.0e}"
-    return f"{value:g}"
-
-
-class Canvas:
-    """A plot area with linear axes mapped onto an image."""
-
-    def __init__(self, title: str, xlabel: str, ylabel: str, xticks: list[float], yticks: list[float],
-                 size: tuple[int, int] = (WIDTH, HEIGHT), margin: tuple[int, int, int, int] = MARGIN,
-                 xlabels: bool = True, log_y: bool = False) -> None:
-        self.image = Image.new("RGB", size, "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.size = size
-        self.xticks, self.yticks = xticks, yticks
-        left, top, right, bottom = margin
-        self.box = (left, top, size[0] - right, size[1] - bottom)
-        self.log_y = log_y
-        self._frame(title, xlabel, ylabel, xlabels)
-
-    def x(self, value: float) -> float:
-        lo, hi = self.xticks[0], self.xticks[-1]
-        return self.box[0] + (value - lo) / ((hi - lo) or 1) * (self.box[2] - self.box[0])
-
-    def y(self, value: float) -> float:
-        lo, hi = self.yticks[0], self.yticks[-1]
-        return self.box[3] - (value - lo) / ((hi - lo) or 1) * (self.box[3] - self.box[1])
-
-    def _frame(self, title: str, xlabel: str, ylabel: str, xlabels: bool) -> None:
-        d, (x0, y0, x1, y1) = self.draw, self.box
-        small, big = _font(13), _font(17)
-        for t in self.yticks:
-            d.line([(x0, self.y(t)), (x1, self.y(t))], fill=GRID)
-            d.text((x0 - 8, self.y(t)), _label(t, self.log_y), fill=TEXT, font=small, anchor="rm")
-        for t in self.xticks if xlabels else []:
-            d.line([(self.x(t), y0), (self.x(t), y1)], fill=GRID)
-            d.text((self.x(t), y1 + 8), _label(t), fill=TEXT, font=small, anchor="mt")
-        d.rectangle([x0, y0, x1, y1], outline=AXIS)
-        d.text(((x0 + x1) / 2, 14), title, fill=TEXT, font=big, anchor="mt")
-        d.text(((x0 + x1) / 2, self.size[1] - 18), xlabel, fill=TEXT, font=small, anchor="mb")
-        label = Image.new("RGBA", (y1 - y0, 20), (255, 255, 255, 0))
-        ImageDraw.Draw(label).text(((y1 - y0) / 2, 10), ylabel, fill=TEXT, font=small, anchor="mm")
-        self.image.paste(label.rotate(90, expand=True), (8, y0), label.rotate(90, expand=True))
-
-    def legend(self, names: list[str]) -> None:
-        font = _font(13)
-        x, y = self.box[0] + 10, self.box[1] + 8
-        for i, name in enumerate(names):
-            colour = COLOURS[i % len(COLOURS)]
-            self.draw.line([(x, y + 7), (x + 22, y + 7)], fill=colour, width=3)
-            self.draw.text((x + 28, y), name, fill=TEXT, font=font)
-            y += 18
-
-    def save(self, path: str | Path) -> Path:
-        return atomic_write(path, lambda tmp: self.image.save(tmp, format="png"))
+def spans_decades(values: list[float], ratio: float = DECADES) -> bool:
+    """Whether the positive finite values spread over at least ``ratio`` (worth a log axis)."""
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    return bool(positive) and max(positive) >= ratio * min(positive)
 
 
 def line_chart(path: str | Path, title: str, xlabel: str, ylabel: str, series: list[Series],
-               log_y: bool = False) -> Path:
-    """Lines (or markers) with optional error bars; ``log_y`` plots log10 of positive values."""
-    def tf(v: float) -> float:
-        return math.log10(v) if log_y else v
+               log_y: bool | None = None) -> Path:
+    """Lines or markers with optional error bars over a count (iterations: integer ticks).
 
-    points = [(x, y, e) for s in series for x, y, e in zip(s.xs, s.ys, s.errors or [0.0] * len(s.ys), strict=True)
-              if math.isfinite(y) and (not log_y or y > 0)]
-    xs = [p[0] for p in points] or [0.0, 1.0]
-    lows = [tf(y - e) if not log_y else tf(y) for _, y, e in points] or [0.0]
-    highs = [tf(y + e) if not log_y else tf(y) for _, y, e in points] or [1.0]
-    low, high = min(lows), max(highs)
-    yticks = list(range(math.floor(low), math.ceil(high) + 1)) if log_y and high - low >= 1 else \
-        nice_ticks(low, high)
-    canvas = Canvas(title, xlabel, ylabel + (" (log scale)" if log_y else ""), nice_ticks(min(xs), max(xs)),
-                    [float(t) for t in yticks], log_y=log_y)
-    for i, s in enumerate(series):
-        colour = COLOURS[i % len(COLOURS)]
-        pts = [(canvas.x(x), canvas.y(tf(y))) for x, y in zip(s.xs, s.ys, strict=True)
-               if math.isfinite(y) and (not log_y or y > 0)]
-        if len(pts) > 1 and not s.markers:
-            canvas.draw.line(pts, fill=colour, width=s.width)
-        for j, (px, py) in enumerate(pts):
-            if s.markers:
-                canvas.draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-            if s.errors and not log_y:
-                e = s.errors[j]
-                top, bottom = canvas.y(s.ys[j] + e), canvas.y(s.ys[j] - e)
-                canvas.draw.line([(px, top), (px, bottom)], fill=colour, width=2)
-                canvas.draw.line([(px - 5, top), (px + 5, top)], fill=colour, width=2)
-                canvas.draw.line([(px - 5, bottom), (px + 5, bottom)], fill=colour, width=2)
+    ``log_y=None`` takes a log axis when the values span decades; within one a linear axis reads better.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure(WIDTH, HEIGHT)
+    ax = figure.add_subplot()
+    if log_y is None:
+        log_y = spans_decades([y for s in series for y in s.ys])
+    for s in series:
+        ys = [y if math.isfinite(y) and (not log_y or y > 0) else math.nan for y in s.ys]
+        ax.errorbar(s.xs, ys, yerr=s.errors, fmt=s.style, label=s.name, linewidth=s.width, alpha=s.alpha,
+                    markersize=6 if len(ys) <= 50 else 3, capsize=4 if s.errors else 0)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel + (" (log scale)" if log_y else ""))
+    ax.grid(True, which="major", color="#e0e0e0")
     if len(series) > 1:
-        canvas.legend([s.name for s in series])
-    return canvas.save(path)
+        ax.legend(loc="best")
+    return _save(figure, path)
 
 
 def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], values: list[float],
-              errors: list[float] | None = None, highlight: set[int] | None = None) -> Path:
-    """Vertical bars (highlighted ones in red) with optional error bars; labels under the bars."""
-    errors = errors or [0.0] * len(values)
-    low = min([0.0] + [v - e for v, e in zip(values, errors, strict=True)])
-    high = max([0.0] + [v + e for v, e in zip(values, errors, strict=True)])
-    n = max(1, len(values))
-    width = max(WIDTH, 60 + 28 * n)
-    canvas = Canvas(title, "", ylabel, [0.0, float(n)], nice_ticks(low, high), size=(width, HEIGHT + 60),
-                    margin=(MARGIN[0], MARGIN[1], MARGIN[2], 150), xlabels=False)
-    font = _font(12 if n <= 40 else 9)
-    slot = (canvas.box[2] - canvas.box[0]) / n
-    for i, (v, e) in enumerate(zip(values, errors, strict=True)):
-        x0, x1 = canvas.box[0] + slot * (i + 0.15), canvas.box[0] + slot * (i + 0.85)
-        colour = COLOURS[1] if highlight and i in highlight else COLOURS[0]
-        canvas.draw.rectangle([x0, min(canvas.y(v), canvas.y(0)), x1, max(canvas.y(v), canvas.y(0))], fill=colour)
-        cx = (x0 + x1) / 2
-        if e:
-            canvas.draw.line([(cx, canvas.y(v + e)), (cx, canvas.y(v - e))], fill=AXIS, width=2)
-            canvas.draw.line([(cx - 6, canvas.y(v + e)), (cx + 6, canvas.y(v + e))], fill=AXIS, width=2)
-            canvas.draw.line([(cx - 6, canvas.y(v - e)), (cx + 6, canvas.y(v - e))], fill=AXIS, width=2)
-        text = Image.new("RGBA", (170, 16), (255, 255, 255, 0))
-        ImageDraw.Draw(text).text((168, 8), labels[i][:26], fill=TEXT, font=font, anchor="rm")
-        turned = text.rotate(45, expand=True)
-        canvas.image.paste(turned, (int(cx - turned.width + 8), int(canvas.box[3] + 4)), turned)
-    return canvas.save(path)
+              errors: list[float] | None = None, highlight: set[int] | None = None,
+              highlight_name: str = "highlighted") -> Path:
+    """Bars (``highlight`` ones and their labels in red, named in the legend) with optional error bars.
+
+    Up to ``MAX_COLUMNS`` bars stand side by side, their labels turned upright when they would not fit flat;
+    more bars lie horizontally, one row each, so that many class names never overlap.
+    """
+    highlight = highlight or set()
+    n = len(values)
+    colours = [RED if i in highlight else BLUE for i in range(n)]
+    labels = [label[:26] for label in labels]
+    horizontal = n > MAX_COLUMNS
+    if horizontal:
+        figure = _figure(WIDTH, max(HEIGHT, int(DPI * (1.5 + ROW_INCHES * n))))
+        ax = figure.add_subplot()
+        ax.barh(range(n), values, xerr=errors, color=colours, capsize=3)
+        ax.set_yticks(range(n), labels, fontsize=8)
+        ax.set_ylim(n - 0.5, -0.5)  # first label on top, as read
+        ax.set_xlabel(ylabel)
+        ax.tick_params(axis="x", labeltop=True)  # a tall chart: its scale at both ends
+        ax.grid(True, axis="x", color="#e0e0e0")
+    else:
+        flat = n * max([len(label) for label in labels] + [1]) <= 100
+        figure = _figure(max(WIDTH, 60 + 28 * n), HEIGHT if flat else HEIGHT + 100)
+        ax = figure.add_subplot()
+        ax.bar(range(n), values, yerr=errors, color=colours, capsize=4)
+        ax.set_xticks(range(n), labels, rotation=0 if flat else 90, fontsize=10 if n <= 20 else 8)
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", color="#e0e0e0")
+    for i, tick in enumerate(ax.get_yticklabels() if horizontal else ax.get_xticklabels()):
+        tick.set_color(colours[i])  # a highlighted bar near zero is still found by its label
+    ax.set_axisbelow(True)
+    ax.set_title(title)
+    if highlight:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=RED, label=highlight_name), Patch(color=BLUE, label="others")], loc="best")
+    return _save(figure, path)
+
+
+def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
+                  classes: int = PREVIEW_CLASSES) -> Path:
+    """One row per class (the first ``classes`` classes), denormalized to pixels.
+
+    torchvision is imported here: importing it pulls in torch's compiler stack (seconds), which every command
+    that reaches this module (a recipe typo included) would otherwise pay before its first check.
+    """
+    from torchvision.utils import make_grid, save_image
+
+    rows = min(classes, spec.num_classes)
+    pixels = denormalize(images[: rows * spec.ipc].detach().float().cpu(), spec).clamp(0, 1)
+    grid = make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
+    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))

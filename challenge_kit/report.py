@@ -12,8 +12,7 @@ from pathlib import Path
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch
-from challenge_kit.export import write_preview
-from challenge_kit.plots import Series, bar_chart, line_chart
+from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
 
 REPORT_DIR = "report"
@@ -74,20 +73,21 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     if history:
         losses = [h["loss"] for h in history]
         add("loss", line_chart(out / "loss.png", "matching loss", "iteration", "normalized distance",
-                               [Series("raw", its, losses, width=1), Series("smoothed", its, smooth(losses), width=3)]))
+                               [Series("raw", its, losses, width=1, alpha=0.5),
+                                Series("smoothed", its, smooth(losses), width=2.5)]))
         add("lr", line_chart(out / "lr.png", "learned inner lr (not used by the scorer)", "iteration", "lr",
                              [Series("lr", its, [h["lr"] for h in history])]))
-        change = Series("change", its, [h["image_change"] for h in history], markers=True)
+        change = Series("change", its, [h["image_change"] for h in history], style="o")
         add("image_change", line_chart(out / "image_change.png", "relative image change per update", "iteration",
-                                       "||x' - x|| / ||x||", [change], log_y=True))
+                                       "||x' - x|| / ||x||", [change]))
     if candidates:
         split = selection.get("split") or "selection"
         at = [c["iteration"] for c in candidates]
-        series = [Series("candidates", at, [c["mean"] for c in candidates], [c["se"] for c in candidates],
-                         markers=True),
-                  Series("initialization", at, [candidates[0]["mean"]] * len(candidates))]
+        series = [Series("candidates", at, [c["mean"] for c in candidates],
+                         [c["se"] for c in candidates], style="o-"),
+                  Series("initialization", at, [candidates[0]["mean"]] * len(candidates), style="--")]
         add("selection", line_chart(out / "selection.png", f"scorer-recipe accuracy on the {split} split "
-                                    "(mean +- s.e., paired rounds)", "iteration", "accuracy", series))
+                                    "(mean +- s.e., paired rounds)", "iteration", "accuracy", series, log_y=False))
     per_class = _per_class(selection)
     weakest: list[tuple[str, float]] = []
     if per_class:
@@ -95,7 +95,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         order = sorted(range(len(per_class)), key=lambda c: per_class[c])
         weakest = [(names[c], per_class[c]) for c in order[:WEAKEST]]
         add("classes", bar_chart(out / "classes.png", "per-class accuracy of the exported set (weakest in red)",
-                                 "accuracy", names, per_class, highlight=set(order[:WEAKEST])))
+                                 "accuracy", names, per_class, highlight=set(order[:WEAKEST]),
+                                 highlight_name=f"{WEAKEST} weakest"))
     if artifact is not None:
         add("images", write_preview(artifact.images, spec, out / "images.png", classes=min(spec.num_classes, 20)))
     text = summary_text(summary, history, candidates, weakest)
