@@ -14,21 +14,10 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch
 from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
+from challenge_kit.stats import smooth
 
 REPORT_DIR = "report"
 WEAKEST = 5
-SMOOTHING = 0.9  # exponential moving average of the loss
-
-
-def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
-    out, avg = [], None
-    for v in values:
-        if v == v:  # skip NaN
-            avg = v if avg is None else factor * avg + (1 - factor) * v
-        out.append(float("nan") if avg is None else avg)
-    return out
-
-
 def _run_state(run_dir: Path) -> tuple[dict, DistilledArtifact | None, DatasetSpec]:
     """(summary-like dict, chosen set if finished, spec), from run.json or, mid-run, the checkpoint."""
     if (run_dir / SUMMARY).is_file():
