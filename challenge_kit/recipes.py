@@ -49,7 +49,8 @@ def _with_part_parameters(cls: type) -> type:
 @_with_part_parameters
 @dataclass(frozen=True)
 class ExpertConfig:
-    """FTD-style expert training (SPEC section 4); ``objective`` and ``schedule`` are named parts."""
+    """FTD-style expert training (SPEC section 4); ``objective`` and ``schedule`` are named parts, each followed by
+    its kind's part parameters (declared in ``parts``)."""
 
     num_experts: int = positive(100)
     epochs: int = positive(30)
@@ -67,7 +68,8 @@ class ExpertConfig:
 @_with_part_parameters
 @dataclass(frozen=True)
 class DistillConfig:
-    """M-DATM trajectory matching (SPEC section 5, table 1)."""
+    """M-DATM trajectory matching (SPEC section 5, table 1); ``init`` to ``perturb`` are named parts, each followed
+    by its kind's part parameters (declared in ``parts``)."""
 
     iterations: int = positive(10000)
     syn_steps: int = positive(40)
@@ -155,11 +157,11 @@ def _known(declared: dict[str, tuple[Any, list[str]]], name: str | None) -> str:
 def _part_updates(kind: str, table: dict, at: str, loose: Loose) -> dict:
     """The fields one part table sets: the part's name (which starts a new choice) and its parameters."""
     declared = parts.parameters(kind)
-    name = table.get("name")
+    name = None if "name" not in table else coerce("str", "name", table["name"], at)
     chosen = parts.REGISTRY[kind].get(name)  # None when only parameters are given, or the name is unknown
     updates = {}
     if name is not None:
-        updates[kind] = coerce("str", "name", name, at)
+        updates[kind] = name
         loose.pop(kind, None)
     for key, value in table.items():
         if key == "name":

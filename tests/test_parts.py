@@ -1,6 +1,7 @@
 """Every seed technique checked against its paper's equation on a small case (SPEC sections 5-6), and the
 registry that makes them recipe parts."""
 
+import inspect
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts import Trajectories, difficulty_order, lr_at, train_experts
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.parts import expert_parts, initializations, labels, matching_parts
+from challenge_kit.parts import expert_parts, initializations, kinds, labels, matching_parts
 from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=8)
@@ -101,6 +102,20 @@ def test_the_catalogue_names_every_part_once_and_each_resolves_to_its_implementa
     assert parts.get("schedule", "easy_first") is expert_parts.EasyFirst
     for part in parts.catalogue():
         assert callable(part.impl), part.where
+
+
+def test_every_part_bound_to_its_parameters_answers_its_kinds_one_call_shape():
+    for part in parts.catalogue():
+        section = ExpertConfig if parts.FIELDS[part.kind].startswith("experts.") else DistillConfig
+        bound = parts.build(part.kind, section(**{part.kind: part.name}))
+        protocol = getattr(kinds, part.kind.capitalize())
+        for name in protocol.__annotations__:
+            assert hasattr(bound, name), (part.name, name)
+        for name in ("__call__", "initial", "targets", "record", "indices"):
+            if name in vars(protocol):
+                want = list(inspect.signature(vars(protocol)[name]).parameters)[1:]  # less self
+                got = inspect.signature(bound if name == "__call__" else getattr(bound, name)).parameters
+                assert list(got) == want, (part.kind, part.name, name)
 
 
 def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
