@@ -20,10 +20,11 @@ from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
+from challenge_kit.parts.labels import LabelContext
 from challenge_kit.recipes import Recipe
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
-from challenge_kit.synthetic import Method, Synthetic, initial_state, label_context
+from challenge_kit.synthetic import Method, Synthetic, initial_state
 
 
 def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir: str | Path, *,
@@ -45,7 +46,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     gen = torch.Generator().set_state(state.rng)
     aug_gen = torch.Generator(device=device)
     aug_gen.set_state(state.aug_rng)
-    syn = Synthetic(state, device, method.labels.learned)
+    syn = Synthetic(state, device, method.labels.sgd)
     selector = Selector(recipe.eval, spec, select_images, select_labels, device, shard)
 
     with Monitor(run, selector, (gen, aug_gen), show_progress) as monitor:
@@ -58,10 +59,10 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
             expert = int(torch.randint(experts.count, (1,), generator=gen))
 
             # 2. what the student must match: expert snapshots after t, the mask, per-step loss weights
-            anchor, targets = method.terms(experts, expert, start_epoch, cfg)
-            start = method.perturb(anchor, net, gen, cfg)
+            anchor, targets = method.terms(experts, expert, start_epoch, cfg.syn_steps, cfg.expert_epochs)
+            start = method.perturb(anchor, net, gen)
             problem = Matching(start.to(device), anchor.to(device), [(n, t.to(device)) for n, t in targets],
-                               method.mask, method.weights(start_epoch, cfg.syn_steps, cfg))
+                               method.mask, method.weights(start_epoch, cfg.syn_steps, cfg.max_start_epoch))
 
             # 3. plan the inner steps: which images each step trains on, augmented how
             plan = plan_inner_steps(spec.num_images, cfg.batch_syn, cfg.syn_steps, spec.image_size, device,
@@ -89,7 +90,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
                 "lr": lr, "image_change": change, "grad_norm": grad_norm, "start_epoch": start_epoch,
                 "expert": expert, "skipped": skipped, "seconds": time.perf_counter() - tick})
 
-        labels_ctx = label_context(recipe, spec, experts, net, device)
+        labels_ctx = LabelContext(spec, experts, net, device)
         return monitor.finish(state, syn, lambda y, x: method.labels.record(y.to(device), x.to(device), labels_ctx)
                               .cpu(), [str(p) for p in experts.paths])
 

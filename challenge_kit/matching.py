@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from challenge_kit.core import augment
 from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.core.parallel import LOCAL, Shard, replicated, summed
-from challenge_kit.recipes import GRAD_MODES
+from challenge_kit.parts import GRAD_MODES
 
 
 @dataclass

@@ -5,86 +5,96 @@ any other profile (``quick``, ``mini``) as overrides under ``[profiles.<name>.<s
 (``submissions/research/pad.toml``) has no ``dataset``: it is laid over a dataset recipe, naming the parts
 its paper changes. ``--set section.key=value`` applies last. Every value, part name included, is checked
 when the recipe is loaded, before any data is read.
+
+A part is named by its kind's key (``mask = "deep"``) or by a table holding its name and its parameters::
+
+    [distill.mask]
+    name = "deep"
+    discard_ratio = 0.25
+
+A table without ``name`` (``[profiles.quick.distill.mask]``, ``--set distill.mask.discard_ratio=0.3``) sets the
+parameters of the part chosen in the end; parameters not given keep their values (the defaults, unless a lower
+layer set them). The configs keep every part's parameters as flat fields, as expert stores and checkpoints
+record them; ``[distill]`` / ``discard_ratio = 0.25`` is still read.
 """
 
 from __future__ import annotations
 
-import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from challenge_kit import parts
 from challenge_kit.core.contract import get_spec
+from challenge_kit.parts.params import below_one, coerce, positive, problem, signed
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
 
 
+def _with_part_parameters(cls: type) -> type:
+    """``cls`` rebuilt with, right after each field that names a kind's part, the parameters of every part of
+    that kind as flat fields (declared in ``parts``), chosen or not: what expert stores and checkpoints record."""
+    spec: list[tuple[str, Any, Any]] = []
+    for f in fields(cls):
+        spec.append((f.name, f.type, field(default=f.default, metadata=f.metadata)))
+        if f.name in parts.KINDS:
+            spec += [(name, p.type, field(default=p.default, metadata=p.metadata))
+                     for name, (p, _) in parts.parameters(f.name).items()]
+    rebuilt = make_dataclass(cls.__name__, spec, frozen=True, namespace={"__doc__": cls.__doc__})
+    rebuilt.__module__ = cls.__module__
+    return rebuilt
+
+
+@_with_part_parameters
 @dataclass(frozen=True)
 class ExpertConfig:
-    """FTD-style expert training (SPEC section 4); ``objective`` and ``schedule`` are named parts."""
+    """FTD-style expert training (SPEC section 4); ``objective`` and ``schedule`` are named parts, each followed by
+    its kind's part parameters (declared in ``parts``)."""
 
-    num_experts: int = 100
-    epochs: int = 30
-    lr: float = 0.01
-    momentum: float = 0.0
+    num_experts: int = positive(100)
+    epochs: int = positive(30)
+    lr: float = positive(0.01)
+    momentum: float = below_one(0.0)
     weight_decay: float = 0.0
-    batch_size: int = 256
+    batch_size: int = positive(256)
     lr_decay_epoch: int = 0  # multiply the lr by lr_decay after this epoch (0: constant lr)
     lr_decay: float = 0.5
     objective: str = "gsam"
-    rho: float = 0.01  # gsam
-    alpha: float = 0.3
-    adaptive: bool = True
-    clip_start: float = 0.5  # smooth: clipped CE coefficient rises from clip_start to 1 over clip_epochs
-    clip_epochs: int = 5
-    gp_weight: float = 1.0  # smooth: gradient penalty mu and target K
-    gp_target: float = 1.0
     schedule: str = "full"
-    initial_ratio: float = 0.75  # easy_first (PAD FIEX)
-    add_end_epoch: int = 20
-    drop_easy: float = 0.1
-    score_models: int = 2  # EL2N: models averaged, epochs each is trained
-    score_epochs: int = 2
-    seed: int = 0
+    seed: int = signed(0)
 
 
+@_with_part_parameters
 @dataclass(frozen=True)
 class DistillConfig:
-    """M-DATM trajectory matching (SPEC section 5, table 1)."""
+    """M-DATM trajectory matching (SPEC section 5, table 1); ``init`` to ``perturb`` are named parts, each followed
+    by its kind's part parameters (declared in ``parts``)."""
 
-    iterations: int = 10000
-    syn_steps: int = 40
-    expert_epochs: int = 2
+    iterations: int = positive(10000)
+    syn_steps: int = positive(40)
+    expert_epochs: int = positive(2)
     min_start_epoch: int = 0
     current_max_start_epoch: int = 15
     max_start_epoch: int = 20
-    interval: int = 100
-    batch_syn: int = 1000
-    lr_img: float = 1000.0
+    interval: int = positive(100)
+    batch_syn: int = positive(1000)
+    lr_img: float = positive(1000.0)
     lr_lr: float = 1e-5
-    lr_init: float = 0.01
-    momentum: float = 0.5
-    threshold: float = 1.0
-    grad: str = "exact"  # one of GRAD_MODES
+    lr_init: float = positive(0.01)
+    momentum: float = below_one(0.5)
+    threshold: float = positive(1.0)
+    grad: str = "exact"  # one of parts.GRAD_MODES
     init: str = "real_correct"
     labels: str = "hard"
-    lr_labels: float = 10.0  # learned_soft (DATM): SGD on the label logits
-    labels_momentum: float = 0.9
-    label_epoch: int = -1  # expert snapshot whose logits make soft labels (-1: the last)
-    label_experts: int = 0  # experts whose logits are averaged (0: all)
     mask: str = "all"
-    discard_ratio: float = 0.25  # deep (PAD FIEM): share of the flat parameters (shallow first) left out
     weights: str = "uniform"
-    balance_offset: float = 8.0  # balanced: nu = log(|t - T+/2| + offset)
     terms: str = "final"
     perturb: str = "none"
-    perturb_scale: float = 0.1  # filter_noise: noise norm relative to each filter's
-    seed: int = 0
-    checkpoint_every: int = 100
+    seed: int = signed(0)
+    checkpoint_every: int = positive(100)
 
 
-GRAD_MODES = ("exact", "unrolled")  # matching.match: the constant-memory adjoint, or autograd through N steps
 SPLITS = ("holdout", "test")
 
 
@@ -99,12 +109,12 @@ class EvalConfig:
     """
 
     every: int = 1000
-    epochs: int = 300
-    rounds: int = 2
+    epochs: int = positive(300)
+    rounds: int = positive(2)
     final_rounds: int = 6
     split: str = "holdout"
     holdout_per_class: int = 10
-    seed: int = 0
+    seed: int = signed(0)
 
 
 @dataclass(frozen=True)
@@ -126,70 +136,82 @@ class Recipe:
 
 
 SECTIONS = {"experts": ExpertConfig, "distill": DistillConfig, "eval": EvalConfig}
+PARAMETER_KIND = {name: kind for kind in parts.KINDS for name in parts.parameters(kind)}  # flat field -> kind
+
+# Per kind, the part parameters given without naming the part, in the order given: they must be parameters of
+# the part chosen in the end, which only the last layer knows.
+Loose = dict[str, tuple[str, ...]]
 
 
-# Fields that must be >= 1 (counts, sizes) or > 0 (rates); every other number must be >= 0, except these.
-POSITIVE = {
-    "experts": ("num_experts", "epochs", "lr", "batch_size", "add_end_epoch", "score_models", "score_epochs"),
-    "distill": ("iterations", "syn_steps", "expert_epochs", "interval", "batch_syn", "lr_img", "lr_init",
-                "threshold", "checkpoint_every", "balance_offset"),
-    "eval": ("epochs", "rounds"),
-}
-SIGNED = ("seed", "label_epoch")
-FRACTIONS = {"experts": ("initial_ratio", "drop_easy", "clip_start"), "distill": ("discard_ratio",)}
+def _not_of(key: str, owners: list[str], kind: str, name: str) -> str:
+    return f"{key} is a parameter of {' and '.join(owners)}, not of the {kind} part {name!r}"
 
 
-def _coerce(cls, key: str, value, where: str):
-    """Check a TOML value's type (ints are accepted for floats); ``--set`` strings are parsed first."""
-    types = {f.name: f.type for f in fields(cls)}
-    if key not in types:
-        raise ValueError(f"{where}: unknown key {key!r}; known: {', '.join(types)}")
-    kind = types[key]
-    if isinstance(value, str) and kind != "str":
-        text = value.strip().lower()
-        try:
-            value = {"bool": lambda: {"true": True, "false": False, "1": True, "0": False}[text],
-                     "int": lambda: int(text), "float": lambda: float(text)}[kind]()
-        except (KeyError, ValueError):
-            raise ValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
-    ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, int | float) and not isinstance(value, bool),
-          "str": isinstance(value, str)}[kind]
-    if not ok or (kind == "float" and not math.isfinite(value)):
-        raise ValueError(f"{where}: {key} must be {kind}, got {value!r}")
-    return float(value) if kind == "float" else value
+def _known(declared: dict[str, tuple[Any, list[str]]], name: str | None) -> str:
+    """The parameters of part ``name`` (None: of every part of the kind, with their parts), for a message."""
+    if name is not None:
+        return ", ".join(k for k, (_, owners) in declared.items() if name in owners) or "none"
+    return ", ".join(f"{k} ({' and '.join(owners)})" for k, (_, owners) in declared.items()) or "none"
 
 
-def _apply(recipe: Recipe, tables: dict, where: str) -> Recipe:
+def _part_updates(kind: str, table: dict, at: str, loose: Loose) -> dict:
+    """The fields one part table sets: the part's name (which starts a new choice) and its parameters."""
+    declared = parts.parameters(kind)
+    name = None if "name" not in table else coerce("str", "name", table["name"], at)
+    chosen = parts.REGISTRY[kind].get(name)  # None when only parameters are given, or the name is unknown
+    updates = {}
+    if name is not None:
+        updates[kind] = name
+        loose.pop(kind, None)
+    for key, value in table.items():
+        if key == "name":
+            continue
+        if key not in declared:
+            raise ValueError(f"{at}: unknown parameter {key!r}; known: {_known(declared, chosen and name)}")
+        f, owners = declared[key]
+        if chosen is not None and name not in owners:
+            raise ValueError(f"{at}: {_not_of(key, owners, kind, name)}")
+        updates[key] = coerce(f.type, key, value, at)
+        if name is None:
+            loose[kind] = (*loose.get(kind, ()), key)
+    return updates
+
+
+def _apply(recipe: Recipe, loose: Loose, tables: dict, where: str) -> tuple[Recipe, Loose]:
+    loose = dict(loose)
     for section, values in tables.items():
         if section not in SECTIONS:
             raise ValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
-        cls = SECTIONS[section]
         current = getattr(recipe, section)
-        updates = {k: _coerce(cls, k, v, f"{where} [{section}]") for k, v in values.items()}
+        known = {f.name: f for f in fields(current)}
+        kinds = [key for key in values if key in parts.KINDS and key in known]
+        updates = {}
+        for kind in kinds:  # the parts first: a parameter beside its part's name (old flat style) is given after it
+            value = values[kind]
+            table = value if isinstance(value, dict) else {"name": coerce("str", kind, value, f"{where} [{section}]")}
+            updates |= _part_updates(kind, table, f"{where} [{section}.{kind}]", loose)
+        for key, value in values.items():
+            if key in kinds:
+                continue
+            if key not in known:
+                raise ValueError(f"{where} [{section}]: unknown key {key!r}; known: {', '.join(known)}")
+            updates[key] = coerce(known[key].type, key, value, f"{where} [{section}]")
+            if key in PARAMETER_KIND:
+                loose[PARAMETER_KIND[key]] = (*loose.get(PARAMETER_KIND[key], ()), key)
         recipe = replace(recipe, **{section: replace(current, **updates)})
-    return recipe
+    return recipe, loose
 
 
-def _validate(recipe: Recipe, where: str) -> Recipe:
+def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
     """Reject values no run can use now, not hours into a run (a zero interval would crash distillation)."""
     for section in SECTIONS:
         config = getattr(recipe, section)
         for f in fields(config):
-            value = getattr(config, f.name)
-            if f.type not in ("int", "float") or f.name in SIGNED:
-                continue
-            if f.name in POSITIVE[section] and not value > 0:
-                raise ValueError(f"{where}: {section}.{f.name} must be positive, got {value}")
-            if value < 0:
-                raise ValueError(f"{where}: {section}.{f.name} must not be negative, got {value}")
-            if f.name in FRACTIONS.get(section, ()) and value > 1:
-                raise ValueError(f"{where}: {section}.{f.name} is a fraction, got {value}")
-        for name in ("momentum", "labels_momentum"):
-            if getattr(config, name, 0) >= 1:
-                raise ValueError(f"{where}: {section}.{name} must be below 1, got {getattr(config, name)}")
+            wrong = problem(f, getattr(config, f.name))
+            if wrong:
+                raise ValueError(f"{where}: {section}.{f.name} {wrong}")
     _check_parts(recipe, where)
     d, e, v = recipe.distill, recipe.experts, recipe.eval
     if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
@@ -205,6 +227,12 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
         raise ValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
     if v.split == "holdout" and v.every > 0 and v.holdout_per_class < 1:
         raise ValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
+    for kind, given in loose.items():  # parameters given without a part's name are the chosen part's
+        name = recipe.parts()[kind]
+        for key in given:
+            owners = parts.parameters(kind)[key][1]
+            if name not in owners:
+                raise ValueError(f"{where}: {parts.FIELDS[kind]}.{_not_of(key, owners, kind, name)}")
     return recipe
 
 
@@ -215,20 +243,30 @@ def _check_parts(recipe: Recipe, where: str) -> None:
             parts.check(kind, name)
         except ValueError as e:
             raise ValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
-    if recipe.distill.grad not in GRAD_MODES:
+    if recipe.distill.grad not in parts.GRAD_MODES:
         raise ValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
-                         f"known: {', '.join(GRAD_MODES)}")
+                         f"known: {', '.join(parts.GRAD_MODES)}")
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
-    """``["distill.iterations=50"]`` -> ``{"distill": {"iterations": "50"}}``."""
-    out: dict[str, dict[str, str]] = {}
+def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["distill.iterations=50", "distill.mask.discard_ratio=0.3"]`` ->
+    ``{"distill": {"iterations": "50", "mask": {"discard_ratio": "0.3"}}}`` (a part's name and parameters given
+    together make one table, as in a recipe file)."""
+    out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ValueError(f"--set {item!r}: expected section.key=value, e.g. distill.iterations=500")
-        out.setdefault(section, {})[name] = value.strip()
+        table = out.setdefault(section, {})
+        name, dot, param = name.partition(".")
+        before = table.get(name)
+        if dot:
+            table[name] = {**({"name": before} if isinstance(before, str) else before or {}), param: value.strip()}
+        elif isinstance(before, dict):
+            table[name] = {**before, "name": value.strip()}
+        else:
+            table[name] = value.strip()
     return out
 
 
@@ -287,23 +325,22 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
     except ValueError as e:
         raise ValueError(f"{layers[0][0]}: {e}") from None
 
-    recipe = Recipe(dataset=name, profile=profile)
+    recipe, loose = Recipe(dataset=name, profile=profile), {}
     for where, tables in layers:
-        recipe = _apply(recipe, {k: v for k, v in tables.items() if k in SECTIONS}, str(where))
+        recipe, loose = _apply(recipe, loose, {k: v for k, v in tables.items() if k in SECTIONS}, str(where))
         recipe = replace(recipe, **{k: tables[k] for k in ("method", "description") if k in tables})
     available = {p for _, tables in layers for p in tables.get("profiles", {})}
     if profile != "full" and profile not in available:
         raise ValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
-    chosen = recipe
+    chosen = recipe, loose
     for name in sorted(available):  # every profile is checked, the chosen one is kept
-        variant = recipe
+        variant = recipe, loose
         for where, tables in layers:
-            variant = _apply(variant, tables.get("profiles", {}).get(name, {}), f"{where} profile {name}")
+            variant = _apply(*variant, tables.get("profiles", {}).get(name, {}), f"{where} profile {name}")
         chosen = variant if name == profile else chosen
-    recipe = chosen
-    recipe = _apply(recipe, parse_overrides(overrides), "--set")
+    recipe, loose = _apply(*chosen, parse_overrides(overrides), "--set")
     where = f"{path} profile {profile}" + (f" with --set {' '.join(overrides)}" if overrides else "")
-    return _validate(recipe, where)
+    return _validate(recipe, where, loose)
 
 
 def shipped_methods(recipe_dir: Path = RECIPE_DIR) -> list[dict]:

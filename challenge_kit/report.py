@@ -18,6 +18,8 @@ from challenge_kit.stats import smooth
 
 REPORT_DIR = "report"
 WEAKEST = 5
+
+
 def _run_state(run_dir: Path) -> tuple[dict, DistilledArtifact | None, DatasetSpec]:
     """(summary-like dict, chosen set if finished, spec), from run.json or, mid-run, the checkpoint."""
     if (run_dir / SUMMARY).is_file():

@@ -7,7 +7,6 @@ has its own SGD with momentum, as DATM's three optimizers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -19,6 +18,7 @@ from challenge_kit.experts.store import Trajectories
 from challenge_kit.matching import MatchResult
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts.initializations import InitContext
+from challenge_kit.parts.kinds import Init, Labels, Perturb, Terms, Weights
 from challenge_kit.parts.labels import LabelContext
 from challenge_kit.recipes import DistillConfig, Recipe
 from challenge_kit.runs import DistillState
@@ -26,27 +26,23 @@ from challenge_kit.runs import DistillState
 
 @dataclass
 class Method:
-    """A recipe's distillation parts, looked up once (the loop calls these, never a method's name)."""
+    """A recipe's distillation parts, bound once to their parameters (the loop calls these, never a method's
+    name); the mask is the mask part's answer for this network."""
 
-    init: Any
-    labels: Any
+    init: Init
+    labels: Labels
     mask: torch.Tensor | None
-    weights: Any
-    terms: Any
-    perturb: Any
+    weights: Weights
+    terms: Terms
+    perturb: Perturb
 
     @classmethod
     def bind(cls, recipe: Recipe, net: FunctionalConvNet, device: torch.device) -> Method:
         d = recipe.distill
-        mask = parts.get("mask", d.mask)(net, d)
-        return cls(init=parts.get("init", d.init), labels=parts.get("labels", d.labels)(),
-                   mask=None if mask is None else mask.to(device), weights=parts.get("weights", d.weights),
-                   terms=parts.get("terms", d.terms), perturb=parts.get("perturb", d.perturb))
-
-
-def label_context(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net: FunctionalConvNet,
-                  device: torch.device) -> LabelContext:
-    return LabelContext(spec, experts, net, recipe.distill.label_epoch, recipe.distill.label_experts, device)
+        mask = parts.build("mask", d)(net)
+        return cls(init=parts.build("init", d), labels=parts.build("labels", d),
+                   mask=None if mask is None else mask.to(device), weights=parts.build("weights", d),
+                   terms=parts.build("terms", d), perturb=parts.build("perturb", d))
 
 
 def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net: FunctionalConvNet,
@@ -56,7 +52,7 @@ def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net:
     cfg = recipe.distill
     gen, aug = distill_generators(cfg.seed, device)
     images = method.init(InitContext(spec, real_images, real_labels, experts, net.config, gen, device)).float()
-    labels = method.labels.initial(images.to(device), label_context(recipe, spec, experts, net, device))
+    labels = method.labels.initial(images.to(device), LabelContext(spec, experts, net, device))
     return DistillState(iteration=0, images=images.cpu(), labels=labels.detach().cpu(), lr=torch.tensor(cfg.lr_init),
                         upper=cfg.current_max_start_epoch, rng=gen.get_state(), aug_rng=aug.get_state())
 
@@ -64,10 +60,12 @@ def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net:
 class Synthetic:
     """The state's leaves on the run's device."""
 
-    def __init__(self, state: DistillState, device: torch.device, learned_labels: bool) -> None:
+    def __init__(self, state: DistillState, device: torch.device, labels_sgd: tuple[float, float] | None) -> None:
+        """``labels_sgd``: the label part's (lr, momentum) when it learns the labels."""
         self.images = state.images.to(device)
         self.lr = state.lr.to(device)
-        self.labels = state.labels.to(device).requires_grad_(learned_labels)
+        self.labels = state.labels.to(device).requires_grad_(labels_sgd is not None)
+        self.labels_sgd = labels_sgd
         self.momentum = {k: v.to(device) for k, v in state.momentum.items()}
 
     def step(self, result: MatchResult, cfg: DistillConfig) -> torch.Tensor:
@@ -75,9 +73,8 @@ class Synthetic:
         before = self.images
         self.images = self._sgd("images", self.images, result.grad_images, cfg.lr_img, cfg.momentum)
         self.lr = self._sgd("lr", self.lr, result.grad_lr, cfg.lr_lr, cfg.momentum)
-        if result.grad_labels is not None:
-            labels = self._sgd("labels", self.labels.detach(), result.grad_labels, cfg.lr_labels,
-                               cfg.labels_momentum)
+        if result.grad_labels is not None and self.labels_sgd is not None:
+            labels = self._sgd("labels", self.labels.detach(), result.grad_labels, *self.labels_sgd)
             self.labels = labels.requires_grad_(True)
         return (self.images - before).norm() / before.norm().clamp_min(1e-12)
 

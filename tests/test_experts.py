@@ -16,6 +16,7 @@ from fakes import write_cifar
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from challenge_kit import parts
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitFileError
@@ -91,7 +92,7 @@ def test_expert_gradient_equals_the_optimizer_style_two_pass_gsam():
     x, y, _, _ = tiny_data(16)
     f = FunctionalConvNet(MODEL)
     p = f.init_flat(0)
-    loss, grad = expert_parts.gsam(f, p, x, y, CONFIG, 0)
+    loss, grad = parts.build("objective", CONFIG)(f, p, x, y, 0)
     net = load_flat_(ConvNet(MODEL), p)
     F.cross_entropy(net(x), y).backward()
     g = [q.grad.clone() for q in net.parameters()]

@@ -1,6 +1,7 @@
 """Every seed technique checked against its paper's equation on a small case (SPEC sections 5-6), and the
 registry that makes them recipe parts."""
 
+import inspect
 import math
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.store import ExpertStore
 from challenge_kit.experts.training import difficulty_order, expert_lr, train_experts
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.parts import expert_parts, initializations, labels, matching_parts
+from challenge_kit.parts import expert_parts, initializations, kinds, labels, matching_parts
 from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=8)
@@ -104,6 +105,20 @@ def test_the_catalogue_names_every_part_once_and_each_resolves_to_its_implementa
         assert callable(part.impl), part.where
 
 
+def test_every_part_bound_to_its_parameters_answers_its_kinds_one_call_shape():
+    for part in parts.catalogue():
+        section = ExpertConfig if parts.FIELDS[part.kind].startswith("experts.") else DistillConfig
+        bound = parts.build(part.kind, section(**{part.kind: part.name}))
+        protocol = getattr(kinds, part.kind.capitalize())
+        for name in protocol.__annotations__:
+            assert hasattr(bound, name), (part.name, name)
+        for name in ("__call__", "initial", "targets", "record", "indices"):
+            if name in vars(protocol):
+                want = list(inspect.signature(vars(protocol)[name]).parameters)[1:]  # less self
+                got = inspect.signature(bound if name == "__call__" else getattr(bound, name)).parameters
+                assert list(got) == want, (part.kind, part.name, name)
+
+
 def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
     base = load_recipe("cifar100")
     pad = load_recipe("pad", dataset="cifar100")
@@ -119,8 +134,8 @@ def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
 def test_datm_soft_labels_average_the_logits_of_the_experts_that_classify_each_image_correctly(store):
     net = FunctionalConvNet(MODEL)
     x, _ = _data(2, seed=5)
-    ctx = labels.LabelContext(SPEC, store, net, label_epoch=-1, label_experts=0, device=torch.device("cpu"))
-    got = labels.LearnedSoft().initial(x, ctx)
+    ctx = labels.LabelContext(SPEC, store, net, device=torch.device("cpu"))
+    got = labels.LearnedSoft(parts.LearnedSoftParams(label_epoch=-1, label_experts=0)).initial(x, ctx)
     truth = default_labels(3, 2)
     outs = [labels.logits(net, store.last(e), x) for e in range(store.count)]
     for i in range(len(x)):
@@ -134,7 +149,7 @@ def test_tesla_assigned_labels_are_the_target_snapshots_logits(store):
     net = FunctionalConvNet(MODEL)
     x, _ = _data(2, seed=6)
     target = store.snapshot(1, 2)
-    got = labels.AssignedSoft().targets(default_labels(3, 2), x, net, target)
+    got = labels.AssignedSoft(parts.AssignedSoftParams()).targets(default_labels(3, 2), x, net, target)
     net.module.eval()
     assert torch.allclose(got, net(target, x), atol=1e-6) and not got.requires_grad
 
@@ -150,14 +165,14 @@ def test_el2n_is_the_l2_distance_of_softmax_from_onehot():
 
 
 def test_fiex_schedule_starts_easy_adds_harder_images_then_drops_the_easiest():
-    cfg = ExpertConfig(initial_ratio=0.75, add_end_epoch=5, drop_easy=0.1)
+    cfg = ExpertConfig(schedule="easy_first", initial_ratio=0.75, add_end_epoch=5, drop_easy=0.1)
     order = torch.arange(100)  # easiest first
-    sched = expert_parts.EasyFirst()
-    sizes = [len(sched.indices(order, 100, e, cfg)) for e in range(1, 8)]
+    sched = parts.build("schedule", cfg)
+    sizes = [len(sched.indices(order, 100, e)) for e in range(1, 8)]
     assert sizes == [75, 81, 87, 93, 100, 90, 90]
-    assert torch.equal(sched.indices(order, 100, 1, cfg), order[:75])  # the easiest 75%
-    assert torch.equal(sched.indices(order, 100, 6, cfg), order[10:])  # the easiest 10% dropped at once
-    assert expert_parts.Full().indices(order, 100, 3, cfg) is None
+    assert torch.equal(sched.indices(order, 100, 1), order[:75])  # the easiest 75%
+    assert torch.equal(sched.indices(order, 100, 6), order[10:])  # the easiest 10% dropped at once
+    assert expert_parts.Full().indices(order, 100, 3) is None
 
 
 def test_fiex_difficulty_is_mean_el2n_of_early_models_and_cached(tmp_path):
@@ -175,10 +190,10 @@ def test_fiex_difficulty_is_mean_el2n_of_early_models_and_cached(tmp_path):
 
 def test_fiem_mask_drops_the_first_share_of_the_flat_parameters():
     net = FunctionalConvNet(MODEL)
-    mask = matching_parts.deep_parameters(net, DistillConfig(discard_ratio=0.25))
+    mask = parts.build("mask", DistillConfig(mask="deep", discard_ratio=0.25))(net)
     k = int(net.num_params * 0.25)
     assert mask.shape == (net.num_params,) and not mask[:k].any() and mask[k:].all()
-    assert matching_parts.all_parameters(net, DistillConfig()) is None
+    assert parts.build("mask", DistillConfig())(net) is None
 
 
 # ------------------------------------------------------------------------------------------ smooth experts (002)
@@ -207,7 +222,7 @@ def test_smooth_objective_gradient_is_that_of_lambda_ce_plus_mu_gp():
     x, y = _data(2, seed=3)
     x = x.double()
     cfg = ExpertConfig(objective="smooth", clip_start=0.5, clip_epochs=5, gp_weight=0.7, gp_target=1.0)
-    ce, grad = expert_parts.smooth(f, p, x, y, cfg, epoch=2)
+    ce, grad = parts.build("objective", cfg)(f, p, x, y, epoch=2)
     q = p.clone().requires_grad_(True)
     xg = x.clone().requires_grad_(True)
     out = f(q, xg)
@@ -251,7 +266,7 @@ def test_balanced_loss_coefficient_and_its_effect_equal_a_scaled_inner_lr():
     assert matching_parts.balance(20, 20, mid_offset) == pytest.approx(math.log(10 + 8))
     assert matching_parts.balance(0, 20, mid_offset) == pytest.approx(1 / math.log(10 + 8))
     assert matching_parts.balance(10, 20, mid_offset) == pytest.approx(math.log(8))
-    weights = matching_parts.balanced(3, 4, DistillConfig(max_start_epoch=20, balance_offset=8.0))
+    weights = parts.build("weights", DistillConfig(weights="balanced", balance_offset=8.0))(3, 4, 20)
     assert weights == [1 / math.log(7 + 8)] * 4
     net = FunctionalConvNet(MODEL, dtype=D)
     x, y = _data(2, seed=4)
@@ -267,14 +282,13 @@ def test_balanced_loss_coefficient_and_its_effect_equal_a_scaled_inner_lr():
 
 
 def test_intermediate_terms_match_epoch_t_plus_i_after_floor_i_n_over_m_steps(store):
-    cfg = DistillConfig(syn_steps=10, expert_epochs=3)
     assert matching_parts.intermediate_steps(10, 3) == [3, 6]
-    anchor, targets = matching_parts.intermediate(store, 1, 0, cfg)
+    anchor, targets = matching_parts.intermediate(store, 1, 0, steps=10, expert_epochs=3)
     assert [n for n, _ in targets] == [3, 6, 10]
     for i, (_, snap) in enumerate(targets, 1):
         assert torch.equal(snap, store.snapshot(1, i))
     assert torch.equal(anchor, store.snapshot(1, 0))
-    _, final = matching_parts.final(store, 1, 0, cfg)
+    _, final = matching_parts.final(store, 1, 0, steps=10, expert_epochs=3)
     assert [n for n, _ in final] == [10] and torch.equal(final[0][1], store.snapshot(1, 3))
 
 
@@ -291,4 +305,4 @@ def test_weight_perturbation_adds_filter_normalized_noise_to_weights_only():
         else:
             assert torch.equal(after, before)
         offset += n
-    assert matching_parts.no_perturbation(start, net, torch.Generator(), DistillConfig()) is start
+    assert matching_parts.no_perturbation(start, net, torch.Generator()) is start

@@ -1,8 +1,24 @@
-"""The shipped recipes hold M-DATM table 1; profiles, --set and bad input behave."""
+"""The shipped recipes hold M-DATM table 1; profiles, --set, part tables and bad input behave; the configs
+come out as the flat dicts stores and checkpoints recorded before part tables."""
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
-from challenge_kit.recipes import RECIPE_DIR, DistillConfig, ExpertConfig, Recipe, load_recipe, parse_overrides
+from challenge_kit.recipes import (
+    RECIPE_DIR,
+    SECTIONS,
+    DistillConfig,
+    ExpertConfig,
+    Recipe,
+    load_recipe,
+    parse_overrides,
+)
 
 # SPEC section 5, M-DATM table 1: N, M, T-, T, T+, Interval, batch_syn, lr (pixels)
 TABLE1 = {
@@ -134,3 +150,97 @@ def test_experts_must_cover_the_matching_range():
                                          r"distill\.max_start_epoch \+ distill\.expert_epochs \(1 \+ 2\)"):
         load_recipe("tinyimagenet", "quick", ["experts.epochs=2"])
     assert load_recipe("tinyimagenet", "quick", ["experts.epochs=2", "distill.max_start_epoch=0"]).experts.epochs == 2
+
+
+# ------------------------------------------------------------------------------------------ part tables
+
+BEFORE = json.loads((Path(__file__).parent / "recipes_before.json").read_text())
+
+
+@pytest.mark.parametrize("key", sorted(BEFORE["recipes"]))
+def test_every_shipped_recipe_gives_the_flat_dict_the_code_before_part_tables_gave(key):
+    """Expert stores keep ``asdict(ExpertConfig)`` as their resume identity and checkpoints ``recipe.to_dict()``:
+    both must stay what they were. ``recipes_before.json`` was written by the code before part tables (every
+    dataset x profile x method: the default sections once, then each recipe's values that differ, or that it
+    failed to load), keys in their order."""
+    method, dataset, profile = key.split("/")
+    want = BEFORE["recipes"][key]
+    load = (lambda: load_recipe(dataset, profile)) if method == dataset else \
+        (lambda: load_recipe(method, profile, dataset=dataset))
+    if "error" in want:
+        with pytest.raises(ValueError, match=re.escape(want["error"])):
+            load()
+        return
+    expected = {**want["top"], **{s: {**BEFORE["defaults"][s], **want[s]} for s in BEFORE["defaults"]}}
+    assert json.dumps(load().to_dict()) == json.dumps(expected)
+
+
+def test_a_part_table_names_the_part_and_sets_its_parameters(tmp_path):
+    table = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill.mask]\nname = "deep"\ndiscard_ratio = 0.3\n'))
+    assert (table.distill.mask, table.distill.discard_ratio) == ("deep", 0.3)
+    plain = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill]\nmask = "deep"\n'))
+    assert (plain.distill.mask, plain.distill.discard_ratio) == ("deep", 0.25)
+    flat = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill]\nmask = "deep"\ndiscard_ratio = 0.3\n'))
+    assert flat == table  # the spelling before part tables is still read
+    for sets in (["distill.mask=deep", "distill.mask.discard_ratio=0.3"],
+                 ["distill.mask.discard_ratio=0.3", "distill.mask.name=deep"]):
+        d = load_recipe("cifar100", overrides=sets).distill
+        assert (d.mask, d.discard_ratio) == ("deep", 0.3)
+    pad = load_recipe("pad", "quick", dataset="cifar100", overrides=["distill.mask.discard_ratio=0.5"])
+    assert (pad.distill.discard_ratio, pad.experts.add_end_epoch) == (0.5, 2)  # the profile's table set the schedule's
+    assert parse_overrides(["distill.mask=deep", "distill.mask.discard_ratio=0.3"]) == \
+        {"distill": {"mask": {"name": "deep", "discard_ratio": "0.3"}}}
+
+
+@pytest.mark.parametrize("item,match", [
+    (["distill.mask.discard_ratio=0.3"], r"distill\.mask\.discard_ratio is a parameter of deep, not of the mask part "
+                                         r"'all'"),
+    (["distill.mask=all", "distill.mask.discard_ratio=0.3"], r"\[distill\.mask\]: discard_ratio is a parameter of "
+                                                             r"deep, not of the mask part 'all'"),
+    (["experts.objective=sgd", "experts.rho=0.05"], r"experts\.objective\.rho is a parameter of gsam, not of the "
+                                                    r"objective part 'sgd'"),
+    (["distill.labels.label_epoch=3"], "label_epoch is a parameter of learned_soft and assigned_soft, not of the "
+                                       "labels part 'hard'"),
+    (["distill.mask.discard_rate=0.3"], r"\[distill\.mask\]: unknown parameter 'discard_rate'; known: discard_ratio "
+                                        r"\(deep\)"),
+    (["experts.objective.name=gsam", "experts.objective.roh=1"], "unknown parameter 'roh'; known: rho, alpha, "
+                                                                 "adaptive$"),
+    (["distill.init.k=3"], "unknown parameter 'k'; known: none"),
+    (["distill.mask=deep", "distill.mask.discard_ratio=1.5"], r"distill\.discard_ratio is a fraction, got 1\.5"),
+    (["distill.mask.discard_ratio=lots", "distill.mask=deep"], "discard_ratio must be float, got 'lots'"),
+    (["distill.mask.name=deeep"], "distill.mask: unknown mask part 'deeep'; known: all, deep"),
+])
+def test_part_parameters_that_no_chosen_part_takes_are_refused_naming_it(item, match):
+    with pytest.raises(ValueError, match=match):
+        load_recipe("cifar100", overrides=item)
+
+
+def test_a_misspelt_part_in_a_part_table_fails_before_torch_is_imported(tmp_path):
+    path = write(tmp_path, 'method = "typo"\n[experts.schedule]\nname = "easy-first"\ninitial_ratio = 0.5\n')
+    code = ("import sys\nfrom challenge_kit.recipes import load_recipe\ntry:\n    load_recipe(sys.argv[1], "
+            "dataset='cifar100')\nexcept ValueError as e:\n    print(e, 'torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().endswith("unknown schedule part 'easy-first'; known: full, easy_first False"), \
+        done.stdout + done.stderr
+
+
+# The constraints the checks had before they moved into the fields (everything else: >= 0, or not a number).
+CONSTRAINTS = {
+    "positive": {"experts.num_experts", "experts.epochs", "experts.lr", "experts.batch_size", "experts.add_end_epoch",
+                 "experts.score_models", "experts.score_epochs", "distill.iterations", "distill.syn_steps",
+                 "distill.expert_epochs", "distill.interval", "distill.batch_syn", "distill.lr_img", "distill.lr_init",
+                 "distill.threshold", "distill.checkpoint_every", "distill.balance_offset", "eval.epochs",
+                 "eval.rounds"},
+    "signed": {"experts.seed", "distill.seed", "eval.seed", "distill.label_epoch"},
+    "fraction": {"experts.initial_ratio", "experts.drop_easy", "experts.clip_start", "distill.discard_ratio"},
+    "below_one": {"experts.momentum", "distill.momentum", "distill.labels_momentum"},
+}
+
+
+def test_each_field_carries_its_own_constraint():
+    got: dict[str, set[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if "check" in f.metadata:
+                got.setdefault(f.metadata["check"], set()).add(f"{section}.{f.name}")
+    assert got == CONSTRAINTS

@@ -60,7 +60,7 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """One shuffled pass (epoch ``epoch``, 1-based) in ``batch_size`` batches, fresh per-image DSA each, with
     the recipe's objective part; returns (p, buf, mean loss)."""
-    objective = parts.get("objective", config.objective)
+    objective = parts.build("objective", config)
     n, device = images.shape[0], images.device
     perm = torch.randperm(n, generator=gen).to(device)
     total = torch.zeros((), device=device)
@@ -69,7 +69,7 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
         # parameters drawn on the CPU generator, so the trajectory does not depend on the device's RNG
         params = augment.sample(idx.numel(), images.shape[-1], "cpu", generator=gen, group_generator=gen)
         x = augment.apply(images[idx], params.to(device))
-        loss, grad = objective(f, p, x, labels[idx], config, epoch - 1)
+        loss, grad = objective(f, p, x, labels[idx], epoch - 1)
         p, buf = sgd_step(p, grad, expert_lr(config, epoch), config.momentum, config.weight_decay, buf)
         total += loss * idx.numel()
         if on_step is not None:
@@ -153,7 +153,7 @@ def _save(path: Path, snapshots: list[torch.Tensor], gen: torch.Generator, buf: 
 
 def epoch_subset(config: ExpertConfig, order: torch.Tensor | None, n: int, epoch: int) -> torch.Tensor | None:
     """The training images of epoch ``epoch`` under the recipe's schedule part (None: all of them)."""
-    return parts.get("schedule", config.schedule)().indices(order, n, epoch, config)
+    return parts.build("schedule", config).indices(order, n, epoch)
 
 
 def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,

@@ -1,5 +1,5 @@
 """How experts are trained: the objective (loss and gradient of one batch) and the data schedule (which real
-images each epoch sees)."""
+images each epoch sees). A part with parameters takes them first, or is built from them (``parts.kinds``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from challenge_kit.core.models import FunctionalConvNet
+from challenge_kit.parts import EasyFirstParams, GsamParams, SmoothParams
 
 # ---------------------------------------------------------------------------------------------- objectives
 
@@ -34,17 +35,17 @@ def _ce_gradient(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor,
     return loss.detach(), torch.autograd.grad(loss, q)[0]
 
 
-def sgd(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+def sgd(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
         epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _ce_gradient(f, p, x, y)
 
 
-def gsam(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+def gsam(params: GsamParams, f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
          epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two passes on the same augmented batch: the plain gradient, then the one at the perturbed point."""
     loss, g = _ce_gradient(f, p, x, y)
-    _, g_p = _ce_gradient(f, p + gsam_perturbation(p, g, config.rho, config.adaptive), x, y)
-    return loss, gsam_gradient(g, g_p, config.alpha)
+    _, g_p = _ce_gradient(f, p + gsam_perturbation(p, g, params.rho, params.adaptive), x, y)
+    return loss, gsam_gradient(g, g_p, params.alpha)
 
 
 def clip_coefficient(epoch: int, start: float, epochs: int) -> float:
@@ -61,15 +62,15 @@ def gradient_penalty(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, target
     return (gx.flatten(1).norm(dim=1) - target).pow(2).mean()
 
 
-def smooth(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor, config,
+def smooth(params: SmoothParams, f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
            epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     q = p.detach().requires_grad_(True)
     xg = x.detach().requires_grad_(True)
     out = f(q, xg)
     ce = F.cross_entropy(out, y)
-    loss = clip_coefficient(epoch, config.clip_start, config.clip_epochs) * ce
-    if config.gp_weight:
-        loss = loss + config.gp_weight * gradient_penalty(out, xg, y, config.gp_target)
+    loss = clip_coefficient(epoch, params.clip_start, params.clip_epochs) * ce
+    if params.gp_weight:
+        loss = loss + params.gp_weight * gradient_penalty(out, xg, y, params.gp_target)
     return ce.detach(), torch.autograd.grad(loss, q)[0]
 
 
@@ -79,7 +80,7 @@ def smooth(f: FunctionalConvNet, p: torch.Tensor, x: torch.Tensor, y: torch.Tens
 class Full:
     needs_difficulty = False
 
-    def indices(self, order: torch.Tensor | None, n: int, epoch: int, config) -> torch.Tensor | None:
+    def indices(self, order: torch.Tensor | None, n: int, epoch: int) -> torch.Tensor | None:
         return None
 
 
@@ -95,11 +96,15 @@ def easy_first_count(n: int, epoch: int, initial_ratio: float, add_end_epoch: in
 class EasyFirst:
     needs_difficulty = True
 
-    def indices(self, order: torch.Tensor, n: int, epoch: int, config) -> torch.Tensor:
+    def __init__(self, params: EasyFirstParams) -> None:
+        self.params = params
+
+    def indices(self, order: torch.Tensor, n: int, epoch: int) -> torch.Tensor:
         """``order``: image indices from easiest to hardest."""
-        if epoch > config.add_end_epoch:
-            return order[int(config.drop_easy * n):]
-        return order[:easy_first_count(n, epoch, config.initial_ratio, config.add_end_epoch)]
+        p = self.params
+        if epoch > p.add_end_epoch:
+            return order[int(p.drop_easy * n):]
+        return order[:easy_first_count(n, epoch, p.initial_ratio, p.add_end_epoch)]
 
 
 def el2n(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Parts of one matching iteration: the parameter mask, per-step inner-loss weights, the matched snapshots and
-a perturbation of the start. Each is a pure function of the run's settings, the expert store and the RNG."""
+a perturbation of the start. Each is a pure function of its own parameters (first, when it has any), the run
+facts it is given, the expert store and the RNG (call shapes: ``parts.kinds``)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ from typing import Any
 import torch
 
 from challenge_kit.core.models import FunctionalConvNet
+from challenge_kit.parts import BalancedParams, DeepParams, FilterNoiseParams
 
 
-def all_parameters(net: FunctionalConvNet, cfg) -> torch.Tensor | None:
+def all_parameters(net: FunctionalConvNet) -> torch.Tensor | None:
     return None
 
 
-def deep_parameters(net: FunctionalConvNet, cfg) -> torch.Tensor:
+def deep_parameters(params: DeepParams, net: FunctionalConvNet) -> torch.Tensor:
     mask = torch.ones(net.num_params, dtype=torch.bool)
-    mask[: int(net.num_params * cfg.discard_ratio)] = False
+    mask[: int(net.num_params * params.discard_ratio)] = False
     return mask
 
 
-def uniform(start_epoch: int, steps: int, cfg) -> list[float] | None:
+def uniform(start_epoch: int, steps: int, max_start_epoch: int) -> list[float] | None:
     return None
 
 
@@ -33,8 +35,8 @@ def balance(start_epoch: int, max_start_epoch: int, offset: float) -> float:
     return 1 / math.log(mid - start_epoch + offset)
 
 
-def balanced(start_epoch: int, steps: int, cfg) -> list[float]:
-    return [balance(start_epoch, cfg.max_start_epoch, cfg.balance_offset)] * steps
+def balanced(params: BalancedParams, start_epoch: int, steps: int, max_start_epoch: int) -> list[float]:
+    return [balance(start_epoch, max_start_epoch, params.balance_offset)] * steps
 
 
 def intermediate_steps(steps: int, expert_epochs: int) -> list[int]:
@@ -42,19 +44,20 @@ def intermediate_steps(steps: int, expert_epochs: int) -> list[int]:
     return [i * steps // expert_epochs for i in range(1, expert_epochs)]
 
 
-def final(experts: Any, expert: int, start_epoch: int, cfg) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-    rows = experts.snapshots(expert, [start_epoch, start_epoch + cfg.expert_epochs])
-    return rows[0], [(cfg.syn_steps, rows[1])]
+def final(experts: Any, expert: int, start_epoch: int, steps: int,
+          expert_epochs: int) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    rows = experts.snapshots(expert, [start_epoch, start_epoch + expert_epochs])
+    return rows[0], [(steps, rows[1])]
 
 
-def intermediate(experts: Any, expert: int, start_epoch: int,
-                 cfg) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
-    rows = experts.snapshots(expert, list(range(start_epoch, start_epoch + cfg.expert_epochs + 1)))
-    steps = intermediate_steps(cfg.syn_steps, cfg.expert_epochs) + [cfg.syn_steps]
-    return rows[0], [(n, rows[i]) for i, n in enumerate(steps, 1)]
+def intermediate(experts: Any, expert: int, start_epoch: int, steps: int,
+                 expert_epochs: int) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    rows = experts.snapshots(expert, list(range(start_epoch, start_epoch + expert_epochs + 1)))
+    after = intermediate_steps(steps, expert_epochs) + [steps]
+    return rows[0], [(n, rows[i]) for i, n in enumerate(after, 1)]
 
 
-def no_perturbation(start: torch.Tensor, net: FunctionalConvNet, generator: torch.Generator, cfg) -> torch.Tensor:
+def no_perturbation(start: torch.Tensor, net: FunctionalConvNet, generator: torch.Generator) -> torch.Tensor:
     return start
 
 
@@ -75,5 +78,6 @@ def filter_noise(start: torch.Tensor, net: FunctionalConvNet, generator: torch.G
     return out
 
 
-def perturb_filters(start: torch.Tensor, net: FunctionalConvNet, generator: torch.Generator, cfg) -> torch.Tensor:
-    return filter_noise(start, net, generator, cfg.perturb_scale)
+def perturb_filters(params: FilterNoiseParams, start: torch.Tensor, net: FunctionalConvNet,
+                    generator: torch.Generator) -> torch.Tensor:
+    return filter_noise(start, net, generator, params.perturb_scale)
