@@ -16,6 +16,7 @@ from pathlib import Path
 
 from challenge_kit import parts
 from challenge_kit.core.contract import get_spec
+from challenge_kit.core.errors import KitValueError
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
 
@@ -143,7 +144,7 @@ def _coerce(cls, key: str, value, where: str):
     """Check a TOML value's type (ints are accepted for floats); ``--set`` strings are parsed first."""
     types = {f.name: f.type for f in fields(cls)}
     if key not in types:
-        raise ValueError(f"{where}: unknown key {key!r}; known: {', '.join(types)}")
+        raise KitValueError(f"{where}: unknown key {key!r}; known: {', '.join(types)}")
     kind = types[key]
     if isinstance(value, str) and kind != "str":
         text = value.strip().lower()
@@ -151,21 +152,21 @@ def _coerce(cls, key: str, value, where: str):
             value = {"bool": lambda: {"true": True, "false": False, "1": True, "0": False}[text],
                      "int": lambda: int(text), "float": lambda: float(text)}[kind]()
         except (KeyError, ValueError):
-            raise ValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
+            raise KitValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
     ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, int | float) and not isinstance(value, bool),
           "str": isinstance(value, str)}[kind]
     if not ok or (kind == "float" and not math.isfinite(value)):
-        raise ValueError(f"{where}: {key} must be {kind}, got {value!r}")
+        raise KitValueError(f"{where}: {key} must be {kind}, got {value!r}")
     return float(value) if kind == "float" else value
 
 
 def _apply(recipe: Recipe, tables: dict, where: str) -> Recipe:
     for section, values in tables.items():
         if section not in SECTIONS:
-            raise ValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+            raise KitValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise ValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
+            raise KitValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
         cls = SECTIONS[section]
         current = getattr(recipe, section)
         updates = {k: _coerce(cls, k, v, f"{where} [{section}]") for k, v in values.items()}
@@ -182,29 +183,29 @@ def _validate(recipe: Recipe, where: str) -> Recipe:
             if f.type not in ("int", "float") or f.name in SIGNED:
                 continue
             if f.name in POSITIVE[section] and not value > 0:
-                raise ValueError(f"{where}: {section}.{f.name} must be positive, got {value}")
+                raise KitValueError(f"{where}: {section}.{f.name} must be positive, got {value}")
             if value < 0:
-                raise ValueError(f"{where}: {section}.{f.name} must not be negative, got {value}")
+                raise KitValueError(f"{where}: {section}.{f.name} must not be negative, got {value}")
             if f.name in FRACTIONS.get(section, ()) and value > 1:
-                raise ValueError(f"{where}: {section}.{f.name} is a fraction, got {value}")
+                raise KitValueError(f"{where}: {section}.{f.name} is a fraction, got {value}")
         for name in ("momentum", "labels_momentum"):
             if getattr(config, name, 0) >= 1:
-                raise ValueError(f"{where}: {section}.{name} must be below 1, got {getattr(config, name)}")
+                raise KitValueError(f"{where}: {section}.{name} must be below 1, got {getattr(config, name)}")
     _check_parts(recipe, where)
     d, e, v = recipe.distill, recipe.experts, recipe.eval
     if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
-        raise ValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
+        raise KitValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
                          f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
     if e.epochs < d.max_start_epoch + d.expert_epochs:
-        raise ValueError(f"{where}: experts.epochs ({e.epochs}) must be at least distill.max_start_epoch "
+        raise KitValueError(f"{where}: experts.epochs ({e.epochs}) must be at least distill.max_start_epoch "
                          f"+ distill.expert_epochs ({d.max_start_epoch} + {d.expert_epochs}): matching reads "
                          f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
     if d.label_epoch > e.epochs:
-        raise ValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
+        raise KitValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
     if v.split not in SPLITS:
-        raise ValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
+        raise KitValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
     if v.split == "holdout" and v.every > 0 and v.holdout_per_class < 1:
-        raise ValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
+        raise KitValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
     return recipe
 
 
@@ -213,10 +214,10 @@ def _check_parts(recipe: Recipe, where: str) -> None:
     for kind, name in recipe.parts().items():
         try:
             parts.check(kind, name)
-        except ValueError as e:
-            raise ValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
+        except KitValueError as e:
+            raise KitValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
     if recipe.distill.grad not in GRAD_MODES:
-        raise ValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
+        raise KitValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
                          f"known: {', '.join(GRAD_MODES)}")
 
 
@@ -227,7 +228,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. distill.iterations=500")
+            raise KitValueError(f"--set {item!r}: expected section.key=value, e.g. distill.iterations=500")
         out.setdefault(section, {})[name] = value.strip()
     return out
 
@@ -249,20 +250,20 @@ def recipe_path(name_or_path: str, recipe_dir: Path = RECIPE_DIR) -> Path:
 def read_toml(path: Path) -> dict:
     """A recipe file's tables, with its top-level keys checked."""
     if not path.is_file():
-        raise ValueError(f"{path}: recipe not found")
+        raise KitValueError(f"{path}: recipe not found")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+        raise KitValueError(f"{path}: not valid TOML ({e})") from None
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected {', '.join(TOP_LEVEL)}")
+        raise KitValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected {', '.join(TOP_LEVEL)}")
     for key in ("dataset", "method", "description"):
         if key in data and not isinstance(data[key], str):
-            raise ValueError(f"{path}: {key} must be a string")
+            raise KitValueError(f"{path}: {key} must be a string")
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
-        raise ValueError(f"{path}: profiles must be tables like [profiles.quick.distill]")
+        raise KitValueError(f"{path}: profiles must be tables like [profiles.quick.distill]")
     return data
 
 
@@ -274,18 +275,18 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
     layers = [(path, data)]
     if "dataset" not in data:  # a method recipe: laid over the dataset's own recipe
         if dataset is None:
-            raise ValueError(f"{path}: a method recipe (no 'dataset') needs the dataset it is run on")
+            raise KitValueError(f"{path}: a method recipe (no 'dataset') needs the dataset it is run on")
         base = recipe_dir / f"{dataset}.toml"
         layers.insert(0, (base, read_toml(base)))
     name = layers[0][1].get("dataset")
     if not isinstance(name, str):
-        raise ValueError(f"{layers[0][0]}: missing top-level 'dataset = \"...\"'")
+        raise KitValueError(f"{layers[0][0]}: missing top-level 'dataset = \"...\"'")
     if dataset is not None and dataset != name:
-        raise ValueError(f"{path}: a recipe for {name}, not {dataset}")
+        raise KitValueError(f"{path}: a recipe for {name}, not {dataset}")
     try:
         get_spec(name)
-    except ValueError as e:
-        raise ValueError(f"{layers[0][0]}: {e}") from None
+    except KitValueError as e:
+        raise KitValueError(f"{layers[0][0]}: {e}") from None
 
     recipe = Recipe(dataset=name, profile=profile)
     for where, tables in layers:
@@ -293,7 +294,7 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
         recipe = replace(recipe, **{k: tables[k] for k in ("method", "description") if k in tables})
     available = {p for _, tables in layers for p in tables.get("profiles", {})}
     if profile != "full" and profile not in available:
-        raise ValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
+        raise KitValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
     chosen = recipe
     for name in sorted(available):  # every profile is checked, the chosen one is kept
         variant = recipe

@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from challenge_kit.core.errors import KitValueError
+
 KINDS = {
     "init": "how the synthetic images start",
     "labels": "what the student is trained towards in the inner loop",
@@ -81,14 +83,14 @@ REGISTRY: dict[str, dict[str, Part]] = {kind: {p.name: p for p in PARTS if p.kin
 
 
 def check(kind: str, name: str) -> None:
-    """A ValueError naming the known parts when ``kind``/``name`` is not one (imports nothing)."""
+    """A KitValueError naming the known parts when ``kind``/``name`` is not one (imports nothing)."""
     if name not in REGISTRY.get(kind, {}):
         known = ", ".join(REGISTRY.get(kind, {})) or "none"
-        raise ValueError(f"unknown {kind} part {name!r}; known: {known}")
+        raise KitValueError(f"unknown {kind} part {name!r}; known: {known}")
 
 
 def get(kind: str, name: str) -> Any:
-    """The implementation of ``kind``/``name``; a ValueError names the known ones."""
+    """The implementation of ``kind``/``name``; a KitValueError names the known ones."""
     check(kind, name)
     return REGISTRY[kind][name].impl
 
