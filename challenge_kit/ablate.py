@@ -162,32 +162,6 @@ def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: 
     return summary
 
 
-def ablation_table(summary: dict):
-    """The rich table of an ablation: accuracy, paired difference to the first variant, cost."""
-    from rich.table import Table
-
-    rows = summary["variants"]
-    base = rows[0]
-    table = Table(title=f"ablation on {summary['dataset']} ({summary['profile']} profile): scorer recipe, "
-                        f"{summary['epochs']} epochs x {summary['rounds']} paired rounds on the test split",
-                  caption=f"difference: paired over the same round seeds, against {base['variant']}; "
-                          "peak memory: CUDA peak allocated, or the variant process's peak RSS on a CPU")
-    for col in ("variant", "parts (vs first)", "accuracy", f"vs {base['variant']}", "s / iteration", "peak MiB",
-                "status"):
-        table.add_column(col, justify="left" if col in ("variant", "parts (vs first)", "status") else "right",
-                         overflow="fold")
-    for r in rows:
-        differ = ", ".join(f"{k}={v}" for k, v in r["parts"].items() if v != base["parts"][k]) or "-"
-        if r["status"] != "ok":
-            table.add_row(r["variant"], differ, "-", "-", "-", "-", f"[red]failed[/red]: {r['error']}")
-            continue
-        diff = r.get("difference")
-        table.add_row(r["variant"], differ, f"{r['mean']:.4f} +- {r['se']:.4f}",
-                      "-" if diff is None else f"{diff['mean']:+.4f} +- {diff['se']:.4f}",
-                      f"{r['seconds_per_iteration']:.2f}", f"{r['peak_mb']:.0f}", "ok")
-    return table
-
-
 def main() -> None:
     from challenge_kit.core.devices import tune_allocator
 

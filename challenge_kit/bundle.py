@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from challenge_kit.core.contract import SPECS, DatasetSpec
-from challenge_kit.core.errors import KitFileError, first_line
+from challenge_kit.core.errors import KitFileError, KitValueError, first_line
 from challenge_kit.core.storage import atomic_write, load_torch_bytes, save_json, sha256
 from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
@@ -224,14 +224,15 @@ def bundle(sources: list[str | Path], out: str | Path) -> dict:
     """Check both exports, write ``out`` (the zip) and its manifest beside it; return the manifest."""
     out = Path(out)
     if out.suffix != ".zip":
-        raise ValueError(f"{out}: the upload must be a .zip file")
+        raise KitValueError(f"{out}: the upload must be a .zip file")
     if len(sources) != len(MEMBERS):
-        raise ValueError(f"give {len(MEMBERS)} exports, one per dataset ({', '.join(SPECS)}); got {len(sources)}")
+        raise KitValueError(f"give {len(MEMBERS)} exports, one per dataset ({', '.join(SPECS)}); got {len(sources)}")
     chosen: dict[str, tuple[Path, dict | None, Report]] = {}
     for source in sources:
         spec, pt, manifest, report = checked_export(source)
         if spec.submission_file in chosen:
-            raise ValueError(f"{pt} and {chosen[spec.submission_file][0]} are both {spec.name}: give one per dataset")
+            raise KitValueError(f"{pt} and {chosen[spec.submission_file][0]} are both {spec.name}: "
+                                "give one per dataset")
         chosen[spec.submission_file] = (pt, manifest, report)
     members = {name: chosen[name][0].read_bytes() for name in MEMBERS}
     write_zip(members, out)

@@ -31,7 +31,7 @@ from PIL import Image
 
 from challenge_kit.core import seeds
 from challenge_kit.core.contract import DatasetSpec, get_spec, normalize
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.storage import load_tensors, save_tensors, save_torch
 
 SPLITS = ("train", "test")
@@ -206,7 +206,7 @@ def tiny_classes(root: Path) -> list[str]:
 def tiny_spec(wnids: list[str]) -> DatasetSpec:
     base = get_spec("tinyimagenet")
     if len(wnids) > base.num_classes:
-        raise ValueError(f"Tiny ImageNet lists {len(wnids)} classes, more than {base.num_classes}")
+        raise KitValueError(f"Tiny ImageNet lists {len(wnids)} classes, more than {base.num_classes}")
     if len(wnids) == base.num_classes:
         return base
     return base.subset(len(wnids), class_names=tuple(wnids))
@@ -370,7 +370,7 @@ def load_split(dataset: str, root: str | Path, split: str, *, download: bool = F
         root = tiny_root(root)
     if download and not image_folder:
         if dataset != "cifar100":
-            raise ValueError(f"{dataset} cannot be downloaded by ddkit; unpack it as {TINY_LAYOUT}")
+            raise KitValueError(f"{dataset} cannot be downloaded by ddkit; unpack it as {TINY_LAYOUT}")
         download_cifar100(root)
     if not root.is_dir():
         raise KitFileError(root, "data root not found")
@@ -398,7 +398,7 @@ def split_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torc
     for c in torch.unique(labels).tolist():
         pool = torch.nonzero(labels == c).flatten()
         if len(pool) <= per_class:
-            raise ValueError(f"class {c} has {len(pool)} training images: cannot hold out {per_class} of them "
+            raise KitValueError(f"class {c} has {len(pool)} training images: cannot hold out {per_class} of them "
                              "for selection and keep any (lower eval.holdout_per_class)")
         pool = pool[torch.randperm(len(pool), generator=gen)]
         held.append(pool[:per_class])

@@ -27,6 +27,7 @@ from typing import Any
 
 from challenge_kit import parts
 from challenge_kit.core.contract import get_spec
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.parts.params import below_one, coerce, positive, problem, signed
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
@@ -167,10 +168,10 @@ def _part_updates(kind: str, table: dict, at: str, loose: Loose) -> dict:
         if key == "name":
             continue
         if key not in declared:
-            raise ValueError(f"{at}: unknown parameter {key!r}; known: {_known(declared, chosen and name)}")
+            raise KitValueError(f"{at}: unknown parameter {key!r}; known: {_known(declared, chosen and name)}")
         f, owners = declared[key]
         if chosen is not None and name not in owners:
-            raise ValueError(f"{at}: {_not_of(key, owners, kind, name)}")
+            raise KitValueError(f"{at}: {_not_of(key, owners, kind, name)}")
         updates[key] = coerce(f.type, key, value, at)
         if name is None:
             loose[kind] = (*loose.get(kind, ()), key)
@@ -181,9 +182,9 @@ def _apply(recipe: Recipe, loose: Loose, tables: dict, where: str) -> tuple[Reci
     loose = dict(loose)
     for section, values in tables.items():
         if section not in SECTIONS:
-            raise ValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+            raise KitValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise ValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
+            raise KitValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
         current = getattr(recipe, section)
         known = {f.name: f for f in fields(current)}
         kinds = [key for key in values if key in parts.KINDS and key in known]
@@ -196,7 +197,7 @@ def _apply(recipe: Recipe, loose: Loose, tables: dict, where: str) -> tuple[Reci
             if key in kinds:
                 continue
             if key not in known:
-                raise ValueError(f"{where} [{section}]: unknown key {key!r}; known: {', '.join(known)}")
+                raise KitValueError(f"{where} [{section}]: unknown key {key!r}; known: {', '.join(known)}")
             updates[key] = coerce(known[key].type, key, value, f"{where} [{section}]")
             if key in PARAMETER_KIND:
                 loose[PARAMETER_KIND[key]] = (*loose.get(PARAMETER_KIND[key], ()), key)
@@ -211,28 +212,28 @@ def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
         for f in fields(config):
             wrong = problem(f, getattr(config, f.name))
             if wrong:
-                raise ValueError(f"{where}: {section}.{f.name} {wrong}")
+                raise KitValueError(f"{where}: {section}.{f.name} {wrong}")
     _check_parts(recipe, where)
     d, e, v = recipe.distill, recipe.experts, recipe.eval
     if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
-        raise ValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
-                         f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
+        raise KitValueError(f"{where}: distill needs min_start_epoch <= current_max_start_epoch <= max_start_epoch, "
+                            f"got {d.min_start_epoch}, {d.current_max_start_epoch}, {d.max_start_epoch}")
     if e.epochs < d.max_start_epoch + d.expert_epochs:
-        raise ValueError(f"{where}: experts.epochs ({e.epochs}) must be at least distill.max_start_epoch "
-                         f"+ distill.expert_epochs ({d.max_start_epoch} + {d.expert_epochs}): matching reads "
-                         f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
+        raise KitValueError(f"{where}: experts.epochs ({e.epochs}) must be at least distill.max_start_epoch "
+                            f"+ distill.expert_epochs ({d.max_start_epoch} + {d.expert_epochs}): matching reads "
+                            f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
     if d.label_epoch > e.epochs:
-        raise ValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
+        raise KitValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
     if v.split not in SPLITS:
-        raise ValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
+        raise KitValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
     if v.split == "holdout" and v.every > 0 and v.holdout_per_class < 1:
-        raise ValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
+        raise KitValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
     for kind, given in loose.items():  # parameters given without a part's name are the chosen part's
         name = recipe.parts()[kind]
         for key in given:
             owners = parts.parameters(kind)[key][1]
             if name not in owners:
-                raise ValueError(f"{where}: {parts.FIELDS[kind]}.{_not_of(key, owners, kind, name)}")
+                raise KitValueError(f"{where}: {parts.FIELDS[kind]}.{_not_of(key, owners, kind, name)}")
     return recipe
 
 
@@ -242,10 +243,10 @@ def _check_parts(recipe: Recipe, where: str) -> None:
         try:
             parts.check(kind, name)
         except ValueError as e:
-            raise ValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
+            raise KitValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
     if recipe.distill.grad not in parts.GRAD_MODES:
-        raise ValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
-                         f"known: {', '.join(parts.GRAD_MODES)}")
+        raise KitValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
+                            f"known: {', '.join(parts.GRAD_MODES)}")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -257,7 +258,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. distill.iterations=500")
+            raise KitValueError(f"--set {item!r}: expected section.key=value, e.g. distill.iterations=500")
         table = out.setdefault(section, {})
         name, dot, param = name.partition(".")
         before = table.get(name)
@@ -287,20 +288,20 @@ def recipe_path(name_or_path: str, recipe_dir: Path = RECIPE_DIR) -> Path:
 def read_toml(path: Path) -> dict:
     """A recipe file's tables, with its top-level keys checked."""
     if not path.is_file():
-        raise ValueError(f"{path}: recipe not found")
+        raise KitValueError(f"{path}: recipe not found")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid TOML ({e})") from None
+        raise KitValueError(f"{path}: not valid TOML ({e})") from None
     unknown = sorted(set(data) - set(TOP_LEVEL))
     if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected {', '.join(TOP_LEVEL)}")
+        raise KitValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; expected {', '.join(TOP_LEVEL)}")
     for key in ("dataset", "method", "description"):
         if key in data and not isinstance(data[key], str):
-            raise ValueError(f"{path}: {key} must be a string")
+            raise KitValueError(f"{path}: {key} must be a string")
     profiles = data.get("profiles", {})
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
-        raise ValueError(f"{path}: profiles must be tables like [profiles.quick.distill]")
+        raise KitValueError(f"{path}: profiles must be tables like [profiles.quick.distill]")
     return data
 
 
@@ -312,18 +313,18 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
     layers = [(path, data)]
     if "dataset" not in data:  # a method recipe: laid over the dataset's own recipe
         if dataset is None:
-            raise ValueError(f"{path}: a method recipe (no 'dataset') needs the dataset it is run on")
+            raise KitValueError(f"{path}: a method recipe (no 'dataset') needs the dataset it is run on")
         base = recipe_dir / f"{dataset}.toml"
         layers.insert(0, (base, read_toml(base)))
     name = layers[0][1].get("dataset")
     if not isinstance(name, str):
-        raise ValueError(f"{layers[0][0]}: missing top-level 'dataset = \"...\"'")
+        raise KitValueError(f"{layers[0][0]}: missing top-level 'dataset = \"...\"'")
     if dataset is not None and dataset != name:
-        raise ValueError(f"{path}: a recipe for {name}, not {dataset}")
+        raise KitValueError(f"{path}: a recipe for {name}, not {dataset}")
     try:
         get_spec(name)
     except ValueError as e:
-        raise ValueError(f"{layers[0][0]}: {e}") from None
+        raise KitValueError(f"{layers[0][0]}: {e}") from None
 
     recipe, loose = Recipe(dataset=name, profile=profile), {}
     for where, tables in layers:
@@ -331,7 +332,7 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
         recipe = replace(recipe, **{k: tables[k] for k in ("method", "description") if k in tables})
     available = {p for _, tables in layers for p in tables.get("profiles", {})}
     if profile != "full" and profile not in available:
-        raise ValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
+        raise KitValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
     chosen = recipe, loose
     for name in sorted(available):  # every profile is checked, the chosen one is kept
         variant = recipe, loose

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
+from challenge_kit.core.errors import KitValueError
+
 if TYPE_CHECKING:  # torch is imported where tensors are made, so that reading a recipe stays well under a second
     import torch
 
@@ -49,9 +51,9 @@ class DatasetSpec:
                ipc: int | None = None) -> DatasetSpec:
         """A spec for the first ``num_classes`` classes (tests, mini sets): never a challenge spec."""
         if not 0 < num_classes <= self.num_classes:
-            raise ValueError(f"subset of {num_classes} classes is not within 1..{self.num_classes}")
+            raise KitValueError(f"subset of {num_classes} classes is not within 1..{self.num_classes}")
         if ipc is not None and ipc < 1:
-            raise ValueError(f"subset ipc must be at least 1, got {ipc}")
+            raise KitValueError(f"subset ipc must be at least 1, got {ipc}")
         if num_classes == self.num_classes and class_names is None and ipc in (None, self.ipc):
             return self
         return replace(self, num_classes=num_classes, challenge=False, class_names=class_names,
@@ -66,7 +68,7 @@ class DatasetSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetSpec:
-        """Inverse of ``to_dict``; specs come from files, so a wrong one is refused (ValueError)."""
+        """Inverse of ``to_dict``; specs come from files, so a wrong one is refused (KitValueError)."""
         names = d.get("class_names")
         spec = cls(name=str(d["name"]), num_classes=int(d["num_classes"]), image_size=int(d["image_size"]),
                    ipc=int(d["ipc"]), mean=tuple(float(m) for m in d["mean"]),
@@ -76,9 +78,9 @@ class DatasetSpec:
         if min(spec.num_classes, spec.image_size, spec.ipc, spec.channels) < 1 \
                 or len(spec.mean) != spec.channels or len(spec.std) != spec.channels or min(spec.std) <= 0 \
                 or (spec.class_names is not None and len(spec.class_names) != spec.num_classes):
-            raise ValueError(f"not a valid dataset spec: {d!r}")
+            raise KitValueError(f"not a valid dataset spec: {d!r}")
         if spec.challenge and SPECS.get(spec.name) != spec:
-            raise ValueError(f"spec claims to be the {spec.name!r} challenge spec but differs from it: {d!r}")
+            raise KitValueError(f"spec claims to be the {spec.name!r} challenge spec but differs from it: {d!r}")
         return spec
 
     def describe(self) -> str:
@@ -111,7 +113,7 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)}") from None
+        raise KitValueError(f"unknown dataset {name!r}; expected one of {', '.join(SPECS)}") from None
 
 
 def spec_for_shape(shape: tuple[int, ...]) -> DatasetSpec | None:

@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import os
 
+from challenge_kit.core.errors import KitValueError
+
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters (glibc malloc.h)
 HEAP_LIMIT = 2**31 - 1  # mallopt takes an int: keep up to 2 GiB of freed memory for reuse
 TOP_PAD = 2**28  # grow the heap in 256 MiB steps rather than page by page
@@ -53,15 +55,16 @@ def usable_device(device: str | None = None):
     try:
         dev = resolve_device(device)
     except RuntimeError as e:
-        raise ValueError(f"{name}: not a torch device ({_first_sentence(e)})") from None
+        raise KitValueError(f"{name}: not a torch device ({_first_sentence(e)})") from None
     if dev.type == "cuda":  # no test allocation here: it would open a context on GPU 0 in every torchrun process
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
+            raise KitValueError(f"{name}: no usable CUDA GPU here (torch.cuda.is_available() is False); "
+                                "use --device cpu")
         if (dev.index or 0) >= torch.cuda.device_count():
-            raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+            raise KitValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return dev
     try:
         torch.empty(1, device=dev)
     except (RuntimeError, NotImplementedError, AssertionError) as e:
-        raise ValueError(f"{name}: cannot allocate memory on it ({_first_sentence(e)})") from None
+        raise KitValueError(f"{name}: cannot allocate memory on it ({_first_sentence(e)})") from None
     return dev

@@ -1,4 +1,5 @@
-"""The kit's expected failures, each said on one line: a file and what is wrong with it, or a refused export.
+"""The kit's expected failures, each said on one line: a file and what is wrong with it, a value that cannot be
+used, or a refused export. Each is a ``KitError``: what the user can fix; any other exception is a bug.
 
 Torch-free on purpose: the command line catches these around every command, before torch is imported.
 """
@@ -11,7 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class KitFileError(Exception):
+class KitError(Exception):
+    """Something the user did or gave is wrong; the command line says the message on one line, no traceback."""
+
+
+class KitFileError(KitError):
     """A file cannot be read or has the wrong content; the message names the file and the problem."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
@@ -19,7 +24,11 @@ class KitFileError(Exception):
         self.path, self.problem = str(path), problem
 
 
-class ExportRefused(Exception):
+class KitValueError(KitError, ValueError):
+    """An option, recipe, dataset or device that cannot be used; also a ValueError, as such errors were before."""
+
+
+class ExportRefused(KitError):
     """Verify failed, or the artifact is not a challenge set: nothing was written."""
 
 

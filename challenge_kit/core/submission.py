@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from challenge_kit.core.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.storage import DistilledArtifact, load_torch
 
 REFERENCE_KEYS = ("images_val", "labels_val")
@@ -150,7 +150,7 @@ def resolve_spec(shape: tuple[int, ...], *, dataset: str | None = None,
             return spec, why
     if dataset is not None:
         return get_spec(dataset), "--dataset"
-    raise ValueError(f"cannot tell which dataset a {shape} tensor is for; pass --dataset "
+    raise KitValueError(f"cannot tell which dataset a {shape} tensor is for; pass --dataset "
                      f"({', '.join(SPECS)}) or put a manifest.json with its spec beside it")
 
 

@@ -18,6 +18,7 @@ from dataclasses import Field, dataclass, fields
 from functools import partial
 from typing import Any
 
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.parts.params import below_one, fraction, positive, signed
 
 KINDS = {
@@ -171,14 +172,14 @@ def parameters(kind: str) -> dict[str, tuple[Field, list[str]]]:
 
 
 def check(kind: str, name: str) -> None:
-    """A ValueError naming the known parts when ``kind``/``name`` is not one (imports nothing)."""
+    """A KitValueError naming the known parts when ``kind``/``name`` is not one (imports nothing)."""
     if name not in REGISTRY.get(kind, {}):
         known = ", ".join(REGISTRY.get(kind, {})) or "none"
-        raise ValueError(f"unknown {kind} part {name!r}; known: {known}")
+        raise KitValueError(f"unknown {kind} part {name!r}; known: {known}")
 
 
 def get(kind: str, name: str) -> Any:
-    """The implementation of ``kind``/``name``; a ValueError names the known ones."""
+    """The implementation of ``kind``/``name``; a KitValueError names the known ones."""
     check(kind, name)
     return REGISTRY[kind][name].impl
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_, predict
 
 KMEANS_ITERATIONS = 50
@@ -39,7 +40,7 @@ def _pools(ctx: InitContext) -> list[torch.Tensor]:
     for c in range(ctx.spec.num_classes):
         pool = torch.nonzero(ctx.labels == c).flatten()
         if len(pool) == 0:
-            raise ValueError(f"class {c} has no real images to initialize from")
+            raise KitValueError(f"class {c} has no real images to initialize from")
         pools.append(pool[torch.randperm(len(pool), generator=ctx.generator)])
     return pools
 

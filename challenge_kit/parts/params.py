@@ -7,6 +7,8 @@ import math
 from dataclasses import Field, field
 from typing import Any
 
+from challenge_kit.core.errors import KitValueError
+
 # A number is checked to be >= 0 unless its field is declared with one of these.
 
 
@@ -59,10 +61,10 @@ def coerce(kind: str, key: str, value: Any, where: str) -> Any:
             value = {"bool": lambda: {"true": True, "false": False, "1": True, "0": False}[text],
                      "int": lambda: int(text), "float": lambda: float(text)}[kind]()
         except (KeyError, ValueError):
-            raise ValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
+            raise KitValueError(f"{where}: {key} must be {kind}, got {value!r}") from None
     ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
           "float": isinstance(value, int | float) and not isinstance(value, bool),
           "str": isinstance(value, str)}[kind]
     if not ok or (kind == "float" and not math.isfinite(value)):
-        raise ValueError(f"{where}: {key} must be {kind}, got {value!r}")
+        raise KitValueError(f"{where}: {key} must be {kind}, got {value!r}")
     return float(value) if kind == "float" else value

@@ -1,0 +1,145 @@
+"""Commands on real data and the expert stores trained on it: the scorer's reference file, training experts,
+importing and exporting DATM/MTT replay buffers, listing a store.
+
+Every call into ``challenge_kit.experts`` from the command line is here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from challenge_kit.cli.options import (
+    CacheDir,
+    DataRoot,
+    Dataset,
+    Device,
+    Download,
+    ExpertStore,
+    ImageFolder,
+    Overrides,
+    Profile,
+    Recipe,
+    ReplaceExperts,
+)
+from challenge_kit.core.errors import KitFileError
+
+
+def reference(
+    dataset: Dataset,
+    data_root: DataRoot,
+    out: Annotated[str, typer.Option("--out", help="reference file to write, e.g. cifar100_test.pt")],
+    download: Download = False,
+    cache_dir: CacheDir = None,
+    image_folder: Annotated[bool, typer.Option("--image-folder",
+                                               help="read ROOT as ImageFolder (ROOT/test/<class>/*)")] = False,
+) -> None:
+    """Build the scorer's reference file {images_val, labels_val} from the real test split."""
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import output_file
+    from challenge_kit.data import build_reference
+
+    output_file(out)
+    spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir, image_folder=image_folder)
+    console.print(f"{out}: reference test set for {spec.describe()}")
+    typer.echo(f"spec: {spec.describe()}")
+
+
+def experts(
+    dataset: Annotated[str, typer.Argument(help="cifar100 or tinyimagenet (a Tiny ImageNet subset folder is "
+                                                "detected)")],
+    data_root: DataRoot,
+    out: Annotated[str, typer.Option("--out", help="expert store folder (resumed when it exists)")],
+    num: Annotated[int | None, typer.Option("--num", "--num-experts", help="number of experts (default: recipe); "
+                                                                       "under torchrun write --num-experts")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per expert (default: recipe)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="base seed (default: recipe)")] = None,
+    device: Device = None,
+    recipe_name: Recipe = None,
+    profile: Profile = "full",
+    overrides: Overrides = None,
+    download: Download = False,
+    cache_dir: CacheDir = None,
+    image_folder: ImageFolder = False,
+    replace_experts: ReplaceExperts = False,
+) -> None:
+    """Train expert trajectories (SPEC section 4) into a resumable store; under torchrun rank r trains r, r+K, ..."""
+    from challenge_kit.recipes import load_recipe
+
+    given = {"experts.num_experts": num, "experts.epochs": epochs, "experts.seed": seed}
+    extra = [f"{k}={v}" for k, v in given.items() if v is not None]
+    recipe = load_recipe(recipe_name or dataset, profile, [*(overrides or []), *extra], dataset=dataset)
+    from challenge_kit.pipeline import experts_job  # torch: only once the recipe is known to be good
+
+    spec = experts_job(recipe, data_root, out, device=device, download=download, cache_dir=cache_dir,
+                       image_folder=image_folder, replace=replace_experts)
+    if spec is not None:  # rank 0 (or the only process) reports
+        from challenge_kit.cli import render
+
+        render.experts(store_rows(out), f"{out}: {spec.describe()}")
+
+
+def experts_import(
+    buffers: Annotated[list[str], typer.Argument(help="DATM/MTT replay_buffer_{n}.pt files")],
+    dataset: Annotated[str, typer.Option("--dataset", help="cifar100 or tinyimagenet")],
+    out: Annotated[str, typer.Option("--out", help="expert store folder to add them to")],
+    data_root: Annotated[str | None, typer.Option("--data-root",
+                                                  help="dataset folder, to detect a Tiny ImageNet subset")] = None,
+) -> None:
+    """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
+    from challenge_kit.core.contract import get_spec
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import run_lock
+    from challenge_kit.data import dataset_spec
+    from challenge_kit.experts.buffers import import_buffers
+
+    spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
+    with run_lock(out):
+        written = import_buffers(buffers, out, spec)
+    console.print(f"imported {len(written)} experts into {out} ({spec.describe()})")
+
+
+def experts_export(
+    directory: ExpertStore,
+    out: Annotated[str, typer.Option("--out", help="folder for replay_buffer_{n}.pt files")],
+    per_file: Annotated[int, typer.Option("--per-file", help="experts per buffer file (DATM: 10)")] = 10,
+) -> None:
+    """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
+    from challenge_kit.core.progress import console
+    from challenge_kit.core.storage import output_folder
+    from challenge_kit.experts.buffers import export_buffers
+
+    output_folder(out)
+    written = export_buffers(directory, out, per_file)
+    console.print(f"wrote {len(written)} buffer files to {out}")
+
+
+def info(
+    directory: ExpertStore,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+) -> None:
+    """List an expert store: epochs done/target, test accuracy (last, best), size, status."""
+    from challenge_kit.cli import render
+
+    if not Path(directory).is_dir():
+        raise KitFileError(directory, "no such expert store")
+    rows = store_rows(directory)
+    if not rows and not as_json:
+        raise KitFileError(directory, "holds no expert files (expert_NNNN.safetensors)")
+    render.show(rows, as_json, lambda rows: render.experts(rows, directory))
+
+
+def store_rows(directory: str) -> list[dict]:
+    """One row per expert file of a store: its status and, when readable, where its trajectory came from."""
+    from challenge_kit.core.storage import read_metadata
+    from challenge_kit.experts.store import ExpertStore
+
+    rows = []
+    for status in ExpertStore(directory).status():
+        row = {"name": Path(status.path).stem, **status.to_dict(), "source": None}
+        if status.status != "corrupt":
+            row["source"] = read_metadata(status.path).get("source")
+        rows.append(row)
+    return rows

@@ -1,0 +1,194 @@
+"""Commands that make and study distilled sets: the methods on offer, distill, export, the whole pipeline, the
+random-image baseline, the upload zip, a run's report and an ablation of methods.
+
+The recipe is loaded before the pipeline is imported: a misspelt part fails before torch is.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from challenge_kit.cli.options import (
+    SET_HELP,
+    CacheDir,
+    DataRoot,
+    Dataset,
+    DatasetOrSubset,
+    Device,
+    Download,
+    DropLabels,
+    ImageFolder,
+    JsonManifest,
+    JsonObject,
+    Overrides,
+    Profile,
+    Recipe,
+    ReplaceExperts,
+)
+from challenge_kit.core.errors import KitValueError
+
+
+def methods(as_json: JsonObject = False) -> None:
+    """List the shipped method recipes and every named part they are made of."""
+    from challenge_kit.cli import render
+    from challenge_kit.parts import KINDS, catalogue
+    from challenge_kit.recipes import shipped_methods
+
+    listing = {"methods": shipped_methods(), "parts": [{"kind": p.kind, "name": p.name, "summary": p.summary,
+                                                        "source": p.source} for p in catalogue()]}
+    render.show(listing, as_json, lambda listing: render.methods(listing, KINDS))
+
+
+def bundle(
+    exports: Annotated[list[str], typer.Argument(help="the two exports: make-submission folders or .pt files")],
+    out: Annotated[str, typer.Option("--out", help="the upload to write, e.g. submission.zip")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the bundle manifest as JSON")] = False,
+) -> None:
+    """Verify both exports against their full challenge specs and write the upload zip and its manifest."""
+    from challenge_kit.bundle import bundle as write_bundle
+    from challenge_kit.bundle import manifest_path
+    from challenge_kit.cli import render
+
+    manifest = write_bundle(exports, out)
+    render.show(manifest, as_json, lambda manifest: render.bundle(manifest, out, manifest_path(out)), pretty=True)
+
+
+def distill(
+    dataset: DatasetOrSubset,
+    experts_dir: Annotated[str, typer.Option("--experts", help="expert store written by `ddkit experts`")],
+    out: Annotated[str, typer.Option("--out", help="run directory (checkpoint, history, chosen set, run.json)")],
+    data_root: Annotated[str, typer.Option("--data-root", help="real data (initialization and model selection)")],
+    recipe_name: Recipe = None,
+    profile: Profile = "full",
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
+    device: Device = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
+    from challenge_kit.recipes import load_recipe
+
+    recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+    from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
+
+    state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
+    typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped; exported iteration "
+               f"{state.decision['export']}: {state.decision['reason']}", err=True)
+
+
+def export(
+    run_dir: Annotated[str, typer.Argument(help="run directory of `ddkit distill`")],
+    out: Annotated[str, typer.Option("--out", help="folder for <name>.pt, manifest.json, preview.png")],
+    reference_model: Annotated[str | None, typer.Option("--reference-model",
+                                                        help="checkpoint for the semantic check")] = None,
+    drop_labels: DropLabels = False,
+    as_json: JsonManifest = False,
+) -> None:
+    """Verify the run's chosen set and export the challenge file, its manifest and a preview grid."""
+    from challenge_kit.cli import render
+    from challenge_kit.pipeline import run_export
+
+    render.manifest(run_export(run_dir, out, reference_model=reference_model, drop_labels=drop_labels), out, as_json)
+
+
+def ablate(
+    recipes: Annotated[list[str], typer.Argument(help="recipes to compare, the first is the reference: shipped "
+                                                      "names (m-datm, datm, pad-fiem, ...) or .toml files")],
+    experts_dir: Annotated[str, typer.Option("--experts", help="shared expert store (variants with other expert "
+                                                               "settings get a keyed subfolder)")],
+    data_root: DataRoot,
+    out: Annotated[str, typer.Option("--out", help="folder for each variant's run, ablate.json and ablate.png")],
+    dataset: Annotated[str | None, typer.Option("--dataset",
+                                                help="cifar100 or tinyimagenet (default: detected)")] = None,
+    profile: Profile = "full",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP + ", applied to every variant")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="distillation iterations per variant")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="paired scoring rounds per variant")] = 3,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="scorer epochs per round (default: the official "
+                                                                "1001)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="scoring seed, the same for every variant")] = 0,
+    select: Annotated[bool, typer.Option("--select", help="export what each run's held-out selection picks "
+                                                          "(default: its last iteration)")] = False,
+    device: Device = None,
+    cache_dir: CacheDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print ablate.json on stdout")] = False,
+) -> None:
+    """Compare methods on the same experts, seeds and scoring budget: one table, ablate.json, a bar chart."""
+    from challenge_kit.ablate import ablate as run_ablation
+    from challenge_kit.cli import render
+    from challenge_kit.data import detect_dataset
+    from evaluator.scorer import EPOCHS
+
+    if rounds < 1 or (epochs is not None and epochs < 1) or (iterations is not None and iterations < 0):
+        raise KitValueError("--rounds and --epochs must be at least 1, --iterations at least 0")
+    summary = run_ablation(recipes, dataset=dataset or detect_dataset(data_root), experts=experts_dir,
+                           data_root=data_root, out=out, profile=profile, overrides=overrides or [],
+                           iterations=iterations, rounds=rounds, epochs=epochs or EPOCHS, seed=seed,
+                           device=device, cache_dir=cache_dir, select=select)
+    render.show(summary, as_json, render.ablation)
+
+
+def report(
+    run_dir: Annotated[str, typer.Argument(help="run directory of `ddkit distill` (finished or still running)")],
+    out: Annotated[str | None, typer.Option("--out", help="folder for the figures (default RUN_DIR/report)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
+) -> None:
+    """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
+    from challenge_kit.cli import render
+    from challenge_kit.report import build_report
+
+    render.show(build_report(run_dir, out), as_json, render.report)
+
+
+def make_submission(
+    dataset: Dataset,
+    data_root: Annotated[str, typer.Option("--data-root", help="CIFAR-100 root or tiny-imagenet-200 folder")] = "data",
+    out: Annotated[str, typer.Option("--out", help="output folder (work/ inside keeps experts and the "
+                                                   "run)")] = "submission",
+    recipe_name: Recipe = None,
+    profile: Profile = "full",
+    overrides: Overrides = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted distillation")] = False,
+    device: Device = None,
+    download: Annotated[bool, typer.Option("--download",
+                                           help="download CIFAR-100 through torchvision (online)")] = False,
+    experts_dir: Annotated[str | None, typer.Option("--experts", help="reuse or grow this expert store")] = None,
+    cache_dir: CacheDir = None,
+    drop_labels: DropLabels = False,
+    replace_experts: ReplaceExperts = False,
+    as_json: JsonManifest = False,
+) -> None:
+    """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png, report/."""
+    from challenge_kit.recipes import load_recipe
+
+    recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+    from challenge_kit.cli import render
+    from challenge_kit.pipeline import make_submission as run  # torch: only once the recipe is known to be good
+
+    manifest = run(recipe, data_root, out, resume=resume, device=device, download=download, experts_dir=experts_dir,
+                   cache_dir=cache_dir, drop_labels=drop_labels, replace_experts=replace_experts,
+                   command={"dataset": dataset, "profile": profile, "method": recipe.method,
+                            "overrides": list(overrides or [])})
+    if manifest is not None:  # rank 0 (or the only process) reports
+        render.manifest(manifest, out, as_json)
+
+
+def baseline(
+    dataset: DatasetOrSubset,
+    data_root: DataRoot,
+    out: Annotated[str, typer.Option("--out", help="output folder for <name>.pt, manifest.json, preview.png")],
+    seed: Annotated[int, typer.Option("--seed", help="which random images")] = 0,
+    download: Download = False,
+    cache_dir: CacheDir = None,
+    image_folder: ImageFolder = False,
+    as_json: JsonManifest = False,
+) -> None:
+    """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
+    from challenge_kit.baseline import make_baseline
+    from challenge_kit.cli import render
+
+    manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
+                             image_folder=image_folder)
+    render.manifest(manifest, out, as_json)

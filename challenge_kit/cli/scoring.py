@@ -1,0 +1,89 @@
+"""Commands that judge a distilled set or a submission: ``evaluate`` scores it, ``verify`` checks it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from challenge_kit.cli.options import Device, JsonObject, SetPath
+from challenge_kit.core.errors import KitError, file_errors
+
+
+class Unreadable(KitError):
+    """``verify``'s exit 2: the file could not be checked at all (exit 1: it was checked and failed)."""
+
+    exit_code = 2
+
+
+def evaluate(
+    path: SetPath,
+    reference: Annotated[str | None, typer.Option("--reference", help="test set of one file: dict of images_val, "
+                                                                      "labels_val")] = None,
+    reference_dir: Annotated[str | None, typer.Option(
+        "--reference-dir", help="for a .zip: folder with cifar100_test.pt and tinyimagenet_test.pt")] = None,
+    output_dir: Annotated[str | None, typer.Option("--output-dir",
+                                                   help="for a .zip: write scores.txt and scores.json")] = None,
+    partial: Annotated[bool, typer.Option("--partial", help="for a .zip missing a file: score the other (the "
+                                                            "official scorer crashes)")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per round (official 1001)")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="rounds (official 3)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed; each round gets one derived from it")] = None,
+    device: Device = None,
+    as_json: JsonObject = False,
+) -> None:
+    """Score a distilled set, or a whole submission .zip, exactly as the challenge scorer does."""
+    from challenge_kit.cli import render
+    from challenge_kit.scoring import score
+
+    result = score(path, reference=reference, reference_dir=reference_dir, output_dir=output_dir, partial=partial,
+                   dataset=dataset, epochs=epochs, rounds=rounds, seed=seed, device=device)
+    if result is not None:  # rank 0 (or the only process) reports
+        render.show(result, as_json, render.scores)
+
+
+def verify(
+    path: SetPath,
+    dataset: Annotated[str, typer.Option("--dataset", help="auto, cifar100 or tinyimagenet")] = "auto",
+    reference_model: Annotated[str | None, typer.Option(
+        "--reference-model", help="ConvNet state dict .pt (DC/MTT layout) or expert_XXXX.safetensors")] = None,
+    as_json: JsonObject = False,
+) -> None:
+    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 1 failed, 2 unreadable.
+
+    A submission .zip: both files at its root and nothing else, each passing every check against its full spec.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from challenge_kit.bundle import verify_zip
+    from challenge_kit.cli import render
+    from challenge_kit.cli.render import report_table
+    from challenge_kit.core.verify import verify_path
+
+    is_zip = Path(path).suffix == ".zip"
+    if is_zip and (dataset != "auto" or reference_model):
+        raise Unreadable(f"{path}: --dataset and --reference-model check one file; verify the exported .pt with them")
+    try:
+        with file_errors():
+            report = verify_zip(path) if is_zip else verify_path(path, dataset=dataset,
+                                                                 reference_model=reference_model)
+    except KitError as e:
+        if as_json:
+            render.print_json({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []})
+        raise Unreadable(str(e)) from None
+    if as_json:
+        render.print_json(report.to_dict())
+    elif is_zip:
+        out = Console()
+        for member in report.members.values():
+            out.print(report_table(member))
+        for line in report.failures():
+            out.print(f"[red]FAIL[/red] {escape(line)}", soft_wrap=True)
+        out.print(escape(f"{path}: exit {report.exit_code}: " + ("ready to upload" if report.ok else
+                                                                  "not ready to upload")), soft_wrap=True)
+    else:
+        Console().print(report_table(report))
+    raise typer.Exit(report.exit_code)
