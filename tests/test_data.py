@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import color, write_cifar, write_tiny
+from fakes import MINI, color, needs_mini, write_cifar, write_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,8 +17,6 @@ from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, denormalize, nor
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split
-
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 
 
 @pytest.fixture
@@ -207,7 +205,7 @@ def test_image_folder_is_resized_sorted_and_never_a_challenge_spec(tmp_path):
 
 # -------------------------------------------------------------------------------------- the shared mini set
 
-@pytest.mark.skipif(not MINI.is_dir(), reason="shared tiny-imagenet-mini not present")
+@needs_mini
 def test_shared_mini_set(user_cache):
     wnids = sorted(MINI.joinpath("wnids.txt").read_text().split())
     x, y, spec = load_split("tinyimagenet", MINI, "train")
