@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +52,23 @@ def test_cifar_missing_files_name_the_layout(tmp_path):
 
 
 class _Boom:
+    """A pickle that, once loaded, creates ``marker`` (an absolute path: never the caller's folder, which may be
+    read-only and so hide a load that ran)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch pwned",))
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
     write_cifar(tmp_path)
-    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": _Boom()}, protocol=2))
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": _Boom(marker)}, protocol=2))
     with pytest.raises(KitFileError, match="not allowed"):
         load_split("cifar100", tmp_path, "train")
-    assert not (Path.cwd() / "pwned").exists()
+    assert not marker.exists()
 
 
 def test_cifar_bad_content_is_one_clear_error(tmp_path):
