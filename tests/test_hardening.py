@@ -471,7 +471,8 @@ def test_a_closed_pipe_ends_quietly():
     different moment each time, so a few tries)."""
     command = f"{sys.executable} -m challenge_kit reference --help | head -20 > /dev/null"
     for _ in range(3):
-        proc = subprocess.run(command, shell=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "80"})
         assert proc.stderr == ""
 
 
