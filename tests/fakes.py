@@ -1,15 +1,24 @@
-"""Small datasets in the real on-disk formats, written by the tests (never real data in the repo)."""
+"""Small datasets in the real on-disk formats, written by the tests (never real data in the repo), and where the one
+real shared set is."""
 
+import os
 import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from challenge_kit.core.contract import DatasetSpec, default_labels, normalize
 from challenge_kit.core.storage import DistilledArtifact
 from challenge_kit.runs import BEST
+
+# the read-only shared data: $DDKIT_SHARED_DATA, else ../shared/data beside the checkout (this machine's layout)
+SHARED_DATA = Path(os.environ.get("DDKIT_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MINI = SHARED_DATA / "tiny-imagenet-mini"
+needs_mini = pytest.mark.skipif(not (MINI / "wnids.txt").is_file(),
+                                reason=f"{MINI} is not here (DDKIT_SHARED_DATA names the folder that holds it)")
 
 
 def color(label: int) -> tuple[int, int, int]:

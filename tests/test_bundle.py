@@ -4,11 +4,10 @@ import io
 import json
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
-from fakes import write_cifar, write_tiny
+from fakes import MINI, needs_mini, write_cifar, write_tiny
 from typer.testing import CliRunner
 
 from challenge_kit import bundle as bundle_module
@@ -19,7 +18,6 @@ from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from evaluator import evaluate as evaluate_module
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 NAMES = ["cifar100.pt", "tinyimagenet.pt"]
 
 
@@ -224,9 +222,8 @@ def test_evaluate_zip_options_are_checked(tmp_path):
     assert result.exit_code == 1 and "for a submission .zip" in result.stderr
 
 
+@needs_mini
 def test_baseline_on_the_real_mini_tiny_imagenet_is_a_subset_export(tmp_path):
-    if not (MINI / "wnids.txt").is_file():
-        pytest.skip(f"{MINI} is not here")
     result = ddkit("baseline", "tinyimagenet", "--data-root", MINI, "--out", tmp_path / "out",
                    "--cache-dir", tmp_path / "cache", "--json")
     assert result.exit_code == 0, result.output

@@ -2,12 +2,13 @@
 
 import os
 import pickle
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fakes import color, write_cifar, write_tiny
+from fakes import MINI, color, needs_mini, write_cifar, write_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,8 +18,6 @@ from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, denormalize, nor
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.storage import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split
-
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 
 
 @pytest.fixture
@@ -53,16 +52,23 @@ def test_cifar_missing_files_name_the_layout(tmp_path):
 
 
 class _Boom:
+    """A pickle that, once loaded, creates ``marker`` (an absolute path: never the caller's folder, which may be
+    read-only and so hide a load that ran)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch pwned",))
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
     write_cifar(tmp_path)
-    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": _Boom()}, protocol=2))
+    marker = tmp_path / "pwned"
+    (tmp_path / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": _Boom(marker)}, protocol=2))
     with pytest.raises(KitFileError, match="not allowed"):
         load_split("cifar100", tmp_path, "train")
-    assert not (Path.cwd() / "pwned").exists()
+    assert not marker.exists()
 
 
 def test_cifar_bad_content_is_one_clear_error(tmp_path):
@@ -207,7 +213,7 @@ def test_image_folder_is_resized_sorted_and_never_a_challenge_spec(tmp_path):
 
 # -------------------------------------------------------------------------------------- the shared mini set
 
-@pytest.mark.skipif(not MINI.is_dir(), reason="shared tiny-imagenet-mini not present")
+@needs_mini
 def test_shared_mini_set(user_cache):
     wnids = sorted(MINI.joinpath("wnids.txt").read_text().split())
     x, y, spec = load_split("tinyimagenet", MINI, "train")

@@ -4,9 +4,11 @@ and before any work.
 How each case is made:
 - output is a file: a real regular file where the output folder should be (or its parent).
 - read-only output: a real folder with mode 0555. Root passes every permission bit, so when the tests run as root
-  (as here) the command runs with this thread's file-system uid switched to ``nobody`` (setfsuid, which also drops
-  root's file capabilities): the kernel's own permission checks, nothing mocked. A non-root tester needs no switch.
-- unreadable input: real files (mode 0600) and folders (0700) of root's, read the same way as ``nobody``.
+  (as here) the command runs with this thread's overriding capabilities (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) off:
+  the kernel's own permission checks, nothing mocked. Root stays the owner of what it owns, so the kit's own files
+  (modules, recipes, the Python installation) stay readable wherever they are, a folder only root may enter
+  included. A non-root tester needs no switch.
+- unreadable input: real files and folders with mode 0000, read the same way (their owner cannot read them either).
 - no GPU: ``--device cuda`` on a machine without one (``cuda:N`` past the last GPU where there is one).
 - offline ``--download``: torchvision's download raises the URLError an offline machine gives (monkeypatched: a test
   must not depend on the network being down).
@@ -27,7 +29,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import urllib.error
 from dataclasses import dataclass
@@ -56,10 +57,20 @@ from challenge_kit.recipes import ExpertConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 EVALUATOR = "python -m evaluator"
-NOBODY = 65534
+OVERRIDES = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
 SUBSET = CIFAR100.subset(5)
 STORE_MODEL = ModelConfig.for_spec(CIFAR100, width=8)  # the challenge's classes, a narrow net: quick to train
 ROWS: list[tuple] = []  # (case, command, exit code, message): printed by `pytest -s` at the end of the module
+
+
+class CapHeader(ctypes.Structure):
+    """The kernel's header and data structs of capget/capset."""
+
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapSets(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 @contextlib.contextmanager
@@ -69,16 +80,22 @@ def unprivileged():
         yield
         return
     try:
-        setfsuid = ctypes.CDLL(None).setfsuid
+        libc = ctypes.CDLL(None)
+        capget, capset = libc.capget, libc.capset
     except (OSError, AttributeError):
-        pytest.skip("running as root where setfsuid is not available: permission bits cannot be tested")
-    setfsuid(NOBODY)
+        pytest.skip("running as root where capget/capset are not available: permission bits cannot be tested")
+    header, sets = CapHeader(0x20080522, 0), (CapSets * 2)()  # _LINUX_CAPABILITY_VERSION_3; pid 0: this thread
+    if capget(ctypes.byref(header), sets) != 0:
+        pytest.skip("running as root where capget fails: permission bits cannot be tested")
+    held = sets[0].effective  # the overrides are in the low word
+    sets[0].effective = held & ~OVERRIDES
+    if capset(ctypes.byref(header), sets) != 0:
+        pytest.skip("running as root without the right to change its capabilities")
     try:
-        if setfsuid(NOBODY) != NOBODY:
-            pytest.skip("running as root without the right to switch the file-system uid")
         yield
     finally:
-        setfsuid(0)
+        sets[0].effective = held
+        capset(ctypes.byref(header), sets)
 
 
 @dataclass
@@ -91,7 +108,7 @@ class World:
     submission: Path
     reference: Path
     scoring: Path  # CodaLab input folder: res/cifar100.pt, ref/cifar100_test.pt
-    scratch: Path  # anyone may write here
+    scratch: Path  # each case's own output folders
 
     def fresh(self, name: str) -> Path:
         """A path in the scratch folder no earlier case used."""
@@ -99,12 +116,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world():
-    """Valid inputs for every command, in a folder everyone can read (pytest's own is root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="ddkit-hardening-"))
-    old = os.umask(0o022)
+def world(tmp_path_factory):
+    """Valid inputs for every command."""
+    base = tmp_path_factory.mktemp("hardening")
     try:
-        base.chmod(0o755)
         write_cifar(base / "data", n_train=30, n_test=20)
         images = torch.randn(48, 3, 32, 32)
         labels = torch.arange(48) % 100
@@ -120,15 +135,10 @@ def world():
         torch.save(torch.randn(CIFAR100.shape), scoring / "res" / "cifar100.pt")
         torch.save({"images_val": torch.randn(20, 3, 32, 32), "labels_val": torch.arange(20) * 5},
                    scoring / "ref" / "cifar100_test.pt")
-        (base / "scratch").mkdir(mode=0o777)
-        (base / "scratch").chmod(0o777)
+        (base / "scratch").mkdir()
         yield World(base, base / "data", base / "store", run, buffer, base / "sub.pt", base / "ref.pt", scoring,
                     base / "scratch")
     finally:
-        os.umask(old)
-        for path in (base, *base.rglob("*")):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        shutil.rmtree(base)
         for row in ROWS:
             print(" | ".join(map(str, row)))
 
@@ -210,7 +220,7 @@ def test_read_only_output(world, no_work, command):
 
 @pytest.fixture(scope="module")
 def unreadable(world):
-    """Root's own inputs, closed to everybody else: files 0600, folders 0700."""
+    """Inputs nobody may read, their owner included: mode 0000."""
     base = world.base / "unreadable"
     base.mkdir()
     shutil.copytree(world.data, base / "data")
@@ -219,11 +229,13 @@ def unreadable(world):
     shutil.copytree(world.scoring, base / "scoring")
     shutil.copy(world.submission, base / "sub.pt")
     shutil.copy(world.buffer, base / "buffer.pt")
-    for path in [*(base / "data" / "cifar-100-python").iterdir(), base / "run" / "best.safetensors",
-                 base / "scoring" / "res" / "cifar100.pt", base / "sub.pt", base / "buffer.pt"]:
-        path.chmod(0o600)
-    (base / "store").chmod(0o700)
-    return base
+    closed = [*(base / "data" / "cifar-100-python").iterdir(), base / "run" / "best.safetensors",
+              base / "scoring" / "res" / "cifar100.pt", base / "sub.pt", base / "buffer.pt", base / "store"]
+    for path in closed:
+        path.chmod(0o000)
+    yield base
+    for path in closed:  # opened again, so that whoever clears the temporary folder later can
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def readers(w: World, u: Path) -> dict[str, tuple[list, Path, int]]:
@@ -460,7 +472,8 @@ def test_a_closed_pipe_ends_quietly():
     different moment each time, so a few tries)."""
     command = f"{sys.executable} -m challenge_kit reference --help | head -20 > /dev/null"
     for _ in range(3):
-        proc = subprocess.run(command, shell=True, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "80"})
         assert proc.stderr == ""
 
 

@@ -3,11 +3,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from fakes import distilled_images, write_cifar, write_run
+from fakes import MINI, distilled_images, needs_mini, write_cifar, write_run
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,7 +16,6 @@ from challenge_kit.core.errors import ExportRefused
 from challenge_kit.core.storage import load_torch, sha256
 from challenge_kit.export import export_run
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 SUBSET = CIFAR100.subset(5)
 
 
@@ -96,10 +94,9 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
     assert again.exit_code != 0 and "--resume" in again.output
 
 
+@needs_mini
 def test_make_submission_on_the_real_mini_tiny_imagenet(tmp_path):
     """Real JPEGs through the whole pipeline; the export is a subset submission that verify accepts."""
-    if not (MINI / "wnids.txt").is_file():
-        pytest.skip(f"{MINI} is not here")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [
         "make-submission", "tinyimagenet", "--data-root", str(MINI), "--out", str(out), "--device", "cpu",

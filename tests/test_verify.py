@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakes import MINI, needs_mini
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
@@ -28,7 +29,6 @@ from challenge_kit.core.verify import (
     verify_tensor,
 )
 
-MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny-imagenet-mini"
 SMALL = CIFAR100.subset(10)  # 100 images of 3x32x32
 SMALL16 = replace(SMALL, image_size=16)  # ZCA needs many more images than pixels to fit: keep pixels few
 runner = CliRunner()
@@ -215,7 +215,7 @@ def test_spectrum_statistics_separate_natural_whitened_and_noise(whitening):
     assert abs(channel_correlation(noise)) < 0.05
 
 
-@pytest.mark.skipif(not MINI.is_dir(), reason="shared tiny-imagenet-mini not present")
+@needs_mini
 def test_real_tiny_imagenet_images():
     from challenge_kit.data import decode_images, tiny_classes, tiny_files
 
