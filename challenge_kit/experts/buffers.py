@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, infer_model_config, read_expert
 from challenge_kit.core.models import ConvNet, ModelConfig, param_shapes, unflatten_params
 from challenge_kit.core.storage import load_torch, save_tensors, save_torch
@@ -64,7 +64,7 @@ def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: Datas
 def export_buffers(store_dir: str | Path, out_dir: str | Path, per_file: int = 10) -> list[Path]:
     """Write the store's complete experts as DATM/MTT ``replay_buffer_{n}.pt`` files, ``per_file`` each."""
     if per_file < 1:
-        raise ValueError(f"experts per file must be at least 1, got {per_file}")
+        raise KitValueError(f"--per-file: experts per file must be at least 1, got {per_file}")
     experts = ExpertStore(store_dir).complete()
     if not experts:
         raise KitFileError(store_dir, "no complete experts to export")
