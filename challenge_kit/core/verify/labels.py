@@ -74,47 +74,31 @@ def check_lr(lr: float) -> Check:
 
 
 def best_assignment(score: np.ndarray) -> np.ndarray:
-    """Row ``i`` -> column ``result[i]``, a permutation maximizing the total score (Hungarian, O(n^3))."""
-    score = np.asarray(score, dtype=np.float64)
-    n = score.shape[0]
-    cost = score.max() - score
-    u, v = np.zeros(n + 1), np.zeros(n + 1)
-    match = np.zeros(n + 1, dtype=np.int64)  # match[j]: row (1-based) assigned to column j; 0 = none
-    way = np.zeros(n + 1, dtype=np.int64)
-    for i in range(1, n + 1):
-        match[0], j0 = i, 0
-        minv = np.full(n + 1, np.inf)
-        used = np.zeros(n + 1, dtype=bool)
-        while match[j0] != 0:
-            used[j0] = True
-            i0 = match[j0]
-            free = ~used[1:]
-            reduced = cost[i0 - 1] - u[i0] - v[1:]
-            better = free & (reduced < minv[1:])
-            minv[1:][better], way[1:][better] = reduced[better], j0
-            candidates = np.where(free, minv[1:], np.inf)
-            j1 = int(np.argmin(candidates)) + 1
-            delta = candidates[j1 - 1]
-            u[match[used]] += delta
-            v[used] -= delta
-            minv[~used] -= delta
-            j0 = j1
-        while j0:
-            j1 = way[j0]
-            match[j0] = match[j1]
-            j0 = j1
-    result = np.empty(n, dtype=np.int64)
-    result[match[1:] - 1] = np.arange(n)
-    return result
+    """Row ``i`` -> column ``result[i]``, a permutation maximizing the total score.
+
+    scipy is imported here, so a verify without a reference model never loads it.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(np.asarray(score, dtype=np.float64), maximize=True)[1].astype(np.int64)
+
+
+def _moved(confusion: np.ndarray, c: int, m: int, need: int) -> bool:
+    """Class ``c``'s images clearly look like class ``m``: enough of them, well over those that stay, and fewer
+    than ``need`` other images predicted as ``m`` (a weak model's favourite class, which absorbs several classes,
+    is no evidence of a permutation)."""
+    count = confusion[c, m]
+    return count >= need and count > 2 * confusion[c, c] and confusion[:, m].sum() - count < need
 
 
 def suspected_mapping(confusion: np.ndarray, ipc: int) -> dict[int, int]:
     """Classes whose images look like another class: the well-supported part of the best class assignment.
 
     ``confusion[k, j]`` counts images in class ``k``'s rows predicted as ``j``. The best assignment
-    (Hungarian) is split into cycles; a cycle is kept when most of its classes moved clearly (see
-    ``MOVED_SHARE``), and only those classes are reported. A class a weak model confuses one way, which
-    the assignment can route through a cycle, does not qualify on its own.
+    is split into cycles; a cycle is kept when most of its classes moved clearly (see
+    ``MOVED_SHARE`` and ``_moved``), and only those classes are reported. A class a weak model confuses one
+    way, which the assignment can route through a cycle, does not qualify on its own; nor does the choice among
+    assignments of equal total, which a solver may break either way.
     """
     perm = best_assignment(confusion)
     need = max(2, math.ceil(MOVED_SHARE * ipc))
@@ -127,7 +111,7 @@ def suspected_mapping(confusion: np.ndarray, ipc: int) -> dict[int, int]:
             seen.add(k)
             cycle.append(k)
             k = int(perm[k])
-        moved = [c for c in cycle if confusion[c, perm[c]] >= need and confusion[c, perm[c]] > 2 * confusion[c, c]]
+        moved = [c for c in cycle if _moved(confusion, c, int(perm[c]), need)]
         if 2 * len(moved) > len(cycle):
             mapping.update({c: int(perm[c]) for c in moved})
     return dict(sorted(mapping.items()))
