@@ -118,8 +118,9 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", color="#e0e0e0")
-    for i, tick in enumerate(ax.get_yticklabels() if horizontal else ax.get_xticklabels()):
-        tick.set_color(colours[i])  # a highlighted bar near zero is still found by its label
+    ticks = ax.get_yticklabels() if horizontal else ax.get_xticklabels()
+    for i in highlight:
+        ticks[i].set_color(RED)  # a highlighted bar near zero is still found by its label
     ax.set_axisbelow(True)
     ax.set_title(title)
     if highlight:
