@@ -85,10 +85,11 @@ def best_assignment(score: np.ndarray) -> np.ndarray:
 
 def _moved(confusion: np.ndarray, c: int, m: int, need: int) -> bool:
     """Class ``c``'s images clearly look like class ``m``: enough of them, well over those that stay, and fewer
-    than ``need`` other images predicted as ``m`` (a weak model's favourite class, which absorbs several classes,
-    is no evidence of a permutation)."""
+    than ``need`` images of third classes predicted as ``m`` (a weak model's favourite class, which absorbs several
+    classes, is no evidence of a permutation)."""
     count = confusion[c, m]
-    return count >= need and count > 2 * confusion[c, c] and confusion[:, m].sum() - count < need
+    third = confusion[:, m].sum() - count - confusion[m, m]
+    return count >= need and count > 2 * confusion[c, c] and third < need
 
 
 def suspected_mapping(confusion: np.ndarray, ipc: int) -> dict[int, int]:
