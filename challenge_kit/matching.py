@@ -9,7 +9,7 @@ are a third leaf of the gradient (DATM) or fixed targets (TESLA's assignment).
 
 Two ways to get dL/dx, dL/dalpha and dL/dlabels, which agree to rounding:
 - ``unrolled``: keep the graph of all N steps and backpropagate once (memory grows with N);
-- ``exact`` (default): the adjoint walk of SPEC section 5, which keeps only theta_k and each step's batch
+- ``exact`` (default): the adjoint walk, which keeps only theta_k and each step's batch
   indices and augmentation parameters, and recomputes one step at a time on the way back (one
   double-backward per step), so peak memory does not depend on N.
 
@@ -149,7 +149,7 @@ def match_unrolled(net: FunctionalConvNet, images: torch.Tensor, labels: torch.T
 
 def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
                 problem: Matching, plan: list[InnerStep], shard: Shard = LOCAL) -> MatchResult:
-    """Exact gradient with memory independent of N (adjoint walk, SPEC section 5)."""
+    """Exact gradient with memory independent of N (adjoint walk over the inner steps)."""
     _check(problem, len(plan))
     weights = _weights(problem, len(plan))
     x, alpha = images.detach(), lr.detach()

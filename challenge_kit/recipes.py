@@ -50,7 +50,7 @@ def _with_part_parameters(cls: type) -> type:
 @_with_part_parameters
 @dataclass(frozen=True)
 class ExpertConfig:
-    """FTD-style expert training (SPEC section 4); ``objective`` and ``schedule`` are named parts, each followed by
+    """FTD-style expert training (flat trajectories); ``objective`` and ``schedule`` are named parts, each followed by
     its kind's part parameters (declared in ``parts``)."""
 
     num_experts: int = positive(100)
@@ -69,7 +69,7 @@ class ExpertConfig:
 @_with_part_parameters
 @dataclass(frozen=True)
 class DistillConfig:
-    """M-DATM trajectory matching (SPEC section 5, table 1); ``init`` to ``perturb`` are named parts, each followed
+    """M-DATM trajectory matching (the paper's table 1); ``init`` to ``perturb`` are named parts, each followed
     by its kind's part parameters (declared in ``parts``)."""
 
     iterations: int = positive(10000)

@@ -1,6 +1,6 @@
 """The official scorer's training recipe, run with data kept on the device.
 
-Same recipe as the challenge's ``evaluate.py`` (SPEC section 1): the default ConvNet trained from a fresh
+Same recipe as the challenge's ``evaluate.py``: the default ConvNet trained from a fresh
 init with SGD for 1001 epochs on the distilled images, DSA on every batch, lr divided by 10 (and a new
 optimizer, so momentum restarts) after epoch index 501, then one test pass. What differs is only how the
 loop is driven: the whole set lives on the device, batches are gathered by a device permutation and

@@ -65,7 +65,7 @@ def experts(
     image_folder: ImageFolder = False,
     replace_experts: ReplaceExperts = False,
 ) -> None:
-    """Train expert trajectories (SPEC section 4) into a resumable store; under torchrun rank r trains r, r+K, ..."""
+    """Train expert trajectories (FTD-style) into a resumable store; under torchrun rank r trains r, r+K, ..."""
     from challenge_kit.recipes import load_recipe
 
     given = {"experts.num_experts": num, "experts.epochs": epochs, "experts.seed": seed}

@@ -1,7 +1,7 @@
 """Label targets: what the student is trained towards in the inner loop, and what a run records as labels.
 
 The challenge scorer only ever trains on default-order hard labels, so ``hard`` is the one part whose sets
-export as submissions; the others make research artifacts (SPEC section 6) that export refuses unless the
+export as submissions; the others make research artifacts that export refuses unless the
 labels are explicitly dropped.
 """
 
