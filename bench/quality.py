@@ -20,12 +20,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import default_labels
 from challenge_kit.core.devices import resolve_device, tune_allocator
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.progress import make_progress
+from challenge_kit.core.reading import load_torch
 from challenge_kit.core.seeds import round_seeds
-from challenge_kit.core.storage import DistilledArtifact, load_torch, save_json
+from challenge_kit.core.storage import save_json
 from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.parts.initializations import InitContext, real
 from challenge_kit.pipeline import EXPERTS_SUBDIR, RUN_SUBDIR, load_data, make_submission

@@ -17,7 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError, first_line
-from challenge_kit.core.storage import atomic_write, load_torch_bytes, save_json, sha256
+from challenge_kit.core.reading import load_torch_bytes, sha256
+from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
 from challenge_kit.export import versions

@@ -32,7 +32,8 @@ from PIL import Image
 from challenge_kit.core import seeds
 from challenge_kit.core.contract import DatasetSpec, get_spec, normalize
 from challenge_kit.core.errors import KitFileError, KitValueError
-from challenge_kit.core.storage import load_tensors, save_tensors, save_torch
+from challenge_kit.core.reading import load_tensors
+from challenge_kit.core.storage import save_tensors, save_torch
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 import challenge_kit
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.errors import ExportRefused, KitFileError
-from challenge_kit.core.storage import DistilledArtifact, save_json, save_torch, sha256
+from challenge_kit.core.reading import sha256
+from challenge_kit.core.storage import save_json, save_torch
 from challenge_kit.core.submission import MANIFEST
 from challenge_kit.core.verify import verify_path, verify_tensor
 from challenge_kit.plots import write_preview

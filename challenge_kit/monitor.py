@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.progress import make_progress
-from challenge_kit.core.storage import DistilledArtifact
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.stats import ema

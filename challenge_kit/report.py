@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch
+from challenge_kit.core.reading import load_torch
+from challenge_kit.core.storage import atomic_write
 from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
 from challenge_kit.stats import smooth

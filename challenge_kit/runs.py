@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.parallel import LOCAL, Shard
-from challenge_kit.core.storage import DistilledArtifact, atomic_write, load_torch, save_json, save_torch
+from challenge_kit.core.reading import load_torch
+from challenge_kit.core.storage import atomic_write, save_json, save_torch
 from challenge_kit.recipes import Recipe
 
 CHECKPOINT = "checkpoint.pt"

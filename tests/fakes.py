@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, default_labels, normalize
-from challenge_kit.core.storage import DistilledArtifact
 from challenge_kit.runs import BEST
 
 # the read-only shared data: $DDKIT_SHARED_DATA, else ../shared/data beside the checkout (this machine's layout)

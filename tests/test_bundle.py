@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from challenge_kit import bundle as bundle_module
 from challenge_kit.cli import app
 from challenge_kit.core.contract import TINYIMAGENET
-from challenge_kit.core.storage import sha256
+from challenge_kit.core.reading import sha256
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from evaluator import evaluate as evaluate_module

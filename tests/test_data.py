@@ -16,7 +16,7 @@ from challenge_kit import data
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, denormalize, normalize
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import load_torch
+from challenge_kit.core.reading import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split
 
 

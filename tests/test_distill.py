@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import DistilledArtifact, read_metadata
+from challenge_kit.core.reading import read_metadata
 from challenge_kit.distill import distill
 from challenge_kit.experts.store import expert_files
 from challenge_kit.experts.training import train_experts

@@ -13,8 +13,8 @@ import torch
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
-from challenge_kit.core.storage import DistilledArtifact
 from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
 from evaluator.evaluate import main

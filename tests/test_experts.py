@@ -22,8 +22,8 @@ from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import _num_params, read_expert
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
+from challenge_kit.core.reading import load_torch, read_metadata
 from challenge_kit.core.seeds import expert_generator
-from challenge_kit.core.storage import load_torch, read_metadata
 from challenge_kit.experts import training
 from challenge_kit.experts.buffers import export_buffers, import_buffers
 from challenge_kit.experts.store import ExpertStore, expert_files, expert_path

@@ -48,7 +48,8 @@ from challenge_kit.cli import app
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import ModelConfig
-from challenge_kit.core.storage import LOCK_FILE, read_metadata
+from challenge_kit.core.reading import read_metadata
+from challenge_kit.core.storage import LOCK_FILE
 from challenge_kit.experts import buffers, training
 from challenge_kit.experts.store import expert_path
 from challenge_kit.export import export_run

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from challenge_kit.ablate import expert_dir
 from challenge_kit.cli import app
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import ExportRefused
-from challenge_kit.core.storage import DistilledArtifact, save_json
+from challenge_kit.core.storage import save_json
 from challenge_kit.experts.training import train_experts
 from challenge_kit.export import export_run
 from challenge_kit.recipes import ExpertConfig, load_recipe

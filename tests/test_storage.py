@@ -14,25 +14,19 @@ import pytest
 import torch
 
 from challenge_kit.core import storage
+from challenge_kit.core.artifact import ARTIFACT_FORMAT, DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.reading import load_tensors, load_torch, load_torch_bytes, read_metadata, refusal_reason, sha256
 from challenge_kit.core.storage import (
-    ARTIFACT_FORMAT,
     LOCK_FILE,
-    DistilledArtifact,
     atomic_write,
-    load_tensors,
-    load_torch,
-    load_torch_bytes,
     output_file,
     output_folder,
-    read_metadata,
-    refusal_reason,
     run_lock,
     save_json,
     save_tensors,
     save_torch,
-    sha256,
 )
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import ExportRefused
-from challenge_kit.core.storage import load_torch, sha256
+from challenge_kit.core.reading import load_torch, sha256
 from challenge_kit.export import export_run
 
 SUBSET = CIFAR100.subset(5)

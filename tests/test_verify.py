@@ -14,9 +14,10 @@ from fakes import MINI, needs_mini
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
 from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
-from challenge_kit.core.storage import DistilledArtifact, save_json, save_tensors, save_torch
+from challenge_kit.core.storage import save_json, save_tensors, save_torch
 from challenge_kit.core.verify import (
     FAIL,
     PASS,

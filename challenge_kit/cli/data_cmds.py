@@ -133,7 +133,7 @@ def info(
 
 def store_rows(directory: str) -> list[dict]:
     """One row per expert file of a store: its status and, when readable, where its trajectory came from."""
-    from challenge_kit.core.storage import read_metadata
+    from challenge_kit.core.reading import read_metadata
     from challenge_kit.experts.store import ExpertStore
 
     rows = []

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import ConvNet, ModelConfig, param_shapes
-from challenge_kit.core.storage import load_rows, load_tensors, read_metadata
+from challenge_kit.core.reading import load_rows, load_tensors, read_metadata
 
 EXPERT_FORMAT = "ddkit-expert"
 EXPERT_VERSION = 1

@@ -1,44 +1,35 @@
-"""Files the kit writes and reads: atomic writes, safe loading, output checks, run locks, the artifact format.
+"""Files the kit writes: atomic writes, output checks, run locks.
 
 Every artifact goes to a temporary file in the same folder and is renamed into place, so an
-interrupted run never leaves a half-written file. Nothing is ever unpickled without
-``weights_only=True``: submissions and buffers come from strangers. Output folders are checked and locked
+interrupted run never leaves a half-written file. Output folders are checked and locked
 before a run does any work, so it fails in its first second rather than at its first checkpoint.
+Reading untrusted files is ``core/reading.py``.
 """
 
 from __future__ import annotations
 
 import datetime
 import errno
-import hashlib
-import io
 import json
 import os
-import pickle
-import re
 import secrets
 import socket
 import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 
-from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.errors import ESCAPES, KitFileError, first_line
+from challenge_kit.core.errors import KitFileError
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; runs go unlocked, saying so
     fcntl = None
 
-ARTIFACT_FORMAT = "ddkit-distilled"
-ARTIFACT_VERSION = 1
 LOCK_FILE = ".ddkit-lock"
 # flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
@@ -204,120 +195,3 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         _sort_metadata(tmp)
 
     return atomic_write(path, write)
-
-
-def _readable(path: str | Path) -> None:
-    """Unreadable is not corrupt (and safetensors reports a permission error as a missing file): say which."""
-    try:
-        open(path, "rb").close()
-    except OSError as e:
-        raise KitFileError(path, f"cannot be read ({e.strerror or e})") from None
-
-
-def read_metadata(path: str | Path) -> dict:
-    _readable(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise KitFileError(path, f"not a readable safetensors file ({e})") from None
-    try:
-        return {k: json.loads(v) for k, v in meta.items()}
-    except json.JSONDecodeError:
-        return dict(meta)
-
-
-def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    _readable(path)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise KitFileError(path, f"not a readable safetensors file ({e})") from None
-    return tensors, read_metadata(path)
-
-
-def load_rows(path: str | Path, name: str, rows: list[int]) -> torch.Tensor:
-    """Only the requested rows of one tensor (memory-mapped), e.g. two snapshots of a long trajectory."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            view = f.get_slice(name)
-            return torch.stack([view[r] for r in rows])
-    except (SafetensorError, OSError, ValueError, IndexError) as e:
-        raise KitFileError(path, f"cannot read rows {rows} of {name!r} ({e})") from None
-
-
-def load_torch(path: str | Path):
-    """``torch.load`` restricted to tensors and plain containers; anything else is refused unrun."""
-    path = Path(path)
-    if not path.is_file():
-        raise KitFileError(path, "no such file")
-    _readable(path)
-    return _load_torch(path, path)
-
-
-def load_torch_bytes(data: bytes, name: str):
-    """``load_torch`` of a file already in memory (a zip member): nothing is written to disk."""
-    return _load_torch(io.BytesIO(data), name)
-
-
-def refusal_reason(error: pickle.UnpicklingError) -> str:
-    """What the restricted unpickler refused, without torch's advice to reload with ``weights_only=False``."""
-    text = ESCAPES.sub("", str(error))
-    called = re.search(r"GLOBAL ([\w.]+)", text)
-    if called:
-        return f"the pickle would call {called.group(1)}"
-    detail = re.search(r"WeightsUnpickler error: (.+?)(?:\.\s|\.?$)", text, re.MULTILINE)
-    return detail.group(1) if detail else "unsafe content"
-
-
-def _load_torch(source, name: str | Path):
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise KitFileError(name, f"refused: holds objects that are not plain tensors ({refusal_reason(e)})") from None
-    except Exception as e:  # a corrupt file can make the unpickler raise anything (IndexError, KeyError...)
-        raise KitFileError(name, f"cannot be read as a torch file, truncated or corrupt ({first_line(e)})") from None
-
-
-def sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-@dataclass
-class DistilledArtifact:
-    """The kit's own distilled set: images, labels (hard or soft), optional learned lr, and its spec."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    spec: DatasetSpec
-    lr: float | None = None
-    extra: dict | None = None
-
-    @property
-    def soft(self) -> bool:
-        return self.labels.is_floating_point() and self.labels.dim() == 2
-
-    def save(self, path: str | Path) -> Path:
-        tensors = {"images": self.images.float(), "labels": self.labels}
-        if self.lr is not None:
-            tensors["lr"] = torch.tensor([float(self.lr)])
-        meta = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "spec": self.spec.to_dict(),
-                "labels": "soft" if self.soft else "hard", **(self.extra or {})}
-        return save_tensors(tensors, path, meta)
-
-    @classmethod
-    def load(cls, path: str | Path) -> DistilledArtifact:
-        tensors, meta = load_tensors(path)
-        if meta.get("format") != ARTIFACT_FORMAT:
-            raise KitFileError(path, f"not a ddkit distilled artifact (format={meta.get('format')!r})")
-        for key in ("images", "labels"):
-            if key not in tensors:
-                raise KitFileError(path, f"artifact has no {key!r} tensor")
-        extra = {k: v for k, v in meta.items() if k not in ("format", "version", "spec", "labels")}
-        try:
-            spec = DatasetSpec.from_dict(meta["spec"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise KitFileError(path, f"artifact metadata has no valid spec ({e!r})") from None
-        lr = float(tensors["lr"].item()) if "lr" in tensors else None
-        return cls(tensors["images"], tensors["labels"], spec, lr, extra)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
 from challenge_kit.core.errors import KitFileError, KitValueError
-from challenge_kit.core.storage import DistilledArtifact, load_torch
+from challenge_kit.core.reading import load_torch
 
 REFERENCE_KEYS = ("images_val", "labels_val")
 MANIFEST = "manifest.json"

@@ -16,7 +16,8 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, infer_model_config, read_expert
 from challenge_kit.core.models import ConvNet, ModelConfig, param_shapes, unflatten_params
-from challenge_kit.core.storage import load_torch, save_tensors, save_torch
+from challenge_kit.core.reading import load_torch
+from challenge_kit.core.storage import save_tensors, save_torch
 from challenge_kit.experts.store import ExpertStore, expert_path
 
 

@@ -19,7 +19,7 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import Expert, read_expert
 from challenge_kit.core.models import ModelConfig
-from challenge_kit.core.storage import load_rows
+from challenge_kit.core.reading import load_rows
 
 DIFFICULTY = "difficulty.safetensors"
 # Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).

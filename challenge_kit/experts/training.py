@@ -28,8 +28,9 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, _load_checked
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig, predict
+from challenge_kit.core.reading import load_tensors, read_metadata
 from challenge_kit.core.seeds import expert_generator
-from challenge_kit.core.storage import load_tensors, read_metadata, save_tensors
+from challenge_kit.core.storage import save_tensors
 from challenge_kit.experts.store import DIFFICULTY, NOT_TRAJECTORY, data_fingerprint, expert_path
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts.expert_parts import el2n

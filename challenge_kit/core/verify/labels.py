@@ -18,7 +18,7 @@ from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import infer_model_config, read_expert
 from challenge_kit.core.models import ConvNet, load_flat_, predict
-from challenge_kit.core.storage import load_rows, load_torch
+from challenge_kit.core.reading import load_rows, load_torch
 from challenge_kit.core.verify.report import FAIL, PASS, WARN, Check, _listing, _shape
 
 # Class-order analysis with a reference model: a class counts as moved when at least this share of its

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import DistilledArtifact, load_torch, load_torch_bytes
+from challenge_kit.core.reading import load_torch, load_torch_bytes
 from challenge_kit.core.submission import manifest_spec, read_manifest, resolve_spec
 from challenge_kit.core.verify.report import FAIL, WARN, Check, Report
 from challenge_kit.core.verify.tensor import verify_tensor
