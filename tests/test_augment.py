@@ -1,4 +1,4 @@
-"""DSA mode "S": every op against a plain reference written from SPEC section 3, the sampled ranges,
+"""DSA mode "S": every op against a plain reference written from docs/dsa.md, the sampled ranges,
 exact replay, and gradients to the images."""
 
 import math
@@ -19,7 +19,7 @@ def images(n=2, c=3, h=6, w=6, seed=0, dtype=D):
     return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-# ---- reference implementations: loops and explicit formulas, straight from the SPEC wording ----
+# ---- reference implementations: loops and explicit formulas, straight from docs/dsa.md ----
 
 def ref_brightness(x, u):
     return torch.stack([x[n] + (float(u[n]) - 0.5) * 1.0 for n in range(len(x))])
@@ -212,7 +212,7 @@ def test_scale_above_one_zooms_out_and_below_one_zooms_in():
     assert (small > 0.5).sum() < 64
 
 
-# ---- kornia-backed ops compute the SPEC function ----
+# ---- kornia-backed ops compute the documented function ----
 
 def test_kornia_brightness_is_the_spec_formula_on_unclipped_normalized_data():
     x = images() * 3  # normalized data lies well outside [0, 1]

@@ -1,4 +1,4 @@
-"""The challenge contract holds exactly the SPEC section 1 values."""
+"""The challenge contract holds exactly the values of docs/contract.md."""
 
 import json
 

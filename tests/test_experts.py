@@ -65,7 +65,7 @@ def snapshots(out) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------------------ the math
 
 def test_gsam_flat_matches_a_per_parameter_implementation():
-    """SPEC: e = rho g p^2 / || |p| g ||; final = g_p - alpha (g - (g.g_p / ||g_p||^2) g_p), on lists of tensors."""
+    """docs/experts.md: e = rho g p^2 / || |p| g ||; final = g_p - alpha (g - (g.g_p / ||g_p||^2) g_p), on lists."""
     g0 = torch.Generator().manual_seed(0)
     ps = [torch.randn(3, 4, generator=g0), torch.randn(5, generator=g0)]
     gs = [torch.randn_like(p) for p in ps]

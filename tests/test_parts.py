@@ -1,4 +1,4 @@
-"""Every seed technique checked against its paper's equation on a small case (SPEC sections 5-6), and the
+"""Every seed technique checked against its paper's equation on a small case (docs/techniques.md), and the
 registry that makes them recipe parts."""
 
 import inspect
@@ -129,7 +129,7 @@ def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
         load_recipe("pad")
 
 
-# ------------------------------------------------------------------------------------------ DATM (seed 001)
+# ------------------------------------------------------------------------------------------ DATM (docs/techniques.md)
 
 def test_datm_soft_labels_average_the_logits_of_the_experts_that_classify_each_image_correctly(store):
     net = FunctionalConvNet(MODEL)
@@ -154,7 +154,7 @@ def test_tesla_assigned_labels_are_the_target_snapshots_logits(store):
     assert torch.allclose(got, net(target, x), atol=1e-6) and not got.requires_grad
 
 
-# ------------------------------------------------------------------------------------------ PAD (seed 003)
+# ------------------------------------------------------------------------------------------ PAD (docs/techniques.md)
 
 def test_el2n_is_the_l2_distance_of_softmax_from_onehot():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
