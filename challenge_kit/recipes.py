@@ -230,10 +230,22 @@ def _named_parts(tables: dict) -> set[str]:
     return named
 
 
-def _without_parts(tables: dict, kinds: set[str]) -> dict:
-    """``tables`` less what they say about the parts of ``kinds``."""
-    return {section: {k: v for k, v in values.items() if not (k in kinds and parts.FIELDS[k] == f"{section}.{k}")}
-            if isinstance(values, dict) else values for section, values in tables.items()}
+def _without_choices(tables: dict, kinds: set[str]) -> dict:
+    """``tables`` without their choice of part for ``kinds``: a plain name goes, a part table loses its ``name``
+    (its parameters stay, checked against the part chosen in the end)."""
+    out = {}
+    for section, values in tables.items():
+        if isinstance(values, dict):
+            values = dict(values)
+            for kind in kinds:
+                if parts.FIELDS[kind] != f"{section}.{kind}" or kind not in values:
+                    continue
+                table = values.pop(kind)
+                given = {k: v for k, v in table.items() if k != "name"} if isinstance(table, dict) else {}
+                if given:
+                    values[kind] = given
+        out[section] = values
+    return out
 
 
 def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
@@ -368,7 +380,7 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
         variant = recipe, loose
         for i, (where, tables) in enumerate(layers):
             scaled = tables.get("profiles", {}).get(name, {})
-            variant = _apply(*variant, _without_parts(scaled, methods_parts) if i == 0 else scaled,
+            variant = _apply(*variant, _without_choices(scaled, methods_parts) if i == 0 else scaled,
                              f"{where} profile {name}")
         chosen = variant if name == profile else chosen
     recipe, loose = _apply(*chosen, parse_overrides(overrides), "--set")

@@ -278,3 +278,19 @@ def test_the_largest_seed_runs_its_generators():
     recipe = load_recipe("cifar100", overrides=[f"{s}.seed={MAX_SEED}" for s in SECTIONS])
     assert (recipe.experts.seed, recipe.distill.seed, recipe.eval.seed) == (MAX_SEED,) * 3
     assert [g.initial_seed() for g in distill_generators(MAX_SEED, "cpu")] == [MAX_SEED, MAX_SEED + 1]
+
+
+def test_a_dataset_profile_keeps_its_part_parameters_but_not_its_choice_over_a_method(tmp_path):
+    """A method's part stays in every profile; a profile's parameters for that kind still apply to it, and are
+    refused when the method's part does not take them."""
+    (tmp_path / "cifar100.toml").write_text('dataset = "cifar100"\n[experts]\nobjective = "smooth"\n'
+                                            '[profiles.quick.experts.objective]\nname = "gsam"\nrho = 0.05\n')
+    assert load_recipe("cifar100", "quick", recipe_dir=tmp_path).experts.objective == "gsam"
+    write(tmp_path, '[experts]\nobjective = "gsam"\n', "gsam.toml")
+    write(tmp_path, '[experts.objective]\nname = "sgd"\n', "sgd.toml")
+    gsam = load_recipe(str(tmp_path / "gsam.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path).experts
+    assert (gsam.objective, gsam.rho) == ("gsam", 0.05)
+    assert load_recipe(str(tmp_path / "sgd.toml"), dataset="cifar100", recipe_dir=tmp_path).experts.objective == "sgd"
+    with pytest.raises(ValueError, match=r"profile quick: experts\.objective\.rho is a parameter of gsam, not of the "
+                                         r"objective part 'sgd'"):
+        load_recipe(str(tmp_path / "sgd.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path)
