@@ -21,7 +21,7 @@ from challenge_kit.recipes import (
     parse_overrides,
 )
 
-# M-DATM table 1: N, M, T-, T, T+, Interval, batch_syn, lr (pixels)
+# docs/mdatm.md, M-DATM table 1: N, M, T-, T, T+, Interval, batch_syn, lr (pixels)
 TABLE1 = {
     "cifar100": (40, 2, 0, 15, 20, 100, 1000, 1000.0),
     "tinyimagenet": (25, 2, 0, 15, 20, 250, 1000, 10000.0),
