@@ -3,8 +3,13 @@
 A dataset recipe (``submissions/cifar100.toml``) holds the paper's ``full`` profile in its top-level tables and
 any other profile (``quick``, ``mini``) as overrides under ``[profiles.<name>.<section>]``. A method recipe
 (``submissions/research/pad.toml``) has no ``dataset``: it is laid over a dataset recipe, naming the parts
-its paper changes. ``--set section.key=value`` applies last. Every value, part name included, is checked
-when the recipe is loaded, before any data is read.
+its paper changes. The layers apply in this order: the dataset's top-level tables, the method's, the chosen
+profile's tables in the dataset recipe, then in the method recipe, and ``--set section.key=value`` last. Two
+rules keep a method what it is at every scale: the profiles are the dataset's (a method's ``[profiles.mini]``
+adjusts the mini profile where the dataset has one and is ignored elsewhere; it never creates one), and a part
+the method names is not replaced by a dataset profile (Tiny ImageNet's mini profile trains plain-SGD experts,
+but not for a method that names its own objective). Every value, part name included, is checked when the
+recipe is loaded, before any data is read.
 
 A part is named by its kind's key (``mask = "deep"``) or by a table holding its name and its parameters::
 
@@ -22,15 +27,24 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from challenge_kit import parts
 from challenge_kit.core.contract import get_spec
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.parts.params import below_one, coerce, positive, problem, signed
+from challenge_kit.parts.params import below_one, coerce, non_negative, one_of, positive, problem, random_seed
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "submissions"
+
+def _shipped_recipes() -> Path:
+    """Where the shipped recipes are: inside the installed package (a wheel carries ``submissions/`` as
+    ``challenge_kit/recipes_data``), else the checkout's own ``submissions/`` (a source tree, an editable install)."""
+    installed = resources.files("challenge_kit") / "recipes_data"
+    return Path(str(installed)) if installed.is_dir() else Path(__file__).resolve().parent.parent / "submissions"
+
+
+RECIPE_DIR = _shipped_recipes()
 
 
 def _with_part_parameters(cls: type) -> type:
@@ -57,13 +71,13 @@ class ExpertConfig:
     epochs: int = positive(30)
     lr: float = positive(0.01)
     momentum: float = below_one(0.0)
-    weight_decay: float = 0.0
+    weight_decay: float = non_negative(0.0)
     batch_size: int = positive(256)
-    lr_decay_epoch: int = 0  # multiply the lr by lr_decay after this epoch (0: constant lr)
-    lr_decay: float = 0.5
+    lr_decay_epoch: int = non_negative(0)  # multiply the lr by lr_decay after this epoch (0: constant lr)
+    lr_decay: float = non_negative(0.5)
     objective: str = "gsam"
     schedule: str = "full"
-    seed: int = signed(0)
+    seed: int = random_seed(0)
 
 
 @_with_part_parameters
@@ -75,24 +89,24 @@ class DistillConfig:
     iterations: int = positive(10000)
     syn_steps: int = positive(40)
     expert_epochs: int = positive(2)
-    min_start_epoch: int = 0
-    current_max_start_epoch: int = 15
-    max_start_epoch: int = 20
+    min_start_epoch: int = non_negative(0)
+    current_max_start_epoch: int = non_negative(15)
+    max_start_epoch: int = non_negative(20)
     interval: int = positive(100)
     batch_syn: int = positive(1000)
     lr_img: float = positive(1000.0)
-    lr_lr: float = 1e-5
+    lr_lr: float = non_negative(1e-5)
     lr_init: float = positive(0.01)
     momentum: float = below_one(0.5)
     threshold: float = positive(1.0)
-    grad: str = "exact"  # one of parts.GRAD_MODES
+    grad: str = one_of("exact", parts.GRAD_MODES, "gradient mode")
     init: str = "real_correct"
     labels: str = "hard"
     mask: str = "all"
     weights: str = "uniform"
     terms: str = "final"
     perturb: str = "none"
-    seed: int = signed(0)
+    seed: int = random_seed(0)
     checkpoint_every: int = positive(100)
 
 
@@ -109,13 +123,13 @@ class EvalConfig:
     from the training split for this; ``"test"`` selects on the test split (DATM's practice).
     """
 
-    every: int = 1000
+    every: int = non_negative(1000)
     epochs: int = positive(300)
     rounds: int = positive(2)
-    final_rounds: int = 6
-    split: str = "holdout"
-    holdout_per_class: int = 10
-    seed: int = signed(0)
+    final_rounds: int = non_negative(6)
+    split: str = one_of("holdout", SPLITS)
+    holdout_per_class: int = non_negative(10)
+    seed: int = random_seed(0)
 
 
 @dataclass(frozen=True)
@@ -205,14 +219,43 @@ def _apply(recipe: Recipe, loose: Loose, tables: dict, where: str) -> tuple[Reci
     return recipe, loose
 
 
+def _named_parts(tables: dict) -> set[str]:
+    """The kinds whose part a recipe's top-level tables name (``mask = "deep"`` or a table with ``name``)."""
+    named = set()
+    for kind, key in parts.FIELDS.items():
+        section = tables.get(key.split(".")[0])
+        value = section.get(kind) if isinstance(section, dict) else None
+        if isinstance(value, str) or (isinstance(value, dict) and "name" in value):
+            named.add(kind)
+    return named
+
+
+def _without_choices(tables: dict, kinds: set[str]) -> dict:
+    """``tables`` without their choice of part for ``kinds``: a plain name goes, a part table loses its ``name``
+    (its parameters stay, checked against the part chosen in the end)."""
+    out = {}
+    for section, values in tables.items():
+        if isinstance(values, dict):
+            values = dict(values)
+            for kind in kinds:
+                if parts.FIELDS[kind] != f"{section}.{kind}" or kind not in values:
+                    continue
+                table = values.pop(kind)
+                given = {k: v for k, v in table.items() if k != "name"} if isinstance(table, dict) else {}
+                if given:
+                    values[kind] = given
+        out[section] = values
+    return out
+
+
 def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
     """Reject values no run can use now, not hours into a run (a zero interval would crash distillation)."""
     for section in SECTIONS:
         config = getattr(recipe, section)
         for f in fields(config):
-            wrong = problem(f, getattr(config, f.name))
+            wrong = problem(f, f"{section}.{f.name}", getattr(config, f.name))
             if wrong:
-                raise KitValueError(f"{where}: {section}.{f.name} {wrong}")
+                raise KitValueError(f"{where}: {wrong}")
     _check_parts(recipe, where)
     d, e, v = recipe.distill, recipe.experts, recipe.eval
     if not d.min_start_epoch <= d.current_max_start_epoch <= d.max_start_epoch:
@@ -224,8 +267,6 @@ def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
                             f"expert epochs up to {d.max_start_epoch + d.expert_epochs}")
     if d.label_epoch > e.epochs:
         raise KitValueError(f"{where}: distill.label_epoch = {d.label_epoch} is past the experts' {e.epochs} epochs")
-    if v.split not in SPLITS:
-        raise KitValueError(f"{where}: eval.split must be one of {', '.join(SPLITS)}, got {v.split!r}")
     if v.split == "holdout" and v.every > 0 and v.holdout_per_class < 1:
         raise KitValueError(f"{where}: eval.holdout_per_class must be at least 1 to select on held-out data")
     for kind, given in loose.items():  # parameters given without a part's name are the chosen part's
@@ -238,15 +279,12 @@ def _validate(recipe: Recipe, where: str, loose: Loose) -> Recipe:
 
 
 def _check_parts(recipe: Recipe, where: str) -> None:
-    """Every named part and every other choice by name exists (a typo fails here, not hours into a run)."""
+    """Every named part exists (a typo fails here, not hours into a run)."""
     for kind, name in recipe.parts().items():
         try:
             parts.check(kind, name)
         except ValueError as e:
             raise KitValueError(f"{where}: {parts.FIELDS[kind]}: {e}") from None
-    if recipe.distill.grad not in parts.GRAD_MODES:
-        raise KitValueError(f"{where}: distill.grad: unknown gradient mode {recipe.distill.grad!r}; "
-                            f"known: {', '.join(parts.GRAD_MODES)}")
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
@@ -326,18 +364,24 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
     except ValueError as e:
         raise KitValueError(f"{layers[0][0]}: {e}") from None
 
+    available = set(layers[0][1].get("profiles", {}))  # the dataset's: a method adjusts them, it adds none
+    if profile != "full" and profile not in available:
+        adjusts = f" ({path.name}'s [profiles.{profile}] adjusts that profile where a dataset has one; {name} " \
+            "has none)" if profile in data.get("profiles", {}) and path != layers[0][0] else ""
+        raise KitValueError(f"{layers[0][0]}: no profile {profile!r}; available: "
+                            f"{', '.join(['full', *sorted(available)])}{adjusts}")
     recipe, loose = Recipe(dataset=name, profile=profile), {}
     for where, tables in layers:
         recipe, loose = _apply(recipe, loose, {k: v for k, v in tables.items() if k in SECTIONS}, str(where))
         recipe = replace(recipe, **{k: tables[k] for k in ("method", "description") if k in tables})
-    available = {p for _, tables in layers for p in tables.get("profiles", {})}
-    if profile != "full" and profile not in available:
-        raise KitValueError(f"{path}: no profile {profile!r}; available: full, {', '.join(sorted(available))}")
     chosen = recipe, loose
+    methods_parts = _named_parts(data) if len(layers) == 2 else set()  # a dataset profile leaves them alone
     for name in sorted(available):  # every profile is checked, the chosen one is kept
         variant = recipe, loose
-        for where, tables in layers:
-            variant = _apply(*variant, tables.get("profiles", {}).get(name, {}), f"{where} profile {name}")
+        for i, (where, tables) in enumerate(layers):
+            scaled = tables.get("profiles", {}).get(name, {})
+            variant = _apply(*variant, _without_choices(scaled, methods_parts) if i == 0 else scaled,
+                             f"{where} profile {name}")
         chosen = variant if name == profile else chosen
     recipe, loose = _apply(*chosen, parse_overrides(overrides), "--set")
     where = f"{path} profile {profile}" + (f" with --set {' '.join(overrides)}" if overrides else "")

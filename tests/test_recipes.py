@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from challenge_kit import parts
 from challenge_kit.recipes import (
     RECIPE_DIR,
     SECTIONS,
@@ -162,7 +163,8 @@ def test_every_shipped_recipe_gives_the_flat_dict_the_code_before_part_tables_ga
     """Expert stores keep ``asdict(ExpertConfig)`` as their resume identity and checkpoints ``recipe.to_dict()``:
     both must stay what they were. ``recipes_before.json`` was written by the code before part tables (every
     dataset x profile x method: the default sections once, then each recipe's values that differ, or that it
-    failed to load), keys in their order."""
+    failed to load), keys in their order; ``smooth/tinyimagenet/mini``, refused then, is what the fixed smooth
+    recipe gives (the profile's 10 expert epochs, the method's own objective)."""
     method, dataset, profile = key.split("/")
     want = BEFORE["recipes"][key]
     load = (lambda: load_recipe(dataset, profile)) if method == dataset else \
@@ -224,14 +226,23 @@ def test_a_misspelt_part_in_a_part_table_fails_before_torch_is_imported(tmp_path
         done.stdout + done.stderr
 
 
-# The constraints the checks had before they moved into the fields (everything else: >= 0, or not a number).
+# The constraints the checks had before they moved into the fields; seeds are now bounded (0..MAX_SEED), and
+# every other number is explicitly non-negative.
 CONSTRAINTS = {
     "positive": {"experts.num_experts", "experts.epochs", "experts.lr", "experts.batch_size", "experts.add_end_epoch",
                  "experts.score_models", "experts.score_epochs", "distill.iterations", "distill.syn_steps",
                  "distill.expert_epochs", "distill.interval", "distill.batch_syn", "distill.lr_img", "distill.lr_init",
                  "distill.threshold", "distill.checkpoint_every", "distill.balance_offset", "eval.epochs",
                  "eval.rounds"},
-    "signed": {"experts.seed", "distill.seed", "eval.seed", "distill.label_epoch"},
+    "signed": {"distill.label_epoch"},
+    "seed": {"experts.seed", "distill.seed", "eval.seed"},
+    "non_negative": {"experts.weight_decay", "experts.lr_decay_epoch", "experts.lr_decay", "experts.rho",
+                     "experts.alpha", "experts.clip_epochs", "experts.gp_weight", "experts.gp_target",
+                     "distill.min_start_epoch", "distill.current_max_start_epoch", "distill.max_start_epoch",
+                     "distill.lr_lr", "distill.lr_labels", "distill.label_experts", "distill.perturb_scale",
+                     "eval.every", "eval.final_rounds", "eval.holdout_per_class"},
+    "one_of exact, unrolled": {"distill.grad"},
+    "one_of holdout, test": {"eval.split"},
     "fraction": {"experts.initial_ratio", "experts.drop_easy", "experts.clip_start", "distill.discard_ratio"},
     "below_one": {"experts.momentum", "distill.momentum", "distill.labels_momentum"},
 }
@@ -242,5 +253,44 @@ def test_each_field_carries_its_own_constraint():
     for section, cls in SECTIONS.items():
         for f in fields(cls):
             if "check" in f.metadata:
-                got.setdefault(f.metadata["check"], set()).add(f"{section}.{f.name}")
+                got.setdefault(f.metadata["check"].name, set()).add(f"{section}.{f.name}")
+            else:  # only part names and switches go unchecked
+                assert f.type == "bool" or f.name in parts.KINDS, f"{section}.{f.name} declares no check"
     assert got == CONSTRAINTS
+
+
+@pytest.mark.parametrize("item,match", [
+    ("distill.seed=9223372036854775808", r"distill\.seed must be a seed in 0\.\.9223372036854775807, got "
+                                         r"9223372036854775808"),
+    ("experts.seed=-1", r"experts\.seed must be a seed in 0\.\.9223372036854775807, got -1"),
+    ("eval.seed=" + "9" * 30, r"eval\.seed must be a seed in 0\.\.9223372036854775807"),
+])
+def test_every_seed_is_bounded_when_the_recipe_loads(item, match):
+    """A seed too large for a generator is refused before any data is read, not when distillation starts."""
+    with pytest.raises(ValueError, match=match):
+        load_recipe("cifar100", overrides=[item])
+
+
+def test_the_largest_seed_runs_its_generators():
+    """MAX_SEED itself passes, and a distillation run's two generators (seed and seed + 1) take it."""
+    from challenge_kit.core.seeds import MAX_SEED, distill_generators
+
+    recipe = load_recipe("cifar100", overrides=[f"{s}.seed={MAX_SEED}" for s in SECTIONS])
+    assert (recipe.experts.seed, recipe.distill.seed, recipe.eval.seed) == (MAX_SEED,) * 3
+    assert [g.initial_seed() for g in distill_generators(MAX_SEED, "cpu")] == [MAX_SEED, MAX_SEED + 1]
+
+
+def test_a_dataset_profile_keeps_its_part_parameters_but_not_its_choice_over_a_method(tmp_path):
+    """A method's part stays in every profile; a profile's parameters for that kind still apply to it, and are
+    refused when the method's part does not take them."""
+    (tmp_path / "cifar100.toml").write_text('dataset = "cifar100"\n[experts]\nobjective = "smooth"\n'
+                                            '[profiles.quick.experts.objective]\nname = "gsam"\nrho = 0.05\n')
+    assert load_recipe("cifar100", "quick", recipe_dir=tmp_path).experts.objective == "gsam"
+    write(tmp_path, '[experts]\nobjective = "gsam"\n', "gsam.toml")
+    write(tmp_path, '[experts.objective]\nname = "sgd"\n', "sgd.toml")
+    gsam = load_recipe(str(tmp_path / "gsam.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path).experts
+    assert (gsam.objective, gsam.rho) == ("gsam", 0.05)
+    assert load_recipe(str(tmp_path / "sgd.toml"), dataset="cifar100", recipe_dir=tmp_path).experts.objective == "sgd"
+    with pytest.raises(ValueError, match=r"profile quick: experts\.objective\.rho is a parameter of gsam, not of the "
+                                         r"objective part 'sgd'"):
+        load_recipe(str(tmp_path / "sgd.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path)

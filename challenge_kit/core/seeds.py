@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # imported where a stream is made: recipes and options read MAX_SEED before torch is imported
+    import torch
 
+# The largest seed a recipe or an option takes: torch.Generator.manual_seed takes 0 to 2**64 - 1 (negative seeds
+# wrap around onto those), and a distillation run also seeds seed + 1.
+MAX_SEED = 2**63 - 1
 SEED_MASK = 0x7FFFFFFF  # the official scorer's seeds are non-negative 31-bit ints
 FINAL_SEED_OFFSET = 1  # selection's fresh rounds: (seed + 1) * 1000 + r, never a candidate's round seed
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded with ``seed`` on ``device``: the holdout split, a baseline's draw, a distillation run."""
+    import torch
+
     return torch.Generator(device=device).manual_seed(seed)
 
 
 def expert_generator(seed: int, index: int) -> torch.Generator:
     """The one CPU generator behind everything random in expert ``index`` (init, shuffling, DSA): a digest of
     (seed, index), so experts are independent of each other and of how they are split over processes."""
+    import torch
+
     digest = hashlib.sha256(f"ddkit-expert:{seed}:{index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
@@ -56,4 +64,6 @@ def stream_seeds(seed: int) -> tuple[int, int, int]:
     """Seeds of a scorer round's three streams: network init, device draws (shuffle, augmentation parameters),
     augmentation group. Derived by ``SeedSequence`` so they differ in their low 32 bits: torch's CPU generator
     keeps only those, so ``seed + 2**32`` would replay the very same numbers."""
+    import numpy as np
+
     return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.parts.params import below_one, fraction, positive, signed
+from challenge_kit.parts.params import below_one, fraction, non_negative, positive, signed
 
 KINDS = {
     "init": "how the synthetic images start",
@@ -68,10 +68,10 @@ class Part:
 
 @dataclass(frozen=True)
 class LearnedSoftParams:
-    lr_labels: float = 10.0  # DATM: SGD on the label logits
+    lr_labels: float = non_negative(10.0)  # DATM: SGD on the label logits
     labels_momentum: float = below_one(0.9)
     label_epoch: int = signed(-1)  # expert snapshot whose logits make soft labels (-1: the last)
-    label_experts: int = 0  # experts whose logits are averaged (0: all)
+    label_experts: int = non_negative(0)  # experts whose logits are averaged (0: all)
 
 
 @dataclass(frozen=True)
@@ -91,22 +91,22 @@ class BalancedParams:
 
 @dataclass(frozen=True)
 class FilterNoiseParams:
-    perturb_scale: float = 0.1  # noise norm relative to each filter's
+    perturb_scale: float = non_negative(0.1)  # noise norm relative to each filter's
 
 
 @dataclass(frozen=True)
 class GsamParams:
-    rho: float = 0.01
-    alpha: float = 0.3
-    adaptive: bool = True
+    rho: float = non_negative(0.01)  # radius of the weight perturbation
+    alpha: float = non_negative(0.3)  # share of the gradient's part orthogonal to the perturbed one taken off
+    adaptive: bool = True  # the radius scales with each weight's size
 
 
 @dataclass(frozen=True)
 class SmoothParams:
     clip_start: float = fraction(0.5)  # clipped CE coefficient rises from clip_start to 1 over clip_epochs
-    clip_epochs: int = 5
-    gp_weight: float = 1.0  # gradient penalty mu and target K
-    gp_target: float = 1.0
+    clip_epochs: int = non_negative(5)
+    gp_weight: float = non_negative(1.0)  # gradient penalty mu and target K
+    gp_target: float = non_negative(1.0)
 
 
 @dataclass(frozen=True)

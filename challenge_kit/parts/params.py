@@ -1,55 +1,66 @@
-"""Settings that carry their own constraint: a recipe field or a part's parameter is declared with the check its
-value must pass, so the check cannot drift from the declaration. Plain data, no torch."""
+"""Settings that carry their own constraint: every number (and every choice by name) of a recipe field or a part's
+parameter is declared with the check its value must pass, ``epochs: int = positive(30)``, so the check cannot
+drift from the declaration. Plain data, no torch."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import Field, field
+from collections.abc import Callable
+from dataclasses import Field, dataclass, field
 from typing import Any
 
 from challenge_kit.core.errors import KitValueError
-
-# A number is checked to be >= 0 unless its field is declared with one of these.
-
-
-def _checked(default: Any, check: str) -> Any:
-    return field(default=default, metadata={"check": check})
+from challenge_kit.core.seeds import MAX_SEED
 
 
-def positive(default: Any) -> Any:
-    """Counts, sizes and rates: > 0."""
-    return _checked(default, "positive")
+@dataclass(frozen=True)
+class Check:
+    """A constraint by name; ``wrong(key, value)`` says what is wrong with ``value`` for the field ``key``, or
+    None. Called with a default, it declares a field that carries it."""
+
+    name: str
+    wrong: Callable[[str, Any], str | None]
+
+    def __call__(self, default: Any) -> Any:
+        return field(default=default, metadata={"check": self})
 
 
-def signed(default: Any) -> Any:
-    """Any value, negative included (seeds; -1 for "the last")."""
-    return _checked(default, "signed")
+def _number(says: str, test: Callable[[Any], bool], zero_floor: bool = True) -> Callable[[str, Any], str | None]:
+    """A number's check: nothing when ``test`` passes, else "KEY says, got -1" (with ``zero_floor``, a negative
+    value is told "must not be negative" first)."""
+    def wrong(key: str, value: Any) -> str | None:
+        if test(value):
+            return None
+        return f"{key} {'must not be negative' if zero_floor and value < 0 else says}, got {value!r}"
+    return wrong
 
 
-def fraction(default: Any) -> Any:
-    """A share, in [0, 1]."""
-    return _checked(default, "fraction")
+non_negative = Check("non_negative", _number("must not be negative", lambda v: v >= 0))  # counts, epochs, rates
+positive = Check("positive", _number("must be positive", lambda v: v > 0, False))  # sizes and rates, never 0
+signed = Check("signed", lambda key, value: None)  # any value, negative included (-1 for "the last")
+fraction = Check("fraction", _number("is a fraction", lambda v: 0 <= v <= 1))  # a share, in [0, 1]
+below_one = Check("below_one", _number("must be below 1", lambda v: 0 <= v < 1))  # an SGD momentum, in [0, 1)
+# A random stream's seed: each seed in 0..MAX_SEED draws its own stream (a negative one would wrap onto another).
+random_seed = Check("seed", _number(f"must be a seed in 0..{MAX_SEED}", lambda v: 0 <= v <= MAX_SEED, False))
 
 
-def below_one(default: Any) -> Any:
-    """An SGD momentum, in [0, 1)."""
-    return _checked(default, "below_one")
+def one_of(default: str, choices: tuple[str, ...], noun: str | None = None) -> Any:
+    """A choice by name among ``choices``: refused as "KEY: unknown NOUN 'x'; known: a, b" (or, without a noun,
+    "KEY must be one of a, b, got 'x'")."""
+    known = ", ".join(choices)
+
+    def wrong(key: str, value: Any) -> str | None:
+        if value in choices:
+            return None
+        return f"{key}: unknown {noun} {value!r}; known: {known}" if noun else \
+            f"{key} must be one of {known}, got {value!r}"
+    return Check(f"one_of {known}", wrong)(default)
 
 
-def problem(f: Field, value: Any) -> str | None:
-    """What is wrong with ``value`` for the field ``f`` ("must be positive, got 0"), or None."""
+def problem(f: Field, key: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the field ``f``, called ``key`` in the message, or None."""
     check = f.metadata.get("check")
-    if f.type not in ("int", "float") or check == "signed":
-        return None
-    if check == "positive" and not value > 0:
-        return f"must be positive, got {value}"
-    if value < 0:
-        return f"must not be negative, got {value}"
-    if check == "fraction" and value > 1:
-        return f"is a fraction, got {value}"
-    if check == "below_one" and value >= 1:
-        return f"must be below 1, got {value}"
-    return None
+    return None if check is None else check.wrong(key, value)
 
 
 def coerce(kind: str, key: str, value: Any, where: str) -> Any:
