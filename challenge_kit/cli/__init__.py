@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from challenge_kit.cli import data_cmds, runs, scoring
+from challenge_kit.cli import data_cmds, plan, runs, scoring
 from challenge_kit.cli.handler import KitCommands
 
 app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
@@ -37,6 +37,7 @@ COMMANDS = {
     "export": runs.export,
     "ablate": runs.ablate,
     "report": runs.report,
+    "plan": plan.plan,
     "make-submission": runs.make_submission,
     "baseline": runs.baseline,
 }

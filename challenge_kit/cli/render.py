@@ -183,3 +183,47 @@ def report_table(report: Report) -> Table:
     for c in report.checks:
         table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/{colour[c.status]}]", escape(c.reason))
     return table
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def _bytes(value: float) -> str:
+    for scale, prefix in ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi")):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}B"
+    return f"{value:.0f} B"
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for scale, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= 2 * scale:
+            return f"{seconds / scale:.1f} {unit}"
+    return f"{seconds:.2f} s"
+
+
+def plan_table(plan: dict) -> None:
+    """``ddkit plan`` for people: what each stage does, then one row per stage and the distillation's memory."""
+    r, spec = plan["recipe"], plan["spec"]
+    console.print(f"{spec['name']} ({spec['num_classes']} classes), profile {r['profile']}, {r['method']}: "
+                  f"{plan['train_images']} training images, on {plan['device']}")
+    for s in plan["stages"]:
+        console.print(f"  {s['name']}: {escape(s['what'])}; unit: {s['unit']}")
+    table = Table()
+    for column in ("stage", "units", "FLOP / unit", "FLOP", "peak memory", "time / unit", "time"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in plan["stages"]:
+        table.add_row(s["name"] if s["in_run"] else f"[dim]{s['name']}[/dim]", f"{s['units']:,}",
+                      _si(s["flops"], "FLOP"), _si(s["total_flops"], "FLOP"), _bytes(s["peak_bytes"]),
+                      _time(s["seconds"]), _time(s["total_seconds"]))
+    console.print(table)
+    peaks = ", ".join(f"{mode} {_bytes(b)}" for mode, b in plan["matching_peak_bytes"].items())
+    console.print(f"one distillation iteration's peak tensor memory: {peaks} (counted, before allocator overhead)")
+    if plan["run_seconds"] is not None:
+        console.print(f"the run: about {_time(plan['run_seconds'])} here (the official score not included)")

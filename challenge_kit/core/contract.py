@@ -108,6 +108,9 @@ MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BATCH_SIZE = 256
 
+# Training images per class in the real downloads (CIFAR-100's train split, Tiny ImageNet's train folders).
+TRAIN_PER_CLASS = {"cifar100": 500, "tinyimagenet": 500}
+
 
 def get_spec(name: str) -> DatasetSpec:
     try:

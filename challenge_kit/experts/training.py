@@ -221,21 +221,26 @@ def _step_event(emit: Callable[[dict], None], index: int, epoch: int, steps: int
     emit({"kind": "step", "expert": index, "epoch": epoch, "steps": steps})
 
 
-def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertConfig, num_train: int) -> int:
-    """Optimizer steps left to do (from file headers and the schedule), for a progress bar's total."""
+def schedule_steps(config: ExpertConfig, num_train: int, after_epoch: int = 0) -> int:
+    """Optimizer steps of one expert's epochs after ``after_epoch`` under the recipe's schedule part."""
     everything = torch.arange(num_train)
 
     def steps(epoch: int) -> int:
         subset = epoch_subset(config, everything, num_train, epoch)
         return -(-(num_train if subset is None else len(subset)) // config.batch_size)
 
+    return sum(steps(e) for e in range(after_epoch + 1, config.epochs + 1))
+
+
+def planned_steps(out_dir: str | Path, indices: Iterable[int], config: ExpertConfig, num_train: int) -> int:
+    """Optimizer steps left to do (from file headers and the schedule), for a progress bar's total."""
     total = 0
     for index in indices:
         try:
             done = int(read_metadata(expert_path(out_dir, index)).get("completed_epochs", 0))
         except (KitFileError, TypeError, ValueError):
             done = 0
-        total += sum(steps(e) for e in range(done + 1, config.epochs + 1))
+        total += schedule_steps(config, num_train, done)
     return total
 
 

@@ -1,0 +1,245 @@
+"""``ddkit plan``: the bill before the work -- what a run will do, and its FLOPs, peak memory and time here.
+
+Counts come from the recipe. FLOPs (torch's ``FlopCounterMode``: matrix products and convolutions, the work that
+dominates) and peak tensor memory (a counter of live storages) come from running each stage's unit of work on the
+``meta`` device, where nothing is computed, so the paper's shapes cost seconds. A distillation iteration of more
+than three inner steps is counted at two and three and extended linearly: every inner step adds the same work
+and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
+short calibration of each unit on the run's device, at a small batch on a CPU, scaled by images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from challenge_kit import parts
+from challenge_kit.core import augment
+from challenge_kit.core.contract import BATCH_SIZE, EPOCHS, ROUNDS, TRAIN_PER_CLASS, DatasetSpec, default_labels
+from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
+from challenge_kit.experts.training import schedule_steps
+from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
+from challenge_kit.optim import sgd_step
+from challenge_kit.parts import GRAD_MODES
+from challenge_kit.recipes import Recipe
+from evaluator.scorer import make_optimizer
+
+META = torch.device("meta")
+CPU_CALIBRATION_IMAGES = 32  # a CPU's per-image time barely depends on the batch; an accelerator's does
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the storages alive at once while the mode is on (what an allocator must hold, less its
+    rounding and caching); storages are freed when Python drops them, as on a real device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self._seen.discard(key)
+        self.live -= size
+
+
+def count(work: Callable[[], object]) -> tuple[int, int]:
+    """(FLOPs, peak bytes) of ``work`` run once; on the meta device this computes nothing."""
+    live = LiveBytes()
+    with FlopCounterMode(display=False) as flops, live:
+        work()
+    return int(flops.get_total_flops()), live.peak
+
+
+def timed(work: Callable[[], object], device: torch.device, repeats: int = 2) -> float:
+    """Seconds per call of ``work`` after one warm-up call (the device is synchronized only around it)."""
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def calibration_batch(batch: int, device: torch.device) -> int:
+    return min(batch, CPU_CALIBRATION_IMAGES) if device.type == "cpu" else batch
+
+
+def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: int) -> Callable[[], object]:
+    """One expert optimizer step: DSA, the recipe's objective part, SGD."""
+    e = recipe.experts
+    net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
+    objective = parts.build("objective", e)
+    p = torch.zeros(net.num_params, device=device)
+    x = torch.zeros(batch, spec.channels, spec.image_size, spec.image_size, device=device)
+    y = torch.arange(batch, device=device) % spec.num_classes
+
+    def work():
+        params = augment.sample(batch, spec.image_size, "cpu")
+        _, grad = objective(net, p, augment.apply(x, params.to(device)), y, 0)
+        return sgd_step(p, grad, e.lr, e.momentum, e.weight_decay)
+
+    return work
+
+
+def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, steps: int, batch: int,
+                       mode: str) -> Callable[[], object]:
+    """One distillation iteration's match (hard labels, the final snapshot) at ``steps`` inner steps."""
+    net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
+    images = torch.zeros(spec.shape, device=device)
+    labels = default_labels(spec.num_classes, spec.ipc, device)
+    start = torch.zeros(net.num_params, device=device)
+    problem = Matching(start, start, [(steps, torch.ones(net.num_params, device=device))])
+    plan = [InnerStep(s.indices.to(device), s.aug.to(device))
+            for s in plan_inner_steps(spec.num_images, batch, steps, spec.image_size, "cpu")]
+    lr = torch.tensor(recipe.distill.lr_init, device=device)
+    return lambda: match(net, images, labels, lr, problem, plan, mode)
+
+
+def scorer_step(spec: DatasetSpec, device: torch.device, batch: int) -> Callable[[], object]:
+    """One step of the scorer's training loop: DSA, forward, backward, SGD with momentum."""
+    net = ConvNet(ModelConfig.for_spec(spec)).to(device)
+    optimizer = make_optimizer(net.parameters(), 0.01)
+    x = torch.zeros(batch, spec.channels, spec.image_size, spec.image_size, device=device)
+    y = torch.arange(batch, device=device) % spec.num_classes
+
+    def work():
+        loss = F.cross_entropy(net(augment.apply(x, augment.sample(batch, spec.image_size, device))), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return work
+
+
+def iteration_count(recipe: Recipe, spec: DatasetSpec, steps: int, batch: int, mode: str) -> tuple[int, int]:
+    """(FLOPs, peak bytes) of one iteration at ``steps`` inner steps: counted, or extended from two and three."""
+    if steps <= 3:
+        return count(matching_iteration(recipe, spec, META, steps, batch, mode))
+    two, three = (count(matching_iteration(recipe, spec, META, k, batch, mode)) for k in (2, 3))
+    return tuple(a + (steps - 2) * (b - a) for a, b in zip(two, three, strict=True))
+
+
+@dataclass
+class Stage:
+    """One line of the bill: ``units`` repetitions of one unit of work."""
+
+    name: str
+    what: str
+    unit: str
+    units: int
+    flops: int  # per unit
+    peak_bytes: int  # per unit
+    seconds: float | None = None  # per unit on the device (None: not calibrated)
+    in_run: bool = True  # False: the challenge's own scoring of the export, shown for its cost
+
+    @property
+    def total_flops(self) -> int:
+        return self.flops * self.units
+
+    @property
+    def total_seconds(self) -> float | None:
+        return None if self.seconds is None else self.seconds * self.units
+
+
+@dataclass
+class Plan:
+    recipe: dict
+    spec: dict
+    train_images: int
+    device: str
+    stages: list[Stage]
+    matching_peak_bytes: dict[str, int] = field(default_factory=dict)  # gradient mode -> one iteration's peak
+
+    @property
+    def run_seconds(self) -> float | None:
+        times = [s.total_seconds for s in self.stages if s.in_run]
+        return None if None in times else sum(times)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for stage, row in zip(self.stages, d["stages"], strict=True):
+            row.update(total_flops=stage.total_flops, total_seconds=stage.total_seconds)
+        d["run_seconds"] = self.run_seconds
+        return d
+
+
+def selection_rounds(recipe: Recipe) -> tuple[int, int]:
+    """(candidates, scorer rounds) of model selection: the initialization, every ``every``-th iteration and the
+    last, ``rounds`` each, and at most two sets of ``final_rounds`` fresh rounds."""
+    d, v = recipe.distill, recipe.eval
+    if v.every <= 0:
+        return 0, 0
+    candidates = 1 + d.iterations // v.every + (1 if d.iterations % v.every else 0)
+    return candidates, candidates * v.rounds + 2 * v.final_rounds
+
+
+def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torch.device,
+              calibrate: bool = True) -> Plan:
+    """The stages of ``make-submission`` for ``recipe`` on ``spec`` with ``train_images`` training images."""
+    e, d, v = recipe.experts, recipe.distill, recipe.eval
+    n, b = d.syn_steps, d.batch_syn
+
+    def seconds(build: Callable[[torch.device, int], Callable[[], object]], batch: int) -> float | None:
+        if not calibrate:
+            return None
+        small = calibration_batch(batch, device)
+        return timed(build(device, small), device) * batch / small
+
+    expert_steps = e.num_experts * schedule_steps(e, train_images)
+    stages = [Stage("experts", f"{e.num_experts} experts x {e.epochs} epochs ({e.objective})",
+                    f"step of {e.batch_size} images", expert_steps,
+                    *count(expert_step(recipe, spec, META, e.batch_size)),
+                    seconds(lambda dev, bs: expert_step(recipe, spec, dev, bs), e.batch_size))]
+
+    counted = {mode: iteration_count(recipe, spec, n, b, mode) for mode in GRAD_MODES}
+    peaks = {mode: peak for mode, (_, peak) in counted.items()}
+    per_iteration = None
+    if calibrate:
+        small = calibration_batch(b, device)
+        per_iteration = timed(matching_iteration(recipe, spec, device, 2, small, d.grad), device) / 2 * n * b / small
+    stages.append(Stage("distillation", f"{d.iterations} iterations, N = {n}, {d.grad} gradient",
+                        f"iteration of {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
+
+    steps_per_round, batch = math.ceil(spec.num_images / BATCH_SIZE), min(BATCH_SIZE, spec.num_images)
+    scorer = (*count(scorer_step(spec, META, batch)), seconds(lambda dev, bs: scorer_step(spec, dev, bs), batch))
+    candidates, rounds = selection_rounds(recipe)
+    if rounds:
+        stages.append(Stage("selection", f"{candidates} candidates x {v.rounds} rounds + up to 2 x "
+                            f"{v.final_rounds} final, {v.epochs} epochs each", f"scorer step of {batch} images",
+                            rounds * v.epochs * steps_per_round, *scorer))
+    stages.append(Stage("official score", f"{ROUNDS} rounds x {EPOCHS} epochs (the challenge's, after the run)",
+                        f"scorer step of {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
+                        in_run=False))
+    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks)
+
+
+def train_images(recipe: Recipe, spec: DatasetSpec, per_class: int | None = None) -> int:
+    """Training images the experts and distillation see: the split less the held-out selection images."""
+    per_class = TRAIN_PER_CLASS[spec.name] if per_class is None else per_class
+    held = recipe.eval.holdout_per_class if recipe.eval.split == "holdout" and recipe.eval.holdout_per_class > 0 else 0
+    return spec.num_classes * (per_class - held)
