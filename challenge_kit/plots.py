@@ -134,27 +134,29 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
 def means_and_differences(path: str | Path, title: str, means: list[tuple[str, float, float]],
                           differences: list[tuple[str, float, float, str]]) -> Path:
     """Two panels of horizontal bars, one row per name: ``(name, mean, error)`` on the left, ``(name, difference,
-    error, verdict)`` on the right around a zero line, in red where the verdict is not "better" or "worse"."""
-    rows = max(len(means), len(differences), 1)
+    error, verdict)`` on the right around a zero line, in red where the verdict is not "better" or "worse" (the
+    means alone when there are no differences)."""
+    rows = max(len(means), len(differences))
     figure = _figure(WIDTH + 300, max(HEIGHT, int(DPI * (1.5 + 2 * ROW_INCHES * rows))))
-    left, right = figure.subplots(1, 2)
-    panels = [(left, [(n, v, e, BLUE) for n, v, e in means], "accuracy (mean +- s.e.)"),
-              (right, [(n, v, e, BLUE if verdict in ("better", "worse") else RED) for n, v, e, verdict
-                       in differences], "paired difference (+- 2 s.e.)")]
+    axes = figure.subplots(1, 2 if differences else 1, squeeze=False)[0]
+    panels = [(axes[0], [(n, v, e, BLUE) for n, v, e in means], "accuracy (mean +- s.e.)")]
+    if differences:
+        panels.append((axes[1], [(n, v, e, BLUE if verdict in ("better", "worse") else RED)
+                                 for n, v, e, verdict in differences], "paired difference (+- 2 s.e.)"))
     for ax, bars, label in panels:
-        names, values, errors, colours = zip(*bars, strict=True) if bars else ((), (), (), ())
+        names, values, errors, colours = zip(*bars, strict=True)
         ax.barh(range(len(bars)), values, xerr=errors, color=colours, capsize=4)
         ax.set_yticks(range(len(bars)), [n if len(n) <= 40 else "..." + n[-37:] for n in names], fontsize=8)
         ax.set_ylim(len(bars) - 0.5, -0.5)  # first row on top, as in the table
         ax.set_xlabel(label)
         ax.grid(True, axis="x", color="#e0e0e0")
         ax.set_axisbelow(True)
-    right.axvline(0, color="black", linewidth=1)
     if differences:
         from matplotlib.patches import Patch
 
-        right.legend(handles=[Patch(color=BLUE, label="told apart"), Patch(color=RED, label="not distinguishable")],
-                     loc="best", fontsize=8)
+        axes[1].axvline(0, color="black", linewidth=1)
+        axes[1].legend(handles=[Patch(color=BLUE, label="told apart"),
+                                Patch(color=RED, label="not distinguishable")], loc="best", fontsize=8)
     figure.suptitle(title)
     return _save(figure, path)
 
