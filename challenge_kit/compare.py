@@ -191,9 +191,13 @@ def summarize(entries: list[Entry], scores: dict[str, list[float]]) -> list[dict
 
 
 def chart(result: dict, path: Path) -> Path:
-    """Means with their standard errors beside each paired difference to the first set with 2 s.e."""
+    """Means with their standard errors beside the paired differences with 2 s.e.: each set's to the first, then
+    the gains over the baselines not drawn yet (the first set's gain is its baseline's difference, negated)."""
     rows = result["sets"]
     diffs = [(f"{r['name']} - {rows[0]['name']}", r["difference"]) for r in rows[1:]]
+    order = {r["name"]: i for i, r in enumerate(rows)}
+    diffs += [(f"{r['name']} - {b}", gain) for r in rows[1:] for b, gain in r["gains"].items()
+              if order[b] > order[r["name"]]]  # one direction of each pair
     return means_and_differences(
         path, f"{result['dataset']}: scorer recipe, {result['epochs']} epochs x {result['rounds']} paired rounds",
         [(r["name"], r["mean"], r["se"]) for r in rows],
