@@ -4,8 +4,9 @@
 (c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
 scorer's recipe (default-order labels, lr 0.01) with the same round seeds and tested on the TEST split,
 which neither the distillation nor its model selection ever looked at. The scoring is ``ddkit compare``'s
-(``challenge_kit.compare``), into WORK/quality; (a) is drawn from the run's own training pool (held-out images
-excluded), as it always was here.
+(``challenge_kit.compare``), into --out (WORK/quality); (a) is drawn from the run's own training pool (held-out
+images excluded) with --seed, as it always was here, where ``ddkit compare --baseline random`` draws from the whole
+training split with --baseline-seed (``ddkit baseline``'s set).
 
     python bench/quality.py                       # the mini profile (runs it first; both it and the scoring resume)
     python bench/quality.py --epochs 300 --rounds 8
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data/tiny-imagenet-mini")
     parser.add_argument("--dataset", default="tinyimagenet")
     parser.add_argument("--work", default="/tmp/ddkit-quality", help="the make-submission output (reused)")
+    parser.add_argument("--out", default=None, help="the compare folder, its rounds kept (default WORK/quality)")
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--epochs", type=int, default=200, help="scorer epochs per round (same for every set)")
@@ -62,8 +64,8 @@ def main() -> None:
                Entry(f"(b) initialization ({recipe.distill.init})", init_images(work), str(work), baseline=True),
                Entry("(a) random real images", random_real(*splits.train, splits.spec, args.seed),
                      f"{args.data_root} training pool (held-out images excluded), seed {args.seed}", baseline=True)]
-    result = compare(entries, splits.spec, splits.test, work / "quality", rounds=args.rounds, epochs=args.epochs,
-                     seed=args.seed, device=device, extra={
+    result = compare(entries, splits.spec, splits.test, args.out or work / "quality", rounds=args.rounds,
+                     epochs=args.epochs, seed=args.seed, device=device, extra={
                          "profile": args.profile, "run_wall_seconds": run_seconds,
                          "run_timings_s": manifest["timings_s"], "selection": manifest.get("selection")})
     result["bench_seconds"] = time.perf_counter() - tick
