@@ -9,11 +9,13 @@ from fakes import distilled_images, write_tiny
 from typer.testing import CliRunner
 
 from challenge_kit import compare as compare_mod
+from challenge_kit.baseline import make_baseline
 from challenge_kit.cli import app
 from challenge_kit.cli.compare import table
-from challenge_kit.compare import CHART, RESULT, ROUNDS_FILE, Entry, compare
+from challenge_kit.compare import CHART, RESULT, ROUNDS_FILE, Entry, baseline_entries, compare
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.reading import load_torch
 from challenge_kit.core.seeds import round_seeds
 from challenge_kit.core.storage import save_torch
 from challenge_kit.data import dataset_spec
@@ -185,3 +187,13 @@ def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
     done = CliRunner().invoke(app, ["compare", str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref),
                                     "--out", str(root / "cmp"), "--epochs", "1", *extra])
     assert done.exit_code == 1 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+
+
+def test_the_random_baseline_is_the_set_ddkit_baseline_draws_with_that_seed(world):
+    root, data, _, run = world
+    spec = dataset_spec("tinyimagenet", data)
+    make_baseline("tinyimagenet", data, root / "baseline", seed=3)
+    (drawn,) = baseline_entries(["random"], [str(run)], spec, data_root=data, seed=3)
+    assert drawn.baseline and torch.equal(drawn.images, load_torch(root / "baseline" / "tinyimagenet.pt"))
+    (init,) = baseline_entries(["init"], [str(root / "other"), str(run)], spec, data_root=None, seed=0)
+    assert torch.equal(init.images, distilled_images(spec, seed=1))  # the folder's checkpoint, iteration 0
