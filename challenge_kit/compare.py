@@ -84,8 +84,7 @@ def load_sets(paths: list[str], reference: str | Path, dataset: str | None = Non
             raise KitFileError(path, f"is a {inputs.spec.describe()} set, the first is {first.spec.describe()}: "
                                      "compare sets of one dataset")
         first = first or inputs
-        names = {e.name for e in entries}
-        name = next(n for n in (path, *(f"{path} ({k})" for k in range(2, len(paths) + 2))) if n not in names)
+        name = path if path not in {e.name for e in entries} else f"{path} ({len(entries) + 1})"  # given twice
         entries.append(Entry(name, inputs.images.float(), str(path), note=_note(inputs)))
     if first is None:
         raise KitValueError("give at least one set to compare")
