@@ -10,10 +10,16 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.seeds import generator
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from challenge_kit.parts.initializations import InitContext, real
+
+
+def random_real(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, seed: int) -> torch.Tensor:
+    """IPC seeded random images of each class from the pool (``images``, ``labels``), in default order."""
+    return real(InitContext(spec, images, labels, None, None, generator(seed), torch.device("cpu")))
 
 
 def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, seed: int = 0,
@@ -22,9 +28,8 @@ def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, s
     """Draw the set from the training split and export it; returns the manifest."""
     images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
                                       image_folder=image_folder)
-    chosen = real(InitContext(spec, images, labels, None, None, generator(seed),
-                              torch.device("cpu")))
-    return export_images(chosen, spec, out_dir, source=f"{dataset} baseline from {data_root}", extra={
-        "baseline": {"method": f"random real training images, {spec.ipc} per class, default order",
-                     "seed": seed, "data_root": str(data_root)},
-    })
+    return export_images(random_real(images, labels, spec, seed), spec, out_dir,
+                         source=f"{dataset} baseline from {data_root}", extra={
+                             "baseline": {"method": f"random real training images, {spec.ipc} per class, "
+                                                    "default order", "seed": seed, "data_root": str(data_root)},
+                         })

@@ -25,13 +25,15 @@ from challenge_kit.recipes import Recipe
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.synthetic import Method, Synthetic, initial_state
+from challenge_kit.tracking import Track, Tracker
 
 
 def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir: str | Path, *,
             real_images: torch.Tensor, real_labels: torch.Tensor, select_images: torch.Tensor | None,
             select_labels: torch.Tensor | None, device: str | torch.device = "cpu", resume: bool = False,
-            shard: Shard = LOCAL, show_progress: bool = True) -> DistillState:
-    """Run (or resume) distillation into ``run_dir``; selection scores candidates on ``select_*``."""
+            shard: Shard = LOCAL, show_progress: bool = True, track: list[Track] | None = None) -> DistillState:
+    """Run (or resume) distillation into ``run_dir``; selection scores candidates on ``select_*``; ``track``: the
+    sinks that watch it too (rank 0's)."""
     cfg, device = recipe.distill, torch.device(device)
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
@@ -49,7 +51,8 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     syn = Synthetic(state, device, method.labels.sgd)
     selector = Selector(recipe.eval, spec, select_images, select_labels, device, shard)
 
-    with Monitor(run, selector, (gen, aug_gen), show_progress) as monitor:
+    tracker = Tracker.open((track or []) if shard.leader else [], run_dir, spec, recipe.to_dict())
+    with Monitor(run, selector, (gen, aug_gen), show_progress, tracker) as monitor:
         monitor.begin(state, syn)
         while state.iteration < cfg.iterations:
             tick = time.perf_counter()

@@ -1,5 +1,5 @@
-"""What happens around a distillation iteration that is not the method: the live history, model selection,
-checkpoints and the progress bar, and at the end the decision of what to export."""
+"""What happens around a distillation iteration that is not the method: the live history (and the tracking sinks),
+model selection, checkpoints and the progress bar, and at the end the decision of what to export."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from challenge_kit.core.progress import make_progress
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.stats import ema
+from challenge_kit.tracking import Tracker
 
 
 class Monitor:
@@ -19,8 +20,9 @@ class Monitor:
     and the progress bar. The loop calls ``begin`` once, ``after`` each iteration and ``finish`` at the end."""
 
     def __init__(self, run: RunDir, selector: Selector, generators: tuple[torch.Generator, torch.Generator],
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, tracker: Tracker | None = None) -> None:
         self.run, self.selector, self.cfg, self.generators = run, selector, run.recipe.distill, generators
+        self.tracker = tracker or Tracker([], run.spec)
         self.bar = make_progress(disable=not show_progress or not run.shard.leader)
         self.smoothed: float | None = None
 
@@ -31,6 +33,7 @@ class Monitor:
 
     def __exit__(self, *exc) -> None:
         self.bar.__exit__(*exc)
+        self.tracker.close()
 
     def begin(self, state: DistillState, syn) -> None:
         """Score the initialization (candidate 0) once, before the first update."""
@@ -38,6 +41,7 @@ class Monitor:
             state.init = state.best = syn.snapshot(0)
             if self.selector.enabled:
                 state.candidates.append(self.selector.candidate(0, syn.images))
+                self.tracker.selection(state.candidates[-1], syn.images)
             self.save(state, syn)
         self.bar.update(self.task, completed=state.iteration)
 
@@ -49,9 +53,11 @@ class Monitor:
 
     def after(self, state: DistillState, syn, row: dict) -> None:
         self.run.record(row)
+        self.tracker.iteration(row)
         if self.selector.due(state.iteration, self.cfg.iterations):
             candidate = self.selector.candidate(state.iteration, syn.images)
             state.candidates.append(candidate)
+            self.tracker.selection(candidate, syn.images)
             if candidate["mean"] > max(c["mean"] for c in state.candidates[:-1]):
                 state.best = syn.snapshot(state.iteration)
         if state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:

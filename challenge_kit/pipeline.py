@@ -28,6 +28,7 @@ from challenge_kit.export import export_run
 from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import DistillState
+from challenge_kit.tracking import Track
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
@@ -118,11 +119,11 @@ def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, devic
 
 def run_distill(recipe: Recipe, splits: Splits, experts_dir: str | Path, run_dir: str | Path, *,
                 device: torch.device, resume: bool = False, shard: Shard = LOCAL,
-                show_progress: bool = True) -> DistillState:
+                show_progress: bool = True, track: list[Track] | None = None) -> DistillState:
     select_x, select_y = splits.select or (None, None)
     return distill(recipe, splits.spec, experts_dir, run_dir, real_images=splits.train[0],
                    real_labels=splits.train[1], select_images=select_x, select_labels=select_y, device=device,
-                   resume=resume, shard=shard, show_progress=show_progress)
+                   resume=resume, shard=shard, show_progress=show_progress, track=track)
 
 
 def leader_lock(folder: str | Path, shard: Shard):
@@ -147,12 +148,13 @@ def experts_job(recipe: Recipe, data_root: str | Path, out: str | Path, *, devic
 
 def distill_job(recipe: Recipe, data_root: str | Path, experts_dir: str | Path, run_dir: str | Path, *,
                 device: str | None = None, resume: bool = False, cache_dir: str | Path | None = None,
-                image_folder: bool = False, show_progress: bool = True) -> DistillState:
+                image_folder: bool = False, show_progress: bool = True,
+                track: list[Track] | None = None) -> DistillState:
     """``ddkit distill``: one run, sharded over the ranks when started by torchrun."""
     with process_group(usable_device(device)) as (shard, dev), leader_lock(run_dir, shard):
         splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
         return run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
-                           show_progress=show_progress)
+                           show_progress=show_progress, track=track)
 
 
 def run_export(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
@@ -165,7 +167,7 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                     device: str | None = None, download: bool = False, experts_dir: str | Path | None = None,
                     cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
                     drop_labels: bool = False, replace_experts: bool = False,
-                    command: dict | None = None) -> dict | None:
+                    command: dict | None = None, track: list[Track] | None = None) -> dict | None:
     """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0."""
     out_dir = Path(out_dir)
     experts_dir = Path(experts_dir) if experts_dir else out_dir / EXPERTS_SUBDIR
@@ -189,7 +191,7 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
 
         tick = time.perf_counter()
         run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
-                    show_progress=show_progress)
+                    show_progress=show_progress, track=track)
         timings["distill"] = time.perf_counter() - tick
         if not shard.leader:
             return None

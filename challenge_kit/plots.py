@@ -1,4 +1,5 @@
-"""The PNG figures of a run and an ablation: line charts, bar charts (matplotlib) and the image grid (torchvision).
+"""The PNG figures of a run, an ablation and a comparison: line and bar charts (matplotlib), the image grid
+(torchvision).
 
 matplotlib and torchvision are imported inside the functions that draw: commands that draw nothing do not pay for
 them. Figures go through ``Figure`` + ``FigureCanvasAgg`` rather than pyplot, so no global backend is chosen for
@@ -130,16 +131,53 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
     return _save(figure, path)
 
 
-def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
-                  classes: int = PREVIEW_CLASSES) -> Path:
-    """One row per class (the first ``classes`` classes), denormalized to pixels.
+def means_and_differences(path: str | Path, title: str, means: list[tuple[str, float, float]],
+                          differences: list[tuple[str, float, float, str]]) -> Path:
+    """Two panels of horizontal bars, one row per name: ``(name, mean, error)`` on the left, ``(name, difference,
+    error, verdict)`` on the right around a zero line, in red where the verdict is not "better" or "worse" (the
+    means alone when there are no differences)."""
+    rows = max(len(means), len(differences))
+    figure = _figure(WIDTH + 300, max(HEIGHT, int(DPI * (1.5 + 2 * ROW_INCHES * rows))))
+    axes = figure.subplots(1, 2 if differences else 1, squeeze=False)[0]
+    panels = [(axes[0], [(n, v, e, BLUE) for n, v, e in means], "accuracy (mean +- s.e.)")]
+    if differences:
+        panels.append((axes[1], [(n, v, e, BLUE if verdict in ("better", "worse") else RED)
+                                 for n, v, e, verdict in differences], "paired difference (+- 2 s.e.)"))
+    for ax, bars, label in panels:
+        names, values, errors, colours = zip(*bars, strict=True)
+        ax.barh(range(len(bars)), values, xerr=errors, color=colours, capsize=4)
+        ax.set_yticks(range(len(bars)), [n if len(n) <= 40 else "..." + n[-37:] for n in names], fontsize=8)
+        ax.set_ylim(len(bars) - 0.5, -0.5)  # first row on top, as in the table
+        ax.set_xlabel(label)
+        ax.grid(True, axis="x", color="#e0e0e0")
+        ax.set_axisbelow(True)
+    if differences:
+        from matplotlib.patches import Patch
+
+        axes[1].axvline(0, color="black", linewidth=1)
+        axes[1].legend(handles=[Patch(color=BLUE, label="told apart"),
+                                Patch(color=RED, label="not distinguishable")], loc="best", fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def preview_grid(images: torch.Tensor, spec: DatasetSpec, classes: int = PREVIEW_CLASSES) -> torch.Tensor:
+    """One row per class (the first ``classes`` classes), denormalized to pixels in [0, 1]: (3, H, W).
 
     torchvision is imported here: importing it pulls in torch's compiler stack (seconds), which every command
     that reaches this module (a recipe typo included) would otherwise pay before its first check.
     """
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import make_grid
 
     rows = min(classes, spec.num_classes)
     pixels = denormalize(images[: rows * spec.ipc].detach().float().cpu(), spec).clamp(0, 1)
-    grid = make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
+    return make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
+
+
+def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
+                  classes: int = PREVIEW_CLASSES) -> Path:
+    """The preview grid as a PNG."""
+    from torchvision.utils import save_image
+
+    grid = preview_grid(images, spec, classes)
     return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))

@@ -1,14 +1,14 @@
 """The ``ddkit`` command line: parses arguments and calls the library, nothing more.
 
-The commands live in modules by job (``scoring``, ``data_cmds``, ``runs``); they are registered here, in the
-order ``ddkit --help`` lists them, and each runs inside the one error handler (``handler``).
+The commands live in modules by job (``scoring``, ``data_cmds``, ``runs``, ``compare``); they are registered here,
+in the order ``ddkit --help`` lists them, and each runs inside the one error handler (``handler``).
 """
 
 from __future__ import annotations
 
 import typer
 
-from challenge_kit.cli import data_cmds, plan, runs, scoring
+from challenge_kit.cli import compare, data_cmds, plan, runs, scoring
 from challenge_kit.cli.handler import KitCommands
 
 app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
@@ -36,6 +36,7 @@ COMMANDS = {
     "distill": runs.distill,
     "export": runs.export,
     "ablate": runs.ablate,
+    "compare": compare.compare,
     "report": runs.report,
     "plan": plan.plan,
     "make-submission": runs.make_submission,

@@ -29,6 +29,10 @@ from challenge_kit.cli.options import (
 )
 from challenge_kit.core.errors import KitValueError
 
+Track = Annotated[list[str] | None, typer.Option("--track", help="also watch the run in tensorboard or wandb (offline "
+                                                                 "unless WANDB_MODE says otherwise): SINK or SINK=DIR "
+                                                                 "(default: in the run folder); repeatable")]
+
 
 def methods(as_json: JsonObject = False) -> None:
     """List the shipped method recipes and every named part they are made of."""
@@ -66,14 +70,17 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run from its checkpoint")] = False,
     device: Device = None,
     cache_dir: CacheDir = None,
+    track: Track = None,
 ) -> None:
     """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
     from challenge_kit.recipes import load_recipe
+    from challenge_kit.tracking import parse_track
 
-    recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+    recipe, tracks = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset), parse_track(track or [])
     from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
 
-    state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir)
+    state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir,
+                        track=tracks)
     typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped; exported iteration "
                f"{state.decision['export']}: {state.decision['reason']}", err=True)
 
@@ -158,19 +165,21 @@ def make_submission(
     cache_dir: CacheDir = None,
     drop_labels: DropLabels = False,
     replace_experts: ReplaceExperts = False,
+    track: Track = None,
     as_json: JsonManifest = False,
 ) -> None:
     """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png, report/."""
     from challenge_kit.recipes import load_recipe
+    from challenge_kit.tracking import parse_track
 
-    recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+    recipe, tracks = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset), parse_track(track or [])
     from challenge_kit.cli import render
     from challenge_kit.pipeline import make_submission as run  # torch: only once the recipe is known to be good
 
     manifest = run(recipe, data_root, out, resume=resume, device=device, download=download, experts_dir=experts_dir,
                    cache_dir=cache_dir, drop_labels=drop_labels, replace_experts=replace_experts,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
-                            "overrides": list(overrides or [])})
+                            "overrides": list(overrides or [])}, track=tracks)
     if manifest is not None:  # rank 0 (or the only process) reports
         render.manifest(manifest, out, as_json)
 

@@ -1,0 +1,87 @@
+"""``ddkit compare``: sets side by side on paired scorer rounds, with a verdict; the table it prints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from challenge_kit.cli.options import CacheDir, Device, JsonObject
+
+
+def compare(
+    sets: Annotated[list[str], typer.Argument(help="the sets, the first is what the others are measured against: "
+                                                   ".pt submissions, make-submission folders, kit .safetensors")],
+    reference: Annotated[str, typer.Option("--reference", help="test set: dict of images_val, labels_val")],
+    out: Annotated[str, typer.Option("--out", help="folder for rounds.json (every round scored: a rerun resumes), "
+                                                   "compare.json and compare.png")],
+    baseline: Annotated[list[str] | None, typer.Option(
+        "--baseline", help="random (random real training images, needs --data-root) or init (the initialization "
+                           "of a make-submission folder among the sets); repeatable")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="paired rounds, the same seeds for every set")] = 5,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per round (default: the scorer's "
+                                                                "1001)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="round r's seed is SEED * 1000 + r")] = 1000,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="real data, for --baseline random")] = None,
+    baseline_seed: Annotated[int, typer.Option("--baseline-seed", help="which random images (as `ddkit baseline "
+                                                                       "--seed`)")] = 0,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
+    device: Device = None,
+    cache_dir: CacheDir = None,
+    as_json: JsonObject = False,
+) -> None:
+    """Is a set better than another, and than random real images? Paired rounds, mean +- s.e. and a verdict."""
+    from challenge_kit.cli import render
+    from challenge_kit.compare import baseline_entries, check_baselines, load_sets
+    from challenge_kit.compare import compare as run
+    from challenge_kit.core.devices import usable_device
+    from challenge_kit.core.storage import output_folder
+    from evaluator.scorer import EPOCHS
+
+    check_baselines(baseline or [], data_root)
+    output_folder(out)
+    dev = usable_device(device)
+    entries, spec, test = load_sets(sets, reference, dataset)
+    entries += baseline_entries(baseline or [], sets, spec, data_root=data_root, seed=baseline_seed,
+                                cache_dir=cache_dir)
+    result = run(entries, spec, test, out, rounds=rounds, epochs=EPOCHS if epochs is None else epochs, seed=seed,
+                 device=dev, extra={"reference": reference})
+    render.show(result, as_json, table)
+
+
+def judgement(d: dict | None) -> str:
+    """A paired difference as ``+0.0123 +- 0.0040 (3.1 s.e.)``."""
+    if d is None:
+        return "-"
+    tells = f"{d['z']:+.1f} s.e." if d["z"] is not None else ("equal" if d["mean"] == 0 else "no spread")
+    return f"{d['mean']:+.4f} +- {d['se']:.4f} ({tells})"
+
+
+def rounds_needed(d: dict | None, rounds: int) -> str:
+    if d is None or d["rounds_to_tell"] is None:
+        return "-"
+    n = d["rounds_to_tell"]
+    return f"{n} (enough)" if n <= rounds else f"{n} ({n - rounds} more)"
+
+
+def table(result: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows, rounds = result["sets"], result["rounds"]
+    baselines = [r["name"] for r in rows if r["baseline"]]
+    table = Table(title=f"{result['dataset']}\nscorer recipe on {result['test_images']} test images, "
+                        f"{result['epochs']} epochs x {rounds} paired rounds (seeds {result['seeds'][0]}..), "
+                        f"{result['device']}",
+                  caption=f"every set trained with default-order hard labels, as the scorer does; differences are "
+                          f"to the first set, {escape(rows[0]['name'])}; verdicts at {result['tells']:g} s.e.")
+    for column in ("set", "accuracy (mean +- s.e.)", "paired difference", "verdict", "rounds to tell",
+                   *(f"gain over {b}" for b in baselines)):
+        table.add_column(column, justify="left" if column in ("set", "verdict") else "right")
+    for r in rows:
+        name = escape(r["name"]) + (f"\n[dim]{escape(r['note'])}[/dim]" if r["note"] else "")
+        d = r["difference"]
+        table.add_row(name, f"{r['mean']:.4f} +- {r['se']:.4f}", judgement(d), "-" if d is None else d["verdict"],
+                      rounds_needed(d, rounds), *(judgement(r["gains"].get(b)) for b in baselines))
+    Console().print(table)

@@ -1,0 +1,223 @@
+"""``ddkit compare``: is this set better than that one, and than random real images, at the budget spent?
+
+A scorer round moves by 0.01-0.015 with its seed on small sets, so one score per file cannot tell two sets
+apart. Here every set is trained with the challenge scorer's recipe (default-order hard labels, whatever labels a
+research set carries) on the same round seeds, so the rounds pair up and their differences shed the seed's noise.
+Each round's score is kept in the output folder as it comes: an interrupted compare, a rerun, or one asking for
+more rounds scores only the (set, round) pairs it lacks. Baselines join the table (random real training images
+drawn like the organizers' sample submission, or a run's initialization), with every set's gain over them: the
+improvement over random of DD-Ranking (Li et al., 2025), under the scorer's recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from challenge_kit.baseline import random_real
+from challenge_kit.core.contract import DatasetSpec, default_labels
+from challenge_kit.core.devices import resolve_device
+from challenge_kit.core.errors import KitFileError, KitValueError
+from challenge_kit.core.progress import console, make_progress
+from challenge_kit.core.reading import load_torch
+from challenge_kit.core.seeds import round_seeds
+from challenge_kit.core.storage import run_lock, save_json
+from challenge_kit.core.submission import MANIFEST, ScoringInput, load_inputs, read_manifest
+from challenge_kit.data import load_split
+from challenge_kit.experts.store import data_fingerprint
+from challenge_kit.pipeline import RUN_SUBDIR
+from challenge_kit.plots import means_and_differences
+from challenge_kit.runs import CHECKPOINT
+from challenge_kit.stats import TELLS, judged, mean_se
+from evaluator.scorer import train_and_test
+
+ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
+RESULT = "compare.json"
+CHART = "compare.png"
+BASELINES = ("random", "init")
+RANDOM, INIT = "random real images", "initialization"
+LABELS_NOTE = "its own labels ignored: scored with default-order hard labels, as the scorer does"
+
+
+@dataclass
+class Entry:
+    """One set of the comparison: its images (checked against the spec), where they came from."""
+
+    name: str
+    images: torch.Tensor
+    source: str
+    baseline: bool = False
+    note: str = ""
+
+
+def export_file(path: Path) -> Path:
+    """The set a path names: a make-submission folder's exported file (its manifest says which), else the path."""
+    if not path.is_dir():
+        return path
+    manifest = read_manifest(path / MANIFEST)
+    name = (manifest or {}).get("file")
+    if not isinstance(name, str) or Path(name).name != name or not (path / name).is_file():
+        raise KitFileError(path, f"not a make-submission folder: no {MANIFEST} naming an exported file in it")
+    return path / name
+
+
+def _note(inputs: ScoringInput) -> str:
+    """What the table says of a kit set whose labels the scorer will not use."""
+    spec, labels = inputs.spec, inputs.labels
+    if labels is None or (labels.dim() == 1 and torch.equal(labels, default_labels(spec.num_classes, spec.ipc))):
+        return ""
+    return LABELS_NOTE
+
+
+def load_sets(paths: list[str], reference: str | Path, dataset: str | None = None,
+              ) -> tuple[list[Entry], DatasetSpec, tuple[torch.Tensor, torch.Tensor]]:
+    """The sets to compare (.pt, make-submission folder, kit .safetensors), their spec and the test split."""
+    entries: list[Entry] = []
+    first: ScoringInput | None = None
+    for path in paths:
+        inputs = load_inputs(export_file(Path(path)), reference, dataset)
+        if first is not None and inputs.spec.shape != first.spec.shape:
+            raise KitFileError(path, f"is a {inputs.spec.describe()} set, the first is {first.spec.describe()}: "
+                                     "compare sets of one dataset")
+        first = first or inputs
+        name = path if path not in {e.name for e in entries} else f"{path} ({len(entries) + 1})"  # given twice
+        entries.append(Entry(name, inputs.images.float(), str(path), note=_note(inputs)))
+    if first is None:
+        raise KitValueError("give at least one set to compare")
+    return entries, first.spec, (first.test_images, first.test_labels)
+
+
+def init_images(folder: str | Path) -> torch.Tensor:
+    """The set a make-submission run started from: iteration 0 of its distillation checkpoint."""
+    path = Path(folder) / RUN_SUBDIR / CHECKPOINT
+    if not path.is_file():
+        raise KitFileError(path, "no distillation checkpoint here: --baseline init needs a make-submission folder")
+    saved = load_torch(path)
+    init = (saved.get("state") or {}).get("init") if isinstance(saved, dict) else None
+    if not isinstance(init, dict) or not isinstance(init.get("images"), torch.Tensor):
+        raise KitFileError(path, "holds no initialization (not a ddkit distillation checkpoint)")
+    return init["images"].detach().float()
+
+
+def baseline_entries(kinds: list[str], paths: list[str], spec: DatasetSpec, *, data_root: str | Path | None,
+                     seed: int, cache_dir: str | Path | None = None) -> list[Entry]:
+    """``random``: IPC random real training images per class (``ddkit baseline --seed SEED``'s set); ``init``: the
+    initialization of the first set that is a make-submission folder."""
+    out = []
+    for kind in dict.fromkeys(kinds):
+        if kind == "random":
+            images, labels, train_spec = load_split(spec.name, data_root, "train", cache_dir=cache_dir)
+            if train_spec.num_classes != spec.num_classes:
+                raise KitFileError(data_root, f"its training split is {train_spec.describe()}, the sets are "
+                                              f"{spec.describe()}")
+            out.append(Entry(RANDOM, random_real(images, labels, spec, seed), f"{data_root} training split, "
+                             f"{spec.ipc} per class, seed {seed}", baseline=True))
+        else:
+            folder = next((p for p in paths if (Path(p) / RUN_SUBDIR / CHECKPOINT).is_file()), None)
+            if folder is None:
+                raise KitValueError("--baseline init: none of the sets is a make-submission folder (its "
+                                    f"{RUN_SUBDIR}/{CHECKPOINT} holds the initialization)")
+            out.append(Entry(INIT, init_images(folder), f"{folder}: iteration 0 of its distillation", baseline=True))
+    return out
+
+
+def check_baselines(kinds: list[str], data_root: str | None) -> None:
+    """Refuse a misspelt baseline, or a random one with no training images to draw from, before any work."""
+    wrong = [k for k in kinds if k not in BASELINES]
+    if wrong:
+        raise KitValueError(f"--baseline {wrong[0]}: choose {' or '.join(BASELINES)}")
+    if "random" in kinds and data_root is None:
+        raise KitValueError("--baseline random: needs --data-root (the real training images it draws from)")
+
+
+def _read_rounds(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KitFileError(path, f"not readable JSON ({e}); remove it to score every round again") from None
+
+
+def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], *,
+                 seeds: list[int], epochs: int, device: torch.device, cache: Path,
+                 show_progress: bool = True) -> dict[str, list[float]]:
+    """Each set's accuracy on every seed, training only the (set, seed) pairs ``cache`` lacks.
+
+    Rounds are keyed by the set's and test split's content, the epochs, the device and the seed itself (a
+    round's seed does not depend on how many rounds are asked for), so identical sets are trained once and
+    nothing scored under other conditions is reused. Round-major order: an interrupted compare leaves every
+    set with the same rounds, still paired. The cache is rewritten (atomically) after every round.
+    """
+    done = _read_rounds(cache)
+    labels = default_labels(spec.num_classes, spec.ipc)
+    test_key = data_fingerprint(*test)[:16]
+    keys = {e.name: f"{data_fingerprint(e.images, labels)[:16]}:test {test_key}:{epochs} epochs:{device}"
+            for e in entries}
+    todo = list({(keys[e.name], s): (r, e) for r, s in enumerate(seeds) for e in entries
+                 if str(s) not in done.get(keys[e.name], {})}.values())
+    with make_progress(disable=not show_progress) as bar:
+        task = bar.add_task(f"scoring {len(todo)} rounds", total=len(todo) * epochs, status="")
+        for r, entry in todo:
+            def report(epoch: int, loss: float, acc: float, name: str = entry.name, r: int = r) -> None:
+                bar.update(task, advance=1, status=f"{name} round {r + 1}/{len(seeds)} loss {loss:.3f}")
+
+            tick = time.perf_counter()
+            acc = train_and_test(entry.images, labels, *test, num_classes=spec.num_classes, epochs=epochs,
+                                 seed=seeds[r], device=device, progress=report)
+            done.setdefault(keys[entry.name], {})[str(seeds[r])] = {
+                "accuracy": acc, "seconds": round(time.perf_counter() - tick, 1)}
+            save_json(done, cache)
+            if show_progress:
+                console.print(f"{entry.name} round {r + 1}: {acc:.4f}")
+    return {e.name: [done[keys[e.name]][str(s)]["accuracy"] for s in seeds] for e in entries}
+
+
+def summarize(entries: list[Entry], scores: dict[str, list[float]]) -> list[dict]:
+    """One row per set: its rounds, mean +- s.e., the paired difference to the first set and the gain over
+    every baseline, each judged at ``TELLS`` standard errors."""
+    first, baselines = entries[0].name, [e.name for e in entries if e.baseline]
+    rows = []
+    for e in entries:
+        mean, se = mean_se(scores[e.name])
+        rows.append({"name": e.name, "source": e.source, "baseline": e.baseline, "note": e.note,
+                     "rounds": scores[e.name], "mean": mean, "se": se,
+                     "difference": None if e.name == first else judged(scores[e.name], scores[first]),
+                     "gains": {b: judged(scores[e.name], scores[b]) for b in baselines if b != e.name}})
+    return rows
+
+
+def chart(result: dict, path: Path) -> Path:
+    """Means with their standard errors beside the paired differences with 2 s.e.: each set's to the first, then
+    the gains over the baselines not drawn yet (the first set's gain is its baseline's difference, negated)."""
+    rows = result["sets"]
+    diffs = [(f"{r['name']} - {rows[0]['name']}", r["difference"]) for r in rows[1:]]
+    order = {r["name"]: i for i, r in enumerate(rows)}
+    diffs += [(f"{r['name']} - {b}", gain) for r in rows[1:] for b, gain in r["gains"].items()
+              if order[b] > order[r["name"]]]  # one direction of each pair
+    return means_and_differences(
+        path, f"{result['dataset']}: scorer recipe, {result['epochs']} epochs x {result['rounds']} paired rounds",
+        [(r["name"], r["mean"], r["se"]) for r in rows],
+        [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs])
+
+
+def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], out: str | Path, *,
+            rounds: int, epochs: int, seed: int, device: str | torch.device | None = None,
+            show_progress: bool = True, extra: dict | None = None) -> dict:
+    """Score every set on the same round seeds (resuming from ``out``), write compare.json and compare.png."""
+    if rounds < 1 or epochs < 1:
+        raise KitValueError("--rounds and --epochs must be at least 1")
+    out, device = Path(out), resolve_device(device)
+    seeds = round_seeds(seed, rounds)
+    with run_lock(out):
+        scores = score_rounds(entries, spec, test, seeds=seeds, epochs=epochs, device=device,
+                              cache=out / ROUNDS_FILE, show_progress=show_progress)
+        result = {"dataset": spec.describe(), "spec": spec.to_dict(), "epochs": epochs, "rounds": rounds,
+                  "seed": seed, "seeds": seeds, "device": str(device), "test_images": int(test[0].shape[0]),
+                  "labels": "default order (image i is class i // ipc): the scorer's, for every set",
+                  "tells": TELLS, "sets": summarize(entries, scores), **(extra or {})}
+        save_json(result, out / RESULT)
+        chart(result, out / CHART)
+    return result
