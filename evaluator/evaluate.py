@@ -22,7 +22,7 @@ import torch
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.devices import tune_allocator, usable_device
 from challenge_kit.core.errors import KitFileError, file_errors
-from challenge_kit.core.interrupts import exit_code, interrupted_line, sigterm_as_interrupt, speaks
+from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.seeds import rounds_problem, seed_problem
 from challenge_kit.core.storage import atomic_write, output_folder, save_json
@@ -228,11 +228,15 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
             score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs, rounds=args.rounds,
                             epochs=args.epochs, seed=args.seed, device=args.device, partial=args.partial, log=print,
                             report=lambda summary: print("\n".join(report_lines(summary, args.submit_dir))))
-    except (KitFileError, ValueError) as e:
+    except BaseException as e:
+        interrupt = interruption(e)
+        if interrupt is not None:  # Ctrl-C or SIGTERM: the clean-up ran on the way out
+            if speaks():
+                print(interrupted_line(interrupt, "python -m evaluator", "run the same command again"),
+                      file=sys.stderr)
+            return exit_code(interrupt)
+        if not isinstance(e, (KitFileError, ValueError)):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the clean-up ran on the way out
-        if speaks():
-            print(interrupted_line(e, "python -m evaluator", "run the same command again"), file=sys.stderr)
-        return exit_code(e)
     return 0

@@ -3,9 +3,10 @@ lock released, one line saying how to continue, exit 143 (130 for Ctrl-C); conti
 that was never interrupted.
 
 Each command runs in a subprocess on tiny fake data. The signal is sent while the command writes: the wrapper
-below holds the rename of one chosen file (its temporary file complete beside it) until the signal comes, so
-the moment an interruption could leave a half-written file is hit every time, on a loaded machine too. Runs
-that are compared bit for bit use one thread, in the subprocess and here.
+below holds one chosen file's write until the signal comes, inside torch.save (whose zip writer then fails on
+its own) or just before the complete temporary file is renamed into place, so the moment an interruption could
+leave a half-written file is hit every time, on a loaded machine too. Runs compared bit for bit use one thread,
+in the subprocess and here.
 """
 
 from __future__ import annotations
@@ -48,19 +49,42 @@ HOLD = textwrap.dedent("""
     import os, sys, time
     import torch
     torch.set_num_threads(1)
-    name, nth = sys.argv[1], int(sys.argv[2])
-    rename, seen = os.replace, []
+    name, nth, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    seen = []
+
+    def hold(path):
+        seen.append(path)
+        if len(seen) == nth:
+            print("writing", path, flush=True)
+            time.sleep(300)
+
+    rename, save = os.replace, torch.save
 
     def replace(src, dst, *args, **kwargs):
-        if os.path.basename(str(dst)) == name:
-            seen.append(dst)
-            if len(seen) == nth:
-                print("writing", dst, flush=True)
-                time.sleep(300)
+        if where == "rename" and os.path.basename(str(dst)) == name:
+            hold(dst)
         return rename(src, dst, *args, **kwargs)
 
-    os.replace = replace
-    sys.argv = ["ddkit", *sys.argv[3:]]
+    class Stalling:
+        # a file whose third write stalls: torch.save is stopped inside its zip writer
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                hold(self.f.name)
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
+    def stalling_save(obj, f, *args, **kwargs):
+        mine = where == "torch.save" and os.path.basename(str(getattr(f, "name", ""))).startswith(f".{name}.")
+        return save(obj, Stalling(f) if mine else f, *args, **kwargs)
+
+    os.replace, torch.save = replace, stalling_save
+    sys.argv = ["ddkit", *sys.argv[4:]]
     from challenge_kit.cli import app
     app()
 """)
@@ -79,11 +103,13 @@ def ddkit(*args) -> None:
     assert result.exit_code == 0, result.output
 
 
-def interrupt(tmp_path: Path, name: str, nth: int, argv: list, sig: int = signal.SIGTERM) -> tuple[int, list[str]]:
-    """Run ``ddkit ARGV``, signal it while it writes ``name`` for the ``nth`` time: (exit code, stderr lines)."""
+def interrupt(tmp_path: Path, name: str, nth: int, argv: list, sig: int = signal.SIGTERM,
+              where: str = "rename") -> tuple[int, list[str]]:
+    """Run ``ddkit ARGV``, signal it while it writes ``name`` for the ``nth`` time, just before the rename of
+    the complete temporary file or (``where="torch.save"``) inside torch.save: (exit code, stderr lines)."""
     log = tmp_path / f"stderr-{len(list(tmp_path.glob('stderr-*')))}.txt"
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, name, str(nth), *map(str, argv)], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, name, str(nth), where, *map(str, argv)], cwd=REPO,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=err,
                                 text=True)
         try:
@@ -152,7 +178,7 @@ def test_sigterm_during_distill_resumes_to_the_bytes_of_an_uninterrupted_run(tin
                 "--cache-dir", tiny / "cache", *SMALL]
 
     run = tmp_path / "run"
-    code, lines = interrupt(tmp_path, "checkpoint.pt", 3, argv(run))  # the checkpoint of iteration 2
+    code, lines = interrupt(tmp_path, "checkpoint.pt", 3, argv(run), where="torch.save")  # iteration 2's
     assert_stopped(code, lines, "distill", "run the same command with --resume to continue from the last "
                                            "checkpoint", run)
     assert not (run / BEST).exists() and len(read_history(run)) == 2
@@ -164,15 +190,15 @@ def test_sigterm_during_distill_resumes_to_the_bytes_of_an_uninterrupted_run(tin
     assert (run / HISTORY).read_text().count("\n") == 4
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_during_export_leaves_no_file_and_a_rerun_writes_the_same_bytes(tmp_path, sig):
+@pytest.mark.parametrize("sig, where", [(signal.SIGTERM, "torch.save"), (signal.SIGINT, "rename")])
+def test_a_signal_during_export_leaves_no_file_and_a_rerun_writes_the_same_bytes(tmp_path, sig, where):
     run = write_run(tmp_path / "run", SUBSET)
     out = tmp_path / "export"
     names = ["cifar100.pt", "manifest.json", "preview.png"]
     ddkit("export", run, "--out", out)  # uninterrupted, into the same folder: the manifest names the file's path
     clean = digests(out, names)
     shutil.rmtree(out)
-    code, lines = interrupt(tmp_path, "cifar100.pt", 1, ["export", run, "--out", out], sig)
+    code, lines = interrupt(tmp_path, "cifar100.pt", 1, ["export", run, "--out", out], sig, where)
     assert_stopped(code, lines, "export", "run the same command again", out, sig)
     assert list(out.iterdir()) == []
     ddkit("export", run, "--out", out)

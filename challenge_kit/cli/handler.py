@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from challenge_kit.core.errors import KitError, file_errors
-from challenge_kit.core.interrupts import exit_code, interrupted_line, sigterm_as_interrupt, speaks
+from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 
 AGAIN = "run the same command again"
 RESUME = "run the same command with --resume to continue from the last checkpoint"
@@ -40,13 +40,17 @@ class KitCommands(TyperGroup):
         try:
             with sigterm_as_interrupt(), file_errors():
                 return super().invoke(ctx)
-        except KitError as e:
-            fail(str(e), getattr(e, "exit_code", 1))
-        except KeyboardInterrupt as e:  # the clean-up ran on the way out: temp files gone, locks released
-            command = ctx.invoked_subcommand
-            if speaks():
-                typer.echo(interrupted_line(e, f"ddkit {command}", CONTINUE.get(command, AGAIN)), err=True)
-            raise typer.Exit(exit_code(e)) from None
-        except BrokenPipeError:  # the reader went away: stop quietly, as other command-line tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(1) from None
+        except BaseException as e:
+            interrupt = interruption(e)
+            if interrupt is not None:  # the clean-up ran on the way out: temp files gone, locks released
+                command = ctx.invoked_subcommand
+                if speaks():
+                    typer.echo(interrupted_line(interrupt, f"ddkit {command}", CONTINUE.get(command, AGAIN)),
+                               err=True)
+                raise typer.Exit(exit_code(interrupt)) from None
+            if isinstance(e, KitError):
+                fail(str(e), getattr(e, "exit_code", 1))
+            if isinstance(e, BrokenPipeError):  # the reader went away: stop quietly, as other tools do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(1) from None
+            raise

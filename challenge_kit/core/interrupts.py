@@ -49,6 +49,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt ``error`` is, or the one it hid: a clean-up step that fails while an interrupt unwinds
+    raises its own error (torch.save's zip writer, stopped mid-file, says "unexpected pos"), the interrupt its
+    context."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
+
+
 def exit_code(interrupt: KeyboardInterrupt) -> int:
     """128 + the signal's number: 130 for Ctrl-C, 143 for SIGTERM."""
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
