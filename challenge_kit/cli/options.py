@@ -44,7 +44,7 @@ def checked_seed(value: int | None) -> int | None:
     read, not when the first generator is seeded."""
     if value is None:
         return None
-    from challenge_kit.core.seeds import seed_problem  # torch: only for a command given a seed
+    from challenge_kit.core.seeds import seed_problem  # torch: imported by the commands that take a seed only
 
     problem = seed_problem(value)
     if problem is not None:
