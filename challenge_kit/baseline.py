@@ -12,6 +12,7 @@ import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.seeds import generator
+from challenge_kit.core.storage import output_folder
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from challenge_kit.parts.initializations import InitContext, real
@@ -26,6 +27,7 @@ def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, s
                   download: bool = False, cache_dir: str | Path | None = None,
                   image_folder: bool = False) -> dict:
     """Draw the set from the training split and export it; returns the manifest."""
+    output_folder(out_dir)  # before the data is decoded (minutes for Tiny ImageNet), not after
     images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
                                       image_folder=image_folder)
     return export_images(random_real(images, labels, spec, seed), spec, out_dir,

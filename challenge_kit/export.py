@@ -6,7 +6,6 @@ wrote (not just the tensor in memory), so the manifest's report describes exactl
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from importlib.metadata import version
@@ -23,7 +22,7 @@ from challenge_kit.core.storage import save_json, save_torch
 from challenge_kit.core.submission import MANIFEST
 from challenge_kit.core.verify import verify_path, verify_tensor
 from challenge_kit.plots import write_preview
-from challenge_kit.runs import BEST, SUMMARY
+from challenge_kit.runs import BEST, SUMMARY, read_summary
 
 PREVIEW = "preview.png"
 
@@ -93,7 +92,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
     dropped = dropped_labels_note(artifact) if drop_labels and research else None
     labels = default_labels(spec.num_classes, spec.ipc) if dropped else artifact.labels
     summary_path = run_dir / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_summary(run_dir) if summary_path.is_file() else {}
     hint = "; pass --drop-labels to export the images alone (scored with default-order hard labels)" \
         if research else ""
     return export_images(artifact.images, spec, out_dir, source=best, labels=labels, reference_model=reference_model,

@@ -6,16 +6,14 @@ last checkpoint), so a long run can be looked at while it runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.reading import load_torch
 from challenge_kit.core.storage import atomic_write
 from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
-from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_history
+from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_checkpoint, read_history, read_summary, run_spec
 from challenge_kit.stats import smooth
 
 REPORT_DIR = "report"
@@ -25,19 +23,18 @@ WEAKEST = 5
 def _run_state(run_dir: Path) -> tuple[dict, DistilledArtifact | None, DatasetSpec]:
     """(summary-like dict, chosen set if finished, spec), from run.json or, mid-run, the checkpoint."""
     if (run_dir / SUMMARY).is_file():
-        summary = json.loads((run_dir / SUMMARY).read_text())
+        summary = read_summary(run_dir)
         artifact = DistilledArtifact.load(run_dir / BEST) if (run_dir / BEST).is_file() else None
-        return summary, artifact, DatasetSpec.from_dict(summary["spec"])
+        return summary, artifact, run_spec(summary.get("spec"), run_dir / SUMMARY)
     if not (run_dir / CHECKPOINT).is_file():
         raise KitFileError(run_dir, "not a distillation run (no run.json or checkpoint.pt)")
-    saved = load_torch(run_dir / CHECKPOINT)
-    state = saved["state"]
-    spec = DatasetSpec.from_dict(saved["spec"])
-    summary = {"recipe": saved["recipe"], "method": saved["recipe"].get("method"), "iterations": state["iteration"],
-               "skipped": state["skipped"], "seconds_per_iteration": state["seconds"] / max(1, state["iteration"]),
-               "selection": {"candidates": state["candidates"], "reason": "run in progress", "export": None,
-                             "split": saved["recipe"]["eval"]["split"]}, "running": True}
-    current = DistilledArtifact(state["images"], state["labels"], spec, lr=float(state["lr"]))
+    saved, spec, state = read_checkpoint(run_dir / CHECKPOINT)
+    recipe = saved["recipe"]
+    summary = {"recipe": recipe, "method": recipe.get("method"), "iterations": state.iteration,
+               "skipped": state.skipped, "seconds_per_iteration": state.seconds / max(1, state.iteration),
+               "selection": {"candidates": state.candidates, "reason": "run in progress", "export": None,
+                             "split": (recipe.get("eval") or {}).get("split")}, "running": True}
+    current = DistilledArtifact(state.images, state.labels, spec, lr=float(state.lr))
     return summary, current, spec
 
 

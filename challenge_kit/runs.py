@@ -8,7 +8,7 @@ run can be watched, and is cut back to the checkpoint when a run resumes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -59,11 +59,10 @@ class RunDir:
         return self.path / CHECKPOINT
 
     def load(self) -> DistillState:
-        saved = load_torch(self.checkpoint)
-        if saved.get("recipe") != self.recipe.to_dict() or saved.get("spec") != self.spec.to_dict():
+        saved, _, state = read_checkpoint(self.checkpoint)
+        if saved["recipe"] != self.recipe.to_dict() or saved["spec"] != self.spec.to_dict():
             raise KitFileError(self.checkpoint, "checkpoint was written by a different recipe or spec; resume "
                                                 "with the same one")
-        state = DistillState(**saved["state"])
         self._cut_history(state.iteration)
         return state
 
@@ -106,3 +105,66 @@ def read_history(run_dir: str | Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+# A run's own files, read back: a torn, hand-edited or foreign one is named in one line, never a traceback.
+STATE_TYPES = {"iteration": int, "images": torch.Tensor, "labels": torch.Tensor, "lr": torch.Tensor, "upper": int,
+               "rng": torch.Tensor, "aug_rng": torch.Tensor, "momentum": dict, "skipped": int, "seconds": (int, float),
+               "candidates": list, "init": (dict, type(None)), "best": (dict, type(None)),
+               "decision": (dict, type(None))}
+REQUIRED_STATE = {f.name for f in fields(DistillState) if f.default is MISSING and f.default_factory is MISSING}
+
+
+def candidates_ok(candidates) -> bool:
+    """Selection's candidates as a report draws them: each an iteration with its rounds, mean and s.e."""
+    number = (int, float)
+    return isinstance(candidates, list) and all(
+        isinstance(c, dict) and isinstance(c.get("iteration"), int) and isinstance(c.get("mean"), number)
+        and isinstance(c.get("se"), number) and isinstance(c.get("rounds"), list) for c in candidates)
+
+
+def run_spec(d, path: Path) -> DatasetSpec:
+    """The dataset spec a run file records, or a KitFileError naming the file."""
+    if not isinstance(d, dict):
+        raise KitFileError(path, "records no dataset spec ('spec' is missing or not an object)")
+    try:
+        return DatasetSpec.from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else type(e).__name__
+        raise KitFileError(path, f"records no valid dataset spec ({what}); not written by `ddkit distill`, or "
+                                 "edited since") from None
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    """``run.json`` of a finished run: an object whose selection, if any, is one (its spec is ``run_spec``'s)."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KitFileError(path, f"is not valid JSON ({e}): torn or edited; `ddkit distill --resume` rewrites "
+                                 "it from the checkpoint") from None
+    if not isinstance(summary, dict):
+        raise KitFileError(path, "is not a run summary (a JSON object)")
+    selection = summary.get("selection") or {}
+    if not isinstance(selection, dict) or not isinstance(summary.get("recipe") or {}, dict) \
+            or not candidates_ok(selection.get("candidates") or []):
+        raise KitFileError(path, "is not a run summary of this kit ('recipe', 'selection' or its candidates)")
+    return summary
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, DatasetSpec, DistillState]:
+    """A checkpoint as saved, its spec and its state, each part checked for what a resumed run and a report read."""
+    path = Path(path)
+    saved = load_torch(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), dict) \
+            or not isinstance(saved.get("state"), dict):
+        raise KitFileError(path, "is not a distillation checkpoint (recipe, spec and state)")
+    spec = run_spec(saved.get("spec"), path)
+    state = saved["state"]
+    wrong = sorted(REQUIRED_STATE - set(state) | set(state) - set(STATE_TYPES)) \
+        or [k for k, t in STATE_TYPES.items() if k in state and not isinstance(state[k], t)] \
+        or ([] if candidates_ok(state.get("candidates", [])) else ["candidates"])
+    if wrong:
+        raise KitFileError(path, f"is not a distillation checkpoint of this kit (state: {', '.join(wrong)}); "
+                                 "move it away to start the run afresh")
+    return saved, spec, DistillState(**state)

@@ -6,6 +6,7 @@ files read are logged before any training, so a broken set is named before it sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.markup import escape
@@ -15,6 +16,7 @@ from challenge_kit.core.devices import usable_device
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.parallel import process_group
 from challenge_kit.core.progress import console
+from challenge_kit.core.seeds import rounds_problem
 from challenge_kit.core.submission import load_inputs
 from challenge_kit.core.verify import findings, verify_tensor
 from evaluator.evaluate import score_entries
@@ -37,6 +39,8 @@ def check_options(path: str, reference: str | None, reference_dir: str | None, o
     """Whether ``path`` is a submission .zip; a KitValueError when the options do not fit what it is."""
     if epochs < 1 or rounds < 1:
         raise KitValueError("--epochs and --rounds must be at least 1")
+    if (problem := rounds_problem(rounds)) is not None:
+        raise KitValueError(f"--rounds: {problem}")
     is_zip = Path(path).suffix == ".zip"
     if is_zip and (reference_dir is None or reference is not None or dataset is not None):
         raise KitValueError(f"{path}: a submission .zip is scored with --reference-dir (not --reference or "
@@ -50,12 +54,14 @@ def check_options(path: str, reference: str | None, reference_dir: str | None, o
 def score(path: str, *, reference: str | None = None, reference_dir: str | None = None,
           output_dir: str | None = None, partial: bool = False, dataset: str | None = None,
           epochs: int | None = None, rounds: int | None = None, seed: int | None = None,
-          device: str | None = None) -> dict | None:
+          device: str | None = None, report: Callable[[dict], None] | None = None) -> dict | None:
     """The score as one JSON-ready dict: a .zip's summary (``datasets``, ``correct``) or one set's rounds.
 
-    Under torchrun the rounds run on separate ranks (each with its own seed): rank 0 gets the result, the
-    other ranks ``None``.
+    ``report`` gets it before ``scores.txt`` and ``scores.json`` are written: a failing write loses no score.
+    Under torchrun the rounds run on separate ranks (each with its own seed): rank 0 gets the result (and
+    reports it), the other ranks ``None``.
     """
+    report = report or (lambda result: None)
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
     is_zip = check_options(path, reference, reference_dir, output_dir, partial, dataset, epochs, rounds)
     dev = usable_device(device)
@@ -66,7 +72,9 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
                 budget_note(epochs, rounds)
             summary = score_entries(entries, output_dir if shard.leader else None, skipped=skipped,
                                     rounds=rounds, epochs=epochs, seed=seed, device=str(dev),
-                                    show_progress=shard.leader, log=log if shard.leader else None, shard=shard)
+                                    show_progress=shard.leader, log=log if shard.leader else None,
+                                    report=(lambda summary: report({"path": path, **summary})) if shard.leader
+                                    else None, shard=shard)
             return {"path": path, **summary} if shard.leader else None
         inputs = load_inputs(path, reference, dataset)
         spec = inputs.spec
@@ -84,4 +92,5 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
             return None
     result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source, verify=checks,
                   ranks=shard.world)
+    report(result)
     return result

@@ -22,7 +22,9 @@ import torch
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.devices import tune_allocator, usable_device
 from challenge_kit.core.errors import KitFileError, file_errors
+from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 from challenge_kit.core.parallel import LOCAL, Shard
+from challenge_kit.core.seeds import rounds_problem, seed_problem
 from challenge_kit.core.storage import atomic_write, output_folder, save_json
 from challenge_kit.core.submission import load_reference, load_submission
 from challenge_kit.core.verify import findings, verify_tensor
@@ -88,11 +90,12 @@ def load_entry(spec: DatasetSpec, submission: Path, reference: Path) -> Entry:
 def score_entries(entries: list[Entry], output_dir: str | Path | None = None, *, skipped: Iterable[str] = (),
                   rounds: int = ROUNDS, epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
                   show_progress: bool = True, log: Callable[[str], None] | None = None,
-                  shard: Shard = LOCAL) -> dict:
+                  report: Callable[[dict], None] | None = None, shard: Shard = LOCAL) -> dict:
     """Score loaded datasets in order, the final figure the mean over them; write the outputs if asked.
 
     Before any training, ``log`` gets the files read and each FAIL or WARN ``verify`` finds (the scorer
-    itself checks only shapes: a broken set just scores badly). Under torchrun (``shard``) each dataset's
+    itself checks only shapes: a broken set just scores badly). ``report`` gets the result before it is
+    written, so a failing write (a full disk) loses no score. Under torchrun (``shard``) each dataset's
     rounds are spread over the ranks.
     """
     skipped, log = list(skipped), log or (lambda line: None)
@@ -120,18 +123,30 @@ def score_entries(entries: list[Entry], output_dir: str | Path | None = None, *,
         "device": device,
         "official": not skipped and all(r["official"] for r in results.values()),
     }
+    if report is not None:
+        report(summary)
     if output_dir is not None:
-        output_dir = Path(output_dir)
-        atomic_write(output_dir / SCORES_TXT, lambda tmp: tmp.write_text(f"correct: {final}"))
-        save_json(summary, output_dir / SCORES_JSON)
+        write_scores(summary, Path(output_dir))
     return summary
+
+
+def write_scores(summary: dict, output_dir: Path) -> None:
+    """``scores.txt`` and ``scores.json``; a failure names the file and points at the result already shown."""
+    path = output_dir / SCORES_TXT
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(f"correct: {summary['correct']}"))
+        path = output_dir / SCORES_JSON
+        save_json(summary, path)
+    except (OSError, KitFileError) as e:
+        problem = e.problem if isinstance(e, KitFileError) else e.strerror or str(e)
+        raise KitFileError(path, f"{problem}; not written, the result is the one printed above") from None
 
 
 def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: str | Path, *,
                     specs: Iterable[DatasetSpec] = tuple(SPECS.values()), rounds: int = ROUNDS,
                     epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
-                    show_progress: bool = True, partial: bool = False,
-                    log: Callable[[str], None] | None = None) -> dict:
+                    show_progress: bool = True, partial: bool = False, log: Callable[[str], None] | None = None,
+                    report: Callable[[dict], None] | None = None) -> dict:
     """Validate every dataset first (fail before any training), score each, write the outputs.
 
     Missing inputs are reported before the output folder is probed, so a typo creates nothing.
@@ -140,7 +155,7 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
     device = ready(device, output_dir)
     entries = [load_entry(*found) for found in present]
     return score_entries(entries, output_dir, skipped=skipped, rounds=rounds, epochs=epochs, seed=seed,
-                         device=device, show_progress=show_progress, log=log)
+                         device=device, show_progress=show_progress, log=log, report=report)
 
 
 def report_lines(summary: dict, where: str) -> list[str]:
@@ -156,6 +171,15 @@ def report_lines(summary: dict, where: str) -> list[str]:
     return lines + [f"correct: {summary['correct']}"]
 
 
+def seed(text: str) -> int:
+    """``--seed``: a whole number within the bound every random stream takes (argparse names the option)."""
+    value = int(text)
+    problem = seed_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m evaluator",
@@ -166,7 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--submit_dir", help="folder with cifar100.pt and/or tinyimagenet.pt")
     parser.add_argument("--truth_dir", help="folder with {name}_test.pt")
     parser.add_argument("--output_dir", help="folder for scores.txt and scores.json")
-    parser.add_argument("--seed", type=int, default=None, help="seed; each round gets one derived from it")
+    parser.add_argument("--seed", type=seed, default=None, help="seed; each round gets one derived from it")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds per dataset (official: {ROUNDS})")
     parser.add_argument("--epochs", type=int, default=EPOCHS,
                         help=f"training epochs per round (official: {EPOCHS}); shorter only for checks")
@@ -184,6 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give INPUT OUTPUT, or all of --submit_dir, --truth_dir and --output_dir")
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
+    if (problem := rounds_problem(args.rounds)) is not None:
+        parser.error(f"--rounds: {problem}")
     return args
 
 
@@ -198,12 +224,19 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
         print(f"note: --truth_dir has no trailing slash: the official evaluate.py would read "
               f"{args.truth_dir}{first} (it joins by string); give {args.truth_dir}/ there")
     try:
-        with file_errors():
-            summary = score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs,
-                                      rounds=args.rounds, epochs=args.epochs, seed=args.seed, device=args.device,
-                                      partial=args.partial, log=print)
-    except (KitFileError, ValueError) as e:
+        with sigterm_as_interrupt(), file_errors():
+            score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs, rounds=args.rounds,
+                            epochs=args.epochs, seed=args.seed, device=args.device, partial=args.partial, log=print,
+                            report=lambda summary: print("\n".join(report_lines(summary, args.submit_dir))))
+    except BaseException as e:
+        interrupt = interruption(e)
+        if interrupt is not None:  # Ctrl-C or SIGTERM: the clean-up ran on the way out
+            if speaks():
+                print(interrupted_line(interrupt, "python -m evaluator", "run the same command again"),
+                      file=sys.stderr)
+            return exit_code(interrupt)
+        if not isinstance(e, (KitFileError, ValueError)):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print("\n".join(report_lines(summary, args.submit_dir)))
     return 0

@@ -23,6 +23,7 @@ from challenge_kit.cli.options import (
     Profile,
     Recipe,
     ReplaceExperts,
+    seed_option,
 )
 from challenge_kit.core.errors import KitFileError
 
@@ -55,7 +56,7 @@ def experts(
     num: Annotated[int | None, typer.Option("--num", "--num-experts", help="number of experts (default: recipe); "
                                                                        "under torchrun write --num-experts")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per expert (default: recipe)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="base seed (default: recipe)")] = None,
+    seed: Annotated[int | None, seed_option("base seed (default: recipe)")] = None,
     device: Device = None,
     recipe_name: Recipe = None,
     profile: Profile = "full",

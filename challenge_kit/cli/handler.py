@@ -1,7 +1,8 @@
 """The one place a command's failure becomes what the user sees.
 
 A ``KitError`` (a file, a value or an export the user can fix) ends as one ``error:`` line and exit 1, or the
-error's own ``exit_code``; an operating-system error first becomes a ``KitFileError`` naming the file. Anything
+error's own ``exit_code``; an operating-system error first becomes a ``KitFileError`` naming the file. Ctrl-C and
+SIGTERM (handled alike, ``core/interrupts``) end as one line saying how to continue, exit 130 and 143. Anything
 else is a bug in the kit and keeps its traceback. A closed pipe (``| head``) ends quietly.
 """
 
@@ -14,6 +15,16 @@ import typer
 from typer.core import TyperGroup
 
 from challenge_kit.core.errors import KitError, file_errors
+from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
+
+AGAIN = "run the same command again"
+RESUME = "run the same command with --resume to continue from the last checkpoint"
+CONTINUE = {  # how each command continues after an interruption; the others start over
+    "distill": RESUME,
+    "make-submission": RESUME + " (finished experts are kept)",
+    "experts": AGAIN + " to continue: finished experts and saved epochs are kept",
+    "ablate": AGAIN + " to continue: finished variants are kept",
+}
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -27,10 +38,19 @@ class KitCommands(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            with file_errors():
+            with sigterm_as_interrupt(), file_errors():
                 return super().invoke(ctx)
-        except KitError as e:
-            fail(str(e), getattr(e, "exit_code", 1))
-        except BrokenPipeError:  # the reader went away: stop quietly, as other command-line tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(1) from None
+        except BaseException as e:
+            interrupt = interruption(e)
+            if interrupt is not None:  # the clean-up ran on the way out: temp files gone, locks released
+                command = ctx.invoked_subcommand
+                if speaks():
+                    typer.echo(interrupted_line(interrupt, f"ddkit {command}", CONTINUE.get(command, AGAIN)),
+                               err=True)
+                raise typer.Exit(exit_code(interrupt)) from None
+            if isinstance(e, KitError):
+                fail(str(e), getattr(e, "exit_code", 1))
+            if isinstance(e, BrokenPipeError):  # the reader went away: stop quietly, as other tools do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(1) from None
+            raise

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from challenge_kit.core.errors import KitValueError
+
 ROOT_HELP = "folder holding cifar-100-python/, or the tiny-imagenet-200 tree"
 PROFILE_HELP = "recipe profile: full (the paper's settings), quick (a CPU smoke run) or mini (a CPU run that improves)"
 SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatable)"
@@ -35,3 +37,21 @@ DropLabels = Annotated[bool, typer.Option("--drop-labels", help=DROP_HELP)]
 ReplaceExperts = Annotated[bool, typer.Option("--replace-experts", help=REPLACE_HELP)]
 JsonObject = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
 JsonManifest = Annotated[bool, typer.Option("--json", help="print the manifest as JSON")]
+
+
+def checked_seed(value: int | None) -> int | None:
+    """A ``--seed`` within the bound every random stream takes, refused as the option is read: before any data is
+    read, not when the first generator is seeded."""
+    if value is None:
+        return None
+    from challenge_kit.core.seeds import seed_problem  # torch: imported by the commands that take a seed only
+
+    problem = seed_problem(value)
+    if problem is not None:
+        raise KitValueError(f"--seed: {problem}")
+    return value
+
+
+def seed_option(help: str):
+    """Every command's ``--seed``: its own help, the one bound."""
+    return typer.Option("--seed", help=help, callback=checked_seed)

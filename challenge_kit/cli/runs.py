@@ -26,6 +26,7 @@ from challenge_kit.cli.options import (
     Profile,
     Recipe,
     ReplaceExperts,
+    seed_option,
 )
 from challenge_kit.core.errors import KitValueError
 
@@ -115,7 +116,7 @@ def ablate(
     rounds: Annotated[int, typer.Option("--rounds", help="paired scoring rounds per variant")] = 3,
     epochs: Annotated[int | None, typer.Option("--epochs", help="scorer epochs per round (default: the official "
                                                                 "1001)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="scoring seed, the same for every variant")] = 0,
+    seed: Annotated[int, seed_option("scoring seed, the same for every variant")] = 0,
     select: Annotated[bool, typer.Option("--select", help="export what each run's held-out selection picks "
                                                           "(default: its last iteration)")] = False,
     device: Device = None,
@@ -125,11 +126,14 @@ def ablate(
     """Compare methods on the same experts, seeds and scoring budget: one table, ablate.json, a bar chart."""
     from challenge_kit.ablate import ablate as run_ablation
     from challenge_kit.cli import render
+    from challenge_kit.core.seeds import rounds_problem
     from challenge_kit.data import detect_dataset
     from evaluator.scorer import EPOCHS
 
     if rounds < 1 or (epochs is not None and epochs < 1) or (iterations is not None and iterations < 0):
         raise KitValueError("--rounds and --epochs must be at least 1, --iterations at least 0")
+    if (problem := rounds_problem(rounds)) is not None:
+        raise KitValueError(f"--rounds: {problem}")
     summary = run_ablation(recipes, dataset=dataset or detect_dataset(data_root), experts=experts_dir,
                            data_root=data_root, out=out, profile=profile, overrides=overrides or [],
                            iterations=iterations, rounds=rounds, epochs=epochs or EPOCHS, seed=seed,
@@ -188,7 +192,7 @@ def baseline(
     dataset: DatasetOrSubset,
     data_root: DataRoot,
     out: Annotated[str, typer.Option("--out", help="output folder for <name>.pt, manifest.json, preview.png")],
-    seed: Annotated[int, typer.Option("--seed", help="which random images")] = 0,
+    seed: Annotated[int, seed_option("which random images")] = 0,
     download: Download = False,
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from challenge_kit.cli.options import Device, JsonObject, SetPath
+from challenge_kit.cli.options import Device, JsonObject, SetPath, seed_option
 from challenge_kit.core.errors import KitError, file_errors
 
 
@@ -30,7 +30,7 @@ def evaluate(
     dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per round (official 1001)")] = None,
     rounds: Annotated[int | None, typer.Option("--rounds", help="rounds (official 3)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="seed; each round gets one derived from it")] = None,
+    seed: Annotated[int | None, seed_option("seed; each round gets one derived from it")] = None,
     device: Device = None,
     as_json: JsonObject = False,
 ) -> None:
@@ -38,10 +38,10 @@ def evaluate(
     from challenge_kit.cli import render
     from challenge_kit.scoring import score
 
-    result = score(path, reference=reference, reference_dir=reference_dir, output_dir=output_dir, partial=partial,
-                   dataset=dataset, epochs=epochs, rounds=rounds, seed=seed, device=device)
-    if result is not None:  # rank 0 (or the only process) reports
-        render.show(result, as_json, render.scores)
+    # rank 0 (or the only process) shows the result, before writing it: a failing write loses no score
+    score(path, reference=reference, reference_dir=reference_dir, output_dir=output_dir, partial=partial,
+          dataset=dataset, epochs=epochs, rounds=rounds, seed=seed, device=device,
+          report=lambda result: render.show(result, as_json, render.scores))
 
 
 def verify(

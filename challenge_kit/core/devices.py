@@ -63,8 +63,12 @@ def usable_device(device: str | None = None):
         if (dev.index or 0) >= torch.cuda.device_count():
             raise KitValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return dev
+    if dev.type == "meta":
+        raise KitValueError(f"{name}: tensors there have shapes but no values, nothing can be trained or scored; "
+                            "use cpu or cuda")
     try:
         torch.empty(1, device=dev)
-    except (RuntimeError, NotImplementedError, AssertionError) as e:
-        raise KitValueError(f"{name}: cannot allocate memory on it ({_first_sentence(e)})") from None
+    except Exception as e:  # whatever the backend raises (not built in, no module for it): it is unusable
+        raise KitValueError(f"{name}: this torch cannot allocate memory there ({_first_sentence(e)}); "
+                            "use cpu or cuda") from None
     return dev

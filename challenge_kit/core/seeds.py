@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where a stream is made: recipes and options read MAX_SEED before torch is imported
     import torch
 
-# The largest seed a recipe or an option takes: torch.Generator.manual_seed takes 0 to 2**64 - 1 (negative seeds
-# wrap around onto those), and a distillation run also seeds seed + 1.
-MAX_SEED = 2**63 - 1
 SEED_MASK = 0x7FFFFFFF  # the official scorer's seeds are non-negative 31-bit ints
 FINAL_SEED_OFFSET = 1  # selection's fresh rounds: (seed + 1) * 1000 + r, never a candidate's round seed
+# The largest seed a recipe or an option takes: every stream derived from it (seed + 1, seed * 1000 + r) fits a
+# generator, and numpy's legacy seeding takes no more.
+MAX_SEED = 2**32 - 1
+ROUNDS_PER_SEED = 1000  # round r of seed s is seeded s * 1000 + r: a 1001st round would replay seed s + 1's first
 
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -52,7 +53,28 @@ def round_seeds(seed: int | None, rounds: int) -> list[int]:
     """One scorer seed per round derived from ``seed`` (fresh ones when ``seed`` is None)."""
     if seed is None:
         return [fresh_seed() for _ in range(rounds)]
-    return [(seed * 1000 + r) & SEED_MASK for r in range(rounds)]
+    return [(seed * ROUNDS_PER_SEED + r) & SEED_MASK for r in range(rounds)]
+
+
+def shown(number: int) -> str:
+    """A number as a message quotes it: in full when short, else by its length (a pasted 10**300)."""
+    text = str(number)
+    return text if len(text) <= 40 else f"a {len(text.lstrip('-'))}-digit number"
+
+
+def seed_problem(seed: int) -> str | None:
+    """Why ``seed`` cannot be a user's seed, or None: checked when the option is read, before any data is."""
+    if 0 <= seed <= MAX_SEED:
+        return None
+    return f"must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {shown(seed)}"
+
+
+def rounds_problem(rounds: int) -> str | None:
+    """Why ``rounds`` scorer rounds are too many, or None (too few is the caller's, with its other counts)."""
+    if rounds <= ROUNDS_PER_SEED:
+        return None
+    return (f"at most {ROUNDS_PER_SEED} rounds, got {shown(rounds)} (the official score takes 3; each round trains "
+            f"a network for --epochs epochs, and round r of seed s is seeded s * {ROUNDS_PER_SEED} + r)")
 
 
 def final_round_seed(seed: int) -> int:
