@@ -171,11 +171,11 @@ def run_export(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
 def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: bool) -> None:
     """Before any work, in the locked folder: the subfolders the pipeline makes are real folders, never links
     placed there, and without ``resume`` nothing of an earlier run (or anyone else's file) would be replaced."""
-    for sub in (RUN_SUBDIR, REPORT_DIR, *((EXPERTS_SUBDIR,) if default_store else ())):
-        inner_folder(out_dir, sub)
     if not resume:
         refuse_replacing([*export_files(get_spec(recipe.dataset), out_dir),
                           *(out_dir / RUN_SUBDIR / name for name in RUN_FILES)], SUBMISSION_HINT)
+    for sub in (RUN_SUBDIR, REPORT_DIR, *((EXPERTS_SUBDIR,) if default_store else ())):
+        inner_folder(out_dir, sub)
 
 
 def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,

@@ -162,7 +162,7 @@ def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> l
                     raise
                 others = [Path(t).name for i, (t, _) in enumerate(writes) if i != n]
                 if others:
-                    failure = KitFileError(failure.path, f"{failure.problem}; {', '.join(others)} left as they were")
+                    failure = KitFileError(failure.path, f"{failure.problem}; {', '.join(others)} unchanged")
                 raise failure from None
         for stage in stages:
             try:
@@ -225,8 +225,8 @@ def output_file(path: str | Path, *, overwrite: bool = True) -> Path:
     path = Path(path)
     if path.is_dir():
         raise KitFileError(path, "is a folder; give a file name")
-    output_folder(path.parent)
     refuse_held(path.parent, itself=True)
+    output_folder(path.parent)
     refuse_special(path)
     if not overwrite:
         refuse_replacing([path])
@@ -367,8 +367,8 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
     containers too; the file records pid, host, command line and start time for the refusal message. It is
     opened without following links and must be a plain file: a link placed there is refused, never written.
     """
-    folder = output_folder(folder)
     refuse_held(folder)
+    folder = output_folder(folder)
     path = folder / LOCK_FILE
     fd, previous = _lock(path)
     if fd is None:
