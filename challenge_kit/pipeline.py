@@ -174,8 +174,10 @@ def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: b
     if not resume:
         refuse_replacing([*export_files(get_spec(recipe.dataset), out_dir),
                           *(out_dir / RUN_SUBDIR / name for name in RUN_FILES)], SUBMISSION_HINT)
-    for sub in (RUN_SUBDIR, REPORT_DIR, *((EXPERTS_SUBDIR,) if default_store else ())):
-        inner_folder(out_dir, sub)
+    subfolders = (RUN_SUBDIR, REPORT_DIR, *((EXPERTS_SUBDIR,) if default_store else ()))
+    for make in (False, True):  # all checked before any is made
+        for sub in subfolders:
+            inner_folder(out_dir, sub, make=make)
 
 
 def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,

@@ -34,7 +34,15 @@ from challenge_kit.cli import app
 from challenge_kit.core import storage
 from challenge_kit.core.contract import CIFAR100, SPECS
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import LOCK_FILE, atomic_write, run_lock, save_json, save_tensors, save_torch
+from challenge_kit.core.storage import (
+    LOCK_FILE,
+    atomic_write,
+    run_lock,
+    save_json,
+    save_tensors,
+    save_torch,
+    write_together,
+)
 from challenge_kit.core.verify.report import Report
 from challenge_kit.runs import RunDir
 
@@ -335,6 +343,25 @@ def test_safetensors_on_a_full_disk_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(KitFileError, match=f"^{tmp_path / 'expert_0000.safetensors'}: {FULL}$"):
         save_tensors({}, tmp_path / "expert_0000.safetensors")
     assert contents(tmp_path) == {}
+
+
+def test_a_member_that_writes_atomically_itself_is_named_by_its_target(tmp_path, full_disk):
+    full_disk()
+    with pytest.raises(KitFileError) as info:  # as the preview is: plots writes its own temporary file
+        write_together([(tmp_path / "a.pt", lambda tmp: save_torch([1], tmp)), (tmp_path / "m.json", print)])
+    assert str(info.value) == f"{tmp_path / 'a.pt'}: {FULL}; m.json unchanged"
+    assert contents(tmp_path) == {}
+
+
+def test_a_lock_that_cannot_be_written_names_the_lock_file(tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(KitFileError) as info, run_lock(tmp_path / "out"):
+        pass
+    assert str(info.value) == f"{tmp_path / 'out' / LOCK_FILE}: {FULL}"
+    assert contents(tmp_path) == {"out": stat.S_IFDIR}
 
 
 def test_every_command_on_a_full_disk_says_it_in_one_line_naming_the_file(tmp_path, small_exports, full_disk):

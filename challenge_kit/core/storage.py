@@ -87,6 +87,14 @@ def _write_failure(path: Path, e: BaseException) -> KitFileError | None:
     return None
 
 
+def _member_failure(e: Exception, tmp: Path | None, target: Path) -> KitFileError | None:
+    """A member's failed write said about its target: a writer that itself writes atomically names the
+    temporary file it was given, the user knows only the target."""
+    if isinstance(e, KitFileError) and tmp is not None and e.path == str(tmp):
+        return KitFileError(target, e.problem)
+    return None if isinstance(e, KitError) else _write_failure(target, e)
+
+
 class Staged:
     """A new temporary file beside ``target``, made as a plain ``open(target, "w")`` would make it (mode 0666
     less the umask: mkstemp's 0600 would leave a submission written by root in Docker unreadable to the host
@@ -154,10 +162,8 @@ def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> l
                 stages.append(Staged(Path(target)))
                 _STAGED[stages[-1].path] = stages[-1]
                 write(stages[-1].path)
-            except KitError:
-                raise
             except Exception as e:
-                failure = _write_failure(Path(target), e)
+                failure = _member_failure(e, stages[-1].path if stages else None, Path(target))
                 if failure is None:
                     raise
                 others = [Path(t).name for i, (t, _) in enumerate(writes) if i != n]
@@ -233,18 +239,22 @@ def output_file(path: str | Path, *, overwrite: bool = True) -> Path:
     return path
 
 
-def inner_folder(root: str | Path, relative: str | Path) -> Path:
+def inner_folder(root: str | Path, relative: str | Path, *, make: bool = True) -> Path:
     """``root/relative``, made folder by folder, each a real folder: the folders the kit makes inside an output
-    folder are never links (one placed there, such as ``OUT/work``, would send the run's files elsewhere)."""
+    folder are never links (one placed there, such as ``OUT/work``, would send the run's files elsewhere).
+    ``make=False`` only checks what is already there."""
     path = Path(root)
     for part in Path(relative).parts:
         path = path / part
         try:
-            path.mkdir()
+            if make:
+                path.mkdir()
         except FileExistsError:
             pass
         except OSError as e:
             raise KitFileError(path, f"cannot be created ({e.strerror or e})") from None
+        if not make and not os.path.lexists(path):
+            break
         mode = os.lstat(path).st_mode
         if not stat.S_ISDIR(mode):
             raise KitFileError(path, f"is a {kind(mode)}, not a folder: the kit makes this folder itself and "
@@ -384,8 +394,11 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
                   file=sys.stderr)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError as e:
+            raise _write_failure(path, e) from None
         yield folder
     finally:
         _HELD.discard(held)
