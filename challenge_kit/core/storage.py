@@ -7,7 +7,8 @@ Reading untrusted files is ``core/reading.py``.
 
 Others may write into an output folder too (a shared scratch space, a container's volume), and the kit often
 runs as root: it writes only plain files, so a link, pipe or device placed where it writes is refused, never
-followed or replaced, and the folders it makes inside an output folder must be real folders.
+followed or replaced, and the folders it makes inside an output folder must be real folders. One module on
+purpose: temporary files, output checks and locks share these refusals, and all of the kit's writing goes here.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class Staged:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise KitFileError(self.target, "its temporary file was replaced while being written; refused")
-            os.fchmod(fd, self.mode)  # some writers (safetensors) replace the file, and its mode with it
+            # some writers (safetensors) replace the file, and its mode with it; by descriptor: never a link's target
+            os.fchmod(fd, self.mode) if hasattr(os, "fchmod") else os.chmod(self.path, self.mode)
         finally:
             os.close(fd)
         refuse_special(self.target)
