@@ -12,13 +12,14 @@ import hashlib
 import stat
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError, first_line
 from challenge_kit.core.reading import load_torch_bytes, sha256
-from challenge_kit.core.storage import atomic_write, save_json
+from challenge_kit.core.storage import json_bytes, output_file, temp_stream, write_bytes, write_together
 from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
 from challenge_kit.export import versions
@@ -205,11 +206,12 @@ def manifest_path(zip_path: str | Path) -> Path:
     return zip_path.with_name(zip_path.stem + MANIFEST_SUFFIX)
 
 
-def write_zip(members: dict[str, bytes], out: str | Path) -> Path:
-    """Atomically: the members stored at the root, fixed dates and modes; checked by reading it back."""
+def _zip_writer(members: dict[str, bytes], out: Path, digest: dict) -> Callable[[Path], None]:
+    """Fills a temporary file with the members stored at the root, fixed dates and modes; checked by reading
+    it back; its sha256 goes to ``digest`` for the manifest written after it."""
 
     def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        with temp_stream(tmp) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             for name, data in members.items():
                 info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
                 info.create_system, info.external_attr = 3, (stat.S_IFREG | 0o644) << 16
@@ -217,17 +219,21 @@ def write_zip(members: dict[str, bytes], out: str | Path) -> Path:
         back = read_zip(tmp)
         if back.problems or back.members != members:
             raise KitFileError(out, "the zip written does not read back as the two files; nothing written")
+        digest["sha256"] = sha256(tmp)
 
-    return atomic_write(out, write)
+    return write
 
 
-def bundle(sources: list[str | Path], out: str | Path) -> dict:
-    """Check both exports, write ``out`` (the zip) and its manifest beside it; return the manifest."""
+def bundle(sources: list[str | Path], out: str | Path, *, overwrite: bool = False) -> dict:
+    """Check both exports, write ``out`` (the zip) and its manifest beside it, together or not at all; return
+    the manifest. An existing zip or manifest is replaced only with ``overwrite``."""
     out = Path(out)
     if out.suffix != ".zip":
         raise KitValueError(f"{out}: the upload must be a .zip file")
     if len(sources) != len(MEMBERS):
         raise KitValueError(f"give {len(MEMBERS)} exports, one per dataset ({', '.join(SPECS)}); got {len(sources)}")
+    for target in (out, manifest_path(out)):
+        output_file(target, overwrite=overwrite)
     chosen: dict[str, tuple[Path, dict | None, Report]] = {}
     for source in sources:
         spec, pt, manifest, report = checked_export(source)
@@ -236,16 +242,15 @@ def bundle(sources: list[str | Path], out: str | Path) -> dict:
                                 "give one per dataset")
         chosen[spec.submission_file] = (pt, manifest, report)
     members = {name: chosen[name][0].read_bytes() for name in MEMBERS}
-    write_zip(members, out)
     manifest = {
         "file": out.name,
-        "sha256": sha256(out),
         "members": {name: {"sha256": hashlib.sha256(members[name]).hexdigest(), "bytes": len(members[name]),
                            "source": str(pt), "manifest": export, "verify": report.to_dict()}
                     for name, (pt, export, report) in chosen.items()},
         "versions": versions(),
     }
-    save_json(manifest, manifest_path(out))
+    write_together([(out, _zip_writer(members, out, manifest)),
+                    (manifest_path(out), lambda tmp: write_bytes(tmp, json_bytes(manifest)))])
     return manifest
 
 

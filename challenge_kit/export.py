@@ -1,11 +1,14 @@
 """Turn a distilled set into what gets uploaded: ``<name>.pt``, ``manifest.json``, ``preview.png``.
 
-Export refuses to write a submission the label-consistency checker fails, and it verifies the file it
-wrote (not just the tensor in memory), so the manifest's report describes exactly what is uploaded.
+Export refuses to write a submission the label-consistency checker fails, and it verifies the file's bytes
+as read back (not just the tensor in memory), so the manifest's report describes exactly what is uploaded.
+The three files are replaced together or not at all, and an earlier export is replaced only when asked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import platform
 import sys
 from importlib.metadata import version
@@ -17,14 +20,28 @@ import challenge_kit
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.errors import ExportRefused, KitFileError
-from challenge_kit.core.reading import sha256
-from challenge_kit.core.storage import save_json, save_torch
+from challenge_kit.core.reading import load_torch_bytes
+from challenge_kit.core.storage import json_bytes, refuse_replacing, torch_to, write_bytes, write_together
 from challenge_kit.core.submission import MANIFEST
-from challenge_kit.core.verify import verify_path, verify_tensor
+from challenge_kit.core.verify import verify_tensor
 from challenge_kit.plots import write_preview
 from challenge_kit.runs import BEST, SUMMARY, read_summary
 
 PREVIEW = "preview.png"
+REPLACE_HINT = "already exists (an earlier export, or another file); pass --overwrite to replace it, or choose " \
+    "another --out"
+
+
+def export_files(spec: DatasetSpec, out_dir: str | Path) -> list[Path]:
+    """What an export writes, in the order they are renamed into place: the manifest, which describes the
+    other two, last."""
+    return [Path(out_dir) / name for name in (spec.submission_file, PREVIEW, MANIFEST)]
+
+
+def claim_export(spec: DatasetSpec, out_dir: str | Path, overwrite: bool) -> None:
+    """Before any work: refuse to replace an earlier export (or a file of that name) unless ``overwrite``."""
+    if not overwrite:
+        refuse_replacing(export_files(spec, out_dir), REPLACE_HINT)
 
 
 def versions() -> dict:
@@ -44,24 +61,25 @@ def dropped_labels_note(artifact: DistilledArtifact) -> dict:
 def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, *, source: str | Path,
                   labels: torch.Tensor | None = None, reference_model: str | Path | None = None,
                   extra: dict | None = None, hint: str = "") -> dict:
-    """Verify a set held in memory, write the three files, return the manifest (``source`` names the set)."""
-    out_dir = Path(out_dir)
+    """Verify a set held in memory, write the three files together, return the manifest (``source`` names the
+    set). Commands ask ``claim_export`` first, before their work: this replaces what is there."""
+    target, preview, manifest_file = export_files(spec, out_dir)
     images = images.detach().float().contiguous().cpu().clone()
     precheck = verify_tensor(images, spec, labels=labels, reference_model=reference_model)
     if not precheck.ok:
         raise ExportRefused(f"{source}: verify failed, not exporting: " + "; ".join(
             f"{c.name}: {c.reason}" for c in precheck.checks if c.status == "FAIL") + hint)
 
-    target = out_dir / spec.submission_file
-    save_torch(images, target)
-    report = verify_path(target, spec=spec, reference_model=reference_model)
+    stream = io.BytesIO()
+    torch_to(images, stream)
+    data = stream.getvalue()
+    report = verify_tensor(load_torch_bytes(data, str(target)), spec, reference_model=reference_model,
+                           spec_source="caller", path=str(target))
     if not report.ok:
-        target.unlink()
-        raise ExportRefused(f"{target}: the written file fails verify, removed it")
-    write_preview(images, spec, out_dir / PREVIEW)
+        raise ExportRefused(f"{target}: the file as written fails verify; nothing written")
     manifest = {
         "file": spec.submission_file,
-        "sha256": sha256(target),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "shape": list(images.shape),
         "dtype": str(images.dtype),
         "spec": spec.to_dict(),
@@ -71,13 +89,16 @@ def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, 
         "versions": versions(),
         **(extra or {}),
     }
-    save_json(manifest, out_dir / MANIFEST)
+    write_together([(target, lambda tmp: write_bytes(tmp, data)),
+                    (preview, lambda tmp: write_preview(images, spec, tmp)),
+                    (manifest_file, lambda tmp: write_bytes(tmp, json_bytes(manifest)))])
     return manifest
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None, drop_labels: bool = False) -> dict:
-    """Export the run's chosen set (``export_images``), its manifest also describing the run.
+               extra: dict | None = None, drop_labels: bool = False, overwrite: bool = True) -> dict:
+    """Export the run's chosen set (``export_images``), its manifest also describing the run; without
+    ``overwrite``, an earlier export in ``out_dir`` is refused (``claim_export``) before anything is written.
 
     A set distilled with learned or assigned labels fails the label check and is refused, unless
     ``drop_labels``: then the images go out alone and the manifest says where they came from.
@@ -88,6 +109,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
         raise KitFileError(best, "no distilled set in this run directory (has `ddkit distill` finished?)")
     artifact = DistilledArtifact.load(best)
     spec = artifact.spec
+    claim_export(spec, out_dir, overwrite)
     research = artifact.extra.get("labels_part", "hard") != "hard" or artifact.soft
     dropped = dropped_labels_note(artifact) if drop_labels and research else None
     labels = default_labels(spec.num_classes, spec.ipc) if dropped else artifact.labels

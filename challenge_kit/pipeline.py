@@ -17,17 +17,17 @@ from pathlib import Path
 import torch
 
 from challenge_kit import data
-from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.devices import usable_device
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
 from challenge_kit.core.progress import console, expert_progress, make_progress, time_first_steps
-from challenge_kit.core.storage import run_lock
+from challenge_kit.core.storage import inner_folder, refuse_replacing, run_lock
 from challenge_kit.distill import distill
 from challenge_kit.experts import training as expert_training
-from challenge_kit.export import export_run
+from challenge_kit.export import export_files, export_run
 from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
-from challenge_kit.runs import DistillState
+from challenge_kit.runs import RUN_FILES, DistillState
 from challenge_kit.tracking import Track
 
 EXPERTS_SUBDIR = "work/experts"
@@ -35,6 +35,9 @@ RUN_SUBDIR = "work/distill"
 # Work of one distillation iteration relative to one expert step, in image forward+backward passes: the exact
 # adjoint walk runs each of syn_steps inner steps about three times (forward, then recompute and a double backward).
 ADJOINT_PASSES = 3
+RESUME_HINT = "a run already exists here; pass --resume to continue it or choose another --out"
+SUBMISSION_HINT = "already exists (an earlier run's, or another file); pass --resume to continue that run, or " \
+    "choose another --out"
 
 
 @dataclass
@@ -152,15 +155,31 @@ def distill_job(recipe: Recipe, data_root: str | Path, experts_dir: str | Path, 
                 track: list[Track] | None = None) -> DistillState:
     """``ddkit distill``: one run, sharded over the ranks when started by torchrun."""
     with process_group(usable_device(device)) as (shard, dev), leader_lock(run_dir, shard):
+        if shard.leader and not resume:
+            refuse_replacing([Path(run_dir) / name for name in RUN_FILES], RESUME_HINT)
         splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
         return run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
                            show_progress=show_progress, track=track)
 
 
 def run_export(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               drop_labels: bool = False) -> dict:
+               drop_labels: bool = False, overwrite: bool = False) -> dict:
+    """``ddkit export``: an earlier export in ``out_dir`` is replaced only with ``overwrite``."""
     with run_lock(out_dir):
-        return export_run(run_dir, out_dir, reference_model=reference_model, drop_labels=drop_labels)
+        return export_run(run_dir, out_dir, reference_model=reference_model, drop_labels=drop_labels,
+                          overwrite=overwrite)
+
+
+def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: bool) -> None:
+    """Before any work, in the locked folder: the subfolders the pipeline makes are real folders, never links
+    placed there, and without ``resume`` nothing of an earlier run (or anyone else's file) would be replaced."""
+    if not resume:
+        refuse_replacing([*export_files(get_spec(recipe.dataset), out_dir),
+                          *(out_dir / RUN_SUBDIR / name for name in RUN_FILES)], SUBMISSION_HINT)
+    subfolders = (RUN_SUBDIR, REPORT_DIR, *((EXPERTS_SUBDIR,) if default_store else ()))
+    for make in (False, True):  # all checked before any is made
+        for sub in subfolders:
+            inner_folder(out_dir, sub, make=make)
 
 
 def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,
@@ -168,38 +187,46 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                     cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
                     drop_labels: bool = False, replace_experts: bool = False,
                     command: dict | None = None, track: list[Track] | None = None) -> dict | None:
-    """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0."""
+    """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0.
+
+    ``out_dir`` is this run's own: without ``resume`` it must hold no earlier run or export (refused before any
+    work, naming the file); with it, the run continues and its outputs are replaced.
+    """
     out_dir = Path(out_dir)
+    default_store = experts_dir is None
     experts_dir = Path(experts_dir) if experts_dir else out_dir / EXPERTS_SUBDIR
     run_dir = out_dir / RUN_SUBDIR
     dev = usable_device(device)
     timings: dict[str, float] = {}
-    shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
-    with process_group(dev) as (shard, dev), leader_lock(out_dir, shard), \
-            leader_lock(experts_dir, shard) if shared_store else nullcontext():
-        tick = time.perf_counter()
-        splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
-                           shard=shard)
-        timings["data"] = time.perf_counter() - tick
+    with process_group(dev) as (shard, dev), leader_lock(out_dir, shard):
         if shard.leader:
-            console.print(f"data: {describe(splits)}")
+            own_folders(recipe, out_dir, default_store=default_store, resume=resume)
+        shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
+        with leader_lock(experts_dir, shard) if shared_store else nullcontext():
+            tick = time.perf_counter()
+            splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
+                               shard=shard)
+            timings["data"] = time.perf_counter() - tick
+            if shard.leader:
+                console.print(f"data: {describe(splits)}")
 
-        tick = time.perf_counter()
-        train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts,
-                      estimate=dev.type == "cpu" and recipe.profile == "full")
-        timings["experts"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts,
+                          estimate=dev.type == "cpu" and recipe.profile == "full")
+            timings["experts"] = time.perf_counter() - tick
 
-        tick = time.perf_counter()
-        run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
-                    show_progress=show_progress, track=track)
-        timings["distill"] = time.perf_counter() - tick
-        if not shard.leader:
-            return None
-        manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, extra={
-            "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
-                        "experts_dir": str(experts_dir), "world_size": shard.world},
-            "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed, "eval": recipe.eval.seed},
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        })
-        build_report(run_dir, out_dir / REPORT_DIR)
-        return manifest
+            tick = time.perf_counter()
+            run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
+                        show_progress=show_progress, track=track)
+            timings["distill"] = time.perf_counter() - tick
+            if not shard.leader:
+                return None
+            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, extra={
+                "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
+                            "experts_dir": str(experts_dir), "world_size": shard.world},
+                "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
+                          "eval": recipe.eval.seed},
+                "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            })
+            build_report(run_dir, out_dir / REPORT_DIR)
+            return manifest

@@ -18,13 +18,14 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.storage import atomic_write, save_json, save_torch
+from challenge_kit.core.storage import append_line, save_json, save_text, save_torch
 from challenge_kit.recipes import Recipe
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
 BEST = "best.safetensors"
 SUMMARY = "run.json"
+RUN_FILES = (CHECKPOINT, HISTORY, BEST, SUMMARY)  # what a run writes: its own, continued with --resume
 
 
 @dataclass
@@ -75,8 +76,7 @@ class RunDir:
         """Append one iteration's diagnostics to the live history."""
         if self.shard.leader:
             self.path.mkdir(parents=True, exist_ok=True)
-            with open(self.path / HISTORY, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_line(self.path / HISTORY, json.dumps(row) + "\n")
 
     def history(self) -> list[dict]:
         return read_history(self.path)
@@ -86,7 +86,7 @@ class RunDir:
         if self.shard.leader and (self.path / HISTORY).is_file():
             rows = [r for r in self.history() if r["iteration"] <= iteration]
             text = "".join(json.dumps(r) + "\n" for r in rows)
-            atomic_write(self.path / HISTORY, lambda tmp: tmp.write_text(text))
+            save_text(text, self.path / HISTORY)
 
     def finish(self, artifact: DistilledArtifact, summary: dict) -> None:
         if self.shard.leader:

@@ -20,6 +20,7 @@ from challenge_kit.cli.options import (
     ExpertStore,
     ImageFolder,
     Overrides,
+    Overwrite,
     Profile,
     Recipe,
     ReplaceExperts,
@@ -36,13 +37,14 @@ def reference(
     cache_dir: CacheDir = None,
     image_folder: Annotated[bool, typer.Option("--image-folder",
                                                help="read ROOT as ImageFolder (ROOT/test/<class>/*)")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
     from challenge_kit.core.progress import console
     from challenge_kit.core.storage import output_file
     from challenge_kit.data import build_reference
 
-    output_file(out)
+    output_file(out, overwrite=overwrite)
     spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir, image_folder=image_folder)
     console.print(f"{out}: reference test set for {spec.describe()}")
     typer.echo(f"spec: {spec.describe()}")
@@ -106,14 +108,17 @@ def experts_export(
     directory: ExpertStore,
     out: Annotated[str, typer.Option("--out", help="folder for replay_buffer_{n}.pt files")],
     per_file: Annotated[int, typer.Option("--per-file", help="experts per buffer file (DATM: 10)")] = 10,
+    overwrite: Overwrite = False,
 ) -> None:
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
     from challenge_kit.core.progress import console
-    from challenge_kit.core.storage import output_folder
+    from challenge_kit.core.storage import refuse_replacing, run_lock
     from challenge_kit.experts.buffers import export_buffers
 
-    output_folder(out)
-    written = export_buffers(directory, out, per_file)
+    with run_lock(out) as folder:
+        if not overwrite:  # an earlier export's files, replaced or left beside the new ones: refused unless asked
+            refuse_replacing(sorted(folder.glob("replay_buffer_*.pt")))
+        written = export_buffers(directory, out, per_file)
     console.print(f"wrote {len(written)} buffer files to {out}")
 
 

@@ -17,6 +17,7 @@ SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatab
 DROP_HELP = "export a research set (learned or assigned labels) as images alone; the manifest records it"
 RECIPE_HELP = "method recipe: a shipped name (m-datm, datm, tesla, pad, smooth) or a .toml (default: the dataset's)"
 CACHE_HELP = "decoded-data cache (default $XDG_CACHE_HOME/ddkit or ~/.cache/ddkit)"
+OVERWRITE_HELP = "replace what an earlier command left at the output (by default such a file is refused, named)"
 REPLACE_HELP = "train again experts of the store that were trained with other settings (seed, lr, data, ...)"
 
 SetPath = Annotated[str, typer.Argument(
@@ -35,6 +36,7 @@ Download = Annotated[bool, typer.Option("--download", help="download CIFAR-100 f
 ImageFolder = Annotated[bool, typer.Option("--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*")]
 DropLabels = Annotated[bool, typer.Option("--drop-labels", help=DROP_HELP)]
 ReplaceExperts = Annotated[bool, typer.Option("--replace-experts", help=REPLACE_HELP)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]
 JsonObject = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
 JsonManifest = Annotated[bool, typer.Option("--json", help="print the manifest as JSON")]
 

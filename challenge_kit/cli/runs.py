@@ -23,6 +23,7 @@ from challenge_kit.cli.options import (
     JsonManifest,
     JsonObject,
     Overrides,
+    Overwrite,
     Profile,
     Recipe,
     ReplaceExperts,
@@ -50,13 +51,14 @@ def bundle(
     exports: Annotated[list[str], typer.Argument(help="the two exports: make-submission folders or .pt files")],
     out: Annotated[str, typer.Option("--out", help="the upload to write, e.g. submission.zip")],
     as_json: Annotated[bool, typer.Option("--json", help="print the bundle manifest as JSON")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Verify both exports against their full challenge specs and write the upload zip and its manifest."""
     from challenge_kit.bundle import bundle as write_bundle
     from challenge_kit.bundle import manifest_path
     from challenge_kit.cli import render
 
-    manifest = write_bundle(exports, out)
+    manifest = write_bundle(exports, out, overwrite=overwrite)
     render.show(manifest, as_json, lambda manifest: render.bundle(manifest, out, manifest_path(out)), pretty=True)
 
 
@@ -93,12 +95,14 @@ def export(
                                                         help="checkpoint for the semantic check")] = None,
     drop_labels: DropLabels = False,
     as_json: JsonManifest = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Verify the run's chosen set and export the challenge file, its manifest and a preview grid."""
     from challenge_kit.cli import render
     from challenge_kit.pipeline import run_export
 
-    render.manifest(run_export(run_dir, out, reference_model=reference_model, drop_labels=drop_labels), out, as_json)
+    render.manifest(run_export(run_dir, out, reference_model=reference_model, drop_labels=drop_labels,
+                               overwrite=overwrite), out, as_json)
 
 
 def ablate(
@@ -148,9 +152,10 @@ def report(
 ) -> None:
     """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
     from challenge_kit.cli import render
-    from challenge_kit.report import build_report
+    from challenge_kit.core.storage import inner_folder
+    from challenge_kit.report import REPORT_DIR, build_report
 
-    render.show(build_report(run_dir, out), as_json, render.report)
+    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR)), as_json, render.report)
 
 
 def make_submission(
@@ -197,11 +202,17 @@ def baseline(
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,
     as_json: JsonManifest = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
     from challenge_kit.baseline import make_baseline
     from challenge_kit.cli import render
+    from challenge_kit.core.contract import get_spec
+    from challenge_kit.core.storage import run_lock
+    from challenge_kit.export import claim_export
 
-    manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
-                             image_folder=image_folder)
+    with run_lock(out):  # before the data is read: a held folder or an earlier export fails in the first second
+        claim_export(get_spec(dataset), out, overwrite)
+        manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
+                                 image_folder=image_folder)
     render.manifest(manifest, out, as_json)

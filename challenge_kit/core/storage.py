@@ -4,6 +4,11 @@ Every artifact goes to a temporary file in the same folder and is renamed into p
 interrupted run never leaves a half-written file. Output folders are checked and locked
 before a run does any work, so it fails in its first second rather than at its first checkpoint.
 Reading untrusted files is ``core/reading.py``.
+
+Others may write into an output folder too (a shared scratch space, a container's volume), and the kit often
+runs as root: it writes only plain files, so a link, pipe or device placed where it writes is refused, never
+followed or replaced, and the folders it makes inside an output folder must be real folders. One module on
+purpose: temporary files, output checks and locks share these refusals, and all of the kit's writing goes here.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import secrets
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors.torch import save_file
 
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitError, KitFileError
 
 try:
     import fcntl
@@ -33,34 +39,174 @@ except ImportError:  # Windows: no flock; runs go unlocked, saying so
 LOCK_FILE = ".ddkit-lock"
 # flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+NO_SPACE = "No space left on device"
+# A full disk or quota as each writer says it: an errno, or the text of safetensors' (Rust) error.
+FULL = ({errno.ENOSPC, errno.EDQUOT}, ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122"))
+# Never follow a link at the last component, never take a terminal, never wait on a pipe.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC if hasattr(os, "O_NOFOLLOW") else 0
+KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"),
+         (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"), (stat.S_ISSOCK, "socket"))
 
 
-def _new_temp(path: Path) -> Path:
-    """A new empty file beside ``path``, created as a plain ``open(path, "w")`` would create it: mode 0666 less
-    the umask. mkstemp's 0600 would leave a submission written by root in Docker unreadable to the host user."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def kind(mode: int) -> str:
+    return next((name for test, name in KINDS if test(mode)), "special file")
+
+
+def refuse_special(path: str | Path) -> None:
+    """An existing ``path`` must be a plain file: the kit never writes through a link nor replaces a pipe, a
+    device, a socket or a folder (as root, replacing ``/dev/null`` would break the whole system)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise KitFileError(path, f"is a {kind(mode)}, not a plain file: refused, nothing written; remove it or "
+                                 "choose another name")
+
+
+def refuse_replacing(paths: Iterable[str | Path], problem: str = "already exists; pass --overwrite to replace it"
+                     ) -> None:
+    """Stop, before any work, at the first of ``paths`` that exists: a command replaces only its own work.
+
+    The rule: a command writes new files. It replaces an existing one only when told: ``--resume`` (the
+    folder holds this command's own earlier run, continued) or ``--overwrite`` (replace what is there); the
+    caller skips this check then. A file a run rewrites as it goes (checkpoint, history) is its own.
+    """
+    for path in paths:
+        if os.path.lexists(path):
+            raise KitFileError(path, problem)
+
+
+def _write_failure(path: Path, e: BaseException) -> KitFileError | None:
+    """A failed write as one line naming ``path`` (the target, never the temporary file): a full disk said as
+    such, whatever the writer raised; None for what is not about the file (a bug keeps its traceback)."""
+    codes, texts = FULL
+    if getattr(e, "errno", None) in codes or any(t in str(e) for t in texts):
+        return KitFileError(path, f"cannot be written: {NO_SPACE}")
+    if isinstance(e, OSError):
+        return KitFileError(path, f"cannot be written ({e.strerror or e})")
+    return None
+
+
+def _member_failure(e: Exception, tmp: Path | None, target: Path) -> KitFileError | None:
+    """A member's failed write said about its target: a writer that itself writes atomically names the
+    temporary file it was given, the user knows only the target."""
+    if isinstance(e, KitFileError) and tmp is not None and e.path == str(tmp):
+        return KitFileError(target, e.problem)
+    return None if isinstance(e, KitError) else _write_failure(target, e)
+
+
+class Staged:
+    """A new temporary file beside ``target``, made as a plain ``open(target, "w")`` would make it (mode 0666
+    less the umask: mkstemp's 0600 would leave a submission written by root in Docker unreadable to the host
+    user), held open from its creation so that the kit's own writers never reopen it by name."""
+
+    def __init__(self, target: Path) -> None:
+        refuse_special(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.target = target
+        while True:
+            self.path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+            try:  # O_EXCL: never a file (or link) that was there before
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | NO_FOLLOW, 0o666)
+                break
+            except FileExistsError:
+                continue
+        self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
+
+    def commit(self) -> None:
+        """Rename into place, if the temporary name still holds a plain file (a writer may have replaced it,
+        as safetensors does; a link swapped in is refused) and the target is still a plain file or absent."""
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
+            fd = os.open(self.path, os.O_RDONLY | NO_FOLLOW)
+        except OSError:
+            raise KitFileError(self.target, "its temporary file was replaced by a link while being written; "
+                                            "refused, nothing written") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KitFileError(self.target, "its temporary file was replaced while being written; refused")
+            # some writers (safetensors) replace the file, and its mode with it; by descriptor: never a link's target
+            os.fchmod(fd, self.mode) if hasattr(os, "fchmod") else os.chmod(self.path, self.mode)
+        finally:
+            os.close(fd)
+        refuse_special(self.target)
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+_STAGED: dict[Path, Staged] = {}  # temporary file -> its stage, while a write is under way
+
+
+@contextmanager
+def temp_stream(tmp: Path) -> Iterator[BinaryIO]:
+    """The staged temporary file ``tmp`` as a binary stream on the descriptor that created it: a link or
+    file swapped in at its name is never written through."""
+    with os.fdopen(os.dup(_STAGED[Path(tmp)].fd), "wb") as f:
+        yield f
+
+
+def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
+    """Files that belong together (an export and its manifest) replaced together or not at all.
+
+    Each ``write(tmp)`` fills a temporary file beside its target; only when every one has succeeded are
+    they renamed into place, in the order given (put the manifest last). A failed write, a full disk
+    included, leaves every target as it was and no temporary file, and is said in one line naming its target.
+    """
+    stages: list[Staged] = []
+    try:
+        for n, (target, write) in enumerate(writes):
+            try:
+                stages.append(Staged(Path(target)))
+                _STAGED[stages[-1].path] = stages[-1]
+                write(stages[-1].path)
+            except Exception as e:
+                failure = _member_failure(e, stages[-1].path if stages else None, Path(target))
+                if failure is None:
+                    raise
+                others = [Path(t).name for i, (t, _) in enumerate(writes) if i != n]
+                if others:
+                    failure = KitFileError(failure.path, f"{failure.problem}; {', '.join(others)} unchanged")
+                raise failure from None
+        for stage in stages:
+            try:
+                stage.commit()
+            except OSError as e:
+                raise _write_failure(stage.target, e) from None
+    finally:
+        for stage in stages:
+            _STAGED.pop(stage.path, None)
+            stage.close()
+            stage.discard()
+    return [stage.target for stage in stages]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place (``write_together``
+    with one file): ``path`` must be a plain file or absent, and a failed write leaves it as it was."""
+    return write_together([(path, write)])[0]
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a plain file of the kit's own (a live log), never through a link or into a device."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp(path)
-    mode = stat.S_IMODE(tmp.stat().st_mode)
+    refuse_special(path)
     try:
-        write(tmp)
-        os.chmod(tmp, mode)  # some writers (safetensors) replace the file, and its mode with it
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NO_FOLLOW, 0o666)
+    except OSError as e:
+        raise _write_failure(path, e) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KitFileError(path, "is not a plain file: refused, nothing written")
+        os.write(fd, line.encode())
+    except OSError as e:
+        raise _write_failure(path, e) from None
+    finally:
+        os.close(fd)
 
 
 def output_folder(path: str | Path) -> Path:
@@ -73,19 +219,62 @@ def output_folder(path: str | Path) -> Path:
         if blocker is not None:
             raise KitFileError(path, f"cannot be created: {blocker} is a file")
         path.mkdir(parents=True, exist_ok=True)
-        _new_temp(path / "write-check").unlink()
+        probe = Staged(path / "write-check")
+        probe.close()
+        probe.discard()
     except OSError as e:
         raise KitFileError(path, f"cannot be written ({e.strerror or e})") from None
     return path
 
 
-def output_file(path: str | Path) -> Path:
-    """Check, before the work, that ``path`` can be written as a file."""
+def output_file(path: str | Path, *, overwrite: bool = True) -> Path:
+    """Check, before the work, that ``path`` can be written as a file: a plain file or new (new unless
+    ``overwrite``), in a writable folder no other live run holds."""
     path = Path(path)
     if path.is_dir():
         raise KitFileError(path, "is a folder; give a file name")
+    refuse_held(path.parent, itself=True)
     output_folder(path.parent)
+    refuse_special(path)
+    if not overwrite:
+        refuse_replacing([path])
     return path
+
+
+def inner_folder(root: str | Path, relative: str | Path, *, make: bool = True) -> Path:
+    """``root/relative``, made folder by folder, each a real folder: the folders the kit makes inside an output
+    folder are never links (one placed there, such as ``OUT/work``, would send the run's files elsewhere).
+    ``make=False`` only checks what is already there."""
+    path = Path(root)
+    for part in Path(relative).parts:
+        path = path / part
+        try:
+            if make:
+                path.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise KitFileError(path, f"cannot be created ({e.strerror or e})") from None
+        if not make and not os.path.lexists(path):
+            break
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISDIR(mode):
+            raise KitFileError(path, f"is a {kind(mode)}, not a folder: the kit makes this folder itself and "
+                                     "refuses anything else in its place; remove it")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- locks
+
+_HELD: set[tuple[int, int]] = set()  # (device, inode) of the folders this process holds
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _holder(text: str) -> str:
@@ -96,11 +285,29 @@ def _holder(text: str) -> str:
         return "no details recorded"
 
 
+def _open_lock(path: Path, flags: int) -> int:
+    """The lock file opened without following a link; a link, pipe or device there is refused, naming it."""
+    refuse_special(path)
+    try:
+        fd = os.open(path, flags | NO_FOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise KitFileError(path, "is a symbolic link, not a lock file: refused, nothing written; remove it") \
+                from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "file with other hard links"
+        raise KitFileError(path, f"is a {what}, not a lock file: refused, nothing written; remove it")
+    return fd
+
+
 def _lock(path: Path) -> tuple[int | None, str]:
     """An open, flock-held descriptor of ``path`` and what the file held before (a dead run's record); no
     descriptor where there are no locks."""
     while fcntl is not None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,14 +329,57 @@ def _lock(path: Path) -> tuple[int | None, str]:
     return None, ""
 
 
+def _live_holder(lock: Path) -> str | None:
+    """Who holds ``lock``, when a live run of another process does; None for no lock file or a stale one.
+
+    Probed with a shared flock, dropped at once: a holder's exclusive lock refuses it.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(lock).st_mode):
+            return None  # not a lock the kit made; the run that finds it there refuses it
+        fd = os.open(lock, os.O_RDONLY | NO_FOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _holder(os.pread(fd, 1 << 16, 0).decode(errors="replace"))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def refuse_held(folder: str | Path, *, itself: bool = False) -> None:
+    """Refuse to work inside a folder another live run holds: a lock covers the folder's insides too
+    (``ddkit experts --out X/work/experts`` while a make-submission holds ``X``). ``itself``: ``folder``'s own
+    lock counts too (for commands that write a file without taking the folder)."""
+    if fcntl is None:
+        return
+    real = Path(folder).resolve()
+    for above in [real, *real.parents] if itself else real.parents:
+        if _identity(above) in _HELD:
+            continue  # held by this run
+        holder = _live_holder(above / LOCK_FILE)
+        if holder is not None:
+            where = "in use" if above == real else f"inside {above}, which is in use"
+            raise KitFileError(folder, f"{where} by another ddkit run ({holder}); wait for it to end or choose "
+                                       "another output folder")
+
+
 @contextmanager
 def run_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold ``folder`` (checked writable, created if needed) for one run; a second live run refuses, naming this one.
+    """Hold ``folder`` (checked writable, created if needed) for one run; a second live run refuses, naming this
+    one, and so does a run asked to work anywhere inside it.
 
     The lock is an flock on ``folder/.ddkit-lock``, which the kernel drops when its process dies however it
     dies, so a lock file left by a killed run is recognised as stale without guessing from pids, across
-    containers too; the file records pid, host, command line and start time for the refusal message.
+    containers too; the file records pid, host, command line and start time for the refusal message. It is
+    opened without following links and must be a plain file: a link placed there is refused, never written.
     """
+    refuse_held(folder)
     folder = output_folder(folder)
     path = folder / LOCK_FILE
     fd, previous = _lock(path)
@@ -138,18 +388,61 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
               file=sys.stderr)
         yield folder
         return
+    held = _identity(folder)
+    _HELD.add(held)
     try:
         if previous.strip():
             print(f"note: {path}: taking over the lock of a run that is no longer running ({_holder(previous)})",
                   file=sys.stderr)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError as e:
+            raise _write_failure(path, e) from None
         yield folder
     finally:
-        path.unlink(missing_ok=True)
+        _HELD.discard(held)
+        try:  # remove our own lock file only, not what may have been put in its place
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                path.unlink()
+        except FileNotFoundError:
+            pass
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------- formats
+
+
+class _Recorded:
+    """A stream that keeps the first error its writes raised: torch.save reports a failed write as its own
+    ``RuntimeError: ... unexpected pos``, which hides the cause (a full disk)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.error = stream, None
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def torch_to(obj, stream: BinaryIO) -> None:
+    """``torch.save`` to an open stream, a failed write raised as the OSError it was."""
+    recorded = _Recorded(stream)
+    try:
+        torch.save(obj, recorded)
+        stream.flush()
+    except RuntimeError:
+        if recorded.error is None:
+            raise
+        raise recorded.error from None
 
 
 def save_torch(obj, path: str | Path) -> Path:
@@ -157,21 +450,38 @@ def save_torch(obj, path: str | Path) -> Path:
     temporary file, so identical content would not give identical bytes (and sha256) from run to run."""
 
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with temp_stream(tmp) as f:
+            torch_to(obj, f)
 
     return atomic_write(path, write)
 
 
+def write_bytes(tmp: Path, data: bytes) -> None:
+    """Fill a staged temporary file (a ``write_together`` writer's part)."""
+    with temp_stream(tmp) as f:
+        f.write(data)
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def save_text(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: write_bytes(tmp, text.encode()))
+
+
 def save_json(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    return atomic_write(path, lambda tmp: write_bytes(tmp, json_bytes(obj)))
 
 
 def _sort_metadata(path: Path) -> None:
     """safetensors writes its metadata in hash-map order, which changes from call to call: rewrite the header
     in place with the keys sorted (the same JSON reordered has the same length), so that identical content
-    gives identical bytes."""
-    with open(path, "r+b") as f:
+    gives identical bytes. safetensors renamed its own file onto ``path``: opened again, never through a link."""
+    fd = os.open(path, os.O_RDWR | NO_FOLLOW)
+    with os.fdopen(fd, "r+b") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KitFileError(path, "was replaced while being written; refused")
         size = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(size))
         meta = header.pop("__metadata__", None)
