@@ -15,6 +15,7 @@ SET_HELP = "override a recipe value, e.g. --set distill.iterations=500 (repeatab
 DROP_HELP = "export a research set (learned or assigned labels) as images alone; the manifest records it"
 RECIPE_HELP = "method recipe: a shipped name (m-datm, datm, tesla, pad, smooth) or a .toml (default: the dataset's)"
 CACHE_HELP = "decoded-data cache (default $XDG_CACHE_HOME/ddkit or ~/.cache/ddkit)"
+FOLDER_HELP = "read ROOT as an ImageFolder ROOT/{train,test}/<class>/* (DATASET sets image size and statistics)"
 REPLACE_HELP = "train again experts of the store that were trained with other settings (seed, lr, data, ...)"
 
 SetPath = Annotated[str, typer.Argument(
@@ -30,7 +31,7 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 Device = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available)")]
 CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP)]
 Download = Annotated[bool, typer.Option("--download", help="download CIFAR-100 first (needs the internet)")]
-ImageFolder = Annotated[bool, typer.Option("--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*")]
+ImageFolder = Annotated[bool, typer.Option("--image-folder", help=FOLDER_HELP)]
 DropLabels = Annotated[bool, typer.Option("--drop-labels", help=DROP_HELP)]
 ReplaceExperts = Annotated[bool, typer.Option("--replace-experts", help=REPLACE_HELP)]
 JsonObject = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
