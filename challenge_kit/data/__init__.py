@@ -169,6 +169,6 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
     return spec
 
 
-__all__ = ["load_split", "dataset_spec", "build_reference", "read_cifar_pickle", "read_cifar100", "decode_images",
-           "to_normalized", "default_cache_dir", "split_holdout", "detect_dataset", "fetch", "tiny_classes", "tiny_files",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["load_split", "dataset_spec", "build_reference", "fetch", "detect_dataset", "split_holdout",
+           "to_normalized", "default_cache_dir", "read_cifar_pickle", "read_cifar100", "decode_images",
+           "tiny_classes", "tiny_files", "IMAGE_EXTENSIONS"]
