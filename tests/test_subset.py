@@ -173,6 +173,7 @@ def test_refusals_are_one_line_naming_the_option_or_file(tmp_path):
         (["--classes", 10, "--train-per-class", 1], "error: --classes 10: "),
         (["--classes", 2, "--class", "n00000001", "--train-per-class", 1], "error: --classes and --class"),
         (["--class", "n00000042", "--train-per-class", 1], "error: --class n00000042: not a class of"),
+        (["--classes", 2, "--train-per-class", 1, "--download"], "error: tinyimagenet cannot be downloaded by ddkit"),
         (["--classes", 2, "--train-per-class", 4],
          f"error: {tmp_path / 'src' / 'train' / 'n00000001' / 'images'}: holds 3 images of class n00000001, "
          "fewer than --train-per-class 4"),

@@ -69,9 +69,9 @@ def _source(dataset: str, root: Path, split: str, image_folder: bool):
         return spec, ["folder", str(folder), fingerprint_files(files)], \
             lambda: (decode_images(files, spec.image_size), torch.tensor(labels, dtype=torch.int64))
     if dataset == "cifar100":
-        files = cifar_files(root, split)
+        material = ["cifar100", hash_contents(list(cifar_files(root, split)))]  # the split's file is read first
         spec = cifar_spec(cifar_classes(root))
-        return spec, ["cifar100", hash_contents(list(files))], lambda: read_cifar100(root, split, spec)
+        return spec, material, lambda: read_cifar100(root, split, spec)
     if dataset == "tinyimagenet":
         wnids = tiny_classes(root)
         spec = tiny_spec(wnids)
