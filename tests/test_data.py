@@ -157,6 +157,19 @@ def test_tiny_missing_pieces_name_the_path(tmp_path):
         load_split("tinyimagenet", tmp_path, "train")
 
 
+def test_wnids_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    """A BOM (what some editors save) is dropped, not glued to the first wnid; other bytes are one line naming it."""
+    write_tiny(tmp_path)
+    wnids = tmp_path / "wnids.txt"
+    wnids.write_bytes(b"\xef\xbb\xbf" + wnids.read_bytes())
+    assert dataset_spec("tinyimagenet", tmp_path).class_names == ("n01000000", "n02000000", "n03000000")
+    wnids.write_bytes("n01000000\nn0200000\u00e9\n".encode("latin-1"))
+    result = CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(tmp_path),
+                                      "--out", str(tmp_path / "ref.pt")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {wnids}: is not UTF-8 text (byte 0xe9 at offset 18)"
+
+
 def test_tiny_val_listing_a_missing_file_is_an_error(tmp_path):
     write_tiny(tmp_path)
     (tmp_path / "val" / "images" / "val_0.JPEG").unlink()

@@ -201,17 +201,6 @@ def test_class_list_file_with_a_bom_and_listings_that_are_not_utf8(tmp_path):
     assert bad.exit_code == 1 and bad.output.strip() == f"error: {listing}: is not UTF-8 text (byte 0xff at offset 10)"
 
 
-def test_wnids_with_a_bom_or_not_utf8(tmp_path):
-    write_tiny(tmp_path, wnids=WNIDS, per_class=1)
-    wnids = tmp_path / "wnids.txt"
-    wnids.write_bytes(b"\xef\xbb\xbf" + "\n".join(WNIDS).encode())  # what some editors save
-    assert dataset_spec("tinyimagenet", tmp_path).class_names == tuple(sorted(WNIDS))
-    wnids.write_bytes("n00000001\nn0000000\u00e9\n".encode("latin-1"))
-    result = ddkit("reference", "tinyimagenet", "--data-root", tmp_path, "--out", tmp_path / "ref.pt")
-    assert result.exit_code == 1
-    assert result.output.strip() == f"error: {wnids}: is not UTF-8 text (byte 0xe9 at offset 18)"
-
-
 @needs_mini
 def test_a_subset_of_all_the_mini_set_reads_as_the_mini_set(tmp_path):
     """The 20-class mini folder taken whole: the same files, bytes and labels in the same order (so the same

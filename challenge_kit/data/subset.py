@@ -24,6 +24,7 @@ import numpy as np
 
 from challenge_kit.core.contract import get_spec
 from challenge_kit.core.errors import KitFileError, KitValueError
+from challenge_kit.core.reading import sha256
 from challenge_kit.core.storage import LOCK_FILE, run_lock, save_json
 from challenge_kit.data.cifar import CIFAR_DIR, cifar_classes, cifar_files, cifar_spec, read_cifar100, read_cifar_pickle
 from challenge_kit.data.folder import image_folder_files, image_folder_root
@@ -45,11 +46,12 @@ def spread(available: list[str], count: int) -> list[str]:
 def choose_classes(available: list[str], count: int | None, names: list[str] | None, root: Path) -> list[str]:
     """The named classes, or ``count`` spread evenly; in the dataset's class order either way."""
     if names is not None:
-        unknown = [n for n in names if n not in set(available)]
+        known, wanted = set(available), set(names)
+        unknown = [n for n in names if n not in known]
         if unknown:
             raise KitValueError(f"--class {unknown[0]}: not a class of {root} (it has {len(available)}, e.g. "
                                 f"{', '.join(available[:3])})")
-        return [c for c in available if c in set(names)]
+        return [c for c in available if c in wanted]
     if count is None or not 0 < count <= len(available):
         raise KitValueError(f"--classes {count}: {root} has {len(available)} classes; give 1..{len(available)}")
     return spread(available, count)
@@ -71,11 +73,6 @@ def place(source: Path, target: Path) -> None:
     and linking changes the source's inode, which a read-only or shared data folder should not see)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sha256_names(names: list[str]) -> str:
@@ -178,12 +175,12 @@ def _source(dataset: str, root: Path, image_folder: bool):
         return root, root, classes, sha256_names(classes), folder_subset
     if dataset == "cifar100":
         cifar_files(root, "train")
-        return root, root / CIFAR_DIR, cifar_classes(root), sha256_file(root / CIFAR_DIR / "meta"), cifar_subset
+        return root, root / CIFAR_DIR, cifar_classes(root), sha256(root / CIFAR_DIR / "meta"), cifar_subset
     if dataset == "tinyimagenet":
         root = tiny_root(root)
         wnids = tiny_classes(root)
         listing = root / "wnids.txt"
-        digest = sha256_file(listing) if listing.is_file() else sha256_names(wnids)
+        digest = sha256(listing) if listing.is_file() else sha256_names(wnids)
         return root, root, wnids, digest, tiny_subset
     raise ValueError(f"no subset writer for dataset {dataset!r}")
 
