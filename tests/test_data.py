@@ -1,5 +1,6 @@
 """Real-data loading on files written in the real formats: CIFAR-100 pickles, a Tiny ImageNet tree, ImageFolder."""
 
+import json
 import os
 import pickle
 import shlex
@@ -14,10 +15,13 @@ from typer.testing import CliRunner
 
 from challenge_kit import data
 from challenge_kit.cli import app
-from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, denormalize, normalize
+from challenge_kit.core.artifact import DistilledArtifact
+from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, DatasetSpec, denormalize, normalize
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.reading import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split
+from challenge_kit.runs import BEST
 
 
 @pytest.fixture
@@ -153,6 +157,19 @@ def test_tiny_missing_pieces_name_the_path(tmp_path):
         load_split("tinyimagenet", tmp_path, "train")
 
 
+def test_wnids_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    """A BOM (what some editors save) is dropped, not glued to the first wnid; other bytes are one line naming it."""
+    write_tiny(tmp_path)
+    wnids = tmp_path / "wnids.txt"
+    wnids.write_bytes(b"\xef\xbb\xbf" + wnids.read_bytes())
+    assert dataset_spec("tinyimagenet", tmp_path).class_names == ("n01000000", "n02000000", "n03000000")
+    wnids.write_bytes("n01000000\nn0200000\u00e9\n".encode("latin-1"))
+    result = CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(tmp_path),
+                                      "--out", str(tmp_path / "ref.pt")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {wnids}: is not UTF-8 text (byte 0xe9 at offset 18)"
+
+
 def test_tiny_val_listing_a_missing_file_is_an_error(tmp_path):
     write_tiny(tmp_path)
     (tmp_path / "val" / "images" / "val_0.JPEG").unlink()
@@ -261,3 +278,46 @@ def test_reference_command_on_a_tiny_subset_says_subset(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 classes" in result.output and "subset" in result.output
     assert load_torch(out)["images_val"].shape == (6, 3, 64, 64)
+
+
+# ------------------------------------------------------------------------- --image-folder on every command
+
+def test_image_folder_reaches_every_command_that_reads_data(tmp_path, user_cache):
+    """subset, reference, baseline, experts, distill and make-submission read the same ImageFolder: each ends
+    with the folder's classes (a subset spec), never with CIFAR-100's pickles (there are none here)."""
+    for split, n in (("train", 12), ("test", 2)):
+        for c, name in enumerate(("zebra", "apple", "mango", "kiwi")):
+            folder = tmp_path / "src" / split / name
+            folder.mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (24, 24), (60 * c, 20 * k, 99)).save(folder / f"{k:02d}.png")
+    run = CliRunner().invoke
+    folder, names = tmp_path / "folder", ["apple", "kiwi", "mango"]  # 3 of the 4, spread over the sorted list
+    done = run(app, ["subset", "cifar100", "--image-folder", "--data-root", str(tmp_path / "src"), "--classes", "3",
+                     "--train-per-class", "11", "--out", str(folder)])
+    assert done.exit_code == 0, done.output
+    assert dataset_spec("cifar100", folder, image_folder=True).class_names == tuple(names)
+    common = ["--data-root", str(folder), "--image-folder"]
+    budget = ["--profile", "quick", "--device", "cpu", "--set", "experts.num_experts=1", "--set", "experts.epochs=1",
+              "--set", "experts.objective=sgd", "--set", "experts.batch_size=11", "--set", "eval.every=0",
+              "--set", "eval.holdout_per_class=0", "--set", "distill.iterations=1", "--set", "distill.syn_steps=1",
+              "--set", "distill.expert_epochs=1", "--set", "distill.current_max_start_epoch=0",
+              "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10"]
+    reference = run(app, ["reference", "cifar100", *common, "--out", str(tmp_path / "ref.pt")])
+    assert reference.exit_code == 0 and "3 classes" in reference.output, reference.output
+    assert load_torch(tmp_path / "ref.pt")["labels_val"].tolist() == [0, 0, 1, 1, 2, 2]
+    commands = {"baseline": ["baseline", "cifar100", *common, "--out", str(tmp_path / "baseline")],
+                "experts": ["experts", "cifar100", *common, "--out", str(tmp_path / "store"), *budget],
+                "distill": ["distill", "cifar100", *common, "--experts", str(tmp_path / "store"),
+                            "--out", str(tmp_path / "run"), *budget],
+                "make-submission": ["make-submission", "cifar100", *common, "--experts", str(tmp_path / "store"),
+                                    "--out", str(tmp_path / "sub"), *budget]}
+    for command, args in commands.items():
+        result = run(app, args)
+        assert result.exit_code == 0, (command, result.output)
+    specs = [read_expert(tmp_path / "store" / "expert_0000.safetensors", snapshots=False).spec,
+             DistilledArtifact.load(tmp_path / "run" / BEST).spec,
+             *(DatasetSpec.from_dict(json.loads((tmp_path / out / "manifest.json").read_text())["spec"])
+               for out in ("baseline", "sub"))]
+    for spec in specs:
+        assert spec.class_names == tuple(names) and spec.image_size == 32 and not spec.challenge

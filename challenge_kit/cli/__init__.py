@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from challenge_kit.cli import compare, data_cmds, plan, runs, scoring
+from challenge_kit.cli import compare, data_cmds, plan, runs, scoring, subset
 from challenge_kit.cli.handler import KitCommands
 
 app = typer.Typer(cls=KitCommands, add_completion=False, no_args_is_help=True,
@@ -28,6 +28,7 @@ COMMANDS = {
     "verify": scoring.verify,
     "methods": runs.methods,
     "bundle": runs.bundle,
+    "subset": subset.subset,
     "reference": data_cmds.reference,
     "experts": data_cmds.experts,
     "experts-import": data_cmds.experts_import,

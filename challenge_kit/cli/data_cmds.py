@@ -35,8 +35,7 @@ def reference(
     out: Annotated[str, typer.Option("--out", help="reference file to write, e.g. cifar100_test.pt")],
     download: Download = False,
     cache_dir: CacheDir = None,
-    image_folder: Annotated[bool, typer.Option("--image-folder",
-                                               help="read ROOT as ImageFolder (ROOT/test/<class>/*)")] = False,
+    image_folder: ImageFolder = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""

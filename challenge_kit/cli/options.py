@@ -18,6 +18,7 @@ DROP_HELP = "export a research set (learned or assigned labels) as images alone;
 RECIPE_HELP = "method recipe: a shipped name (m-datm, datm, tesla, pad, smooth) or a .toml (default: the dataset's)"
 CACHE_HELP = "decoded-data cache (default $XDG_CACHE_HOME/ddkit or ~/.cache/ddkit)"
 OVERWRITE_HELP = "replace what an earlier command left at the output (by default such a file is refused, named)"
+FOLDER_HELP = "read ROOT as an ImageFolder ROOT/{train,test}/<class>/* (DATASET sets image size and statistics)"
 REPLACE_HELP = "train again experts of the store that were trained with other settings (seed, lr, data, ...)"
 
 SetPath = Annotated[str, typer.Argument(
@@ -33,7 +34,7 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)]
 Device = Annotated[str | None, typer.Option("--device", help="torch device (default: cuda if available)")]
 CacheDir = Annotated[str | None, typer.Option("--cache-dir", help=CACHE_HELP)]
 Download = Annotated[bool, typer.Option("--download", help="download CIFAR-100 first (needs the internet)")]
-ImageFolder = Annotated[bool, typer.Option("--image-folder", help="ImageFolder: ROOT/{train,test}/<class>/*")]
+ImageFolder = Annotated[bool, typer.Option("--image-folder", help=FOLDER_HELP)]
 DropLabels = Annotated[bool, typer.Option("--drop-labels", help=DROP_HELP)]
 ReplaceExperts = Annotated[bool, typer.Option("--replace-experts", help=REPLACE_HELP)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)]

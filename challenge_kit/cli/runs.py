@@ -74,6 +74,7 @@ def distill(
     device: Device = None,
     cache_dir: CacheDir = None,
     track: Track = None,
+    image_folder: ImageFolder = False,
 ) -> None:
     """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
     from challenge_kit.recipes import load_recipe
@@ -83,7 +84,7 @@ def distill(
     from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
 
     state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir,
-                        track=tracks)
+                        track=tracks, image_folder=image_folder)
     typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped; exported iteration "
                f"{state.decision['export']}: {state.decision['reason']}", err=True)
 
@@ -172,6 +173,7 @@ def make_submission(
                                            help="download CIFAR-100 through torchvision (online)")] = False,
     experts_dir: Annotated[str | None, typer.Option("--experts", help="reuse or grow this expert store")] = None,
     cache_dir: CacheDir = None,
+    image_folder: ImageFolder = False,
     drop_labels: DropLabels = False,
     replace_experts: ReplaceExperts = False,
     track: Track = None,
@@ -186,7 +188,8 @@ def make_submission(
     from challenge_kit.pipeline import make_submission as run  # torch: only once the recipe is known to be good
 
     manifest = run(recipe, data_root, out, resume=resume, device=device, download=download, experts_dir=experts_dir,
-                   cache_dir=cache_dir, drop_labels=drop_labels, replace_experts=replace_experts,
+                   cache_dir=cache_dir, image_folder=image_folder, drop_labels=drop_labels,
+                   replace_experts=replace_experts,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
                             "overrides": list(overrides or [])}, track=tracks)
     if manifest is not None:  # rank 0 (or the only process) reports
