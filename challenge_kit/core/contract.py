@@ -99,6 +99,17 @@ TINYIMAGENET = DatasetSpec(
 )
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (CIFAR100, TINYIMAGENET)}
 
+# The largest files a challenge hands the kit: anything larger is refused before it is read. Every value at 8 bytes
+# (float64: verify warns, the scorer accepts; float32 takes half), plus room for torch's own records and the pickle.
+# A submission holds the largest set's images; a reference, a test set (CIFAR-100 test and Tiny ImageNet val hold
+# TEST_IMAGES each) and its labels.
+TEST_IMAGES = 10_000
+RECORD_ROOM = 1 << 20
+MAX_SUBMISSION_VALUES = max(s.num_images * s.channels * s.image_size ** 2 for s in SPECS.values())
+MAX_SUBMISSION_BYTES = 8 * MAX_SUBMISSION_VALUES + RECORD_ROOM
+MAX_REFERENCE_VALUES = TEST_IMAGES * (1 + max(s.channels * s.image_size ** 2 for s in SPECS.values()))
+MAX_REFERENCE_BYTES = 8 * MAX_REFERENCE_VALUES + RECORD_ROOM
+
 # The scorer's training recipe (the official evaluate.py): every constant of it lives here and only here.
 EPOCHS = 1001  # epoch indices 0..1000
 ROUNDS = 3
