@@ -85,7 +85,6 @@ def within(path: str | Path, bounds: Bounds | None) -> int:
 
 def _readable(path: str | Path) -> None:
     """Unreadable is not corrupt (and safetensors reports a permission error as a missing file): say which."""
-    file_size(path)
     try:
         open(path, "rb").close()
     except OSError as e:
