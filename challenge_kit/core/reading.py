@@ -74,9 +74,9 @@ def file_size(path: str | Path) -> int:
     return mode.st_size
 
 
-def within(path: str | Path, bounds: Bounds | None) -> int:
-    """``file_size``, refused when no file of the kind can be that large."""
-    size = file_size(path)
+def within(path: str | Path, bounds: Bounds | None, size: int | None = None) -> int:
+    """``file_size`` (or the ``size`` of what is in memory), refused when no file of the kind can be that large."""
+    size = file_size(path) if size is None else size
     if bounds is not None and size > bounds.max_bytes:
         raise KitFileError(path, f"is {size:,} bytes; {bounds.what} is at most {bounds.max_bytes:,} (every value at "
                                  "8 bytes, and torch's records): refused unread")
@@ -133,9 +133,7 @@ def load_torch(path: str | Path, bounds: Bounds | None = None):
 
 def load_torch_bytes(data: bytes, name: str, bounds: Bounds | None = None):
     """``load_torch`` of a file already in memory (a zip member): nothing is written to disk."""
-    if bounds is not None and len(data) > bounds.max_bytes:
-        raise KitFileError(name, f"is {len(data):,} bytes; {bounds.what} is at most {bounds.max_bytes:,}")
-    return _load_torch(io.BytesIO(data), name, len(data), bounds)
+    return _load_torch(io.BytesIO(data), name, within(name, bounds, len(data)), bounds)
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:
