@@ -15,18 +15,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from challenge_kit.core.contract import MAX_SUBMISSION_BYTES, SPECS, DatasetSpec
+from challenge_kit.core.contract import MAX_SUBMISSION_BYTES, SPECS, SUBMISSION, DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError, first_line
 from challenge_kit.core.reading import load_torch_bytes, sha256
 from challenge_kit.core.storage import atomic_write, save_json
-from challenge_kit.core.submission import (
-    MANIFEST,
-    SUBMISSION,
-    check_shape,
-    load_reference,
-    read_manifest,
-    submission_tensor,
-)
+from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
 from challenge_kit.export import versions
 from evaluator.evaluate import Entry, missing_reason

@@ -19,14 +19,13 @@ import re
 import stat
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from challenge_kit.core.contract import RECORD_ROOM
+from challenge_kit.core.contract import Bounds
 from challenge_kit.core.errors import ESCAPES, KitFileError, first_line
 
 # What a tensor in a kit or challenge file can hold: real numbers (images) and integers (labels).
@@ -36,20 +35,6 @@ DIRECTORY_ENTRY = 1 << 10  # a torch record's zip directory entry is about 100 b
 TAR = ("is a tar archive (torch's format before 2017), which cannot be loaded without running its pickle: refused, "
        "nothing loaded")
 HEAD = 512  # enough to tell a zip, a pickle, a safetensors header and a tar header apart
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The most a file of one kind can be, refused before it is read: its bytes, its values in all, its zip records
-    (a tensor or a dict of a few, with torch's own five) and its pickle (a few hundred bytes for a tensor; the
-    objects it builds can take 25 times its size)."""
-
-    what: str  # "a challenge submission"
-    largest: str  # what the most values are, e.g. "tinyimagenet's 2000x3x64x64 images"
-    max_bytes: int
-    max_values: int
-    max_records: int = 64
-    max_pickle: int = RECORD_ROOM
 
 
 class Refused(KitFileError):

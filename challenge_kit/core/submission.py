@@ -15,28 +15,19 @@ import torch
 
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import (
-    MAX_REFERENCE_BYTES,
-    MAX_REFERENCE_VALUES,
-    MAX_SUBMISSION_BYTES,
-    MAX_SUBMISSION_VALUES,
     RECORD_ROOM,
+    REFERENCE,
     SPECS,
-    TEST_IMAGES,
+    SUBMISSION,
     DatasetSpec,
     get_spec,
     spec_for_shape,
 )
 from challenge_kit.core.errors import KitFileError, KitValueError
-from challenge_kit.core.reading import Bounds, file_size, load_torch, within
+from challenge_kit.core.reading import file_size, load_torch, within
 
 REFERENCE_KEYS = ("images_val", "labels_val")
 MANIFEST = "manifest.json"
-_LARGEST = max(SPECS.values(), key=lambda s: s.num_images * s.channels * s.image_size ** 2)
-SUBMISSION = Bounds("a challenge submission", f"{_LARGEST.name}'s {'x'.join(map(str, _LARGEST.shape))} images",
-                    MAX_SUBMISSION_BYTES, MAX_SUBMISSION_VALUES)
-REFERENCE = Bounds("a reference file", f"{TEST_IMAGES:,} test images of {_LARGEST.channels}x{_LARGEST.image_size}x"
-                                       f"{_LARGEST.image_size} and their labels", MAX_REFERENCE_BYTES,
-                   MAX_REFERENCE_VALUES)
 
 
 def check_shape(images: torch.Tensor, spec: DatasetSpec, path: str | Path) -> None:

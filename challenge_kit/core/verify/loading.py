@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.contract import DatasetSpec, get_spec
+from challenge_kit.core.contract import SUBMISSION, DatasetSpec, get_spec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.reading import Refused, load_torch, load_torch_bytes, within
 from challenge_kit.core.submission import (
     MANIFEST,
-    SUBMISSION,
     declared_problem,
     manifest_spec,
     read_manifest,
