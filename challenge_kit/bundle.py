@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from challenge_kit.core.contract import SPECS, DatasetSpec
+from challenge_kit.core.contract import MAX_SUBMISSION_BYTES, SPECS, SUBMISSION, DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError, first_line
 from challenge_kit.core.reading import load_torch_bytes, sha256
 from challenge_kit.core.storage import json_bytes, output_file, temp_stream, write_bytes, write_together
@@ -26,8 +26,7 @@ from challenge_kit.export import versions
 from evaluator.evaluate import Entry, missing_reason
 
 MEMBERS: dict[str, DatasetSpec] = {spec.submission_file: spec for spec in SPECS.values()}  # scorer's order
-# The largest tensor a member holds, at float64 (verify warns, the scorer accepts), plus torch's archive overhead.
-MAX_MEMBER_BYTES = 8 * max(s.num_images * s.channels * s.image_size ** 2 for s in SPECS.values()) + (1 << 20)
+MAX_MEMBER_BYTES = MAX_SUBMISSION_BYTES  # the largest set at float64 (verify warns, the scorer accepts), and records
 MAX_ENTRIES = 64  # two are expected; a listing this long is not a submission
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same two files always give the same zip bytes
 MANIFEST_SUFFIX = ".manifest.json"
@@ -273,7 +272,7 @@ def zip_entries(path: str | Path, reference_dir: str | Path, *, partial: bool = 
     entries = []
     for name, data in contents.members.items():
         spec, where = MEMBERS[name], f"{path}:{name}"
-        images = submission_tensor(load_torch_bytes(data, where), where)
+        images = submission_tensor(load_torch_bytes(data, where, SUBMISSION), where)
         check_shape(images, spec, where)
         reference = Path(reference_dir) / spec.reference_file
         entries.append(Entry(spec, images, *load_reference(reference, spec), where, str(reference)))

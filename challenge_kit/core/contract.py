@@ -99,6 +99,39 @@ TINYIMAGENET = DatasetSpec(
 )
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (CIFAR100, TINYIMAGENET)}
 
+# The largest files a challenge hands the kit: anything larger is refused before it is read. Every value at 8 bytes
+# (float64: verify warns, the scorer accepts; float32 takes half), plus room for torch's own records and the pickle.
+# A submission holds the largest set's images; a reference, a test set (CIFAR-100 test and Tiny ImageNet val hold
+# TEST_IMAGES each) and its labels.
+TEST_IMAGES = 10_000
+RECORD_ROOM = 1 << 20
+_LARGEST = max(SPECS.values(), key=lambda s: s.num_images * s.channels * s.image_size ** 2)
+MAX_SUBMISSION_VALUES = _LARGEST.num_images * _LARGEST.channels * _LARGEST.image_size ** 2
+MAX_SUBMISSION_BYTES = 8 * MAX_SUBMISSION_VALUES + RECORD_ROOM
+MAX_REFERENCE_VALUES = TEST_IMAGES * (1 + _LARGEST.channels * _LARGEST.image_size ** 2)
+MAX_REFERENCE_BYTES = 8 * MAX_REFERENCE_VALUES + RECORD_ROOM
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The most a file of one kind can be, refused before it is read: its bytes, its values in all, its zip records
+    (a tensor or a dict of a few, with torch's own five) and its pickle (a few hundred bytes for a tensor; the
+    objects it builds can take 25 times its size)."""
+
+    what: str  # "a challenge submission"
+    largest: str  # what the most values are, e.g. "tinyimagenet's 2000x3x64x64 images"
+    max_bytes: int
+    max_values: int
+    max_records: int = 64
+    max_pickle: int = RECORD_ROOM
+
+
+SUBMISSION = Bounds("a challenge submission", f"{_LARGEST.name}'s {'x'.join(map(str, _LARGEST.shape))} images",
+                    MAX_SUBMISSION_BYTES, MAX_SUBMISSION_VALUES)
+REFERENCE = Bounds("a reference file", f"{TEST_IMAGES:,} test images of {_LARGEST.channels}x{_LARGEST.image_size}x"
+                                       f"{_LARGEST.image_size} and their labels", MAX_REFERENCE_BYTES,
+                   MAX_REFERENCE_VALUES)
+
 # The scorer's training recipe (the official evaluate.py): every constant of it lives here and only here.
 EPOCHS = 1001  # epoch indices 0..1000
 ROUNDS = 3

@@ -14,9 +14,17 @@ from pathlib import Path
 import torch
 
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.contract import SPECS, DatasetSpec, get_spec, spec_for_shape
+from challenge_kit.core.contract import (
+    RECORD_ROOM,
+    REFERENCE,
+    SPECS,
+    SUBMISSION,
+    DatasetSpec,
+    get_spec,
+    spec_for_shape,
+)
 from challenge_kit.core.errors import KitFileError, KitValueError
-from challenge_kit.core.reading import load_torch
+from challenge_kit.core.reading import file_size, load_torch, within
 
 REFERENCE_KEYS = ("images_val", "labels_val")
 MANIFEST = "manifest.json"
@@ -38,11 +46,13 @@ def submission_tensor(obj, name: str | Path) -> torch.Tensor:
     if not isinstance(obj, torch.Tensor):
         raise KitFileError(name, f"holds a {type(obj).__name__}, not a bare tensor (the scorer would crash); "
                                  "save the image tensor itself with torch.save")
+    if obj.numel() == 0:
+        raise KitFileError(name, f"holds an empty tensor ({'x'.join(map(str, obj.shape))}): no images to score")
     return obj.detach()
 
 
 def load_submission_tensor(path: str | Path) -> torch.Tensor:
-    return submission_tensor(load_torch(path), path)
+    return submission_tensor(load_torch(path, SUBMISSION), path)
 
 
 def load_submission(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
@@ -53,7 +63,7 @@ def load_submission(path: str | Path, spec: DatasetSpec) -> torch.Tensor:
 
 def load_reference(path: str | Path, spec: DatasetSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``{name}_test.pt``: a dict with ``images_val`` (N, C, H, W) and integer ``labels_val`` (N,)."""
-    obj = load_torch(path)
+    obj = load_torch(path, REFERENCE)
     if not isinstance(obj, dict):
         raise KitFileError(path, f"holds a {type(obj).__name__}, "
                                  "not a dict with 'images_val' and 'labels_val'")
@@ -91,10 +101,13 @@ def check_reference(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpe
 
 
 def read_manifest(path: str | Path) -> dict | None:
-    """The ``manifest.json`` beside ``path`` when there is one holding a JSON object."""
+    """The ``manifest.json`` beside ``path`` when there is one holding a JSON object (of a manifest's size)."""
     manifest = Path(path).parent / MANIFEST
     if not manifest.is_file():
         return None
+    size = file_size(manifest)
+    if size > RECORD_ROOM:
+        raise KitFileError(manifest, f"is {size:,} bytes; a manifest is a few KB: refused unread")
     try:
         data = json.loads(manifest.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -109,8 +122,24 @@ def manifest_spec(path: str | Path) -> DatasetSpec | None:
         return None
     try:
         return DatasetSpec.from_dict(data["spec"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise KitFileError(Path(path).parent / MANIFEST, f"'spec' is not a dataset spec ({e!r})") from None
+
+
+def declared_problem(spec: DatasetSpec) -> str | None:
+    """Why a spec a file declares (its manifest, its metadata) cannot be the one it is judged by, if it cannot.
+
+    A subset may have fewer classes, another ipc or smaller images, but the normalization is the dataset's: a file
+    that declares its own would choose the verdict on its pixels.
+    """
+    base = SPECS.get(spec.name)
+    if base is None:
+        return f"names no challenge dataset ({spec.name!r}; {', '.join(SPECS)})"
+    if (spec.mean, spec.std) != (base.mean, base.std):
+        return f"normalizes with mean {spec.mean}, std {spec.std}, not {base.name}'s mean/std"
+    if spec.num_classes > base.num_classes:
+        return f"has {spec.num_classes} classes, more than {base.name}'s {base.num_classes}"
+    return None
 
 
 def spec_from_reference(shape: tuple[int, ...], labels: torch.Tensor | None,
@@ -140,6 +169,7 @@ def resolve_spec(shape: tuple[int, ...], *, dataset: str | None = None,
     file declared is returned so the shape asserts report what was expected.
     """
     shape = tuple(shape)
+    declared = tuple(None if s is None or declared_problem(s) else s for s in declared)
     options = [(s, why) for s, why in zip(declared, ("manifest.json", "artifact metadata"), strict=False)]
     options += [(spec_for_shape(shape), "shape"),
                 (spec_from_reference(shape, reference_labels, dataset), "reference labels")]
@@ -176,13 +206,17 @@ def load_inputs(path: str | Path, reference: str | Path, dataset: str | None = N
     test_images, test_labels = load_reference(reference)
     labels = lr = None
     if path.suffix == ".safetensors":
+        within(path, SUBMISSION)
         artifact = DistilledArtifact.load(path)
-        images, declared = artifact.images.detach(), (manifest_spec(path), artifact.spec)
+        images, declared = submission_tensor(artifact.images, path), (manifest_spec(path), artifact.spec)
         labels, lr = artifact.labels, artifact.lr
     else:
         images, declared = load_submission_tensor(path), (manifest_spec(path),)
-    spec, source = resolve_spec(tuple(images.shape), dataset=dataset, declared=declared,
-                                reference_labels=test_labels)
+    try:
+        spec, source = resolve_spec(tuple(images.shape), dataset=dataset, declared=declared,
+                                    reference_labels=test_labels)
+    except KitValueError as e:
+        raise KitFileError(path, str(e)) from None
     check_shape(images, spec, path)
     check_reference(test_images, test_labels, spec, reference)
     return ScoringInput(images, spec, source, test_images, test_labels, labels, lr)
