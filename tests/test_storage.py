@@ -286,7 +286,7 @@ def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch,
     if where == "filesystem":  # some FUSE and network mounts
         monkeypatch.setattr(folders.fcntl, "flock", no_locks)
     else:  # Windows has no fcntl
-        monkeypatch.setattr(storage, "fcntl", None)
+        monkeypatch.setattr(folders, "fcntl", None)
     with run_lock(tmp_path) as folder:
         assert folder == tmp_path
     assert "no file locks here" in capsys.readouterr().err
