@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from challenge_kit.core import folders, storage
+from challenge_kit.core import folders
 from challenge_kit.core.artifact import ARTIFACT_FORMAT, DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.core.errors import KitFileError
