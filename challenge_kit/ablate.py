@@ -25,8 +25,9 @@ from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.devices import resolve_device, usable_device
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
+from challenge_kit.core.folders import run_lock
 from challenge_kit.core.progress import console
-from challenge_kit.core.storage import atomic_write, run_lock, save_json
+from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.experts.store import NOT_TRAJECTORY, expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart

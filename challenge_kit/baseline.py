@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.folders import output_folder
 from challenge_kit.core.seeds import generator
-from challenge_kit.core.storage import output_folder
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from challenge_kit.parts.initializations import InitContext, real

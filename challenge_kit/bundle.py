@@ -18,8 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from challenge_kit.core.contract import MAX_SUBMISSION_BYTES, SPECS, SUBMISSION, DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError, first_line
+from challenge_kit.core.folders import output_file
 from challenge_kit.core.reading import load_torch_bytes, sha256
-from challenge_kit.core.storage import json_bytes, output_file, temp_stream, write_bytes, write_together
+from challenge_kit.core.storage import json_bytes, temp_stream, write_bytes, write_together
 from challenge_kit.core.submission import MANIFEST, check_shape, load_reference, read_manifest, submission_tensor
 from challenge_kit.core.verify import FAIL, Report, verify_bytes, verify_path
 from challenge_kit.export import versions

@@ -22,10 +22,11 @@ from challenge_kit.baseline import random_real
 from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError, KitValueError
+from challenge_kit.core.folders import run_lock
 from challenge_kit.core.progress import console, make_progress
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.seeds import round_seeds
-from challenge_kit.core.storage import run_lock, save_json
+from challenge_kit.core.storage import save_json
 from challenge_kit.core.submission import MANIFEST, ScoringInput, load_inputs, read_manifest
 from challenge_kit.data import load_split
 from challenge_kit.experts.store import data_fingerprint

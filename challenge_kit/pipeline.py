@@ -19,9 +19,10 @@ import torch
 from challenge_kit import data
 from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.devices import usable_device
+from challenge_kit.core.folders import inner_folder, run_lock
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
 from challenge_kit.core.progress import console, expert_progress, make_progress, time_first_steps
-from challenge_kit.core.storage import inner_folder, refuse_replacing, run_lock
+from challenge_kit.core.storage import refuse_replacing
 from challenge_kit.distill import distill
 from challenge_kit.experts import training as expert_training
 from challenge_kit.export import export_files, export_run

@@ -22,10 +22,11 @@ import torch
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.devices import tune_allocator, usable_device
 from challenge_kit.core.errors import KitFileError, file_errors
+from challenge_kit.core.folders import output_folder
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.seeds import rounds_problem, seed_problem
-from challenge_kit.core.storage import atomic_write, output_folder, save_json
+from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.core.submission import load_reference, load_submission
 from challenge_kit.core.verify import findings, verify_tensor
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images

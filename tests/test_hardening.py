@@ -47,9 +47,9 @@ from challenge_kit import data
 from challenge_kit.cli import app
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
+from challenge_kit.core.folders import LOCK_FILE
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import read_metadata
-from challenge_kit.core.storage import LOCK_FILE
 from challenge_kit.experts import buffers, training
 from challenge_kit.experts.store import expert_path
 from challenge_kit.export import export_run
@@ -337,7 +337,7 @@ def test_offline_download(world, monkeypatch, command):
 
 HOLDER = textwrap.dedent("""
     import contextlib, sys
-    from challenge_kit.core.storage import run_lock
+    from challenge_kit.core.folders import run_lock
     with contextlib.ExitStack() as stack:
         for folder in sys.argv[1:]:
             stack.enter_context(run_lock(folder))

@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
+from challenge_kit.core.folders import LOCK_FILE
 from challenge_kit.core.reading import read_metadata
-from challenge_kit.core.storage import LOCK_FILE
 from challenge_kit.experts.store import expert_files
 from challenge_kit.export import export_images
 from challenge_kit.runs import BEST, HISTORY, read_history

@@ -13,21 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from challenge_kit.core import storage
+from challenge_kit.core import folders
 from challenge_kit.core.artifact import ARTIFACT_FORMAT, DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.folders import LOCK_FILE, output_file, output_folder, run_lock
 from challenge_kit.core.reading import load_tensors, load_torch, load_torch_bytes, read_metadata, refusal_reason, sha256
-from challenge_kit.core.storage import (
-    LOCK_FILE,
-    atomic_write,
-    output_file,
-    output_folder,
-    run_lock,
-    save_json,
-    save_tensors,
-    save_torch,
-)
+from challenge_kit.core.storage import atomic_write, save_json, save_tensors, save_torch
 
 
 class Marker:
@@ -292,9 +284,9 @@ def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch,
         raise OSError(errno.ENOLCK, "No locks available")
 
     if where == "filesystem":  # some FUSE and network mounts
-        monkeypatch.setattr(storage.fcntl, "flock", no_locks)
+        monkeypatch.setattr(folders.fcntl, "flock", no_locks)
     else:  # Windows has no fcntl
-        monkeypatch.setattr(storage, "fcntl", None)
+        monkeypatch.setattr(folders, "fcntl", None)
     with run_lock(tmp_path) as folder:
         assert folder == tmp_path
     assert "no file locks here" in capsys.readouterr().err

@@ -34,15 +34,8 @@ from challenge_kit.cli import app
 from challenge_kit.core import storage
 from challenge_kit.core.contract import CIFAR100, SPECS
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import (
-    LOCK_FILE,
-    atomic_write,
-    run_lock,
-    save_json,
-    save_tensors,
-    save_torch,
-    write_together,
-)
+from challenge_kit.core.folders import LOCK_FILE, run_lock
+from challenge_kit.core.storage import atomic_write, save_json, save_tensors, save_torch, write_together
 from challenge_kit.core.verify.report import Report
 from challenge_kit.runs import RunDir
 
@@ -142,7 +135,7 @@ def special(path: Path, what: str, victim: Path) -> None:
 
 HOLDER = textwrap.dedent("""
     import sys
-    from challenge_kit.core.storage import run_lock
+    from challenge_kit.core.folders import run_lock
     with run_lock(sys.argv[1]):
         print("held", flush=True)
         sys.stdin.read()

@@ -35,7 +35,7 @@ def compare(
     from challenge_kit.compare import baseline_entries, check_baselines, load_sets
     from challenge_kit.compare import compare as run
     from challenge_kit.core.devices import usable_device
-    from challenge_kit.core.storage import output_folder
+    from challenge_kit.core.folders import output_folder
     from evaluator.scorer import EPOCHS
 
     check_baselines(baseline or [], data_root)

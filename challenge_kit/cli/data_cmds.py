@@ -39,8 +39,8 @@ def reference(
     overwrite: Overwrite = False,
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
+    from challenge_kit.core.folders import output_file
     from challenge_kit.core.progress import console
-    from challenge_kit.core.storage import output_file
     from challenge_kit.data import build_reference
 
     output_file(out, overwrite=overwrite)
@@ -92,8 +92,8 @@ def experts_import(
 ) -> None:
     """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
     from challenge_kit.core.contract import get_spec
+    from challenge_kit.core.folders import run_lock
     from challenge_kit.core.progress import console
-    from challenge_kit.core.storage import run_lock
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts.buffers import import_buffers
 
@@ -110,8 +110,9 @@ def experts_export(
     overwrite: Overwrite = False,
 ) -> None:
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
+    from challenge_kit.core.folders import run_lock
     from challenge_kit.core.progress import console
-    from challenge_kit.core.storage import refuse_replacing, run_lock
+    from challenge_kit.core.storage import refuse_replacing
     from challenge_kit.experts.buffers import export_buffers
 
     with run_lock(out) as folder:

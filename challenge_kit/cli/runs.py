@@ -153,7 +153,7 @@ def report(
 ) -> None:
     """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
     from challenge_kit.cli import render
-    from challenge_kit.core.storage import inner_folder
+    from challenge_kit.core.folders import inner_folder
     from challenge_kit.report import REPORT_DIR, build_report
 
     render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR)), as_json, render.report)
@@ -211,7 +211,7 @@ def baseline(
     from challenge_kit.baseline import make_baseline
     from challenge_kit.cli import render
     from challenge_kit.core.contract import get_spec
-    from challenge_kit.core.storage import run_lock
+    from challenge_kit.core.folders import run_lock
     from challenge_kit.export import claim_export
 
     with run_lock(out):  # before the data is read: a held folder or an earlier export fails in the first second

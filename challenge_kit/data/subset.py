@@ -24,8 +24,9 @@ import numpy as np
 
 from challenge_kit.core.contract import get_spec
 from challenge_kit.core.errors import KitFileError, KitValueError
+from challenge_kit.core.folders import LOCK_FILE, run_lock
 from challenge_kit.core.reading import sha256
-from challenge_kit.core.storage import LOCK_FILE, run_lock, save_json
+from challenge_kit.core.storage import save_json
 from challenge_kit.data.cifar import CIFAR_DIR, cifar_classes, cifar_files, cifar_spec, read_cifar100, read_cifar_pickle
 from challenge_kit.data.folder import image_folder_files, image_folder_root
 from challenge_kit.data.tiny import ANNOTATIONS, read_text, tiny_classes, tiny_root, tiny_train_files, val_annotations
