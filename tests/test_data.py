@@ -265,8 +265,10 @@ def test_reference_command_writes_the_scorer_file(tmp_path):
     assert set(ref) == {"images_val", "labels_val"}
     assert ref["images_val"].shape == (20, 3, 32, 32) and ref["images_val"].dtype == torch.float32
     assert ref["labels_val"].dtype == torch.int64 and ref["labels_val"].tolist() == raw["test"][b"fine_labels"]
+    again = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out", str(out)])
+    assert again.exit_code == 1 and f"{out}: already exists; pass --overwrite" in again.output
     missing = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "nope"),
-                                       "--out", str(out)])
+                                       "--out", str(tmp_path / "other_test.pt")])
     assert missing.exit_code == 1 and "error:" in missing.output and "nope" in missing.output
 
 

@@ -32,8 +32,8 @@ def test_every_step_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     report = json.loads((tmp_path / "out" / "acceptance.json").read_text())
     assert done.returncode == 0, (done.stderr, report)
     steps = report["steps"]
-    assert list(steps) == ["device tests", "no host syncs", "scorer throughput", "full-shape iteration",
-                           "quick make-submission"]
+    assert set(steps) == {"device tests", "no host syncs", "scorer throughput", "full-shape iteration",
+                           "quick make-submission"}
     assert "passed" in steps["device tests"]["summary"] and "failed" not in steps["device tests"]["summary"]
     assert steps["scorer throughput"]["kit_images_per_s"] > 0
     assert [r["dataset"] for r in steps["full-shape iteration"]["rows"]] == ["cifar100", "tinyimagenet"]

@@ -260,10 +260,10 @@ def test_each_field_carries_its_own_constraint():
 
 
 @pytest.mark.parametrize("item,match", [
-    ("distill.seed=9223372036854775808", r"distill\.seed must be a seed in 0\.\.9223372036854775807, got "
-                                         r"9223372036854775808"),
-    ("experts.seed=-1", r"experts\.seed must be a seed in 0\.\.9223372036854775807, got -1"),
-    ("eval.seed=" + "9" * 30, r"eval\.seed must be a seed in 0\.\.9223372036854775807"),
+    ("distill.seed=4294967296", r"distill\.seed must be a seed in 0\.\.4294967295, got "
+                                r"4294967296"),
+    ("experts.seed=-1", r"experts\.seed must be a seed in 0\.\.4294967295, got -1"),
+    ("eval.seed=" + "9" * 30, r"eval\.seed must be a seed in 0\.\.4294967295"),
 ])
 def test_every_seed_is_bounded_when_the_recipe_loads(item, match):
     """A seed too large for a generator is refused before any data is read, not when distillation starts."""

@@ -58,12 +58,7 @@ HOLD = textwrap.dedent("""
             print("writing", path, flush=True)
             time.sleep(300)
 
-    rename, save = os.replace, torch.save
-
-    def replace(src, dst, *args, **kwargs):
-        if where == "rename" and os.path.basename(str(dst)) == name:
-            hold(dst)
-        return rename(src, dst, *args, **kwargs)
+    save = torch.save
 
     class Stalling:
         # a file whose third write stalls: torch.save is stopped inside its zip writer
@@ -80,10 +75,30 @@ HOLD = textwrap.dedent("""
             self.f.flush()
 
     def stalling_save(obj, f, *args, **kwargs):
-        mine = where == "torch.save" and os.path.basename(str(getattr(f, "name", ""))).startswith(f".{name}.")
+        # the file's temporary, or an export's images serialized in memory (a stream without a name)
+        target = getattr(f, "name", None)
+        mine = where == "torch.save" and (target is None or os.path.basename(str(target)).startswith(f".{name}."))
         return save(obj, Stalling(f) if mine else f, *args, **kwargs)
 
-    os.replace, torch.save = replace, stalling_save
+    torch.save = stalling_save
+
+    # a group's renames run with signals held back: "rename" holds just before them, once all is written
+    import contextlib
+    from challenge_kit.core import storage
+    together, group, current = storage.write_together, storage._uninterrupted, []
+
+    def write_together(writes):
+        current[:] = [os.path.basename(str(t)) for t, _ in writes]
+        return together(writes)
+
+    @contextlib.contextmanager
+    def held():
+        if where == "rename" and name in current:
+            hold(name)
+        with group():
+            yield
+
+    storage.write_together, storage._uninterrupted = write_together, held
     sys.argv = ["ddkit", *sys.argv[4:]]
     from challenge_kit.cli import app
     app()

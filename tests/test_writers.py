@@ -417,3 +417,26 @@ def test_the_live_history_is_never_appended_through_a_link(tmp_path, victim):
     (run.path / "history.jsonl").unlink()
     run.record({"iteration": 1})
     assert json.loads((run.path / "history.jsonl").read_text()) == {"iteration": 1}
+
+
+def test_a_signal_during_a_groups_renames_lands_after_the_last(tmp_path, monkeypatch):
+    """SIGTERM sent while the first of two files is renamed into place: both are replaced, then the stop."""
+    import signal
+
+    from challenge_kit.core.interrupts import sigterm_as_interrupt
+
+    rename, sent = os.replace, []
+
+    def replace(src, dst):
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    (tmp_path / "a.bin").write_bytes(b"old a")
+    (tmp_path / "b.json").write_bytes(b"old b")
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        write_together([(tmp_path / "a.bin", lambda tmp: tmp.write_bytes(b"new a")),
+                        (tmp_path / "b.json", lambda tmp: tmp.write_bytes(b"new b"))])
+    assert (tmp_path / "a.bin").read_bytes() == b"new a" and (tmp_path / "b.json").read_bytes() == b"new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json"]

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import secrets
+import signal
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -139,6 +140,20 @@ def temp_stream(tmp: Path) -> Iterator[BinaryIO]:
         yield f
 
 
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while a group's renames run (microseconds): an interruption lands before
+    the first rename or after the last, never between them."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
     """Files that belong together (an export and its manifest) replaced together or not at all.
 
@@ -161,11 +176,12 @@ def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> l
                 if others:
                     failure = KitFileError(failure.path, f"{failure.problem}; {', '.join(others)} unchanged")
                 raise failure from None
-        for stage in stages:
-            try:
-                stage.commit()
-            except OSError as e:
-                raise _write_failure(stage.target, e) from None
+        with _uninterrupted():
+            for stage in stages:
+                try:
+                    stage.commit()
+                except OSError as e:
+                    raise _write_failure(stage.target, e) from None
     finally:
         for stage in stages:
             _STAGED.pop(stage.path, None)
@@ -214,6 +230,11 @@ class _Recorded:
 
     def flush(self) -> None:
         self.stream.flush()
+
+    @property
+    def name(self) -> str | None:
+        """The wrapped file's name, as the file itself would give it."""
+        return getattr(self.stream, "name", None)
 
 
 def torch_to(obj, stream: BinaryIO) -> None:
