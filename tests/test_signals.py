@@ -77,6 +77,8 @@ HOLD = textwrap.dedent("""
     def stalling_save(obj, f, *args, **kwargs):
         # the file's temporary, or an export's images serialized in memory (a stream without a name)
         target = getattr(f, "name", None)
+        if isinstance(target, int):  # a temporary held open by its descriptor
+            target = os.readlink(f"/proc/self/fd/{target}")
         mine = where == "torch.save" and (target is None or os.path.basename(str(target)).startswith(f".{name}."))
         return save(obj, Stalling(f) if mine else f, *args, **kwargs)
 
@@ -87,13 +89,16 @@ HOLD = textwrap.dedent("""
     from challenge_kit.core import storage
     together, group, current = storage.write_together, storage._uninterrupted, []
 
-    def write_together(writes):
-        current[:] = [os.path.basename(str(t)) for t, _ in writes]
-        return together(writes)
+    def write_together(writes):  # groups nest (an export's preview is itself written atomically)
+        current.append([os.path.basename(str(t)) for t, _ in writes])
+        try:
+            return together(writes)
+        finally:
+            current.pop()
 
     @contextlib.contextmanager
     def held():
-        if where == "rename" and name in current:
+        if where == "rename" and name in current[-1]:
             hold(name)
         with group():
             yield
