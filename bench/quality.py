@@ -1,4 +1,4 @@
-"""Does distillation help? Scorer accuracy of three sets on the shared mini Tiny ImageNet, paired rounds:
+"""Does distillation help? Scorer accuracy of three sets on a 20-class Tiny ImageNet subset (`ddkit subset`), paired rounds:
 
 (a) random real images per class, (b) the run's initialization (real images an expert gets right),
 (c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
@@ -33,7 +33,7 @@ from challenge_kit.runs import BEST, CHECKPOINT
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data/tiny-imagenet-mini")
+    parser.add_argument("--data-root", default="data/tiny-20", help="the subset the run read (ddkit subset)")
     parser.add_argument("--dataset", default="tinyimagenet")
     parser.add_argument("--work", default="/tmp/ddkit-quality", help="the make-submission output (reused)")
     parser.add_argument("--out", default=None, help="the compare folder, its rounds kept (default WORK/quality)")
