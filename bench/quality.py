@@ -1,4 +1,5 @@
-"""Does distillation help? Scorer accuracy of three sets on a 20-class Tiny ImageNet subset (`ddkit subset`), paired rounds:
+"""Does distillation help? Scorer accuracy of three sets on a 20-class Tiny ImageNet subset (`ddkit subset`),
+paired rounds:
 
 (a) random real images per class, (b) the run's initialization (real images an expert gets right),
 (c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
