@@ -1,4 +1,5 @@
-"""Epochs per second: the bundled scorer's device-resident loop vs a plain DataLoader loop, same recipe.
+"""Epochs per second: the bundled scorer's device-resident loop vs a plain DataLoader loop, same recipe, and the
+fast scorer's arithmetic (bfloat16 autocast alone, then compiled too) on the same loop.
 
 The reference loop is how the public scorer drives training: a DataLoader over CPU tensors, each batch
 copied to the device, augmented, and its loss and accuracy pulled back to the host (``.item()``, numpy).
@@ -6,6 +7,7 @@ Both variants train the same ConvNet from the same init on the same data with th
 schedule, on the same device, in one run.
 
     python bench/evaluator_speed.py                      # CIFAR-100 shapes, a few epochs on CPU
+    python bench/evaluator_speed.py --dataset tinyimagenet --classes 20   # the mini profile's 200-image set
     python bench/evaluator_speed.py --device cuda --epochs 200
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from challenge_kit.core.contract import SPECS, default_labels, normalize
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.models import ConvNet, ModelConfig
 from evaluator import scorer
+from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic
 
 
 def reference_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
@@ -51,12 +55,15 @@ def reference_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Te
             optimizer = scorer.make_optimizer(net.parameters(), scorer.lr_at(epoch + 1, epochs))
 
 
-def bundled_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
-                  device: torch.device) -> None:
-    """The bundled loop, with the per-epoch progress sync it does when drawing a bar."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    scorer.train(net, images.to(device), labels.to(device), epochs=epochs, generator=generator,
-                 group_generator=torch.Generator().manual_seed(1), progress=lambda epoch, loss, acc: None)
+def bundled(how: Arithmetic):
+    def bundled_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+                      device: torch.device) -> None:
+        """The bundled loop, with the per-epoch progress sync it does when drawing a bar."""
+        generator = torch.Generator(device=device).manual_seed(0)
+        scorer.train(net, images.to(device), labels.to(device), epochs=epochs, generator=generator,
+                     group_generator=torch.Generator().manual_seed(1), progress=lambda epoch, loss, acc: None,
+                     how=how)
+    return bundled_train
 
 
 def timed(train, images, labels, epochs: int, device: torch.device, config: ModelConfig) -> float:
@@ -76,10 +83,12 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(SPECS), default="cifar100")
     parser.add_argument("--epochs", type=int, default=None, help="timed epochs (default: 3 cpu, 200 cuda)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--classes", type=int, default=None, help="a subset's classes (IPC stays 10)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings per variant; best is kept")
     args = parser.parse_args()
-    spec = SPECS[args.dataset]
+    spec = SPECS[args.dataset] if args.classes is None else SPECS[args.dataset].subset(args.classes)
     device = resolve_device(args.device)
+    fast = arithmetic(FAST, device)
     epochs = args.epochs or (200 if device.type == "cuda" else 3)
     g = torch.Generator().manual_seed(0)
     images = normalize(torch.rand(spec.shape, generator=g), spec)
@@ -87,8 +96,10 @@ def main() -> None:
     config = ModelConfig.for_spec(spec)
 
     variants = {"reference (DataLoader, per-batch .item())": reference_train,
-                "bundled (device-resident)": bundled_train}
-    for train in variants.values():  # warm-up: allocator, kernels, cudnn autotuning
+                "bundled, faithful (float32)": bundled(arithmetic(FAITHFUL, device)),
+                f"bundled, {fast.precision} autocast only": bundled(replace(fast, compiled=False)),
+                f"bundled, fast ({fast.precision}{', compiled' if fast.compiled else ''})": bundled(fast)}
+    for train in variants.values():  # warm-up: allocator, kernels, cudnn autotuning, compilation
         timed(train, images, labels, 1, device, config)
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
@@ -104,7 +115,8 @@ def main() -> None:
         table.add_row(name, str(epochs), f"{seconds:.2f}", f"{epochs / seconds:.3f}")
     console = Console()
     console.print(table)
-    console.print(f"speed ratio (bundled / reference): {rows[0][1] / rows[1][1]:.2f}x")
+    console.print(f"speed ratio (bundled / reference): {rows[0][1] / rows[1][1]:.2f}x; fast / faithful: "
+                  f"{rows[1][1] / rows[3][1]:.2f}x (autocast alone {rows[1][1] / rows[2][1]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ paired rounds:
 (a) random real images per class, (b) the run's initialization (real images an expert gets right),
 (c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
 scorer's recipe (default-order labels, lr 0.01) with the same round seeds and tested on the TEST split,
-which neither the distillation nor its model selection ever looked at. The scoring is ``ddkit compare``'s
+which neither the distillation nor its model selection ever looked at, by default with the fast scorer
+(``--scorer faithful`` for the official arithmetic). The scoring is ``ddkit compare``'s
 (``challenge_kit.compare``), into --out (WORK/quality); (a) is drawn from the run's own training pool (held-out
 images excluded) with --seed, as it always was here, where ``ddkit compare --baseline random`` draws from the whole
 training split with --baseline-seed (``ddkit baseline``'s set).
@@ -30,6 +31,7 @@ from challenge_kit.core.devices import resolve_device, tune_allocator
 from challenge_kit.pipeline import RUN_SUBDIR, load_data, make_submission
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
+from evaluator.fast import FAST, MODES
 
 
 def main() -> None:
@@ -44,6 +46,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1000, help="round seeds (never the run's selection seeds)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--scorer", default=FAST, choices=MODES, help="fast (default: the kit's decisions' scorer) "
+                                                                      "or faithful (the official arithmetic)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -66,7 +70,7 @@ def main() -> None:
                Entry("(a) random real images", random_real(*splits.train, splits.spec, args.seed),
                      f"{args.data_root} training pool (held-out images excluded), seed {args.seed}", baseline=True)]
     result = compare(entries, splits.spec, splits.test, args.out or work / "quality", rounds=args.rounds,
-                     epochs=args.epochs, seed=args.seed, device=device, extra={
+                     epochs=args.epochs, seed=args.seed, device=device, mode=args.scorer, extra={
                          "profile": args.profile, "run_wall_seconds": run_seconds,
                          "run_timings_s": manifest["timings_s"], "selection": manifest.get("selection")})
     result["bench_seconds"] = time.perf_counter() - tick

@@ -88,11 +88,12 @@ def run_variant(job: dict) -> dict:
     summary = json.loads((out / "run" / SUMMARY).read_text())
     images = DistilledArtifact.load(out / "run" / BEST).images
     score = evaluate_images(images, splits.spec, *splits.test, rounds=job["rounds"], epochs=job["epochs"],
-                            seed=job["seed"], device=device, show_progress=False)
+                            seed=job["seed"], device=device, show_progress=False, mode=recipe.eval.scorer)
     result = {"status": "ok", "method": recipe.method, "parts": recipe.parts(), "experts": str(store),
               "expert_seconds": expert_seconds, "seconds_per_iteration": summary["seconds_per_iteration"],
               "iterations": summary["iterations"], "exported_iteration": summary["exported_iteration"],
-              "peak_mb": peak, "rounds": score["rounds"], "seeds": score["seeds"], "epochs": job["epochs"]}
+              "peak_mb": peak, "rounds": score["rounds"], "seeds": score["seeds"], "epochs": job["epochs"],
+              "scorer": score["scorer"]}
     save_json(result, out / VARIANT_RESULT)
     return result
 
@@ -111,7 +112,9 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
     folder = out / name
     done = folder / VARIANT_RESULT
     result = json.loads(done.read_text()) if done.is_file() else None
-    if result is None or len(result.get("rounds") or []) != job["rounds"] or result.get("epochs") != job["epochs"]:
+    stale = result is None or len(result.get("rounds") or []) != job["rounds"] or \
+        result.get("epochs") != job["epochs"] or (result.get("scorer") or {}).get("mode") != recipe.eval.scorer
+    if stale:
         console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
         folder.mkdir(parents=True, exist_ok=True)
         spec = {"recipe": recipe_name, "profile": job["profile"], "overrides": job["extra"], "dataset": job["dataset"],

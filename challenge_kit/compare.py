@@ -34,6 +34,7 @@ from challenge_kit.pipeline import RUN_SUBDIR
 from challenge_kit.plots import means_and_differences
 from challenge_kit.runs import CHECKPOINT
 from challenge_kit.stats import TELLS, judged, mean_se
+from evaluator.fast import FAITHFUL, arithmetic
 from evaluator.scorer import train_and_test
 
 ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
@@ -144,18 +145,21 @@ def _read_rounds(path: Path) -> dict:
 
 def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], *,
                  seeds: list[int], epochs: int, device: torch.device, cache: Path,
-                 show_progress: bool = True) -> dict[str, list[float]]:
+                 show_progress: bool = True, mode: str = FAITHFUL) -> dict[str, list[float]]:
     """Each set's accuracy on every seed, training only the (set, seed) pairs ``cache`` lacks.
 
-    Rounds are keyed by the set's and test split's content, the epochs, the device and the seed itself (a
-    round's seed does not depend on how many rounds are asked for), so identical sets are trained once and
+    Rounds are keyed by the set's and test split's content, the epochs, the device, the scorer's arithmetic
+    (when not the faithful one) and the seed itself (a round's seed does not depend on how many rounds are
+    asked for), so identical sets are trained once and
     nothing scored under other conditions is reused. Round-major order: an interrupted compare leaves every
     set with the same rounds, still paired. The cache is rewritten (atomically) after every round.
     """
     done = _read_rounds(cache)
     labels = default_labels(spec.num_classes, spec.ipc)
     test_key = data_fingerprint(*test)[:16]
-    keys = {e.name: f"{data_fingerprint(e.images, labels)[:16]}:test {test_key}:{epochs} epochs:{device}"
+    how = arithmetic(mode, device)
+    arith = "" if mode == FAITHFUL else f":{how.mode} {how.precision}{' compiled' if how.compiled else ''}"
+    keys = {e.name: f"{data_fingerprint(e.images, labels)[:16]}:test {test_key}:{epochs} epochs:{device}{arith}"
             for e in entries}
     todo = list({(keys[e.name], s): (r, e) for r, s in enumerate(seeds) for e in entries
                  if str(s) not in done.get(keys[e.name], {})}.values())
@@ -167,7 +171,7 @@ def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tens
 
             tick = time.perf_counter()
             acc = train_and_test(entry.images, labels, *test, num_classes=spec.num_classes, epochs=epochs,
-                                 seed=seeds[r], device=device, progress=report)
+                                 seed=seeds[r], device=device, progress=report, mode=mode)
             done.setdefault(keys[entry.name], {})[str(seeds[r])] = {
                 "accuracy": acc, "seconds": round(time.perf_counter() - tick, 1)}
             save_json(done, cache)
@@ -206,7 +210,7 @@ def chart(result: dict, path: Path) -> Path:
 
 def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], out: str | Path, *,
             rounds: int, epochs: int, seed: int, device: str | torch.device | None = None,
-            show_progress: bool = True, extra: dict | None = None) -> dict:
+            show_progress: bool = True, extra: dict | None = None, mode: str = FAITHFUL) -> dict:
     """Score every set on the same round seeds (resuming from ``out``), write compare.json and compare.png."""
     if rounds < 1 or epochs < 1:
         raise KitValueError("--rounds and --epochs must be at least 1")
@@ -214,9 +218,10 @@ def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, t
     seeds = round_seeds(seed, rounds)
     with run_lock(out):
         scores = score_rounds(entries, spec, test, seeds=seeds, epochs=epochs, device=device,
-                              cache=out / ROUNDS_FILE, show_progress=show_progress)
+                              cache=out / ROUNDS_FILE, show_progress=show_progress, mode=mode)
         result = {"dataset": spec.describe(), "spec": spec.to_dict(), "epochs": epochs, "rounds": rounds,
                   "seed": seed, "seeds": seeds, "device": str(device), "test_images": int(test[0].shape[0]),
+                  "scorer": arithmetic(mode, device).to_dict(),
                   "labels": "default order (image i is class i // ipc): the scorer's, for every set",
                   "tells": TELLS, "sets": summarize(entries, scores), **(extra or {})}
         save_json(result, out / RESULT)

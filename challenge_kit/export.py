@@ -123,7 +123,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
                              "best_iteration": artifact.extra.get("iteration"),
                              "selection_accuracy": artifact.extra.get("accuracy"),
                              "selection": {k: (summary.get("selection") or {}).get(k)
-                                           for k in ("split", "export", "reason")},
+                                           for k in ("split", "scorer", "export", "reason")},
                              "labels_dropped": dropped,
                              "run": summary,
                              **(extra or {}),

@@ -21,7 +21,7 @@ from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.devices import usable_device
 from challenge_kit.core.folders import inner_folder, run_lock
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
-from challenge_kit.core.progress import console, expert_progress, make_progress, time_first_steps
+from challenge_kit.core.progress import console, expert_progress, make_progress
 from challenge_kit.core.storage import refuse_replacing
 from challenge_kit.distill import distill
 from challenge_kit.experts import training as expert_training
@@ -33,9 +33,6 @@ from challenge_kit.tracking import Track
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
-# Work of one distillation iteration relative to one expert step, in image forward+backward passes: the exact
-# adjoint walk runs each of syn_steps inner steps about three times (forward, then recompute and a double backward).
-ADJOINT_PASSES = 3
 RESUME_HINT = "a run already exists here; pass --resume to continue it or choose another --out"
 SUBMISSION_HINT = "already exists (an earlier run's, or another file); pass --resume to continue that run, or " \
     "choose another --out"
@@ -82,40 +79,28 @@ def describe(splits: Splits) -> str:
     return f"{splits.spec.describe()}: {len(splits.train[0])} train / {len(splits.test[0])} test images{held}"
 
 
-def duration(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.0f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.0f} hours"
-    return f"{seconds / 60:.0f} minutes"
+def announce_plan(recipe: Recipe, splits: Splits, device: torch.device) -> dict:
+    """The bill (``ddkit plan``'s table, calibrated here) opens the log; the full profile on a CPU is told to stop."""
+    from challenge_kit.cli import render
+    from challenge_kit.plan import make_plan
 
-
-def full_run_estimate(recipe: Recipe, seconds_per_step: float, steps: int) -> str:
-    """The experts' time from the measured step speed; distillation's scaled from it by image passes."""
-    e, d = recipe.experts, recipe.distill
-    per_pass = seconds_per_step / (e.batch_size * (2 if e.objective == "gsam" else 1))
-    distill_s = per_pass * ADJOINT_PASSES * d.syn_steps * d.batch_syn * d.iterations
-    return (f"measured {seconds_per_step:.2f} s per expert step: the experts take about "
-            f"{duration(steps * seconds_per_step)} here, distillation roughly {duration(distill_s)} more; "
-            "for a CPU run stop now (Ctrl-C) and use --profile mini or quick")
+    bill = make_plan(recipe, splits.spec, len(splits.train[1]), device).to_dict()
+    render.plan_table(bill)
+    if device.type == "cpu" and recipe.profile == "full":
+        console.print(f"full profile on the CPU: {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
+                      f"epochs, then {recipe.distill.iterations} distillation iterations, a GPU job (the plan above "
+                      "says how long here); for a CPU run stop now (Ctrl-C) and use --profile mini or quick",
+                      soft_wrap=True)
+    return bill
 
 
 def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, device: torch.device,
-                  shard: Shard = LOCAL, show_progress: bool = True, replace: bool = False,
-                  estimate: bool = False) -> None:
-    """This rank's share of the store's experts (rank r trains r, r + K, ...); every rank waits for all.
-
-    ``estimate``: time the first steps and say how long the whole run would take (the full profile on a CPU).
-    """
+                  shard: Shard = LOCAL, show_progress: bool = True, replace: bool = False) -> None:
+    """This rank's share of the store's experts (rank r trains r, r + K, ...); every rank waits for all."""
     e = recipe.experts
     indices = rank_indices(e.num_experts, shard.rank, shard.world)
     with make_progress(disable=not show_progress or not shard.leader) as bar:
         progress = expert_progress(bar, len(indices), e.epochs)
-        if estimate and shard.leader:
-            console.print(f"full profile on the CPU: {e.num_experts} experts x {e.epochs} epochs, then "
-                          f"{recipe.distill.iterations} distillation iterations, a GPU job; timing the first "
-                          "expert steps for an estimate (--profile mini runs the same code path in minutes)")
-            progress = time_first_steps(progress, lambda s, n: console.print(full_run_estimate(recipe, s, n)))
         expert_training.train_experts(*splits.train, *splits.test, splits.spec, e, experts_dir, indices=indices,
                                       device=device, progress=progress, replace=replace)
     shard.barrier()
@@ -208,12 +193,15 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
                                shard=shard)
             timings["data"] = time.perf_counter() - tick
+            bill = None
             if shard.leader:
                 console.print(f"data: {describe(splits)}")
+                tick = time.perf_counter()
+                bill = announce_plan(recipe, splits, dev)
+                timings["plan"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
-            train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts,
-                          estimate=dev.type == "cpu" and recipe.profile == "full")
+            train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts)
             timings["experts"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
@@ -228,6 +216,9 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                 "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
                           "eval": recipe.eval.seed},
                 "timings_s": {k: round(v, 2) for k, v in timings.items()},
+                "plan": {"device": bill["device"], "run_seconds": bill["run_seconds"],
+                         "stages": {st["name"]: {k: st[k] for k in ("units", "total_flops", "total_seconds",
+                                                                     "peak_bytes")} for st in bill["stages"]}},
             })
             build_report(run_dir, out_dir / REPORT_DIR)
             return manifest

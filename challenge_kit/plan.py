@@ -31,6 +31,7 @@ from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts import GRAD_MODES
 from challenge_kit.recipes import Recipe
+from evaluator.fast import FAITHFUL, arithmetic, forward, precision
 from evaluator.scorer import make_optimizer
 
 META = torch.device("meta")
@@ -120,15 +121,20 @@ def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, 
     return lambda: match(net, images, labels, lr, problem, plan, mode)
 
 
-def scorer_step(spec: DatasetSpec, device: torch.device, batch: int) -> Callable[[], object]:
-    """One step of the scorer's training loop: DSA, forward, backward, SGD with momentum."""
+def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str = FAITHFUL) -> Callable[[], object]:
+    """One step of the scorer's training loop in ``mode``'s arithmetic: DSA, forward, backward, SGD with momentum
+    (on the meta device always the faithful one: the count is of the work, not of how it is computed)."""
     net = ConvNet(ModelConfig.for_spec(spec)).to(device)
     optimizer = make_optimizer(net.parameters(), 0.01)
+    how = arithmetic(FAITHFUL if device == META else mode, device)
+    step = forward(net, how)
     x = torch.zeros(batch, spec.channels, spec.image_size, spec.image_size, device=device)
     y = torch.arange(batch, device=device) % spec.num_classes
 
     def work():
-        loss = F.cross_entropy(net(augment.apply(x, augment.sample(batch, spec.image_size, device))), y)
+        with precision(device, how):
+            out = step(augment.apply(x, augment.sample(batch, spec.image_size, device)))
+        loss = F.cross_entropy(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -204,10 +210,11 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
     e, d, v = recipe.experts, recipe.distill, recipe.eval
     n, b = d.syn_steps, d.batch_syn
 
-    def seconds(build: Callable[[torch.device, int], Callable[[], object]], batch: int) -> float | None:
+    def seconds(build: Callable[[torch.device, int], Callable[[], object]], batch: int, scaled: bool = True
+                ) -> float | None:
         if not calibrate:
             return None
-        small = calibration_batch(batch, device)
+        small = calibration_batch(batch, device) if scaled else batch
         return timed(build(device, small), device) * batch / small
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
@@ -226,12 +233,16 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
                         f"iteration of {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
 
     steps_per_round, batch = math.ceil(spec.num_images / BATCH_SIZE), min(BATCH_SIZE, spec.num_images)
-    scorer = (*count(scorer_step(spec, META, batch)), seconds(lambda dev, bs: scorer_step(spec, dev, bs), batch))
+    work = count(scorer_step(spec, META, batch))
+    scorer = (*work, seconds(lambda dev, bs: scorer_step(spec, dev, bs), batch))
     candidates, rounds = selection_rounds(recipe)
     if rounds:
+        how = arithmetic(v.scorer, device)  # a compiled step is timed at its own batch: its kernels are the run's
         stages.append(Stage("selection", f"{candidates} candidates x {v.rounds} rounds + up to 2 x "
-                            f"{v.final_rounds} final, {v.epochs} epochs each", f"scorer step of {batch} images",
-                            rounds * v.epochs * steps_per_round, *scorer))
+                            f"{v.final_rounds} final, {v.epochs} epochs each, {v.scorer} scorer",
+                            f"scorer step of {batch} images", rounds * v.epochs * steps_per_round, *work,
+                            seconds(lambda dev, bs: scorer_step(spec, dev, bs, v.scorer), batch,
+                                    scaled=not how.compiled)))
     stages.append(Stage("official score", f"{ROUNDS} rounds x {EPOCHS} epochs (the challenge's, after the run)",
                         f"scorer step of {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
                         in_run=False))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from challenge_kit import parts
-from challenge_kit.core.contract import get_spec
+from challenge_kit.core.contract import FAITHFUL, FAST, SCORER_MODES, get_spec
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.parts.params import below_one, coerce, non_negative, one_of, positive, problem, random_seed
 
@@ -120,7 +120,9 @@ class EvalConfig:
     Every ``every`` iterations (and at iteration 0, the initialization) the set is trained on ``rounds`` times
     with the same seeds for every candidate; the best is re-scored against the initialization on
     ``final_rounds`` fresh paired seeds. ``split = "holdout"`` carves ``holdout_per_class`` images per class
-    from the training split for this; ``"test"`` selects on the test split (DATM's practice).
+    from the training split for this; ``"test"`` selects on the test split (DATM's practice). ``scorer``
+    is the arithmetic the candidates are trained in: ``"fast"`` (``evaluator.fast``, shown to decide as the
+    faithful one does) or ``"faithful"`` (float32, the official script's).
     """
 
     every: int = non_negative(1000)
@@ -130,6 +132,7 @@ class EvalConfig:
     split: str = one_of("holdout", SPLITS)
     holdout_per_class: int = non_negative(10)
     seed: int = random_seed(0)
+    scorer: str = one_of(FAST, SCORER_MODES)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,14 @@ class Recipe:
 
 
 SECTIONS = {"experts": ExpertConfig, "distill": DistillConfig, "eval": EvalConfig}
+# Fields added after runs began saving recipes, at the value that reproduces what the code did before them: a
+# checkpoint written then is compared as if it had said so (``filled``).
+ADDED = {"eval": {"scorer": FAITHFUL}}
+
+
+def filled(saved: dict) -> dict:
+    """A saved ``Recipe.to_dict()`` with the fields added since it was written (``ADDED``) at their old values."""
+    return {k: {**ADDED.get(k, {}), **v} if isinstance(v, dict) and k in ADDED else v for k, v in saved.items()}
 PARAMETER_KIND = {name: kind for kind in parts.KINDS for name in parts.parameters(kind)}  # flat field -> kind
 
 # Per kind, the part parameters given without naming the part, in the order given: they must be parameters of

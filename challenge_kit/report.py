@@ -111,8 +111,9 @@ def summary_text(summary: dict, history: list[dict], candidates: list[dict], wea
         lines.append(f"loss: mean of the first {k} iterations {first:.4f}, of the last {k} {last:.4f}; "
                      f"lr {history[0]['lr']:.5f} -> {history[-1]['lr']:.5f}")
     if candidates:
+        mode = (selection.get("scorer") or {}).get("mode", "faithful")
         lines.append(f"selection on the {selection.get('split')} split, {len(candidates[0]['rounds'])} paired rounds "
-                     "per candidate:")
+                     f"per candidate ({mode} scorer):")
         lines += [f"  iteration {c['iteration']:>6}: {c['mean']:.4f} +- {c['se']:.4f}" for c in candidates]
     final = selection.get("final")
     if final:

@@ -19,7 +19,7 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.storage import append_line, save_json, save_text, save_torch
-from challenge_kit.recipes import Recipe
+from challenge_kit.recipes import Recipe, filled
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
@@ -51,6 +51,15 @@ class DistillState:
         return dict(self.__dict__)
 
 
+def _differences(saved: dict, now: dict) -> str:
+    """`` (eval.scorer: faithful there, fast here)``: the recipe fields a checkpoint disagrees on (up to 3)."""
+    flat = [(f"{k}.{f}" if isinstance(v, dict) else k, (v.get(f) if isinstance(v, dict) else v),
+             (now.get(k, {}).get(f) if isinstance(v, dict) else now.get(k)))
+            for k, v in saved.items() for f in (v if isinstance(v, dict) else [None])]
+    wrong = [f"{key}: {a} there, {b} here" for key, a, b in flat if a != b][:3]
+    return f" ({'; '.join(wrong)})" if wrong else ""
+
+
 class RunDir:
     def __init__(self, path: str | Path, recipe: Recipe, spec: DatasetSpec, shard: Shard = LOCAL) -> None:
         self.path, self.recipe, self.spec, self.shard = Path(path), recipe, spec, shard
@@ -61,9 +70,10 @@ class RunDir:
 
     def load(self) -> DistillState:
         saved, _, state = read_checkpoint(self.checkpoint)
-        if saved["recipe"] != self.recipe.to_dict() or saved["spec"] != self.spec.to_dict():
+        before = filled(saved["recipe"])
+        if before != self.recipe.to_dict() or saved["spec"] != self.spec.to_dict():
             raise KitFileError(self.checkpoint, "checkpoint was written by a different recipe or spec; resume "
-                                                "with the same one")
+                                                f"with the same one{_differences(before, self.recipe.to_dict())}")
         self._cut_history(state.iteration)
         return state
 

@@ -20,6 +20,7 @@ from challenge_kit.core.seeds import rounds_problem
 from challenge_kit.core.submission import load_inputs
 from challenge_kit.core.verify import findings, verify_tensor
 from evaluator.evaluate import score_entries
+from evaluator.fast import FAITHFUL, FAST, arithmetic
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
 
@@ -35,7 +36,7 @@ def budget_note(epochs: int, rounds: int) -> None:
 
 
 def check_options(path: str, reference: str | None, reference_dir: str | None, output_dir: str | None,
-                  partial: bool, dataset: str | None, epochs: int, rounds: int) -> bool:
+                  partial: bool, dataset: str | None, epochs: int, rounds: int, fast: bool = False) -> bool:
     """Whether ``path`` is a submission .zip; a KitValueError when the options do not fit what it is."""
     if epochs < 1 or rounds < 1:
         raise KitValueError("--epochs and --rounds must be at least 1")
@@ -45,6 +46,8 @@ def check_options(path: str, reference: str | None, reference_dir: str | None, o
     if is_zip and (reference_dir is None or reference is not None or dataset is not None):
         raise KitValueError(f"{path}: a submission .zip is scored with --reference-dir (not --reference or "
                             "--dataset)")
+    if is_zip and fast:
+        raise KitValueError(f"{path}: --fast is for one set; a submission .zip is scored as the challenge does")
     if not is_zip and (reference is None or reference_dir or output_dir or partial):
         raise KitValueError(f"{path}: one file is scored with --reference (--reference-dir, --output-dir and "
                             "--partial are for a submission .zip)")
@@ -54,7 +57,8 @@ def check_options(path: str, reference: str | None, reference_dir: str | None, o
 def score(path: str, *, reference: str | None = None, reference_dir: str | None = None,
           output_dir: str | None = None, partial: bool = False, dataset: str | None = None,
           epochs: int | None = None, rounds: int | None = None, seed: int | None = None,
-          device: str | None = None, report: Callable[[dict], None] | None = None) -> dict | None:
+          device: str | None = None, report: Callable[[dict], None] | None = None, fast: bool = False
+          ) -> dict | None:
     """The score as one JSON-ready dict: a .zip's summary (``datasets``, ``correct``) or one set's rounds.
 
     ``report`` gets it before ``scores.txt`` and ``scores.json`` are written: a failing write loses no score.
@@ -63,7 +67,7 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
     """
     report = report or (lambda result: None)
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
-    is_zip = check_options(path, reference, reference_dir, output_dir, partial, dataset, epochs, rounds)
+    is_zip = check_options(path, reference, reference_dir, output_dir, partial, dataset, epochs, rounds, fast)
     dev = usable_device(device)
     with process_group(dev) as (shard, dev):
         if is_zip:
@@ -82,12 +86,15 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
                                         spec_source=inputs.spec_source, path=path))
         if shard.leader:
             budget_note(epochs, rounds)
+            if fast:
+                console.print(f"[yellow]{arithmetic(FAST, dev).describe()}[/yellow]", soft_wrap=True)
             log(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); {inputs.test_images.shape[0]} test "
                 f"images from {reference}")
             for line in checks:
                 log(line)
         result = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
-                                 epochs=epochs, seed=seed, device=dev, show_progress=shard.leader, shard=shard)
+                                 epochs=epochs, seed=seed, device=dev, show_progress=shard.leader, shard=shard,
+                                 mode=FAST if fast else FAITHFUL)
         if not shard.leader:
             return None
     result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source, verify=checks,

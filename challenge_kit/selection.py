@@ -3,7 +3,8 @@
 Candidates (the initialization, iteration 0, included) are trained on with the scorer's recipe, all with
 the same round seeds, so their differences are paired. The best candidate is then re-scored against the
 initialization on fresh paired seeds that played no part in picking it: a set is only exported over its
-own initialization when it still wins there.
+own initialization when it still wins there. The recipe's ``eval.scorer`` says in which arithmetic; the
+decision records it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.seeds import final_round_seed
 from challenge_kit.recipes import EvalConfig
 from challenge_kit.stats import mean_se, paired
+from evaluator.fast import arithmetic
 from evaluator.scorer import evaluate_images
 
 
@@ -41,7 +43,7 @@ class Selector:
     def score(self, images: torch.Tensor, rounds: int, seed: int, per_class: bool = False) -> dict:
         result = evaluate_images(images.detach(), self.spec, self.images, self.labels, rounds=rounds,
                                  epochs=self.config.epochs, seed=seed, device=self.device, show_progress=False,
-                                 per_class=per_class, shard=self.shard)
+                                 per_class=per_class, shard=self.shard, mode=self.config.scorer)
         mean, se = mean_se(result["rounds"])
         out = {"mean": mean, "se": se, "rounds": result["rounds"], "seeds": result["seeds"]}
         if per_class:
@@ -55,7 +57,8 @@ class Selector:
         """Which set to export and why: the best candidate, if it beats the initialization on fresh rounds."""
         first = candidates[0]
         leader = max(candidates, key=lambda c: c["mean"])  # ties keep the earlier one: the initialization
-        out = {"split": self.config.split, "candidates": candidates, "leader": leader["iteration"]}
+        out = {"split": self.config.split, "scorer": arithmetic(self.config.scorer, self.device).to_dict(),
+               "candidates": candidates, "leader": leader["iteration"]}
         if leader["iteration"] == first["iteration"]:
             runner = max(candidates[1:], key=lambda c: c["mean"], default=None)
             behind = "" if runner is None else (f"; the best iteration, {runner['iteration']}, scored "

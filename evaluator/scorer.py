@@ -32,6 +32,7 @@ from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import fresh_seed, round_seeds, stream_seeds
+from evaluator.fast import FAITHFUL, Arithmetic, arithmetic, forward, precision
 
 Progress = Callable[[int, float, float], None]  # (epoch index, mean train loss, train accuracy)
 
@@ -92,10 +93,13 @@ def test_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = EPOCHS,
           lr: float = LR, batch_size: int = BATCH_SIZE, generator: torch.Generator | None = None,
-          group_generator: torch.Generator | None = None, progress: Progress | None = None) -> None:
-    """The scorer's training loop on tensors already on the net's device; syncs only for ``progress``."""
+          group_generator: torch.Generator | None = None, progress: Progress | None = None,
+          how: Arithmetic = Arithmetic()) -> None:
+    """The scorer's training loop on tensors already on the net's device; syncs only for ``progress``.
+    ``how`` is the faithful float32 loop unless a fast mode asks otherwise (``evaluator.fast``)."""
     n, size = images.shape[0], images.shape[-1]
     targets = _targets(labels)
+    step = forward(net, how)
     optimizer = make_optimizer(net.parameters(), lr_at(0, epochs, lr))
     for epoch in range(epochs):
         net.train()
@@ -107,8 +111,9 @@ def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
             params = augment.sample(idx.shape[0], size, images.device, generator=generator,
                                     group_generator=group_generator)
             x = augment.apply(images[idx], params)
-            out = net(x)
-            loss = F.cross_entropy(out, labels[idx])
+            with precision(images.device, how):
+                out = step(x)
+            loss = F.cross_entropy(out.float(), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -123,12 +128,13 @@ def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
 
 def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS,
                 lr: float = LR, batch_size: int = BATCH_SIZE, seed: int | None = None,
-                device: torch.device | str | None = None, progress: Progress | None = None) -> torch.nn.Module:
+                device: torch.device | str | None = None, progress: Progress | None = None,
+                mode: str = FAITHFUL) -> torch.nn.Module:
     """One scorer round's training: fresh ConvNet trained on (images, labels); returns the trained net.
 
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order.
     ``seed`` fixes init, shuffling and augmentation, each its own stream (bit-reproducible on CPU); None
-    draws a fresh one.
+    draws a fresh one. ``mode`` is ``"faithful"`` (the official arithmetic) or ``"fast"`` (``evaluator.fast``).
     """
     device = resolve_device(device)
     seed = fresh_seed() if seed is None else seed
@@ -139,42 +145,47 @@ def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
     labels = labels.detach().to(device)
     labels = labels.float() if labels.is_floating_point() else labels.long()
     train(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
-          group_generator=group_generator, progress=progress)
+          group_generator=group_generator, progress=progress, how=arithmetic(mode, device))
     return net
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
                    test_labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS, lr: float = LR,
                    batch_size: int = BATCH_SIZE, seed: int | None = None,
-                   device: torch.device | str | None = None, progress: Progress | None = None) -> float:
+                   device: torch.device | str | None = None, progress: Progress | None = None,
+                   mode: str = FAITHFUL) -> float:
     """One scorer round: fresh ConvNet, train on (images, labels), return test accuracy (fraction)."""
     net = train_round(images, labels, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
-                      seed=seed, device=device, progress=progress)
+                      seed=seed, device=device, progress=progress, mode=mode)
     device = next(net.parameters()).device
     return test_accuracy(net, test_images.to(device, torch.float32), test_labels.to(device).long(), batch_size)
 
 
-def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tensor | None = None) -> bool:
-    """Whether a run is the leaderboard's recipe exactly: challenge spec, default labels, full budget."""
-    return spec.challenge and rounds == ROUNDS and epochs == EPOCHS and labels is None
+def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tensor | None = None,
+                mode: str = FAITHFUL) -> bool:
+    """Whether a run is the leaderboard's recipe exactly: challenge spec, default labels, full budget, the
+    faithful arithmetic."""
+    return spec.challenge and rounds == ROUNDS and epochs == EPOCHS and labels is None and mode == FAITHFUL
 
 
 def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.Tensor,
                     test_labels: torch.Tensor, *, rounds: int = ROUNDS, epochs: int = EPOCHS,
                     seed: int | None = None, device: torch.device | str | None = None,
                     labels: torch.Tensor | None = None, show_progress: bool = True, per_class: bool = False,
-                    shard: Shard = LOCAL) -> dict:
+                    shard: Shard = LOCAL, mode: str = FAITHFUL) -> dict:
     """Score a distilled set as the challenge does: ``rounds`` fresh trainings, mean test accuracy.
 
     ``labels=None`` uses the scorer's default order (image i is class i // ipc), as the leaderboard does.
     ``per_class`` adds each class's accuracy (mean over rounds). Under ``torchrun`` (``shard``) rank r runs
-    rounds r, r + K, ...; each round keeps its seed, so the result equals a single process's.
+    rounds r, r + K, ...; each round keeps its seed, so the result equals a single process's. ``mode``
+    ``"fast"`` trains with ``evaluator.fast``'s arithmetic (recorded under ``"scorer"``; never official).
     """
     if tuple(images.shape) != spec.shape:
         raise ValueError(f"images have shape {tuple(images.shape)}, {spec.name} expects {spec.shape}")
     if rounds < 1 or epochs < 1:
         raise ValueError(f"rounds and epochs must be >= 1 (got rounds={rounds}, epochs={epochs})")
     device = resolve_device(device)
+    how = arithmetic(mode, device)
     train_labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
     seeds = round_seeds(seed, rounds) if shard.world == 1 or seed is not None else shard.gather(
         round_seeds(None, rounds))[0]  # unseeded: every rank must run the seeds rank 0 drew
@@ -190,7 +201,7 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
                 bar.update(task, advance=1, status=f"round {r + 1}/{rounds} loss {loss:.3f} acc {acc:.3f}")
 
             net = train_round(images, train_labels, num_classes=spec.num_classes, epochs=epochs, seed=seeds[r],
-                              device=device, progress=report if show_progress else None)
+                              device=device, progress=report if show_progress else None, mode=mode)
             correct = class_correct(net, test_images.to(device, torch.float32), test_labels.to(device),
                                     spec.num_classes).cpu()
             results[r] = (correct.sum().item() / test_images.shape[0], (correct / totals).tolist())
@@ -205,7 +216,8 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
         "epochs": epochs,
         "seeds": seeds,
         "device": str(device),
-        "official": is_official(spec, rounds, epochs, labels),
+        "official": is_official(spec, rounds, epochs, labels, mode),
+        "scorer": how.to_dict(),
         "spec": spec.to_dict(),
         "test_images": int(test_images.shape[0]),
         "seconds": round(time.perf_counter() - start, 3),

@@ -1,5 +1,6 @@
-"""Test session set-up: the same allocator settings the CLI uses (they halve CPU step times), and a data cache
-of each test's own instead of the user's ~/.cache/ddkit."""
+"""Test session set-up: the same allocator settings the CLI uses (they halve CPU step times), a data cache
+of each test's own instead of the user's ~/.cache/ddkit, and the fast scorer uncompiled (compiling costs
+15-20 s per new shape; ``test_fast_scorer.py`` compiles)."""
 
 import pytest
 
@@ -11,3 +12,4 @@ tune_allocator()
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.setenv("DDKIT_NO_COMPILE", "1")

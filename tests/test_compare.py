@@ -32,9 +32,12 @@ class FakeScorer:
 
     def __init__(self, stop: int | None = None) -> None:
         self.calls: list[tuple[float, int]] = []
+        self.modes: set[str] = set()
         self.stop = stop
 
-    def __call__(self, images, labels, test_images, test_labels, *, num_classes, epochs, seed, device, progress):
+    def __call__(self, images, labels, test_images, test_labels, *, num_classes, epochs, seed, device, progress,
+                 mode):
+        self.modes.add(mode)
         assert images.dtype == torch.float32 and torch.equal(labels, default_labels(num_classes, len(images) //
                                                                                     num_classes))
         if len(self.calls) == self.stop:
@@ -133,6 +136,10 @@ def test_identical_sets_are_trained_once_and_other_conditions_are_not_reused(tmp
     compare([Entry("a", images, "a.pt")], SPEC, (TEST[0] + 1, TEST[1]), tmp_path, rounds=3, epochs=3, seed=7,
             device="cpu", show_progress=False)
     assert len(scorer.calls) == 9  # another test split: scored again
+    result = compare([Entry("a", images, "a.pt")], SPEC, TEST, tmp_path, rounds=3, epochs=3, seed=7, device="cpu",
+                     show_progress=False, mode="fast")
+    assert len(scorer.calls) == 12 and scorer.modes == {"faithful", "fast"}  # the fast scorer: its own rounds
+    assert result["scorer"]["mode"] == "fast"
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from fakes import distilled_images, write_cifar, write_run
 from rich.console import Console
 from typer.testing import CliRunner
 
+import challenge_kit.cli.render
 import challenge_kit.pipeline
 import evaluator.evaluate
 from challenge_kit import data
@@ -53,7 +54,7 @@ from challenge_kit.core.reading import read_metadata
 from challenge_kit.experts import buffers, training
 from challenge_kit.experts.store import expert_path
 from challenge_kit.export import export_run
-from challenge_kit.pipeline import full_run_estimate, make_submission
+from challenge_kit.pipeline import make_submission
 from challenge_kit.recipes import ExpertConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,33 +412,25 @@ def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
 
 # ------------------------------------------------------------------------------------------ item 4: CPU notice, logs
 
-def test_full_profile_on_a_cpu_says_what_it_would_take(world, monkeypatch):
+def test_full_profile_on_a_cpu_opens_with_the_plan_and_says_to_stop(world, monkeypatch):
     class Stop(Exception):
         pass
 
-    def first_steps(*args, progress, **kwargs):
-        progress({"kind": "plan", "total": 588000, "experts": list(range(100))})
-        for _ in range(4):
-            progress({"kind": "step", "expert": 0, "epoch": 1, "loss": 4.6, "steps": 196})
+    def first_steps(*args, **kwargs):
         raise Stop
 
     monkeypatch.setattr(training, "train_experts", first_steps)
     console = Console(file=io.StringIO(), width=400)
     monkeypatch.setattr(challenge_kit.pipeline, "console", console)
+    monkeypatch.setattr(challenge_kit.cli.render, "console", console)
     with pytest.raises(Stop):
         make_submission(load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"]), world.data,
                         world.fresh("cpu"), device="cpu", show_progress=False)
     said = console.file.getvalue()
-    assert "full profile on the CPU: 100 experts x 30 epochs, then 10000 distillation iterations" in said
-    assert "measured" in said and "s per expert step" in said and said.count("--profile mini") == 2
-
-
-def test_the_estimate_scales_the_measured_step_speed():
-    recipe = load_recipe("cifar100")
-    # 100 experts x 30 epochs x 196 steps at 4 s; distillation: 40 x 1000 images x 3 passes per iteration,
-    # 10000 iterations, at 4 s / (2 x 256) images per pass
-    text = full_run_estimate(recipe, 4.0, 588000)
-    assert "the experts take about 27 days here, distillation roughly 109 days more" in text
+    assert "cifar100 (100 classes), profile full, M-DATM: " in said and "the run: about " in said
+    assert "experts: 100 experts x 30 epochs" in said and "distillation: 10000 iterations, N = 40" in said
+    assert "full profile on the CPU: 100 experts x 30 epochs, then 10000 distillation iterations, a GPU job" in said
+    assert said.count("--profile mini") == 1
 
 
 def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeypatch):

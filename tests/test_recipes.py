@@ -12,6 +12,7 @@ import pytest
 
 from challenge_kit import parts
 from challenge_kit.recipes import (
+    ADDED,
     RECIPE_DIR,
     SECTIONS,
     DistillConfig,
@@ -174,6 +175,8 @@ def test_every_shipped_recipe_gives_the_flat_dict_the_code_before_part_tables_ga
             load()
         return
     expected = {**want["top"], **{s: {**BEFORE["defaults"][s], **want[s]} for s in BEFORE["defaults"]}}
+    for section, added in ADDED.items():  # fields added since, at today's defaults (checkpoints: ``filled``)
+        expected[section].update({name: getattr(SECTIONS[section](), name) for name in added})
     assert json.dumps(load().to_dict()) == json.dumps(expected)
 
 
@@ -243,6 +246,7 @@ CONSTRAINTS = {
                      "eval.every", "eval.final_rounds", "eval.holdout_per_class"},
     "one_of exact, unrolled": {"distill.grad"},
     "one_of holdout, test": {"eval.split"},
+    "one_of faithful, fast": {"eval.scorer"},
     "fraction": {"experts.initial_ratio", "experts.drop_easy", "experts.clip_start", "distill.discard_ratio"},
     "below_one": {"experts.momentum", "distill.momentum", "distill.labels_momentum"},
 }

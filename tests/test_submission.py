@@ -74,7 +74,9 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
     assert tuple(load_torch(pt).shape) == (1000, 3, 32, 32)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["challenge_submission"] is True and manifest["run"]["iterations"] == 2
-    assert set(manifest["timings_s"]) == {"data", "experts", "distill"}
+    assert set(manifest["timings_s"]) == {"data", "plan", "experts", "distill"}
+    assert set(manifest["plan"]["stages"]) == {"experts", "distillation", "official score"} and \
+        manifest["plan"]["run_seconds"] > 0
 
     verify = CliRunner().invoke(app, ["verify", str(pt)])
     assert verify.exit_code == 0, verify.output

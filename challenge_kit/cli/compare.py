@@ -27,6 +27,9 @@ def compare(
                                                                        "--seed`)")] = 0,
     dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
     device: Device = None,
+    fast: Annotated[bool, typer.Option("--fast", help="score with the fast scorer (bfloat16, compiled where "
+                                                      "possible): same recipe, not the leaderboard's arithmetic")
+                    ] = False,
     cache_dir: CacheDir = None,
     as_json: JsonObject = False,
 ) -> None:
@@ -45,7 +48,7 @@ def compare(
     entries += baseline_entries(baseline or [], sets, spec, data_root=data_root, seed=baseline_seed,
                                 cache_dir=cache_dir)
     result = run(entries, spec, test, out, rounds=rounds, epochs=EPOCHS if epochs is None else epochs, seed=seed,
-                 device=dev, extra={"reference": reference})
+                 device=dev, extra={"reference": reference}, mode="fast" if fast else "faithful")
     render.show(result, as_json, table)
 
 
@@ -71,7 +74,9 @@ def table(result: dict) -> None:
 
     rows, rounds = result["sets"], result["rounds"]
     baselines = [r["name"] for r in rows if r["baseline"]]
-    table = Table(title=f"{result['dataset']}\nscorer recipe on {result['test_images']} test images, "
+    fast = (result.get("scorer") or {}).get("mode") == "fast"
+    table = Table(title=f"{result['dataset']}\n{'fast ' if fast else ''}scorer recipe on {result['test_images']} "
+                        "test images, "
                         f"{result['epochs']} epochs x {rounds} paired rounds (seeds {result['seeds'][0]}..), "
                         f"{result['device']}",
                   caption=f"every set trained with default-order hard labels, as the scorer does; differences are "

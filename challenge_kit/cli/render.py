@@ -46,7 +46,9 @@ def scores(result: dict) -> None:
 
 
 def official_note(result: dict) -> str:
-    return "" if result["official"] else " (not the official recipe)"
+    fast = (result.get("scorer") or {}).get("mode") == "fast"
+    return "" if result["official"] else " (fast scorer: not the leaderboard's arithmetic)" if fast else \
+        " (not the official recipe)"
 
 
 def set_scores(result: dict) -> None:

@@ -32,6 +32,9 @@ def evaluate(
     rounds: Annotated[int | None, typer.Option("--rounds", help="rounds (official 3)")] = None,
     seed: Annotated[int | None, seed_option("seed; each round gets one derived from it")] = None,
     device: Device = None,
+    fast: Annotated[bool, typer.Option("--fast", help="a quick read of one set: the same recipe in bfloat16, "
+                                                      "compiled where possible (not the leaderboard's arithmetic)")
+                    ] = False,
     as_json: JsonObject = False,
 ) -> None:
     """Score a distilled set, or a whole submission .zip, exactly as the challenge scorer does."""
@@ -40,7 +43,7 @@ def evaluate(
 
     # rank 0 (or the only process) shows the result, before writing it: a failing write loses no score
     score(path, reference=reference, reference_dir=reference_dir, output_dir=output_dir, partial=partial,
-          dataset=dataset, epochs=epochs, rounds=rounds, seed=seed, device=device,
+          dataset=dataset, epochs=epochs, rounds=rounds, seed=seed, device=device, fast=fast,
           report=lambda result: render.show(result, as_json, render.scores))
 
 

@@ -140,6 +140,10 @@ LR_DECAY = 0.1  # after epoch index EPOCHS // 2 + 1, with a fresh optimizer (mom
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 BATCH_SIZE = 256
+# How that recipe is computed: "faithful" is the official arithmetic (float32, bit-identical); "fast" is the kit's
+# cheaper one for its own decisions (evaluator/fast.py). Named here so that recipes name them before torch loads.
+FAITHFUL, FAST = "faithful", "fast"
+SCORER_MODES = (FAITHFUL, FAST)
 
 # Training images per class in the real downloads (CIFAR-100's train split, Tiny ImageNet's train folders).
 TRAIN_PER_CLASS = {"cifar100": 500, "tinyimagenet": 500}
