@@ -37,6 +37,7 @@ from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
 from challenge_kit.core.storage import save_json
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import load_recipe
+from evaluator.fast import FAST, Arithmetic, arithmetic
 from evaluator.scorer import make_optimizer, train
 
 HERE = Path(__file__).resolve().parent
@@ -93,16 +94,19 @@ def _images_per_second(run: Callable[[], None], images: int, device: torch.devic
 
 
 def throughput(device: torch.device, tiny: bool) -> dict:
-    """Training images per second: the kit's scorer loop and the official script's DataLoader loop."""
+    """Training images per second: the kit's scorer loop, faithful and fast, and the official script's DataLoader
+    loop."""
     spec = get_spec("cifar100")
     n, epochs = (64, 1) if tiny else (spec.num_images, 20)
     images = torch.randn(n, *spec.shape[1:])
     labels = torch.arange(n) % spec.num_classes
 
-    def kit() -> None:
+    def kit(how: Arithmetic = Arithmetic()) -> None:
         net = ConvNet(ModelConfig.for_spec(spec)).to(device)
         train(net, images.to(device), labels.to(device), epochs=epochs,
-              generator=torch.Generator(device=device).manual_seed(0))
+              generator=torch.Generator(device=device).manual_seed(0), how=how)
+
+    fast = arithmetic(FAST, device)
 
     def dataloader() -> None:  # the official script's shape: a DataLoader, a host copy and a .item() per batch
         net = ConvNet(ModelConfig.for_spec(spec)).to(device)
@@ -118,10 +122,13 @@ def throughput(device: torch.device, tiny: bool) -> dict:
                 optimizer.step()
                 loss.item()
 
-    kit_rate, loader_rate = (_images_per_second(f, n * epochs, device) for f in (kit, dataloader))
-    return {"ok": True, "kit_images_per_s": kit_rate, "dataloader_images_per_s": loader_rate,
-            "summary": f"kit {kit_rate:,.0f} images/s, DataLoader loop {loader_rate:,.0f} "
-                       f"({kit_rate / loader_rate:.2f}x)"}
+    kit_rate, fast_rate, loader_rate = (_images_per_second(f, n * epochs, device)
+                                        for f in (kit, lambda: kit(fast), dataloader))
+    return {"ok": True, "kit_images_per_s": kit_rate, "fast_images_per_s": fast_rate, "fast": fast.to_dict(),
+            "dataloader_images_per_s": loader_rate,
+            "summary": f"kit {kit_rate:,.0f} images/s, fast scorer {fast_rate:,.0f} ({fast.precision}"
+                       f"{', compiled' if fast.compiled else ''}), DataLoader loop {loader_rate:,.0f} "
+                       f"(kit {kit_rate / loader_rate:.2f}x, fast {fast_rate / loader_rate:.2f}x)"}
 
 
 def full_shapes(device: torch.device, tiny: bool) -> dict:

@@ -12,9 +12,10 @@ from fakes import MINI, needs_mini
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.core.contract import default_labels
+from challenge_kit.core.contract import TINYIMAGENET, default_labels
 from challenge_kit.data import load_split
-from challenge_kit.recipes import ADDED, filled, load_recipe
+from challenge_kit.recipes import ADDED, EvalConfig, filled, load_recipe
+from challenge_kit.selection import Selector
 from challenge_kit.stats import paired
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic, can_compile, native_bfloat16
 from evaluator.scorer import train_and_test
@@ -106,3 +107,11 @@ def test_selection_runs_fast_by_default_and_an_older_checkpoint_reads_as_faithfu
     del before["eval"]["scorer"]  # what a checkpoint of the code before the fast scorer holds
     assert filled(before)["eval"]["scorer"] == ADDED["eval"]["scorer"] == FAITHFUL
     assert filled(before) == load_recipe("tinyimagenet", "mini", ["eval.scorer=faithful"]).to_dict()
+
+
+def test_the_selection_record_names_the_arithmetic_it_was_decided_in():
+    candidates = [{"iteration": 0, "mean": 0.2, "rounds": [0.2]}, {"iteration": 10, "mean": 0.1, "rounds": [0.1]}]
+    for mode in (FAST, FAITHFUL):
+        selector = Selector(EvalConfig(scorer=mode), TINYIMAGENET, torch.zeros(1), torch.zeros(1), CPU)
+        decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1))
+        assert decision["scorer"] == arithmetic(mode, CPU).to_dict() and decision["export"] == 0
