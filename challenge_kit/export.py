@@ -95,6 +95,13 @@ def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, 
     return manifest
 
 
+def selection_record(selection: dict) -> dict:
+    """What the manifest says of the choice: split, export, reason, and the scorer's arithmetic when the run
+    recorded it (runs before the fast scorer selected in float32 and did not)."""
+    return {**{k: selection.get(k) for k in ("split", "export", "reason")},
+            **({"scorer": selection["scorer"]} if "scorer" in selection else {})}
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
                extra: dict | None = None, drop_labels: bool = False, overwrite: bool = True) -> dict:
     """Export the run's chosen set (``export_images``), its manifest also describing the run; without
@@ -122,8 +129,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
                              "learned_lr_not_used_by_scorer": artifact.lr,
                              "best_iteration": artifact.extra.get("iteration"),
                              "selection_accuracy": artifact.extra.get("accuracy"),
-                             "selection": {k: (summary.get("selection") or {}).get(k)
-                                           for k in ("split", "scorer", "export", "reason")},
+                             "selection": selection_record(summary.get("selection") or {}),
                              "labels_dropped": dropped,
                              "run": summary,
                              **(extra or {}),
