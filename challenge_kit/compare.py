@@ -34,7 +34,7 @@ from challenge_kit.pipeline import RUN_SUBDIR
 from challenge_kit.plots import means_and_differences
 from challenge_kit.runs import CHECKPOINT
 from challenge_kit.stats import TELLS, judged, mean_se
-from evaluator.fast import FAITHFUL, arithmetic
+from evaluator.fast import FAITHFUL, FAST, arithmetic
 from evaluator.scorer import train_and_test
 
 ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
@@ -203,7 +203,8 @@ def chart(result: dict, path: Path) -> Path:
     diffs += [(f"{r['name']} - {b}", gain) for r in rows[1:] for b, gain in r["gains"].items()
               if order[b] > order[r["name"]]]  # one direction of each pair
     return means_and_differences(
-        path, f"{result['dataset']}: scorer recipe, {result['epochs']} epochs x {result['rounds']} paired rounds",
+        path, f"{result['dataset']}: {'fast ' if result['scorer']['mode'] == FAST else ''}scorer recipe, "
+              f"{result['epochs']} epochs x {result['rounds']} paired rounds",
         [(r["name"], r["mean"], r["se"]) for r in rows],
         [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs])
 
