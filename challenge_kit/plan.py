@@ -5,7 +5,9 @@ dominates) and peak tensor memory (a counter of live storages) come from running
 ``meta`` device, where nothing is computed, so the paper's shapes cost seconds. A distillation iteration of more
 than three inner steps is counted at two and three and extended linearly: every inner step adds the same work
 and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
-short calibration of each unit on the run's device, at a small batch on a CPU, scaled by images.
+short calibration of each unit on the run's device, at a small batch on a CPU, scaled by images; selection's
+scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled step at its own batch: compiled
+kernels are shape-specific, and these are the ones the run reuses). ``make-submission`` opens with this plan.
 """
 
 from __future__ import annotations
