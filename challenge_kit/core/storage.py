@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,16 +143,27 @@ def temp_stream(tmp: Path) -> Iterator[BinaryIO]:
 
 @contextmanager
 def _uninterrupted() -> Iterator[None]:
-    """SIGINT and SIGTERM held back while a group's renames run (microseconds): an interruption lands before
-    the first rename or after the last, never between them."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """SIGINT and SIGTERM held back while a group's renames run (microseconds): one that arrives then is sent
+    again after the last rename, so an interruption lands before the first or after the last, never between.
+
+    Python handlers stand in for the signals meanwhile, not a thread's signal mask: the kernel hands a signal to
+    any thread that does not block it (torch's worker threads among them), and Python then runs its handler in
+    the main thread whatever that thread's mask says. Off the main thread, where handlers cannot be set, the
+    renames run as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    kinds = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not None]  # None: not Python's
+    previous = {s: signal.signal(s, lambda number, frame: caught.append(number)) for s in kinds}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
