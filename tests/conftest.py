@@ -1,6 +1,6 @@
 """Test session set-up: the same allocator settings the CLI uses (they halve CPU step times), a data cache
 of each test's own instead of the user's ~/.cache/ddkit, and the fast scorer uncompiled (compiling costs
-15-20 s per new shape; ``test_fast_scorer.py`` compiles)."""
+12-24 s per new shape; ``test_fast_scorer.py`` compiles)."""
 
 import pytest
 
