@@ -6,9 +6,6 @@ its final state, so there each task is written as a plain line every ``LOG_INTER
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -92,23 +89,3 @@ def expert_progress(bar, count: int, epochs: int):
                                                f"epoch {ev['epoch']}/{epochs}{last}")
 
     return on_event
-
-
-def time_first_steps(on_event: Callable[[dict], None], report: Callable[[float, int], None], steps: int = 3,
-                     clock: Callable[[], float] = time.perf_counter) -> Callable[[dict], None]:
-    """Wrap a ``train_experts`` progress callback: after the first step (warm-up) and ``steps`` more, call
-    ``report(seconds per step, planned steps)`` once."""
-    state = {"total": 0, "seen": 0, "start": 0.0}
-
-    def timed(ev: dict) -> None:
-        on_event(ev)
-        if ev["kind"] == "plan":
-            state["total"] = ev["total"]
-        elif ev["kind"] == "step":
-            state["seen"] += 1
-            if state["seen"] == 1:
-                state["start"] = clock()
-            elif state["seen"] == steps + 1:
-                report((clock() - state["start"]) / steps, state["total"])
-
-    return timed
