@@ -37,7 +37,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: str) -> dict | None:
+def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: str, warmup: int = 1) -> dict | None:
     if not os.environ.get("DDKIT_NO_MALLOPT"):
         tune_allocator()
     with process_group(device) as (shard, dev):
@@ -63,7 +63,8 @@ def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: s
             base = torch.cuda.memory_allocated() / 2**20
         else:
             base = _rss_mb()
-        one()  # warm-up: kernels, allocator, process group
+        for _ in range(warmup):  # kernels, allocator, process group
+            one()
         shard.barrier()
         tick = time.perf_counter()
         for _ in range(iters):
@@ -76,7 +77,8 @@ def child(mode: str, steps: int, batch: int, dataset: str, iters: int, device: s
         seconds = (time.perf_counter() - tick) / iters
         peaks = shard.gather(peak)
         return {"mode": mode, "steps": steps, "batch": batch, "ranks": shard.world, "seconds": seconds,
-                "peak_mb": max(peaks), "device": str(dev), "threads": torch.get_num_threads()} if shard.leader else None
+                "peak_mb": max(peaks), "device": str(dev), "threads": torch.get_num_threads(),
+                "warmup": warmup} if shard.leader else None
 
 
 def main() -> None:
@@ -84,7 +86,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar100")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40], help="inner steps N")
     parser.add_argument("--batch", type=int, default=None, help="batch_syn (default 1000 on CUDA, 100 on CPU)")
-    parser.add_argument("--iters", type=int, default=1, help="timed iterations per configuration (after 1 warm-up)")
+    parser.add_argument("--iters", type=int, default=1, help="timed iterations per configuration")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations before them")
     parser.add_argument("--modes", nargs="+", default=["exact", "unrolled"])
     parser.add_argument("--nproc", type=int, nargs="+", default=[1], help="ranks (K > 1 runs under torchrun)")
     parser.add_argument("--allocator", action="store_true", help="also measure glibc's default allocator")
@@ -95,7 +98,7 @@ def main() -> None:
     batch = args.batch or (1000 if args.device.startswith("cuda") else 100)
 
     if args.child:
-        row = child(args.modes[0], args.steps[0], batch, args.dataset, args.iters, args.device)
+        row = child(args.modes[0], args.steps[0], batch, args.dataset, args.iters, args.device, args.warmup)
         if row is not None:
             print(json.dumps(row))
         return
@@ -108,7 +111,8 @@ def main() -> None:
                     launcher = [sys.executable] if nproc == 1 else [
                         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
                     cmd = [*launcher, __file__, "--child", "--modes", mode, "--steps", str(steps), "--batch",
-                           str(batch), "--dataset", args.dataset, "--iters", str(args.iters), "--device", args.device]
+                           str(batch), "--dataset", args.dataset, "--iters", str(args.iters), "--warmup",
+                           str(args.warmup), "--device", args.device]
                     env = {**os.environ, **({"DDKIT_NO_MALLOPT": "1"} if allocator == "default" else {})}
                     if nproc > 1 and args.device == "cpu":  # share the cores between the ranks
                         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
