@@ -12,6 +12,10 @@ FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# A C++ compiler: torch.compile (the fast scorer's) builds its CPU kernels and Triton's launcher with it; the
+# runtime image has none, and without one the fast scorer runs uncompiled (recorded as compiled: false).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+
 COPY --from=wheel /wheels /tmp/wheels
 # The constraint keeps the image's CUDA build of torch/torchvision instead of letting pip replace it.
 RUN python -c "from importlib.metadata import version as v; [print(f'{p}=={v(p)}') for p in ('torch', 'torchvision')]" \

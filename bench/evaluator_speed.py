@@ -1,5 +1,6 @@
 """Epochs per second: the bundled scorer's device-resident loop vs a plain DataLoader loop, same recipe, and the
-fast scorer's arithmetic (bfloat16 autocast alone, then compiled too) on the same loop.
+fast scorer's arithmetic (bfloat16 autocast alone, then compiled too) on the same loop, and the fast scorer
+with several rounds stacked (``--stack``; timed per round, so it compares with one round at a time).
 
 The reference loop is how the public scorer drives training: a DataLoader over CPU tensors, each batch
 copied to the device, augmented, and its loss and accuracy pulled back to the host (``.item()``, numpy).
@@ -56,26 +57,27 @@ def reference_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def bundled(how: Arithmetic):
-    def bundled_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+    def bundled_train(nets: list[torch.nn.Module], images: torch.Tensor, labels: torch.Tensor, epochs: int,
                       device: torch.device) -> None:
         """The bundled loop, with the per-epoch progress sync it does when drawing a bar."""
-        generator = torch.Generator(device=device).manual_seed(0)
-        scorer.train(net, images.to(device), labels.to(device), epochs=epochs, generator=generator,
-                     group_generator=torch.Generator().manual_seed(1), progress=lambda epoch, loss, acc: None,
-                     how=how)
+        streams = [(torch.Generator(device=device).manual_seed(r), torch.Generator().manual_seed(100 + r))
+                   for r in range(len(nets))]
+        scorer.train_together(nets, images.to(device), labels.to(device), streams, epochs=epochs,
+                              progress=lambda epoch, loss, acc: None, how=how)
     return bundled_train
 
 
-def timed(train, images, labels, epochs: int, device: torch.device, config: ModelConfig) -> float:
+def timed(train, rounds: int, images, labels, epochs: int, device: torch.device, config: ModelConfig) -> float:
+    """Seconds per round of ``epochs`` epochs (``rounds`` nets trained by one call)."""
     torch.manual_seed(0)
-    net = ConvNet(config).to(device)
+    nets = [ConvNet(config).to(device) for _ in range(rounds)]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    train(net, images, labels, epochs, device)
+    train(nets, images, labels, epochs, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / rounds
 
 
 def main() -> None:
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--classes", type=int, default=None, help="a subset's classes (IPC stays 10)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings per variant; best is kept")
+    parser.add_argument("--stack", type=int, default=4, help="rounds of the stacked fast variant")
     args = parser.parse_args()
     tune_allocator()  # as the CLI does: without it every CPU step page-faults its activations in again
     spec = SPECS[args.dataset] if args.classes is None else SPECS[args.dataset].subset(args.classes)
@@ -96,28 +99,33 @@ def main() -> None:
     labels = default_labels(spec.num_classes, spec.ipc)
     config = ModelConfig.for_spec(spec)
 
-    variants = {"reference (DataLoader, per-batch .item())": reference_train,
-                "bundled, faithful (float32)": bundled(arithmetic(FAITHFUL, device)),
-                f"bundled, {fast.precision} autocast only": bundled(replace(fast, compiled=False)),
-                f"bundled, fast ({fast.precision}{', compiled' if fast.compiled else ''})": bundled(fast)}
-    for train in variants.values():  # warm-up: allocator, kernels, cudnn autotuning, compilation
-        timed(train, images, labels, 1, device, config)
+    one = replace(fast, stacked=1)
+    compiled = ", compiled" if fast.compiled else ""
+    variants = {"reference (DataLoader, per-batch .item())": (lambda nets, *a: reference_train(nets[0], *a), 1),
+                "bundled, faithful (float32)": (bundled(arithmetic(FAITHFUL, device)), 1),
+                f"bundled, {fast.precision} autocast only": (bundled(replace(one, compiled=False)), 1),
+                f"bundled, fast ({fast.precision}{compiled})": (bundled(one), 1),
+                f"bundled, fast ({fast.precision}{compiled}), {args.stack} rounds stacked":
+                    (bundled(replace(one, stacked=args.stack)), args.stack)}
+    for train, rounds in variants.values():  # warm-up: allocator, kernels, cudnn autotuning, compilation
+        timed(train, rounds, images, labels, 1, device, config)
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
-        for name, train in variants.items():
-            best[name] = min(best[name], timed(train, images, labels, epochs, device, config))
+        for name, (train, rounds) in variants.items():
+            best[name] = min(best[name], timed(train, rounds, images, labels, epochs, device, config))
     rows = list(best.items())
 
     table = Table(title=f"scorer training speed: {spec.name} {tuple(spec.shape)}, batch {scorer.BATCH_SIZE}, "
                         f"device {device}, torch threads {torch.get_num_threads()}")
-    for column in ("variant", "epochs", f"seconds (best of {args.repeats})", "epochs/s"):
+    for column in ("variant", "epochs", f"seconds per round (best of {args.repeats})", "epochs/s per round"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name, seconds in rows:
         table.add_row(name, str(epochs), f"{seconds:.2f}", f"{epochs / seconds:.3f}")
     console = Console()
     console.print(table)
     console.print(f"speed ratio (bundled / reference): {rows[0][1] / rows[1][1]:.2f}x; fast / faithful: "
-                  f"{rows[1][1] / rows[3][1]:.2f}x (autocast alone {rows[1][1] / rows[2][1]:.2f}x)")
+                  f"{rows[1][1] / rows[3][1]:.2f}x (autocast alone {rows[1][1] / rows[2][1]:.2f}x); "
+                  f"{args.stack} rounds stacked / one at a time: {rows[3][1] / rows[4][1]:.2f}x")
 
 
 if __name__ == "__main__":

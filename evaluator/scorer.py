@@ -32,7 +32,7 @@ from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import fresh_seed, round_seeds, stream_seeds
-from evaluator.fast import FAITHFUL, Arithmetic, arithmetic, forward, precision
+from evaluator.fast import FAITHFUL, Arithmetic, arithmetic, forward, precision, stacked
 
 Progress = Callable[[int, float, float], None]  # (epoch index, mean train loss, train accuracy)
 
@@ -97,33 +97,51 @@ def train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, e
           how: Arithmetic = Arithmetic()) -> None:
     """The scorer's training loop on tensors already on the net's device; syncs only for ``progress``.
     ``how`` is the faithful float32 loop unless a fast mode asks otherwise (``evaluator.fast``)."""
-    n, size = images.shape[0], images.shape[-1]
+    train_together([net], images, labels, [(generator, group_generator)], epochs=epochs, lr=lr,
+                   batch_size=batch_size, progress=progress, how=how)
+
+
+def train_together(nets: list[torch.nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                   streams: list[tuple[torch.Generator | None, torch.Generator | None]], *, epochs: int = EPOCHS,
+                   lr: float = LR, batch_size: int = BATCH_SIZE, progress: Progress | None = None,
+                   how: Arithmetic = Arithmetic()) -> None:
+    """``train`` for several rounds at once, net r drawing its shuffles and augmentations from ``streams[r]``
+    (device generator, CPU group generator) exactly as it would alone; more than one net runs stacked
+    (``evaluator.fast.stacked``). ``progress`` gets the rounds' mean loss and accuracy."""
+    n, size, device, rounds = images.shape[0], images.shape[-1], images.device, len(nets)
     targets = _targets(labels)
-    step = forward(net, how)
-    optimizer = make_optimizer(net.parameters(), lr_at(0, epochs, lr))
+    if rounds == 1:
+        step, leaves, unstack = forward(nets[0], how), list(nets[0].parameters()), lambda: None
+    else:
+        step, leaves, unstack = stacked(nets, how)
+    optimizer = make_optimizer(leaves, lr_at(0, epochs, lr))
     for epoch in range(epochs):
-        net.train()
-        loss_sum = torch.zeros((), device=images.device)
-        correct = torch.zeros((), dtype=torch.long, device=images.device)
-        perm = torch.randperm(n, device=images.device, generator=generator)
+        for net in nets:
+            net.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        perms = [torch.randperm(n, device=device, generator=g) for g, _ in streams]
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            params = augment.sample(idx.shape[0], size, images.device, generator=generator,
-                                    group_generator=group_generator)
-            x = augment.apply(images[idx], params)
-            with precision(images.device, how):
-                out = step(x)
-            loss = F.cross_entropy(out.float(), labels[idx])
+            idx = [perm[i:i + batch_size] for perm in perms]
+            x = [augment.apply(images[j], augment.sample(j.shape[0], size, device, generator=g, group_generator=gg))
+                 for j, (g, gg) in zip(idx, streams, strict=True)]
+            with precision(device, how):
+                out = step(x[0]) if rounds == 1 else step(torch.stack(x))
+            outs = [out] if rounds == 1 else out.unbind(0)
+            losses = [F.cross_entropy(o.float(), labels[j]) for o, j in zip(outs, idx, strict=True)]
+            loss = losses[0] if rounds == 1 else torch.stack(losses).sum()  # each net's gradient: its own loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * idx.shape[0]
-            correct += (out.detach().argmax(1) == targets[idx]).sum()
+            for o, j, round_loss in zip(outs, idx, losses, strict=True):
+                loss_sum += round_loss.detach() * j.shape[0]
+                correct += (o.detach().argmax(1) == targets[j]).sum()
         if progress is not None:
             stats = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-            progress(epoch, stats[0] / n, stats[1] / n)
+            progress(epoch, stats[0] / n / rounds, stats[1] / n / rounds)
         if epoch == drop_epoch(epochs):
-            optimizer = make_optimizer(net.parameters(), lr_at(epoch + 1, epochs, lr))
+            optimizer = make_optimizer(leaves, lr_at(epoch + 1, epochs, lr))
+    unstack()
 
 
 def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int = EPOCHS,
@@ -136,17 +154,25 @@ def train_round(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
     ``seed`` fixes init, shuffling and augmentation, each its own stream (bit-reproducible on CPU); None
     draws a fresh one. ``mode`` is ``"faithful"`` (the official arithmetic) or ``"fast"`` (``evaluator.fast``).
     """
+    return train_rounds(images, labels, [fresh_seed() if seed is None else seed], num_classes=num_classes,
+                        epochs=epochs, lr=lr, batch_size=batch_size, device=device, progress=progress,
+                        how=arithmetic(mode, resolve_device(device)))[0]
+
+
+def train_rounds(images: torch.Tensor, labels: torch.Tensor, seeds: list[int], *, num_classes: int,
+                 epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE,
+                 device: torch.device | str | None = None, progress: Progress | None = None,
+                 how: Arithmetic = Arithmetic()) -> list[torch.nn.Module]:
+    """The rounds of ``seeds`` trained at once (``train_together``), each as ``train_round`` would train it."""
     device = resolve_device(device)
-    seed = fresh_seed() if seed is None else seed
     config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
-    net = _init_net(config, seed, device)
-    generator, group_generator = _generators(seed, device)
+    nets = [_init_net(config, seed, device) for seed in seeds]
     images = images.detach().to(device, torch.float32)
     labels = labels.detach().to(device)
     labels = labels.float() if labels.is_floating_point() else labels.long()
-    train(net, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
-          group_generator=group_generator, progress=progress, how=arithmetic(mode, device))
-    return net
+    train_together(nets, images, labels, [_generators(seed, device) for seed in seeds], epochs=epochs, lr=lr,
+                   batch_size=batch_size, progress=progress, how=how)
+    return nets
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
@@ -196,16 +222,19 @@ def evaluate_images(images: torch.Tensor, spec: DatasetSpec, test_images: torch.
     start = time.perf_counter()
     with make_progress(disable=not show_progress or not shard.leader) as bar:
         task = bar.add_task(f"scoring {spec.name}", total=len(mine) * epochs, status="")
-        for r in mine:
-            def report(epoch: int, loss: float, acc: float, r: int = r) -> None:
-                bar.update(task, advance=1, status=f"round {r + 1}/{rounds} loss {loss:.3f} acc {acc:.3f}")
+        for group in [mine[i:i + how.stacked] for i in range(0, len(mine), how.stacked)]:
+            which = f"round {group[0] + 1}" + (f"-{group[-1] + 1}" if len(group) > 1 else "") + f"/{rounds}"
 
-            net = train_round(images, train_labels, num_classes=spec.num_classes, epochs=epochs, seed=seeds[r],
-                              device=device, progress=report if show_progress else None, mode=mode)
-            correct = class_correct(net, test_images.to(device, torch.float32), test_labels.to(device),
-                                    spec.num_classes).cpu()
-            results[r] = (correct.sum().item() / test_images.shape[0], (correct / totals).tolist())
-            bar.update(task, status=f"round {r + 1}/{rounds} test acc {results[r][0]:.4f}")
+            def report(epoch: int, loss: float, acc: float, which: str = which, k: int = len(group)) -> None:
+                bar.update(task, advance=k, status=f"{which} loss {loss:.3f} acc {acc:.3f}")
+
+            nets = train_rounds(images, train_labels, [seeds[r] for r in group], num_classes=spec.num_classes,
+                                epochs=epochs, device=device, progress=report if show_progress else None, how=how)
+            for r, net in zip(group, nets, strict=True):
+                correct = class_correct(net, test_images.to(device, torch.float32), test_labels.to(device),
+                                        spec.num_classes).cpu()
+                results[r] = (correct.sum().item() / test_images.shape[0], (correct / totals).tolist())
+            bar.update(task, status=f"{which} test acc {results[group[-1]][0]:.4f}")
     for part in shard.gather(results):
         results.update(part)
     accuracies = [results[r][0] for r in range(rounds)]

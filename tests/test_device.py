@@ -13,7 +13,8 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.training import train_epoch
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import ExpertConfig
-from evaluator.scorer import train_round
+from evaluator.fast import FAST, Arithmetic
+from evaluator.scorer import train_round, train_rounds
 
 pytestmark = pytest.mark.device
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
@@ -71,3 +72,17 @@ def test_an_expert_epoch_runs_on_the_device(device):
     p, _, loss = train_epoch(net, net.init_flat(0), None, images, labels, ExpertConfig(batch_size=4),
                              torch.Generator().manual_seed(0))
     assert p.device.type == device.type and torch.isfinite(p).all() and loss > 0
+
+
+def test_stacked_rounds_train_as_each_would_alone_on_the_device(device):
+    """The fast scorer's stacked path (several rounds in one vmap) keeps every round's own streams."""
+    images = torch.randn(SPEC.shape, generator=torch.Generator().manual_seed(0))
+    labels = default_labels(SPEC.num_classes, SPEC.ipc)
+    how = Arithmetic(FAST, "float32", False, stacked=3)
+    together = train_rounds(images, labels, [5, 6, 7], num_classes=SPEC.num_classes, epochs=3, device=device,
+                            how=how)
+    for seed, net in zip([5, 6, 7], together, strict=True):
+        alone = train_round(images, labels, num_classes=SPEC.num_classes, epochs=3, seed=seed, device=device)
+        for a, b in zip(alone.parameters(), net.parameters(), strict=True):
+            assert b.device.type == device.type
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

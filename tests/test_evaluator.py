@@ -109,11 +109,12 @@ def test_round_init_shuffle_and_augmentation_draw_separate_streams(monkeypatch):
         states["init"] = torch.get_rng_state()
         return real_convnet(config)
 
-    def train(net, images, labels, *, generator, group_generator, **kwargs):
+    def train(nets, images, labels, streams, **kwargs):
+        (generator, group_generator), = streams
         states["data"], states["group"] = generator.get_state(), group_generator.get_state()
 
     monkeypatch.setattr(scorer, "ConvNet", convnet)
-    monkeypatch.setattr(scorer, "train", train)
+    monkeypatch.setattr(scorer, "train_together", train)
     images, labels = coloured(2, 0)
     train_and_test(images, labels, images, labels, num_classes=5, epochs=1, seed=7, device="cpu")
     draws = {}
