@@ -35,7 +35,7 @@ from challenge_kit.plots import means_and_differences
 from challenge_kit.runs import CHECKPOINT
 from challenge_kit.stats import TELLS, judged, mean_se
 from evaluator.fast import FAITHFUL, FAST, arithmetic
-from evaluator.scorer import train_and_test
+from evaluator.scorer import train_and_test_rounds
 
 ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
 RESULT = "compare.json"
@@ -150,33 +150,41 @@ def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tens
 
     Rounds are keyed by the set's and test split's content, the epochs, the device, the scorer's arithmetic
     (when not the faithful one) and the seed itself (a round's seed does not depend on how many rounds are
-    asked for), so identical sets are trained once and
-    nothing scored under other conditions is reused. Round-major order: an interrupted compare leaves every
-    set with the same rounds, still paired. The cache is rewritten (atomically) after every round.
+    asked for), so identical sets are trained once and nothing scored under other conditions is reused.
+    Round-major order, in blocks of the rounds the arithmetic trains at once (one on a CPU): an interrupted
+    compare leaves every set with the same rounds, still paired. The cache is rewritten (atomically) after
+    every block.
     """
     done = _read_rounds(cache)
     labels = default_labels(spec.num_classes, spec.ipc)
     test_key = data_fingerprint(*test)[:16]
     how = arithmetic(mode, device)
-    arith = "" if mode == FAITHFUL else f":{how.mode} {how.precision}{' compiled' if how.compiled else ''}"
+    arith = "" if mode == FAITHFUL else (f":{how.mode} {how.precision}{' compiled' if how.compiled else ''}"
+                                         f"{f' stacked {how.stacked}' if how.stacked > 1 else ''}")
     keys = {e.name: f"{data_fingerprint(e.images, labels)[:16]}:test {test_key}:{epochs} epochs:{device}{arith}"
             for e in entries}
-    todo = list({(keys[e.name], s): (r, e) for r, s in enumerate(seeds) for e in entries
-                 if str(s) not in done.get(keys[e.name], {})}.values())
+    blocks = [range(b, min(b + how.stacked, len(seeds))) for b in range(0, len(seeds), how.stacked)]
+    todo = list({(keys[e.name], block.start): (missing, e) for block in blocks for e in entries
+                 if (missing := [r for r in block if str(seeds[r]) not in done.get(keys[e.name], {})])}.values())
     with make_progress(disable=not show_progress) as bar:
-        task = bar.add_task(f"scoring {len(todo)} rounds", total=len(todo) * epochs, status="")
-        for r, entry in todo:
-            def report(epoch: int, loss: float, acc: float, name: str = entry.name, r: int = r) -> None:
-                bar.update(task, advance=1, status=f"{name} round {r + 1}/{len(seeds)} loss {loss:.3f}")
+        task = bar.add_task(f"scoring {sum(len(rs) for rs, _ in todo)} rounds",
+                            total=sum(len(rs) for rs, _ in todo) * epochs, status="")
+        for rs, entry in todo:
+            which = f"{entry.name} round {rs[0] + 1}" + (f"-{rs[-1] + 1}" if len(rs) > 1 else "") + f"/{len(seeds)}"
+
+            def report(epoch: int, loss: float, acc: float, which: str = which, k: int = len(rs)) -> None:
+                bar.update(task, advance=k, status=f"{which} loss {loss:.3f}")
 
             tick = time.perf_counter()
-            acc = train_and_test(entry.images, labels, *test, num_classes=spec.num_classes, epochs=epochs,
-                                 seed=seeds[r], device=device, progress=report, mode=mode)
-            done.setdefault(keys[entry.name], {})[str(seeds[r])] = {
-                "accuracy": acc, "seconds": round(time.perf_counter() - tick, 1)}
+            accuracies = train_and_test_rounds(entry.images, labels, *test, num_classes=spec.num_classes,
+                                               seeds=[seeds[r] for r in rs], epochs=epochs, device=device,
+                                               progress=report, how=how)
+            seconds = round((time.perf_counter() - tick) / len(rs), 1)
+            for r, acc in zip(rs, accuracies, strict=True):
+                done.setdefault(keys[entry.name], {})[str(seeds[r])] = {"accuracy": acc, "seconds": seconds}
+                if show_progress:
+                    console.print(f"{entry.name} round {r + 1}: {acc:.4f}")
             save_json(done, cache)
-            if show_progress:
-                console.print(f"{entry.name} round {r + 1}: {acc:.4f}")
     return {e.name: [done[keys[e.name]][str(s)]["accuracy"] for s in seeds] for e in entries}
 
 

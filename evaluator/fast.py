@@ -29,7 +29,8 @@ from challenge_kit.core.contract import FAITHFUL, FAST, SCORER_MODES
 MODES = SCORER_MODES
 COMPILERS = ("g++", "c++", "clang++")  # what inductor's C++ builder calls when $CXX is unset
 # Rounds trained at once on a GPU (a CPU's cores are already full at one round's batch: 1 there, measured in
-# bench/evaluator_speed.py). Eight ConvNets at Tiny ImageNet's shape hold about 4 GiB of activations.
+# bench/evaluator_speed.py). Eight rounds' steps at Tiny ImageNet's shape hold at most 16 GiB (ddkit plan counts
+# 2.0 GiB for one in float32): a fifth of an 80 GB card.
 STACK_ON_CUDA = 8
 
 

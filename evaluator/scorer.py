@@ -181,10 +181,21 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, test_images: torc
                    device: torch.device | str | None = None, progress: Progress | None = None,
                    mode: str = FAITHFUL) -> float:
     """One scorer round: fresh ConvNet, train on (images, labels), return test accuracy (fraction)."""
-    net = train_round(images, labels, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
-                      seed=seed, device=device, progress=progress, mode=mode)
-    device = next(net.parameters()).device
-    return test_accuracy(net, test_images.to(device, torch.float32), test_labels.to(device).long(), batch_size)
+    return train_and_test_rounds(images, labels, test_images, test_labels, num_classes=num_classes, epochs=epochs,
+                                 lr=lr, batch_size=batch_size, seeds=[fresh_seed() if seed is None else seed],
+                                 device=device, progress=progress, how=arithmetic(mode, resolve_device(device)))[0]
+
+
+def train_and_test_rounds(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
+                          test_labels: torch.Tensor, *, num_classes: int, seeds: list[int], epochs: int = EPOCHS,
+                          lr: float = LR, batch_size: int = BATCH_SIZE, device: torch.device | str | None = None,
+                          progress: Progress | None = None, how: Arithmetic = Arithmetic()) -> list[float]:
+    """The rounds of ``seeds`` trained at once (``train_rounds``), each tested: their accuracies."""
+    nets = train_rounds(images, labels, seeds, num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+                        device=device, progress=progress, how=how)
+    device = next(nets[0].parameters()).device
+    test_images, test_labels = test_images.to(device, torch.float32), test_labels.to(device).long()
+    return [test_accuracy(net, test_images, test_labels, batch_size) for net in nets]
 
 
 def is_official(spec: DatasetSpec, rounds: int, epochs: int, labels: torch.Tensor | None = None,

@@ -21,29 +21,35 @@ from challenge_kit.core.storage import save_torch
 from challenge_kit.data import dataset_spec
 from challenge_kit.export import export_images
 from challenge_kit.stats import BETTER, UNDECIDED, WORSE, judged, rounds_to_tell, verdict
+from evaluator.fast import Arithmetic
 
 SPEC = CIFAR100.subset(5, ipc=2)  # the fake scorer never trains: any small spec
 TEST = (torch.zeros(4, 3, 32, 32), torch.arange(4))
 
 
 class FakeScorer:
-    """Stands in for ``train_and_test``: an accuracy from the set and the seed, every call counted; raises
-    KeyboardInterrupt (a Ctrl-C) on call number ``stop``."""
+    """Stands in for ``train_and_test_rounds``: an accuracy from the set and the seed, every round counted;
+    raises KeyboardInterrupt (a Ctrl-C) on round number ``stop``."""
 
     def __init__(self, stop: int | None = None) -> None:
         self.calls: list[tuple[float, int]] = []
         self.modes: set[str] = set()
+        self.groups: list[int] = []  # rounds per call
         self.stop = stop
 
-    def __call__(self, images, labels, test_images, test_labels, *, num_classes, epochs, seed, device, progress,
-                 mode):
-        self.modes.add(mode)
+    def __call__(self, images, labels, test_images, test_labels, *, num_classes, seeds, epochs, device, progress,
+                 how):
+        self.modes.add(how.mode)
+        self.groups.append(len(seeds))
         assert images.dtype == torch.float32 and torch.equal(labels, default_labels(num_classes, len(images) //
                                                                                     num_classes))
-        if len(self.calls) == self.stop:
-            raise KeyboardInterrupt
-        self.calls.append((round(float(images.sum()), 3), seed))
-        return 0.3 + 0.05 * float(images.mean()) + 0.01 * ((seed * 7919) % 13) / 13 + 0.002 * (seed % 3)
+        accuracies = []
+        for seed in seeds:
+            if len(self.calls) == self.stop:
+                raise KeyboardInterrupt
+            self.calls.append((round(float(images.sum()), 3), seed))
+            accuracies.append(0.3 + 0.05 * float(images.mean()) + 0.01 * ((seed * 7919) % 13) / 13 + 0.002 * (seed % 3))
+        return accuracies
 
 
 def _entries():
@@ -78,7 +84,7 @@ def test_rounds_to_tell_is_the_fewest_n_with_2_sd_over_root_n_below_the_differen
 
 def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_path, monkeypatch):
     scorer = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test", scorer)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
     result = _compare(tmp_path / "out")
     assert sorted(s for _, s in scorer.calls) == sorted(round_seeds(7, 4) * 3) and result["seeds"] == round_seeds(7, 4)
     new, old, rand = result["sets"]
@@ -94,17 +100,17 @@ def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_
 def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_same_table(tmp_path, monkeypatch,
                                                                                             capsys):
     whole = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test", whole)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", whole)
     uninterrupted = _compare(tmp_path / "whole")
 
     cut = FakeScorer(stop=5)
-    monkeypatch.setattr(compare_mod, "train_and_test", cut)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", cut)
     with pytest.raises(KeyboardInterrupt):
         _compare(tmp_path / "cut")
     kept = json.loads((tmp_path / "cut" / ROUNDS_FILE).read_text())
     assert sum(len(rounds) for rounds in kept.values()) == 5  # each round was kept as it came
     rest = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test", rest)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", rest)
     resumed = _compare(tmp_path / "cut")
     assert len(rest.calls) == 12 - 5 and sorted(cut.calls + rest.calls) == sorted(whole.calls)
     assert resumed == uninterrupted
@@ -117,7 +123,7 @@ def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_s
     assert shown == capsys.readouterr().out and "worse" in shown
 
     more = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test", more)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", more)
     extended = _compare(tmp_path / "cut", rounds=6)
     assert sorted(s for _, s in more.calls) == sorted(round_seeds(7, 6)[4:] * 3)  # only the two new rounds
     assert [r["rounds"][:4] for r in extended["sets"]] == [r["rounds"] for r in uninterrupted["sets"]]
@@ -125,7 +131,7 @@ def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_s
 
 def test_identical_sets_are_trained_once_and_other_conditions_are_not_reused(tmp_path, monkeypatch):
     scorer = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test", scorer)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
     images = distilled_images(SPEC)
     compare([Entry("a", images, "a.pt"), Entry("a copy", images.clone(), "b.pt")], SPEC, TEST, tmp_path, rounds=3,
             epochs=3, seed=7, device="cpu", show_progress=False)
@@ -140,6 +146,22 @@ def test_identical_sets_are_trained_once_and_other_conditions_are_not_reused(tmp
                      show_progress=False, mode="fast")
     assert len(scorer.calls) == 12 and scorer.modes == {"faithful", "fast"}  # the fast scorer: its own rounds
     assert result["scorer"]["mode"] == "fast"
+
+
+def test_stacked_rounds_are_scored_in_blocks_round_major_and_kept_apart(tmp_path, monkeypatch):
+    """Where the fast scorer stacks rounds (a GPU), a set's rounds go to it in blocks; the blocks stay round-major
+    across sets, so an interruption leaves the sets paired; a stacked round is not a one-at-a-time round."""
+    one_at_a_time = FakeScorer()
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", one_at_a_time)
+    alone = _compare(tmp_path / "alone", rounds=4, mode="fast")
+    stacked = FakeScorer()
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", stacked)
+    monkeypatch.setattr(compare_mod, "arithmetic", lambda mode, device: Arithmetic(mode, stacked=3))
+    together = _compare(tmp_path / "together", rounds=4, mode="fast")
+    assert one_at_a_time.groups == [1] * 12 and stacked.groups == [3, 3, 3, 1, 1, 1]
+    assert [s for _, s in stacked.calls[:9]] == round_seeds(7, 4)[:3] * 3  # block 1 of every set first
+    assert [r["rounds"] for r in together["sets"]] == [r["rounds"] for r in alone["sets"]]
+    assert all(key.endswith("stacked 3") for key in json.loads((tmp_path / "together" / ROUNDS_FILE).read_text()))
 
 
 @pytest.fixture
@@ -165,7 +187,7 @@ def world(tmp_path):
 def test_the_command_compares_exports_research_sets_and_both_baselines(world, monkeypatch):
     root, data, ref, run = world
     scorer = FakeScorer()  # the scorer's own tests train; a 64x64 round here would cost seconds
-    monkeypatch.setattr(compare_mod, "train_and_test", scorer)
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
     args = ["compare", str(run), str(root / "other" / "tinyimagenet.pt"), str(root / "research.safetensors"),
             "--reference", str(ref), "--out", str(root / "cmp"), "--baseline", "init", "--baseline", "random",
             "--data-root", str(data), "--epochs", "1", "--rounds", "2", "--device", "cpu"]
