@@ -32,6 +32,13 @@ from challenge_kit.core.parallel import process_group
 from challenge_kit.matching import Matching, match, plan_inner_steps
 
 
+def killed(returncode: int) -> str | None:
+    """What a child's negative exit status says (SIGKILL on a CPU is most often the out-of-memory killer)."""
+    if returncode >= 0:
+        return None
+    return f"killed by signal {-returncode}" + (" (out of memory? see dmesg)" if returncode == -9 else "")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -119,7 +126,7 @@ def main() -> None:
                     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     found = [line for line in done.stdout.splitlines() if line.startswith("{")]
                     if done.returncode != 0 or not found:
-                        tail = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                        tail = killed(done.returncode) or (done.stderr.strip().splitlines() or ["failed"])[-1]
                         row = {"mode": mode, "steps": steps, "batch": batch, "ranks": nproc, "error": tail}
                     else:
                         row = json.loads(found[-1])

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from distill_speed import killed  # the sibling script (run as a script, bench/ is on the path)
 from rich.console import Console
 from rich.table import Table
 
@@ -76,7 +77,7 @@ def measure(dataset: str, unit: str, device: str) -> dict:
         cmd = [sys.executable, __file__, "--child", "--datasets", dataset, "--device", device]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+        return {"error": killed(done.returncode) or (done.stderr.strip().splitlines() or ["failed"])[-1]}
     row = json.loads(done.stdout)
     return row[0] if isinstance(row, list) else row
 

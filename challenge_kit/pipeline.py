@@ -19,6 +19,7 @@ import torch
 from challenge_kit import data
 from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.devices import usable_device
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import inner_folder, run_lock
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
 from challenge_kit.core.progress import console, expert_progress, make_progress
@@ -79,13 +80,17 @@ def describe(splits: Splits) -> str:
     return f"{splits.spec.describe()}: {len(splits.train[0])} train / {len(splits.test[0])} test images{held}"
 
 
-def announce_plan(recipe: Recipe, splits: Splits, device: torch.device) -> dict:
-    """The bill (``ddkit plan``'s table, calibrated here) opens the log; the full profile on a CPU is told to stop."""
+def announce_plan(recipe: Recipe, splits: Splits, device: torch.device, shard: Shard = LOCAL) -> dict:
+    """The bill (``ddkit plan``'s table, calibrated here) opens the log; the full profile on a CPU is told to stop,
+    and a distillation iteration that cannot fit in one process's device is refused before any expert trains."""
     from challenge_kit.cli import render
     from challenge_kit.plan import make_plan
 
-    bill = make_plan(recipe, splits.spec, len(splits.train[1]), device).to_dict()
+    plan = make_plan(recipe, splits.spec, len(splits.train[1]), device)
+    bill = plan.to_dict()
     render.plan_table(bill)
+    if shard.world == 1 and (problem := plan.too_big()):  # ranks split the batch: the count is one process's
+        raise KitValueError(f"--device {device}: {problem}")
     if device.type == "cpu" and recipe.profile == "full":
         console.print(f"full profile on the CPU: {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
                       f"epochs, then {recipe.distill.iterations} distillation iterations, a GPU job (the plan above "
@@ -197,7 +202,7 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             if shard.leader:
                 console.print(f"data: {describe(splits)}")
                 tick = time.perf_counter()
-                bill = announce_plan(recipe, splits, dev)
+                bill = announce_plan(recipe, splits, dev, shard)
                 timings["plan"] = time.perf_counter() - tick
 
             tick = time.perf_counter()

@@ -13,6 +13,7 @@ kernels are shape-specific, and these are the ones the run reuses). ``make-submi
 from __future__ import annotations
 
 import math
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from challenge_kit import parts
 from challenge_kit.core import augment
 from challenge_kit.core.contract import BATCH_SIZE, EPOCHS, ROUNDS, TRAIN_PER_CLASS, DatasetSpec, default_labels
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
+from challenge_kit.core.progress import binary_size
 from challenge_kit.experts.training import schedule_steps
 from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
 from challenge_kit.optim import sgd_step
@@ -38,6 +40,7 @@ from evaluator.scorer import make_optimizer
 
 META = torch.device("meta")
 CPU_CALIBRATION_IMAGES = 32  # a CPU's per-image time barely depends on the batch; an accelerator's does
+COUNTED_GROUP = "rotate"  # the DSA group with the largest temporaries (an affine grid per image; scale ties)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -110,14 +113,16 @@ def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: 
 
 
 def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, steps: int, batch: int,
-                       mode: str) -> Callable[[], object]:
-    """One distillation iteration's match (hard labels, the final snapshot) at ``steps`` inner steps."""
+                       mode: str, group: str | None = None) -> Callable[[], object]:
+    """One distillation iteration's match (hard labels, the final snapshot) at ``steps`` inner steps, every
+    step's augmentation drawn from ``group`` if given (else at random, as a run draws them)."""
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     images = torch.zeros(spec.shape, device=device)
     labels = default_labels(spec.num_classes, spec.ipc, device)
     start = torch.zeros(net.num_params, device=device)
     problem = Matching(start, start, [(steps, torch.ones(net.num_params, device=device))])
-    plan = [InnerStep(s.indices.to(device), s.aug.to(device))
+    plan = [InnerStep(s.indices.to(device), augment.sample(len(s.indices), spec.image_size, device, group=group)
+                      if group else s.aug.to(device))
             for s in plan_inner_steps(spec.num_images, batch, steps, spec.image_size, "cpu")]
     lr = torch.tensor(recipe.distill.lr_init, device=device)
     return lambda: match(net, images, labels, lr, problem, plan, mode)
@@ -145,10 +150,16 @@ def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str =
 
 
 def iteration_count(recipe: Recipe, spec: DatasetSpec, steps: int, batch: int, mode: str) -> tuple[int, int]:
-    """(FLOPs, peak bytes) of one iteration at ``steps`` inner steps: counted, or extended from two and three."""
+    """(FLOPs, peak bytes) of one iteration at ``steps`` inner steps: counted, or extended from two and three.
+
+    Every step is augmented from ``COUNTED_GROUP``: with random groups the third step's temporaries differ from
+    the second's and the extension multiplies the difference by N - 2 (Tiny ImageNet's N 25 then counted
+    anywhere from 15.7 to 19.1 GiB); one group gives the same count every time, the largest a draw can give
+    (the groups' peaks lie within 0.5% of each other). FLOPs count convolutions and matrix products only,
+    which the group does not change."""
     if steps <= 3:
-        return count(matching_iteration(recipe, spec, META, steps, batch, mode))
-    two, three = (count(matching_iteration(recipe, spec, META, k, batch, mode)) for k in (2, 3))
+        return count(matching_iteration(recipe, spec, META, steps, batch, mode, COUNTED_GROUP))
+    two, three = (count(matching_iteration(recipe, spec, META, k, batch, mode, COUNTED_GROUP)) for k in (2, 3))
     return tuple(a + (steps - 2) * (b - a) for a, b in zip(two, three, strict=True))
 
 
@@ -174,6 +185,18 @@ class Stage:
         return None if self.seconds is None else self.seconds * self.units
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes ``device`` has: a GPU's total memory, a CPU's physical memory (None where it cannot say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 @dataclass
 class Plan:
     recipe: dict
@@ -182,6 +205,19 @@ class Plan:
     device: str
     stages: list[Stage]
     matching_peak_bytes: dict[str, int] = field(default_factory=dict)  # gradient mode -> one iteration's peak
+    device_bytes: int | None = None  # what the device has (device_memory)
+
+    def too_big(self) -> str | None:
+        """Why one distillation iteration in the recipe's gradient mode cannot run here, or None: its counted
+        peak alone exceeds the device (allocator overhead comes on top, so passing this is no promise)."""
+        d = self.recipe["distill"]
+        need = self.matching_peak_bytes.get(d["grad"])
+        if self.device_bytes is None or need is None or need <= self.device_bytes:
+            return None
+        return (f"one distillation iteration ({d['grad']} gradient, N = {d['syn_steps']}, batch_syn "
+                f"{d['batch_syn']}) holds {binary_size(need)} of tensors at its peak, more than the "
+                f"{binary_size(self.device_bytes)} this {self.device} has; lower distill.batch_syn or shard the "
+                "batch over more ranks (torchrun)")
 
     @property
     def run_seconds(self) -> float | None:
@@ -248,7 +284,7 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
     stages.append(Stage("official score", f"{ROUNDS} rounds x {EPOCHS} epochs (the challenge's, after the run)",
                         f"scorer step of {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
                         in_run=False))
-    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks)
+    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device))
 
 
 def train_images(recipe: Recipe, spec: DatasetSpec, per_class: int | None = None) -> int:

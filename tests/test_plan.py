@@ -4,8 +4,10 @@ import json
 from dataclasses import replace
 
 import torch
+from fakes import write_cifar
 from typer.testing import CliRunner
 
+from challenge_kit import plan as plan_module
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
@@ -74,3 +76,26 @@ def test_plan_command_calibrates_on_the_device():
     assert all(s["seconds"] > 0 and s["flops"] > 0 and s["peak_bytes"] > 0 for s in plan["stages"])
     assert plan["run_seconds"] == sum(s["total_seconds"] for s in plan["stages"] if s["in_run"])
     assert plan["train_images"] == 2 * (20 - load_recipe("cifar100", "quick").eval.holdout_per_class)
+
+
+def test_the_counted_peak_is_the_same_every_time():
+    """Random augmentation groups once made the extension from two and three steps swing by 20% (the third
+    step's temporaries against the second's, times N - 2); the count draws one group and repeats."""
+    recipe = load_recipe("cifar100", "quick")
+    counts = {iteration_count(recipe, SPEC, 12, 8, "exact") for _ in range(4)}
+    assert len(counts) == 1
+
+
+def test_a_run_whose_iteration_cannot_fit_the_device_is_refused_before_any_expert(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "data", n_train=12, n_test=2, per_class=True)
+    monkeypatch.setattr(plan_module, "device_memory", lambda device: 2**20)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["make-submission", "cifar100", "--data-root", str(tmp_path / "data"), "--out",
+                                      str(out), "--device", "cpu", "--profile", "quick",
+                                      "--set", "eval.holdout_per_class=2"])
+    assert result.exit_code == 1
+    *log, error = result.stderr.strip().splitlines()  # the log (data, the plan) goes to stderr, then the error
+    assert error.startswith("error: --device cpu: one distillation iteration (exact gradient, N = 4, batch_syn 40) "
+                            "holds ") and "more than the 1.0 MiB this cpu has;" in error
+    assert "this cpu has 1.0 MiB: exact does not fit, unrolled does not fit" in "\n".join(log)
+    assert not list(out.rglob("*.safetensors")) and not list(out.rglob("*.pt"))  # no expert, nothing exported

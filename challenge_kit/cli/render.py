@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from challenge_kit.core.progress import console
+from challenge_kit.core.progress import binary_size, console
 from challenge_kit.core.verify import FAIL, PASS, WARN, Report
 
 
@@ -194,13 +194,6 @@ def _si(value: float, unit: str) -> str:
     return f"{value:.0f} {unit}"
 
 
-def _bytes(value: float) -> str:
-    for scale, prefix in ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi")):
-        if value >= scale:
-            return f"{value / scale:.1f} {prefix}B"
-    return f"{value:.0f} B"
-
-
 def _time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -222,10 +215,14 @@ def plan_table(plan: dict) -> None:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in plan["stages"]:
         table.add_row(s["name"] if s["in_run"] else f"[dim]{s['name']}[/dim]", f"{s['units']:,}",
-                      _si(s["flops"], "FLOP"), _si(s["total_flops"], "FLOP"), _bytes(s["peak_bytes"]),
+                      _si(s["flops"], "FLOP"), _si(s["total_flops"], "FLOP"), binary_size(s["peak_bytes"]),
                       _time(s["seconds"]), _time(s["total_seconds"]))
     console.print(table)
-    peaks = ", ".join(f"{mode} {_bytes(b)}" for mode, b in plan["matching_peak_bytes"].items())
+    peaks = ", ".join(f"{mode} {binary_size(b)}" for mode, b in plan["matching_peak_bytes"].items())
     console.print(f"one distillation iteration's peak tensor memory: {peaks} (counted, before allocator overhead)")
+    if plan["device_bytes"] is not None:
+        fits = ", ".join(f"{mode} {'fits' if b <= plan['device_bytes'] else 'does not fit'}"
+                         for mode, b in plan["matching_peak_bytes"].items())
+        console.print(f"this {plan['device']} has {binary_size(plan['device_bytes'])}: {fits}")
     if plan["run_seconds"] is not None:
         console.print(f"the run: about {_time(plan['run_seconds'])} here (the official score not included)")

@@ -22,6 +22,14 @@ console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log
 LOG_INTERVAL = 30.0  # seconds between plain progress lines when the output is not a terminal
 
 
+def binary_size(value: float) -> str:
+    """Bytes in the largest binary unit that keeps one digit before the point (memory figures, plans)."""
+    for scale, prefix in ((2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi")):
+        if value >= scale:
+            return f"{value / scale:.1f} {prefix}B"
+    return f"{value:.0f} B"
+
+
 def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "-:--:--"
