@@ -126,7 +126,7 @@ def main() -> None:
             continue
         table.add_row(r["dataset"], r["unit"], f"{r['seconds']:.1f}", f"{r['plan_s']:.1f}",
                       f"{r['seconds'] / r['plan_s']:.2f}", f"{r['peak_mb']:,.0f}", f"{r['plan_peak_mb']:,.0f}")
-    Console().print(table)
+    Console(width=120).print(table)  # logs too: rich's 80 columns off a terminal cut the names
 
 
 if __name__ == "__main__":

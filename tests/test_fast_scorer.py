@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.core.contract import TINYIMAGENET, default_labels
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.data import load_split
 from challenge_kit.recipes import ADDED, EvalConfig, filled, load_recipe
@@ -46,6 +47,13 @@ def test_the_modes_say_what_they_compute(monkeypatch):
     with pytest.raises(ValueError, match="scorer mode 'quick' is not one of faithful, fast"):
         arithmetic("quick", CPU)
     assert "not the leaderboard's" in fast.describe() and "bit-identical" in Arithmetic().describe()
+    assert fast.stacked == 1  # stacking is asked for, never assumed
+    monkeypatch.setenv("DDKIT_STACKED_ROUNDS", "3")
+    assert arithmetic(FAST, CPU).stacked == 3 and arithmetic(FAITHFUL, CPU).stacked == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("DDKIT_STACKED_ROUNDS", bad)
+        with pytest.raises(KitValueError, match=f"DDKIT_STACKED_ROUNDS: must be a whole number >= 1, got '{bad}'"):
+            arithmetic(FAST, CPU)
 
 
 @pytest.fixture(scope="module")
