@@ -5,9 +5,10 @@ dominates) and peak tensor memory (a counter of live storages) come from running
 ``meta`` device, where nothing is computed, so the paper's shapes cost seconds. A distillation iteration of more
 than three inner steps is counted at two and three and extended linearly: every inner step adds the same work
 and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
-short calibration of each unit on the run's device, at a small batch on a CPU, scaled by images; selection's
-scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled step at its own batch: compiled
-kernels are shape-specific, and these are the ones the run reuses). ``make-submission`` opens with this plan.
+short calibration of each unit on the run's device (one call per DSA group, averaged), at a small batch on a
+CPU, scaled by images; selection's scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled
+step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses).
+``make-submission`` opens with this plan.
 """
 
 from __future__ import annotations
@@ -78,25 +79,29 @@ def count(work: Callable[[], object]) -> tuple[int, int]:
     return int(flops.get_total_flops()), live.peak
 
 
-def timed(work: Callable[[], object], device: torch.device, repeats: int = 2) -> float:
-    """Seconds per call of ``work`` after one warm-up call (the device is synchronized only around it)."""
-    work()
+def timed(build: Callable[[str], Callable[[], object]], device: torch.device) -> float:
+    """Mean seconds of one call of the work ``build(group)`` makes, over every DSA group (a step's cost depends
+    on its group, and a run draws them uniformly: two random draws once put the same expert step at 4.6 and
+    8.2 s), after one warm-up call; the device is synchronized only around the timed calls."""
+    works = [build(group) for group in augment.GROUPS]
+    works[0]()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for _ in range(repeats):
+    for work in works:
         work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / len(works)
 
 
 def calibration_batch(batch: int, device: torch.device) -> int:
     return min(batch, CPU_CALIBRATION_IMAGES) if device.type == "cpu" else batch
 
 
-def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: int) -> Callable[[], object]:
-    """One expert optimizer step: DSA, the recipe's objective part, SGD."""
+def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: int, group: str | None = None
+                ) -> Callable[[], object]:
+    """One expert optimizer step: DSA (from ``group``, else a random one), the recipe's objective part, SGD."""
     e = recipe.experts
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     objective = parts.build("objective", e)
@@ -105,7 +110,7 @@ def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: 
     y = torch.arange(batch, device=device) % spec.num_classes
 
     def work():
-        params = augment.sample(batch, spec.image_size, "cpu")
+        params = augment.sample(batch, spec.image_size, "cpu", group=group)
         _, grad = objective(net, p, augment.apply(x, params.to(device)), y, 0)
         return sgd_step(p, grad, e.lr, e.momentum, e.weight_decay)
 
@@ -128,9 +133,11 @@ def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, 
     return lambda: match(net, images, labels, lr, problem, plan, mode)
 
 
-def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str = FAITHFUL) -> Callable[[], object]:
-    """One step of the scorer's training loop in ``mode``'s arithmetic: DSA, forward, backward, SGD with momentum
-    (on the meta device always the faithful one: the count is of the work, not of how it is computed)."""
+def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str = FAITHFUL,
+                group: str | None = None) -> Callable[[], object]:
+    """One step of the scorer's training loop in ``mode``'s arithmetic: DSA (from ``group``, else a random one),
+    forward, backward, SGD with momentum (on the meta device always the faithful one: the count is of the work,
+    not of how it is computed)."""
     net = ConvNet(ModelConfig.for_spec(spec)).to(device)
     optimizer = make_optimizer(net.parameters(), 0.01)
     how = arithmetic(FAITHFUL if device == META else mode, device)
@@ -140,7 +147,7 @@ def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str =
 
     def work():
         with precision(device, how):
-            out = step(augment.apply(x, augment.sample(batch, spec.image_size, device)))
+            out = step(augment.apply(x, augment.sample(batch, spec.image_size, device, group=group)))
         loss = F.cross_entropy(out.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -248,38 +255,39 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
     e, d, v = recipe.experts, recipe.distill, recipe.eval
     n, b = d.syn_steps, d.batch_syn
 
-    def seconds(build: Callable[[torch.device, int], Callable[[], object]], batch: int, scaled: bool = True
+    def seconds(build: Callable[[torch.device, int, str], Callable[[], object]], batch: int, scaled: bool = True
                 ) -> float | None:
         if not calibrate:
             return None
         small = calibration_batch(batch, device) if scaled else batch
-        return timed(build(device, small), device) * batch / small
+        return timed(lambda group: build(device, small, group), device) * batch / small
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
     stages = [Stage("experts", f"{e.num_experts} experts x {e.epochs} epochs ({e.objective})",
                     f"step of {e.batch_size} images", expert_steps,
                     *count(expert_step(recipe, spec, META, e.batch_size)),
-                    seconds(lambda dev, bs: expert_step(recipe, spec, dev, bs), e.batch_size))]
+                    seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size))]
 
     counted = {mode: iteration_count(recipe, spec, n, b, mode) for mode in GRAD_MODES}
     peaks = {mode: peak for mode, (_, peak) in counted.items()}
     per_iteration = None
     if calibrate:
         small = calibration_batch(b, device)
-        per_iteration = timed(matching_iteration(recipe, spec, device, 2, small, d.grad), device) / 2 * n * b / small
+        per_iteration = timed(lambda g: matching_iteration(recipe, spec, device, 2, small, d.grad, g),
+                              device) / 2 * n * b / small
     stages.append(Stage("distillation", f"{d.iterations} iterations, N = {n}, {d.grad} gradient",
                         f"iteration of {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
 
     steps_per_round, batch = math.ceil(spec.num_images / BATCH_SIZE), min(BATCH_SIZE, spec.num_images)
     work = count(scorer_step(spec, META, batch))
-    scorer = (*work, seconds(lambda dev, bs: scorer_step(spec, dev, bs), batch))
+    scorer = (*work, seconds(lambda dev, bs, g: scorer_step(spec, dev, bs, group=g), batch))
     candidates, rounds = selection_rounds(recipe)
     if rounds:
         how = arithmetic(v.scorer, device)  # a compiled step is timed at its own batch: its kernels are the run's
         stages.append(Stage("selection", f"{candidates} candidates x {v.rounds} rounds + up to 2 x "
                             f"{v.final_rounds} final, {v.epochs} epochs each, {v.scorer} scorer",
                             f"scorer step of {batch} images", rounds * v.epochs * steps_per_round, *work,
-                            seconds(lambda dev, bs: scorer_step(spec, dev, bs, v.scorer), batch,
+                            seconds(lambda dev, bs, g: scorer_step(spec, dev, bs, v.scorer, g), batch,
                                     scaled=not how.compiled)))
     stages.append(Stage("official score", f"{ROUNDS} rounds x {EPOCHS} epochs (the challenge's, after the run)",
                         f"scorer step of {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
