@@ -126,6 +126,12 @@ def ddkit(*args) -> None:
     assert result.exit_code == 0, result.output
 
 
+def default_sigint() -> None:
+    """A child inherits an ignored SIGINT (something earlier in the test process may ignore it), and Python then
+    installs no Ctrl-C handler; a user's shell starts ddkit with the default one."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(tmp_path: Path, name: str, nth: int, argv: list, sig: int = signal.SIGTERM,
               where: str = "rename") -> tuple[int, list[str]]:
     """Run ``ddkit ARGV``, signal it while it writes ``name`` for the ``nth`` time, just before the rename of
@@ -134,7 +140,7 @@ def interrupt(tmp_path: Path, name: str, nth: int, argv: list, sig: int = signal
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", HOLD, name, str(nth), where, *map(str, argv)], cwd=REPO,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=err,
-                                text=True)
+                                text=True, preexec_fn=default_sigint)
         try:
             for line in proc.stdout:
                 if line.startswith("writing"):
