@@ -273,6 +273,14 @@ def test_evaluate_shows_the_score_when_scores_txt_cannot_be_written(world, tmp_p
     assert [p.name for p in out.iterdir()] == ["scores.txt"] and (out / "scores.txt").is_dir()
 
 
+def test_a_command_asked_for_json_refuses_in_json_too():
+    """With --json, the error line on stderr is also the one JSON object on stdout."""
+    code, stdout, err = invoke(["plan", "cifar100", "--set", "distill.mask=dep", "--no-calibrate", "--json"])
+    line = err.strip()
+    assert code == 1 and line.startswith("error: ") and "mask" in line, err
+    assert json.loads(stdout) == {"ok": False, "exit_code": 1, "error": line.removeprefix("error: ")}
+
+
 # ------------------------------------------------------------------------------------------ checks before work
 
 def test_baseline_checks_its_output_folder_before_it_reads_the_data(world, tmp_path, no_work):

@@ -199,7 +199,7 @@ def left_behind(folder: Path, before: set[Path]) -> str:
 
 def refused(case: str, command: str, args: list, folder: Path, said: str, code: int) -> str:
     """Run; assert one ``error: PATH: ...`` line on stderr, the exit code, no traceback, no advice to load unsafely,
-    bounded memory; for ``--json``, stdout holds nothing or a JSON error object."""
+    bounded memory; for ``--json``, stdout holds the same error as one JSON object."""
     before = set(folder.rglob("*"))
     got, out, err, growth = invoke(args)
     lines = err.strip().splitlines()
@@ -209,8 +209,9 @@ def refused(case: str, command: str, args: list, folder: Path, said: str, code: 
     assert "weights_only" not in err + out
     assert got == code, (got, err)
     assert growth < GROWTH, growth
-    if command.endswith("--json") and out.strip():
-        assert json.loads(out)["ok"] is False
+    if command.endswith("--json"):
+        report = json.loads(out)
+        assert report["ok"] is False and report["exit_code"] == code and said in report["error"], report
     return lines[0]
 
 

@@ -3,11 +3,14 @@
 A ``KitError`` (a file, a value or an export the user can fix) ends as one ``error:`` line and exit 1, or the
 error's own ``exit_code``; an operating-system error first becomes a ``KitFileError`` naming the file. Ctrl-C and
 SIGTERM (handled alike, ``core/interrupts``) end as one line saying how to continue, exit 130 and 143. Anything
-else is a bug in the kit and keeps its traceback. A closed pipe (``| head``) ends quietly.
+else is a bug in the kit and keeps its traceback. A closed pipe (``| head``) ends quietly. A command asked for
+``--json`` also prints its error as a JSON object on stdout, unless it printed its result already (a score
+whose file could not be written), so a program reading it gets one JSON object either way.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -27,6 +30,15 @@ CONTINUE = {  # how each command continues after an interruption; the others sta
 }
 
 
+_printed: list[bool] = []  # whether this invocation has printed its JSON object
+
+
+def print_json(data, pretty: bool = False) -> None:
+    """The one way a command prints JSON, so that an error knows whether the result is out already."""
+    typer.echo(json.dumps(data, indent=2, sort_keys=True) if pretty else json.dumps(data))
+    _printed.append(True)
+
+
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr naming the file and the problem, then a non-zero exit."""
     typer.echo(f"error: {message}", err=True)
@@ -37,6 +49,8 @@ class KitCommands(TyperGroup):
     """Runs every command inside the one error handler."""
 
     def invoke(self, ctx):
+        as_json = "--json" in ctx.args  # the subcommand's own arguments, before click consumes them
+        _printed.clear()
         try:
             with sigterm_as_interrupt(), file_errors():
                 return super().invoke(ctx)
@@ -49,7 +63,10 @@ class KitCommands(TyperGroup):
                                err=True)
                 raise typer.Exit(exit_code(interrupt)) from None
             if isinstance(e, KitError):
-                fail(str(e), getattr(e, "exit_code", 1))
+                code = getattr(e, "exit_code", 1)
+                if as_json and not _printed:
+                    print_json({"ok": False, "exit_code": code, "error": str(e)})
+                fail(str(e), code)
             if isinstance(e, BrokenPipeError):  # the reader went away: stop quietly, as other tools do
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise typer.Exit(1) from None

@@ -6,21 +6,16 @@ need not pay.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from challenge_kit.core.progress import binary_size, console
+from challenge_kit.cli.handler import print_json
+from challenge_kit.core.progress import binary_size, console, make_console
 from challenge_kit.core.verify import FAIL, PASS, WARN, Report
-
-
-def print_json(data, pretty: bool = False) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True) if pretty else json.dumps(data))
 
 
 def show(data, as_json: bool, draw: Callable[[dict], None], pretty: bool = False) -> None:
@@ -59,7 +54,7 @@ def set_scores(result: dict) -> None:
     for r, (acc, s) in enumerate(zip(result["rounds"], result["seeds"], strict=True)):
         table.add_row(str(r + 1), str(s), f"{acc:.4f}")
     table.add_row("mean", "", f"[bold]{result['mean']:.4f}[/bold]")
-    Console().print(table)
+    make_console().print(table)
 
 
 def submission_scores(summary: dict) -> None:
@@ -73,12 +68,12 @@ def submission_scores(summary: dict) -> None:
         table.add_row(name, "[yellow]skipped: not in the zip[/yellow]", "")
     partial = " [yellow](partial: not a figure the official scorer gives)[/yellow]" if summary["partial"] else ""
     table.add_row("correct", "", f"[bold]{summary['correct']:.4f}[/bold]{partial}")
-    Console().print(table)
+    make_console().print(table)
 
 
 def methods(listing: dict, kinds: dict[str, str]) -> None:
     """The shipped method recipes (what each changes against M-DATM), then every part by kind."""
-    out = Console()
+    out = make_console()
     table = Table(title="methods (--recipe NAME; submissions/research/NAME.toml)")
     for col in ("name", "method", "parts that differ from M-DATM", "description"):
         table.add_column(col, overflow="fold")
@@ -118,7 +113,7 @@ def experts(rows: list[dict], title: str) -> None:
         colour = {"complete": "green", "partial": "yellow", "corrupt": "red"}[r["status"]]
         table.add_row(r["name"], f"[{colour}]{r['status']}[/{colour}]", epochs, accuracy(r["last_acc"]),
                       accuracy(r["best_acc"]), f"{r['size'] / 2**20:.1f} MiB", r["problem"] or r.get("source") or "")
-    Console().print(table)
+    make_console().print(table)
 
 
 def manifest(data: dict, out: str, as_json: bool) -> None:
@@ -163,7 +158,7 @@ def ablation(summary: dict) -> None:
         table.add_row(r["variant"], differ, f"{r['mean']:.4f} +- {r['se']:.4f}",
                       "-" if diff is None else f"{diff['mean']:+.4f} +- {diff['se']:.4f}",
                       f"{r['seconds_per_iteration']:.2f}", f"{r['peak_mb']:.0f}", "ok")
-    Console().print(table)
+    make_console().print(table)
 
 
 def report(result: dict) -> None:

@@ -58,12 +58,12 @@ def verify(
 
     A submission .zip: both files at its root and nothing else, each passing every check against its full spec.
     """
-    from rich.console import Console
     from rich.markup import escape
 
     from challenge_kit.bundle import verify_zip
     from challenge_kit.cli import render
     from challenge_kit.cli.render import report_table
+    from challenge_kit.core.progress import make_console
     from challenge_kit.core.verify import verify_path
 
     is_zip = Path(path).suffix == ".zip"
@@ -74,13 +74,11 @@ def verify(
             report = verify_zip(path) if is_zip else verify_path(path, dataset=dataset,
                                                                  reference_model=reference_model)
     except KitError as e:
-        if as_json:
-            render.print_json({"path": path, "ok": False, "exit_code": 2, "error": str(e), "checks": []})
         raise Unreadable(str(e)) from None
     if as_json:
         render.print_json(report.to_dict())
     elif is_zip:
-        out = Console()
+        out = make_console()
         for member in report.members.values():
             out.print(report_table(member))
         for line in report.failures():
@@ -88,5 +86,5 @@ def verify(
         out.print(escape(f"{path}: exit {report.exit_code}: " + ("ready to upload" if report.ok else
                                                                   "not ready to upload")), soft_wrap=True)
     else:
-        Console().print(report_table(report))
+        make_console().print(report_table(report))
     raise typer.Exit(report.exit_code)
