@@ -22,13 +22,13 @@ import sys
 import time
 
 import torch
-from rich.console import Console
 from rich.table import Table
 
 from challenge_kit.core.contract import get_spec
 from challenge_kit.core.devices import tune_allocator
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.core.parallel import process_group
+from challenge_kit.core.progress import make_console
 from challenge_kit.matching import Matching, match, plan_inner_steps
 
 
@@ -132,7 +132,7 @@ def main() -> None:
                         row = json.loads(found[-1])
                     row["allocator"] = allocator
                     rows.append(row)
-                    Console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {allocator}: {row}")
+                    make_console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {allocator}: {row}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -161,7 +161,7 @@ def main() -> None:
         table.add_row(str(row["steps"]), row["mode"], str(row["ranks"]), row["allocator"], f"{row['seconds']:.2f}",
                       f"{row['peak_mb']:.0f}", f"{row['seconds'] / ref['seconds']:.2f}x" if ref else "-",
                       f"{row['peak_mb'] / ref['peak_mb']:.2f}x" if ref and ref["peak_mb"] > 0 else "-")
-    Console().print(table)
+    make_console().print(table)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,6 +28,7 @@ from challenge_kit.core import augment
 from challenge_kit.core.contract import SPECS, default_labels, normalize
 from challenge_kit.core.devices import resolve_device, tune_allocator
 from challenge_kit.core.models import ConvNet, ModelConfig
+from challenge_kit.core.progress import make_console
 from evaluator import scorer
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic
 
@@ -121,7 +121,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name, seconds in rows:
         table.add_row(name, str(epochs), f"{seconds:.2f}", f"{epochs / seconds:.3f}")
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(f"speed ratio (bundled / reference): {rows[0][1] / rows[1][1]:.2f}x; fast / faithful: "
                   f"{rows[1][1] / rows[3][1]:.2f}x (autocast alone {rows[1][1] / rows[2][1]:.2f}x); "

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from distill_speed import killed  # the sibling script (run as a script, bench/ is on the path)
-from rich.console import Console
 from rich.table import Table
 
 from challenge_kit.core.contract import get_spec
 from challenge_kit.core.devices import tune_allocator
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
+from challenge_kit.core.progress import make_console
 from challenge_kit.experts.training import train_epoch
 from challenge_kit.plan import make_plan, train_images
 from challenge_kit.recipes import load_recipe
@@ -105,7 +105,7 @@ def main() -> None:
         print(json.dumps(expert_epoch(args.datasets[0], args.device)))
         return
 
-    rows, console = [], Console(stderr=True)
+    rows, console = [], make_console(stderr=True)
     for dataset in args.datasets:
         tick = time.perf_counter()
         plan = planned(dataset, args.device)
@@ -126,7 +126,7 @@ def main() -> None:
             continue
         table.add_row(r["dataset"], r["unit"], f"{r['seconds']:.1f}", f"{r['plan_s']:.1f}",
                       f"{r['seconds'] / r['plan_s']:.2f}", f"{r['peak_mb']:,.0f}", f"{r['plan_peak_mb']:,.0f}")
-    Console(width=120).print(table)  # logs too: rich's 80 columns off a terminal cut the names
+    make_console().print(table)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from rich.table import Table
 
 from challenge_kit.core import augment
 from challenge_kit.core.contract import BATCH_SIZE, default_labels, get_spec
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
+from challenge_kit.core.progress import make_console
 from challenge_kit.core.storage import save_json
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import load_recipe
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # one step's failure must not hide the others' results
             results[name] = {"ok": False, "summary": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         results[name]["wall_s"] = round(time.perf_counter() - tick, 1)
-        Console(stderr=True).print(f"{name}: {results[name]['summary']}")
+        make_console(stderr=True).print(f"{name}: {results[name]['summary']}")
     report = {"device": str(device), "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "tiny": args.tiny, "steps": results}
     save_json(report, args.out / "acceptance.json")
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column)
     for name, r in results.items():
         table.add_row(name, "yes" if r["ok"] else "[red]NO[/red]", f"{r['wall_s']:.0f}", r["summary"])
-    Console().print(table)
+    make_console().print(table)
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 

@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
+
+from challenge_kit.core.progress import make_console
 
 
 def rows(manifest: dict) -> list[tuple[str, float | None, float]]:
@@ -53,7 +54,7 @@ def main() -> None:
     for stage, planned, measured in table_rows:
         ratio = f"{measured / planned:.2f}" if planned else "-"
         table.add_row(stage, "-" if planned is None else f"{planned / 60:.1f} min", f"{measured / 60:.1f} min", ratio)
-    Console().print(table)
+    make_console().print(table)
 
 
 if __name__ == "__main__":

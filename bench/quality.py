@@ -21,13 +21,12 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from challenge_kit.baseline import random_real
 from challenge_kit.cli.compare import table
 from challenge_kit.compare import Entry, compare, init_images
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.devices import resolve_device, tune_allocator
+from challenge_kit.core.progress import make_console
 from challenge_kit.pipeline import RUN_SUBDIR, load_data, make_submission
 from challenge_kit.recipes import load_recipe
 from challenge_kit.runs import BEST, CHECKPOINT
@@ -78,7 +77,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     table(result)
-    Console().print(f"{args.profile} profile run: {run_seconds / 60:.1f} min (data, experts, distillation with "
+    make_console().print(f"{args.profile} profile run: {run_seconds / 60:.1f} min (data, experts, distillation with "
                     f"selection); exported: {manifest.get('selection', {}).get('reason')}")
 
 

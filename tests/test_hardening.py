@@ -39,6 +39,7 @@ import torch
 import torchvision.datasets.cifar
 from fakes import distilled_images, write_cifar, write_run
 from rich.console import Console
+from rich.table import Table
 from typer.testing import CliRunner
 
 import challenge_kit.cli.render
@@ -431,6 +432,23 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_says_to_stop(world, monke
     assert "experts: 100 experts x 30 epochs" in said and "distillation: 10000 iterations, N = 40" in said
     assert "full profile on the CPU: 100 experts x 30 epochs, then 10000 distillation iterations, a GPU job" in said
     assert said.count("--profile mini") == 1
+
+
+@pytest.mark.parametrize("columns", [None, "80"])
+def test_off_a_terminal_a_table_keeps_its_width_unless_columns_says(monkeypatch, columns):
+    """A log is not cut at rich's 80 columns: whole stage names and numbers, unless $COLUMNS asks."""
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    table = Table()
+    for column in ("stage", "units", "FLOP / unit", "FLOP", "peak memory", "time / unit", "time"):
+        table.add_column(column)
+    table.add_row("distillation", "10,000", "47.8 TFLOP", "477.6 PFLOP", "5.1 GiB", "25.9 min", "179.7 d")
+    out = progress.make_console(file=io.StringIO())
+    out.print(table)
+    widest = max(map(len, out.file.getvalue().splitlines()))
+    assert ("distillation" in out.file.getvalue() and widest > 80) == (columns is None), out.file.getvalue()
 
 
 def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeypatch):

@@ -68,9 +68,10 @@ def rounds_needed(d: dict | None, rounds: int) -> str:
 
 
 def table(result: dict) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from challenge_kit.core.progress import make_console
 
     rows, rounds = result["sets"], result["rounds"]
     baselines = [r["name"] for r in rows if r["baseline"]]
@@ -89,4 +90,4 @@ def table(result: dict) -> None:
         d = r["difference"]
         table.add_row(name, f"{r['mean']:.4f} +- {r['se']:.4f}", judgement(d), "-" if d is None else d["verdict"],
                       rounds_needed(d, rounds), *(judgement(r["gains"].get(b)) for b in baselines))
-    Console().print(table)
+    make_console().print(table)

@@ -6,6 +6,8 @@ its final state, so there each task is written as a plain line every ``LOG_INTER
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,7 +20,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log too, not wrapped at 80 columns
+LOG_WIDTH = 200  # columns off a terminal (a log, a pipe), where rich would otherwise cut tables at 80
+
+
+def make_console(stderr: bool = False, **kwargs) -> Console:
+    """A rich console that off a terminal lays tables out at their own width (up to ``LOG_WIDTH``) rather than
+    cutting their columns to 80: a log keeps whole stage names and numbers. ``$COLUMNS`` still wins."""
+    made = Console(stderr=stderr, **kwargs)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made.width = LOG_WIDTH
+    return made
+
+
+console = make_console(stderr=True, soft_wrap=True)  # a message is one line in a log too
 LOG_INTERVAL = 30.0  # seconds between plain progress lines when the output is not a terminal
 
 
