@@ -26,6 +26,7 @@ from challenge_kit.core.devices import resolve_device, usable_device
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.folders import run_lock
+from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt
 from challenge_kit.core.progress import console
 from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.experts.store import NOT_TRAJECTORY, expert_files
@@ -37,6 +38,7 @@ from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import evaluate_images
 
 RESULT = "ablate.json"
+CHILD_GRACE = 60.0  # seconds a variant gets to stop cleanly once an interruption is passed on to it
 CHART = "ablate.png"
 VARIANT_RESULT = "variant.json"
 
@@ -121,9 +123,7 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
                 "device": job["device"], "out": str(folder), "data_root": str(job["data_root"]),
                 "cache_dir": None if job["cache_dir"] is None else str(job["cache_dir"]),
                 "experts": str(job["experts"]), "rounds": job["rounds"], "epochs": job["epochs"], "seed": job["seed"]}
-        proc = subprocess.run([sys.executable, "-m", "challenge_kit.ablate", json.dumps(spec)], capture_output=True,
-                              text=True)
-        atomic_write(folder / "log.txt", lambda tmp: tmp.write_text(proc.stdout + proc.stderr))
+        proc = _run_child([sys.executable, "-m", "challenge_kit.ablate", json.dumps(spec)], folder / "log.txt")
         if proc.returncode == 0 and done.is_file():
             result = json.loads(done.read_text())
         else:
@@ -131,6 +131,26 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
             result = {"status": "failed", "error": lines[-1][:300], "exit_code": proc.returncode}
             console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
     return {"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(), **result}
+
+
+def _run_child(argv: list[str], log: Path) -> subprocess.CompletedProcess:
+    """A variant's process, its output kept in ``log``. Interrupted ourselves (Ctrl-C, SIGTERM), we pass SIGTERM
+    on and wait for the variant to stop as a command stops (temporary files gone, lock released, its last
+    checkpoint whole, so a rerun continues it); only one still running after ``CHILD_GRACE`` is killed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=CHILD_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        atomic_write(log, lambda tmp: tmp.write_text(out + err))
+        raise
+    atomic_write(log, lambda tmp: tmp.write_text(out + err))
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: str | Path, out: str | Path,
@@ -168,10 +188,18 @@ def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: 
 
 
 def main() -> None:
+    """A variant's process: SIGTERM (from an interrupted ``ablate``) stops it as Ctrl-C does, with one line."""
     from challenge_kit.core.devices import tune_allocator
 
     tune_allocator()
-    run_variant(json.loads(sys.argv[1]))
+    try:
+        with sigterm_as_interrupt():
+            run_variant(json.loads(sys.argv[1]))
+    except BaseException as e:
+        if (interrupt := interruption(e)) is None:
+            raise
+        print(interrupted_line(interrupt, "this variant", "run ddkit ablate again to continue it"), file=sys.stderr)
+        sys.exit(exit_code(interrupt))
 
 
 if __name__ == "__main__":

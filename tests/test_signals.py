@@ -12,12 +12,14 @@ in the subprocess and here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from challenge_kit.core.folders import LOCK_FILE
 from challenge_kit.core.reading import read_metadata
 from challenge_kit.experts.store import expert_files
 from challenge_kit.export import export_images
-from challenge_kit.runs import BEST, HISTORY, read_history
+from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = CIFAR100.subset(5)
@@ -282,6 +284,37 @@ def test_sigterm_while_the_evaluator_scores_writes_nothing(tmp_path):
     assert err.strip().splitlines() == ["interrupted by SIGTERM: python -m evaluator stopped; run the same "
                                         "command again"]
     assert list(out.iterdir()) == []
+
+
+def test_sigterm_to_ablate_stops_its_variant_cleanly_and_a_rerun_continues_it(tiny, tmp_path):
+    """SIGTERM to ``ddkit ablate`` alone (docker stop, a batch system) reaches the variant's own process as
+    SIGTERM: it stops as a command does (its log says so, no temporary or lock file), and a rerun finishes."""
+    out = tmp_path / "ablate"
+    argv = ["ablate", "m-datm", "--experts", tiny / "store", "--data-root", tiny / "data", "--out", out,
+            "--cache-dir", tiny / "cache", "--rounds", "1", "--epochs", "1", *SMALL,
+            "--set", "distill.iterations=400", "--set", "distill.checkpoint_every=20"]
+    checkpoint = out / "m-datm" / "run" / CHECKPOINT
+    proc = subprocess.Popen([sys.executable, "-m", "challenge_kit", *map(str, argv)], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)  # the parent alone, not its process group
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_stopped(proc.returncode, err.strip().splitlines(), "ablate", "run the same command again to continue: "
+                                                                       "finished variants are kept", out)
+    log = (out / "m-datm" / "log.txt").read_text().strip().splitlines()
+    assert log[-1] == "interrupted by SIGTERM: this variant stopped; run ddkit ablate again to continue it", log
+    assert not (out / "m-datm" / "variant.json").exists()
+    ddkit(*argv)
+    row, = json.loads((out / "ablate.json").read_text())["variants"]
+    assert row["status"] == "ok" and row["iterations"] == 400, row
 
 
 def test_the_handler_is_the_one_before_after_a_command(tmp_path):
