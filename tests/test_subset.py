@@ -122,9 +122,16 @@ def test_the_same_request_again_is_done_another_is_refused(tmp_path):
     assert tree(tmp_path / "sub") == before
     other = ddkit(*args, "--train-per-class", 1)
     assert other.exit_code == 1 and f"error: {tmp_path / 'sub' / MANIFEST}: records another subset" in other.output
+    assert tree(tmp_path / "sub") == before
+    replaced = ddkit(*args, "--train-per-class", 1, "--overwrite")
+    assert replaced.exit_code == 0 and "wrote 3 classes" in replaced.output, replaced.output
+    fresh = tmp_path / "fresh"
+    assert ddkit(*args[:-1], fresh, "--train-per-class", 1).exit_code == 0
+    contents = lambda root: {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}  # noqa: E731
+    assert contents(tmp_path / "sub") == contents(fresh)  # as if written into an empty folder
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    foreign = ddkit(*args[:-1], tmp_path / "busy", "--train-per-class", 2)
+    foreign = ddkit(*args[:-1], tmp_path / "busy", "--train-per-class", 2, "--overwrite")
     assert foreign.exit_code == 1 and f"error: {tmp_path / 'busy' / 'notes.txt'}: is not part of a subset" \
         in foreign.output
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and len(list((tmp_path / "busy").iterdir())) == 1

@@ -27,6 +27,8 @@ def subset(
                                                                                 "(default: all)")] = None,
     download: Download = False,
     image_folder: ImageFolder = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another subset already in --out "
+                                                                "(a folder holding ddkit-subset.json only)")] = False,
     as_json: JsonManifest = False,
 ) -> None:
     """Write K classes of a dataset in its own on-disk layout (deterministic; the data root is never written)."""
@@ -49,7 +51,7 @@ def subset(
         fetch(dataset, data_root)
     manifest, written = write_subset(dataset, data_root, out, classes=classes, names=names,
                                      train_per_class=train_per_class, test_per_class=test_per_class,
-                                     image_folder=image_folder)
+                                     image_folder=image_folder, overwrite=overwrite)
     render.show(manifest, as_json, lambda m: typer.echo(
         f"{out}: {'wrote' if written else 'already holds'} {len(m['classes'])} classes of {m['data_root']}, "
         f"{m['train_images']} train / {m['test_images']} test images; use --data-root {out}"))

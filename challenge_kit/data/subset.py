@@ -8,7 +8,8 @@ order. Images are copied, never linked; the data root is never written.
 
 The subset is built in ``OUT/.ddkit-subset-partial`` and moved into place, then ``ddkit-subset.json`` (the request,
 the classes, the counts, the source listing's sha256) is written last: a folder without it is unfinished, and a
-rerun of the same request clears what an interrupted one left.
+rerun of the same request clears what an interrupted one left. ``--overwrite`` replaces another subset (a
+folder with that manifest), never other files.
 """
 
 from __future__ import annotations
@@ -207,16 +208,24 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / PARTIAL, ignore_errors=True)
 
 
-def _claim(out: Path, identity: dict) -> dict | None:
+def _claim(out: Path, identity: dict, overwrite: bool) -> dict | None:
     """The manifest when ``out`` already holds this very subset; None when it is free to write (what an
-    interrupted run of the same request left is cleared). Anything else in ``out`` is refused, named."""
+    interrupted run of the same request left is cleared, and with ``overwrite`` another subset). Anything else
+    in ``out`` is refused, named."""
     if (out / MANIFEST).exists():
         manifest = _read_json(out / MANIFEST)
-        if manifest is None or {k: manifest.get(k) for k in identity} != identity:
+        same = manifest is not None and {k: manifest.get(k) for k in identity} == identity
+        if not same and not (overwrite and manifest is not None and manifest.get("format") == FORMAT):
             raise KitFileError(out / MANIFEST, "records another subset (other classes, counts or source); give "
-                                               "another --out, or remove this folder")
+                                               "another --out, or --overwrite to replace it")
+        if same:
+            shutil.rmtree(out / PARTIAL, ignore_errors=True)
+            return manifest
+        # this request takes the folder over first, so that a rerun of it recovers from a stop part-way
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
-        return manifest
+        (out / PARTIAL).mkdir()
+        save_json(identity, out / PARTIAL / REQUEST)
+        (out / MANIFEST).unlink()
     ours = _read_json(out / PARTIAL / REQUEST) == identity
     for entry in sorted(out.iterdir()):
         if entry.name != LOCK_FILE and not (ours and entry.name in (PARTIAL, *LAYOUT)):
@@ -227,8 +236,9 @@ def _claim(out: Path, identity: dict) -> dict | None:
 
 def write_subset(dataset: str, root: str | Path, out: str | Path, *, classes: int | None = None,
                  names: list[str] | None = None, train_per_class: int, test_per_class: int | None = None,
-                 image_folder: bool = False) -> tuple[dict, bool]:
-    """Write the subset into ``out`` (under its lock); returns (its manifest, whether it was written now)."""
+                 image_folder: bool = False, overwrite: bool = False) -> tuple[dict, bool]:
+    """Write the subset into ``out`` (under its lock); returns (its manifest, whether it was written now).
+    ``overwrite`` replaces another subset there (one with this kit's manifest; never anything else)."""
     get_spec(dataset)
     for option, value in (("--classes", classes), ("--train-per-class", train_per_class),
                           ("--test-per-class", test_per_class)):
@@ -250,7 +260,7 @@ def write_subset(dataset: str, root: str | Path, out: str | Path, *, classes: in
                "test_per_class": test_per_class}
     identity = {"format": FORMAT, "request": request, "source_sha256": digest}
     with run_lock(out):
-        done = _claim(out, identity)
+        done = _claim(out, identity, overwrite)
         if done is not None:
             return done, False
         partial = out / PARTIAL
