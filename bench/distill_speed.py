@@ -130,7 +130,7 @@ def main() -> None:
                         row = {"mode": mode, "steps": steps, "batch": batch, "ranks": nproc, "error": tail}
                     else:
                         row = json.loads(found[-1])
-                    row["allocator"] = allocator
+                    row["allocator"] = "default" if env.get("DDKIT_NO_MALLOPT") else "tuned"  # as the child ran
                     rows.append(row)
                     make_console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {allocator}: {row}")
     if args.json:
