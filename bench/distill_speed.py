@@ -132,7 +132,7 @@ def main() -> None:
                         row = json.loads(found[-1])
                     row["allocator"] = "default" if env.get("DDKIT_NO_MALLOPT") else "tuned"  # as the child ran
                     rows.append(row)
-                    make_console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {allocator}: {row}")
+                    make_console(stderr=True).print(f"done {mode} N={steps} ranks={nproc} {row['allocator']}: {row}")
     if args.json:
         print(json.dumps(rows, indent=2))
         return

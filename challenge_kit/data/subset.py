@@ -218,11 +218,10 @@ def _claim(out: Path, identity: dict, overwrite: bool) -> dict | None:
         if not same and not (overwrite and manifest is not None and manifest.get("format") == FORMAT):
             raise KitFileError(out / MANIFEST, "records another subset (other classes, counts or source); give "
                                                "another --out, or --overwrite to replace it")
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
         if same:
-            shutil.rmtree(out / PARTIAL, ignore_errors=True)
             return manifest
         # this request takes the folder over first, so that a rerun of it recovers from a stop part-way
-        shutil.rmtree(out / PARTIAL, ignore_errors=True)
         (out / PARTIAL).mkdir()
         save_json(identity, out / PARTIAL / REQUEST)
         (out / MANIFEST).unlink()
