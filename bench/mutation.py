@@ -198,9 +198,14 @@ def load_equivalents() -> list[dict]:
         entries = tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", [])
     except (OSError, tomllib.TOMLDecodeError) as e:
         fail(str(EQUIVALENTS), f"not a list of [[equivalent]] entries ({e})")
+    seen = set()
     for entry in entries:
         if set(entry) != {"file", "function", "before", "after", "reason"} or not entry["reason"].strip():
             fail(str(EQUIVALENTS), f"an entry needs file, function, before, after and a reason: {entry}")
+        found = key(entry["file"], entry["function"], entry["before"], entry["after"])
+        if found in seen:
+            fail(str(EQUIVALENTS), f"listed twice: {entry}")
+        seen.add(found)
     return entries
 
 
