@@ -22,6 +22,7 @@ Runs are ``nice -n 10``, ``--jobs`` forks at a time, one torch thread each.
     python bench/mutation.py                                   # every module, one after the other
     python bench/mutation.py --module contract --json mutation.json
     python bench/mutation.py --module evaluator/scorer.py --keep   # keep the copy: `mutmut browse` in it
+    python bench/mutation.py --minutes 10                      # each module cut after 10 min (a busy machine)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -98,6 +100,7 @@ class Row:
     survived: int = 0
     timeout_or_suspicious: int = 0  # the tests did not pass: counted as caught
     equivalent: int = 0
+    unchecked: int = 0  # not run before --minutes ran out
     seconds: float = 0.0
     survivors: list[Mutant] = field(default_factory=list)
     equivalents: list[Mutant] = field(default_factory=list)
@@ -105,8 +108,8 @@ class Row:
 
     @property
     def percent(self) -> float:
-        """Caught (killed, timed out or crashed) of the mutants that are not equivalent."""
-        real = self.mutants - self.equivalent
+        """Caught (killed, timed out or crashed) of the checked mutants that are not equivalent."""
+        real = self.mutants - self.equivalent - self.unchecked
         return 100.0 * (self.killed + self.timeout_or_suspicious) / real if real else 100.0
 
 
@@ -176,16 +179,23 @@ def configure(copy: Path, target: Target) -> None:
         f.write("\n".join(lines))
 
 
-def run_mutmut(copy: Path, jobs: int) -> None:
-    """``mutmut run`` in the copy; its output (a spinner, mostly) goes to ``mutmut.log`` there."""
+def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
+    """``mutmut run`` in the copy, interrupted (as Ctrl-C does: what ran is kept) after ``minutes``; its output (a
+    spinner, mostly) goes to ``mutmut.log`` there."""
     env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
     # tests that start `python -m ...` children must import the mutated copy too
     env.update(PYTHONPATH=str(copy / "mutants"), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     # made now: a folder missing when Python starts is cached as unimportable, and the checkout's code would be used
     (copy / "mutants").mkdir()
     with open(copy / "mutmut.log", "w") as log:
-        done = subprocess.run(["nice", "-n", "10", shutil.which("mutmut"), "run", "--max-children", str(jobs)],
-                              cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.Popen(["nice", "-n", "10", shutil.which("mutmut"), "run", "--max-children", str(jobs)],
+                                cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT)  # nice execs mutmut
+        try:
+            done.wait(None if minutes is None else minutes * 60)
+        except subprocess.TimeoutExpired:
+            done.send_signal(signal.SIGINT)
+            done.wait()
+            return
     text = (copy / "mutmut.log").read_text(errors="replace")
     if done.returncode != 0:
         tail = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and "⠋" not in line][-15:]
@@ -236,6 +246,9 @@ def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: f
                 if status in ("timeout", "suspicious", "segfault"):
                     row.timeout_or_suspicious += 1
                     continue
+                if status in ("not checked", "check was interrupted by user"):
+                    row.unchecked += 1
+                    continue
                 if status not in ("survived", "no tests"):
                     fail(f"mutmut in {copy}", f"{name} was not run ({status})")
                 function, cls = orig_function_and_class_names_from_key(name)
@@ -252,17 +265,17 @@ def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: f
                 else:
                     row.survived += 1
                     row.survivors.append(mutant)
-    row.stale = [f"{f}: {fn}: {b!r} -> {a!r}" for f, fn, b, a in sorted(set(listed) - used)]
+    row.stale = [] if row.unchecked else [f"{f}: {fn}: {b!r} -> {a!r}" for f, fn, b, a in sorted(set(listed) - used)]
     return row
 
 
-def run_target(target: Target, equivalents: list[dict], jobs: int, keep: bool) -> Row:
+def run_target(target: Target, equivalents: list[dict], jobs: int, minutes: float | None, keep: bool) -> Row:
     copy = Path(tempfile.mkdtemp(prefix="ddkit-mutation-"))
     try:
         copy_checkout(copy)
         configure(copy, target)
         start = time.perf_counter()
-        run_mutmut(copy, jobs)
+        run_mutmut(copy, jobs, minutes)
         return read_results(copy, target, equivalents, time.perf_counter() - start)
     finally:
         if keep:
@@ -277,15 +290,16 @@ def show(rows: list[Row]) -> None:
     from challenge_kit.core.progress import make_console
 
     table = Table(title="mutation testing: each module against its own tests (mutmut 3)")
-    for column in ("module", "mutants", "killed", "survived", "timeout/suspicious", "equivalent",
+    for column in ("module", "mutants", "killed", "survived", "timeout/suspicious", "equivalent", "not run",
                    "% killed of non-equivalent", "wall time"):
         table.add_column(column, justify="left" if column == "module" else "right")
     for r in rows:
         table.add_row(r.module, str(r.mutants), str(r.killed), str(r.survived), str(r.timeout_or_suspicious),
-                      str(r.equivalent), f"{r.percent:.1f}", f"{r.seconds / 60:.1f} min")
+                      str(r.equivalent), str(r.unchecked), f"{r.percent:.1f}", f"{r.seconds / 60:.1f} min")
     console = make_console()
     console.print(table)
-    console.print(f"notes: timeouts and crashes count as killed (the tests did not pass); not mutated: {NOT_MUTATED}")
+    console.print(f"notes: timeouts and crashes count as killed (the tests did not pass); not run: left when --minutes "
+                  f"ran out (the % is of those run); not mutated: {NOT_MUTATED}")
     for r in rows:
         for m in r.survivors:
             console.print(f"survived ({m.status}): {m.file}: {m.function}: {m.before!r} -> {m.after!r}  [{m.name}]",
@@ -300,6 +314,8 @@ def main() -> None:
                                                           "default: all")
     parser.add_argument("--json", type=Path, help="also write the table and the survivors here")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--minutes", type=float, help="stop each module after this long and count what ran "
+                                                      "(mutmut tries the quickest mutants first)")
     parser.add_argument("--keep", action="store_true", help="keep each module's copy (its path is printed)")
     parser.add_argument("--list", action="store_true", help="print each module and its test files, run nothing")
     args = parser.parse_args()
@@ -310,6 +326,8 @@ def main() -> None:
         return
     if args.jobs < 1:
         fail("--jobs", f"must be at least 1, got {args.jobs}")
+    if args.minutes is not None and not args.minutes > 0:
+        fail("--minutes", f"must be more than 0, got {args.minutes}")
     if shutil.which("mutmut") is None:
         fail("mutmut", 'not installed; pip install -e ".[mutation]"')
     if args.json is not None and not args.json.parent.is_dir():
@@ -317,10 +335,10 @@ def main() -> None:
     equivalents = load_equivalents()
     rows = []
     for target in targets:
-        rows.append(run_target(target, equivalents, args.jobs, args.keep))
+        rows.append(run_target(target, equivalents, args.jobs, args.minutes, args.keep))
         r = rows[-1]
-        print(f"{r.module}: {r.mutants} mutants, {r.survived} survived, {r.percent:.1f}% killed of non-equivalent "
-              f"({r.seconds / 60:.1f} min)", file=sys.stderr)
+        print(f"{r.module}: {r.mutants} mutants, {r.survived} survived, {r.unchecked} not run, {r.percent:.1f}% "
+              f"killed of non-equivalent ({r.seconds / 60:.1f} min)", file=sys.stderr)
     show(rows)
     if args.json is not None:
         args.json.write_text(json.dumps({"jobs": args.jobs, "not_mutated": NOT_MUTATED,
