@@ -22,8 +22,14 @@ from challenge_kit.core.verify import (
     FAIL,
     PASS,
     WARN,
+    Check,
+    Report,
     best_assignment,
     channel_correlation,
+    check_labels,
+    check_lr,
+    check_reference,
+    findings,
     spectral_exponent,
     suspected_mapping,
     verify_path,
@@ -424,3 +430,141 @@ def test_numpy_array_is_named(tmp_path):
     got, reason = status(report, "type")
     assert got == FAIL and "numpy array" in reason
     assert verify_tensor(np.zeros((2, 3))).check("type").status == FAIL
+
+
+# ------------------------------------------------------------------------------ each row, word for word
+
+SIX = CIFAR100.subset(3, ipc=2)  # default labels 0 0 1 1 2 2
+PERMUTED = "hard labels differ from the default order"
+
+
+@pytest.mark.parametrize("labels,status_,reason,details", [
+    (torch.full((5, 3), 1 / 3), FAIL, "soft labels of shape 5x3, expected 6x3", {}),
+    (F.one_hot(torch.tensor([0, 1, 1, 1, 2, 0]), 3).float(), FAIL,
+     "soft labels (6x3) are dropped: the scorer trains on default-order hard labels; argmax disagrees with the "
+     "default-order class for 2 images (class 0: 1, class 2: 1)", {"disagree_per_class": {0: 1, 2: 1}}),
+    (F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float(), FAIL,
+     "soft labels (6x3) are dropped: the scorer trains on default-order hard labels; argmax agrees with the "
+     "default order, but the label distributions are lost", {"disagree_per_class": {}}),
+    (torch.tensor([[0], [0], [1], [1], [2], [2]]), FAIL,
+     "labels of shape 6x1: expected 6 class indices or 6x3 soft labels", {}),
+    (torch.tensor([0, 0, 1, 1, 2]), FAIL, "labels of shape 5: expected 6 class indices or 6x3 soft labels", {}),
+    (torch.tensor([0, 0, 1, 1, 2, 2.5]), FAIL, "hard labels hold non-integer values", {}),
+    (torch.tensor([0.0, 0, 1, 1, 2, 2]), PASS, "hard labels in default order (image i is class i // ipc)", {}),
+    (torch.tensor([1, 1, 0, 0, 2, 2]), FAIL, f"4 of 6 {PERMUTED} (image 0 is labelled 1, the scorer calls it class 0); "
+                                             "reorder the images by label (stable sort) to fix", {"differ": 4}),
+    (torch.tensor([0, 0, 1, 1, 2, 0]), FAIL, f"1 of 6 {PERMUTED} (image 5 is labelled 0, the scorer calls it class 2)",
+     {"differ": 1}),
+    (torch.tensor([0, 0, 1, 1, 2, 3]), FAIL, f"1 of 6 {PERMUTED} (image 5 is labelled 3, the scorer calls it class 2)",
+     {"differ": 1}),
+    (torch.tensor([-1, 0, 1, 1, 2, 2]), FAIL,
+     f"1 of 6 {PERMUTED} (image 0 is labelled -1, the scorer calls it class 0)", {"differ": 1}),
+])
+def test_label_rows_word_for_word(labels, status_, reason, details):
+    assert check_labels(labels, SIX) == Check("labels", status_, reason, details)
+
+
+def test_lr_row_and_the_report_as_json():
+    lr = check_lr(0.0123)
+    assert lr == Check("lr", WARN, "learned lr 0.0123 is stored, but the scorer ignores it and trains with lr 0.01",
+                       {"lr": 0.0123})
+    report = Report([Check("type", PASS, "a bare torch.Tensor"), lr, Check("shape", FAIL, "wrong", {"n": 1})],
+                    SIX, "caller", "s/a.pt")
+    assert (report.ok, report.exit_code, report.check("shape").reason, report.check("spec")) == (False, 1, "wrong",
+                                                                                                 None)
+    assert findings(report) == [f"s/a.pt: WARN lr: {lr.reason}", "s/a.pt: FAIL shape: wrong"]
+    assert findings(Report([lr], None)) == [f"WARN lr: {lr.reason}"]
+    assert report.to_dict() == {
+        "path": "s/a.pt", "ok": False, "exit_code": 1, "spec": SIX.to_dict(), "spec_source": "caller",
+        "challenge": False, "checks": [
+            {"name": "type", "status": PASS, "reason": "a bare torch.Tensor", "details": {}},
+            {"name": "lr", "status": WARN, "reason": lr.reason, "details": {"lr": 0.0123}},
+            {"name": "shape", "status": FAIL, "reason": "wrong", "details": {"n": 1}}]}
+    passing = Report([Check("type", PASS, "a bare torch.Tensor")], None)
+    assert (passing.ok, passing.exit_code, findings(passing)) == (True, 0, [])
+    assert passing.to_dict()["spec"] is None and passing.to_dict()["challenge"] is None
+
+
+def test_a_dict_of_many_keys_is_listed_eight_at_a_time():
+    keys = [f"k{i}" for i in range(10)]
+    row = verify_tensor({k: torch.zeros(1) for k in keys}).check("type")
+    assert row.status == FAIL and row.reason == (
+        "a dict with keys k0, k1, k2, k3, k4, k5, k6, k7, ... (+2 more), not a bare tensor: the scorer crashes on it")
+
+
+class Lookup(torch.nn.Module):
+    """A reference model whose answers the test chooses: an image whose pixels all equal c is predicted as c."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes, self.anchor = classes, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return F.one_hot(x[:, 0, 0, 0].round().long(), self.classes).float() + self.anchor
+
+
+def predicted(*rows):
+    """Images whose Lookup predictions are ``rows`` (one list per class, in default order)."""
+    return torch.tensor([c for row in rows for c in row], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+
+def test_reference_rows_word_for_word():
+    four = CIFAR100.subset(4, ipc=5)
+    agree = check_reference(predicted(*[[c] * 5 for c in range(4)]), four, Lookup(4))
+    assert agree == Check("reference", PASS, "reference model agrees with the default-order labels for 100% of images "
+                                             "(chance 25%); 0 classes with no agreeing image; lowest: class 0 5/5, "
+                                             "class 1 5/5, class 2 5/5",
+                          {"agreement": 1.0, "per_class_agreement": [1.0] * 4, "mapping": {},
+                           "agreement_with_mapping": 1.0})
+    swapped = check_reference(predicted([1] * 5, [0] * 5, [2] * 5, [3, 3, 3, 2, 2]), four, Lookup(4))
+    assert swapped == Check("reference", FAIL, "class order looks permuted (e.g. wnids.txt order instead of sorted): "
+                                               "the images of 2 classes look like another class (class 0 -> 1, class 1 "
+                                               "-> 0); agreement with the default order 40%, with this mapping 90%",
+                            {"agreement": 0.4, "per_class_agreement": [0.0, 0.0, 1.0, 0.6], "mapping": {0: 1, 1: 0},
+                             "agreement_with_mapping": 0.9})
+    ten = CIFAR100.subset(10, ipc=5)
+    sink = [[9] * 5] * 8  # classes 2..9 all look like class 9
+    weak = check_reference(predicted([1, 1, 9, 9, 9], [0, 0, 9, 9, 9], *sink), ten, Lookup(10))
+    lowest = "reference model agrees with the default-order labels for 10% of images (chance 10%); 9 classes with " \
+             "no agreeing image; lowest: class 0 0/5, class 1 0/5, class 2 0/5"
+    assert weak == Check("reference", WARN, f"{lowest}; too weak to judge the class order (a possible permutation "
+                                            "moves 2 classes, agreement with it 18%)",
+                         {"agreement": 0.1, "per_class_agreement": [0.0] * 9 + [1.0], "mapping": {0: 1, 1: 0},
+                          "agreement_with_mapping": 0.18})
+    assert check_reference(predicted(*[[9] * 5] * 10), ten, Lookup(10)) == Check(
+        "reference", WARN, f"{lowest}; no consistent class permutation",
+        {"agreement": 0.1, "per_class_agreement": [0.0] * 9 + [1.0], "mapping": {}, "agreement_with_mapping": 0.1})
+    with pytest.raises(ValueError, match="^the reference model predicts 4 classes, cifar100: 10 classes x 5 IPC"):
+        check_reference(predicted(*[[0] * 5] * 10), ten, Lookup(4))
+
+
+def ref_spectral_exponent(images):
+    """Radially averaged power over integer rings 1..H/4, and its log-log least-squares slope, pixel by pixel."""
+    x = images.double().numpy()
+    n, c, h, w = x.shape
+    power = np.zeros((h, w))
+    for i, j in itertools.product(range(n), range(c)):
+        power += np.abs(np.fft.fft2(x[i, j] - x[i, j].mean())) ** 2 / (n * c)
+    points = []
+    for r in range(1, min(h, w) // 4 + 1):
+        ring = [power[u, v] for u in range(h) for v in range(w) if round(np.hypot(min(u, h - u), min(v, w - v))) == r]
+        points.append((np.log(r), np.log(np.mean(ring))))
+    return -np.polyfit(*zip(*points, strict=True), 1)[0]
+
+
+def ref_channel_correlation(images):
+    x = images.double()
+    x = x - x.mean((-2, -1), keepdim=True)
+    pairs = [(i, j) for i in range(x.shape[1]) for j in range(i + 1, x.shape[1])]
+    return float(np.mean([float((x[:, i] * x[:, j]).sum() / ((x[:, i] ** 2).sum() * (x[:, j] ** 2).sum()).sqrt())
+                          for i, j in pairs]))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 16), (2, 3, 12, 20)])
+def test_spectrum_and_channel_statistics_against_plain_loops(shape):
+    g = torch.Generator().manual_seed(0)
+    images = natural(shape[0], 32)[..., :shape[2], :shape[3]] + 0.05 * torch.randn(shape, generator=g)
+    assert spectral_exponent(images) == pytest.approx(ref_spectral_exponent(images), abs=1e-9)
+    assert channel_correlation(images) == pytest.approx(ref_channel_correlation(images), abs=1e-12)
+    assert np.isnan(spectral_exponent(torch.ones(2, 3, 16, 16)))  # no variation to measure
+    assert np.isnan(spectral_exponent(torch.randn(2, 3, 7, 7, generator=g)))  # one ring only
