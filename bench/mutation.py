@@ -188,8 +188,10 @@ def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
     # made now: a folder missing when Python starts is cached as unimportable, and the checkout's code would be used
     (copy / "mutants").mkdir()
     with open(copy / "mutmut.log", "w") as log:
+        # nice execs mutmut; SIGINT restored, as a bench started in the background (`&`) has it ignored
         done = subprocess.Popen(["nice", "-n", "10", shutil.which("mutmut"), "run", "--max-children", str(jobs)],
-                                cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT)  # nice execs mutmut
+                                cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             done.wait(None if minutes is None else minutes * 60)
         except subprocess.TimeoutExpired:
