@@ -31,6 +31,7 @@ import argparse
 import ast
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -108,9 +109,9 @@ class Row:
 
     @property
     def percent(self) -> float:
-        """Caught (killed, timed out or crashed) of the checked mutants that are not equivalent."""
+        """Caught (killed, timed out or crashed) of the checked mutants that are not equivalent (NaN: none ran)."""
         real = self.mutants - self.equivalent - self.unchecked
-        return 100.0 * (self.killed + self.timeout_or_suspicious) / real if real else 100.0
+        return 100.0 * (self.killed + self.timeout_or_suspicious) / real if real else math.nan
 
 
 def fail(where: str, problem: str) -> None:
