@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
+from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
 from challenge_kit.core.storage import save_json, save_tensors, save_torch
 from challenge_kit.core.verify import (
@@ -30,8 +31,10 @@ from challenge_kit.core.verify import (
     check_lr,
     check_reference,
     findings,
+    load_reference_model,
     spectral_exponent,
     suspected_mapping,
+    verify_bytes,
     verify_path,
     verify_tensor,
 )
@@ -568,3 +571,51 @@ def test_spectrum_and_channel_statistics_against_plain_loops(shape):
     assert channel_correlation(images) == pytest.approx(ref_channel_correlation(images), abs=1e-12)
     assert np.isnan(spectral_exponent(torch.ones(2, 3, 16, 16)))  # no variation to measure
     assert np.isnan(spectral_exponent(torch.randn(2, 3, 7, 7, generator=g)))  # one ring only
+
+
+def refused(path, spec):
+    with pytest.raises(KitFileError) as caught:
+        load_reference_model(path, spec)
+    assert caught.value.path == str(path)
+    return caught.value.problem
+
+
+def test_a_reference_model_that_does_not_fit_says_why(tmp_path, trained_reference):
+    net, _ = trained_reference
+    assert refused(save_torch([torch.zeros(1)], tmp_path / "list.pt"), REF) == \
+        "holds a list, not a ConvNet state dict of tensors"
+    assert refused(save_torch({"w": torch.zeros(1), "n": 3}, tmp_path / "mixed.pt"), REF) == \
+        "holds a dict, not a ConvNet state dict of tensors"
+    assert refused(save_torch({"w": torch.zeros(3)}, tmp_path / "flat.pt"), REF) == \
+        "not a ConvNet state dict (DC/MTT layout: features.0.weight ... classifier.bias)"
+    bigger = ConvNet(replace(net.config, image_size=32)).state_dict()  # its classifier takes 16 x 8 x 8 features
+    assert refused(save_torch(bigger, tmp_path / "32px.pt"), REF) == (
+        f"does not fit a ConvNet for {REF.describe()} (size mismatch for classifier.weight: copying a param with "
+        "shape torch.Size([8, 1024]) from checkpoint, the shape in current model is torch.Size([8, 256]).)")
+    ten = CIFAR100.subset(10)
+    config = replace(net.config, num_classes=10)
+    meta = {"format": "ddkit-expert", "version": 1, "spec": replace(ten, image_size=16).to_dict(),
+            "model": config.to_dict(), "optimizer": {}, "seed": 0, "epochs": 1, "completed_epochs": 1,
+            "train_loss": [1.0], "test_acc": [0.5]}
+    flat = flatten_params(ConvNet(config))
+    expert = save_tensors({"snapshots": torch.stack([flat, flat])}, tmp_path / "expert_0000.safetensors", meta)
+    assert refused(expert, REF) == f"is a model for 10 classes of 3x16x16 images, not {REF.describe()}"
+
+
+def test_a_submission_in_memory_is_judged_as_on_disk(tmp_path):
+    images = normalize(natural(100, 32), SMALL)
+    path = save_torch(images, tmp_path / "s.pt")
+    in_memory = verify_bytes(path.read_bytes(), "bundle.zip:s.pt", SMALL)
+    on_disk = verify_path(path, spec=SMALL)
+    assert (in_memory.path, in_memory.spec, in_memory.spec_source) == ("bundle.zip:s.pt", SMALL, "member name")
+    assert [c for c in in_memory.checks if c.name != "spec"] == [c for c in on_disk.checks if c.name != "spec"]
+    assert "(spec from member name)" in in_memory.check("spec").reason and in_memory.ok
+    torch.save(images.numpy(), tmp_path / "np.pt")
+    row = verify_bytes((tmp_path / "np.pt").read_bytes(), "bundle.zip:np.pt", SMALL).checks
+    assert row == [Check("type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; "
+                                       "save torch.from_numpy(array)")]
+    torch.save(Payload(tmp_path / "ran"), tmp_path / "code.pt")
+    with pytest.raises(KitFileError, match="^bundle.zip:code.pt: refused without loading: the pickle would call "
+                                           "io.open$"):
+        verify_bytes((tmp_path / "code.pt").read_bytes(), "bundle.zip:code.pt", SMALL)
+    assert not (tmp_path / "ran").exists()
