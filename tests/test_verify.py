@@ -380,6 +380,30 @@ def test_a_cycle_counts_when_most_of_its_classes_moved():
     assert suspected_mapping(confusion, 10) == {}
 
 
+def swap(first, second, ipc=10):
+    """Classes 0 and 1 swapped: row 0 shows (images as 1, images as itself), row 1 likewise, class 2 intact."""
+    confusion = np.diag([0, 0, ipc]).astype(np.int64)
+    confusion[0, 1], confusion[0, 0] = first
+    confusion[1, 0], confusion[1, 1] = second
+    return suspected_mapping(confusion, ipc)
+
+
+def test_a_class_moved_at_the_documented_thresholds():
+    """Moved: at least 30% of its images (3 of 10, never fewer than 2) look like the other class, more than twice
+    as many as look like itself; a 2-cycle needs both of its classes moved."""
+    assert swap((3, 0), (3, 0)) == {0: 1, 1: 0}
+    assert swap((2, 0), (3, 0)) == {}  # 2 of 10 is under 30%
+    assert swap((2, 0), (2, 0), ipc=5) == {0: 1, 1: 0}  # 30% of 5 rounds up to 2
+    assert swap((5, 2), (5, 0)) == {0: 1, 1: 0}  # 5 > 2 x 2
+    assert swap((4, 2), (5, 0)) == {}  # 4 is not more than 2 x 2: one of two moved is not most of the cycle
+    confusion = np.diag([0, 0, 10, 7]).astype(np.int64)
+    confusion[0, 1] = confusion[1, 0] = 5
+    confusion[3, 1] = 2  # two images of a third class also look like class 1: under the 3 needed
+    assert suspected_mapping(confusion, 10) == {0: 1, 1: 0}
+    confusion[3, 1] = 3  # now as many as needed: class 1 absorbs several classes, no evidence of a swap
+    assert suspected_mapping(confusion, 10) == {}
+
+
 # ---------------------------------------------------------------------------------------- unreadable
 
 
@@ -489,6 +513,8 @@ def test_lr_row_and_the_report_as_json():
 
 
 def test_a_dict_of_many_keys_is_listed_eight_at_a_time():
+    eight = verify_tensor({f"k{i}": torch.zeros(1) for i in range(8)}).check("type").reason
+    assert eight.startswith("a dict with keys k0, k1, k2, k3, k4, k5, k6, k7, not a bare tensor")
     keys = [f"k{i}" for i in range(10)]
     row = verify_tensor({k: torch.zeros(1) for k in keys}).check("type")
     assert row.status == FAIL and row.reason == (
@@ -519,12 +545,15 @@ def test_reference_rows_word_for_word():
                                              "class 1 5/5, class 2 5/5",
                           {"agreement": 1.0, "per_class_agreement": [1.0] * 4, "mapping": {},
                            "agreement_with_mapping": 1.0})
-    swapped = check_reference(predicted([1] * 5, [0] * 5, [2] * 5, [3, 3, 3, 2, 2]), four, Lookup(4))
+    swapped = check_reference(predicted([1, 1, 1, 1, 0], [0] * 5, [2] * 5, [3, 3, 3, 2, 2]), four, Lookup(4))
     assert swapped == Check("reference", FAIL, "class order looks permuted (e.g. wnids.txt order instead of sorted): "
                                                "the images of 2 classes look like another class (class 0 -> 1, class 1 "
-                                               "-> 0); agreement with the default order 40%, with this mapping 90%",
-                            {"agreement": 0.4, "per_class_agreement": [0.0, 0.0, 1.0, 0.6], "mapping": {0: 1, 1: 0},
-                             "agreement_with_mapping": 0.9})
+                                               "-> 0); agreement with the default order 45%, with this mapping 85%",
+                            {"agreement": 0.45, "per_class_agreement": [0.2, 0.0, 1.0, 0.6], "mapping": {0: 1, 1: 0},
+                             "agreement_with_mapping": 0.85})
+    assert check_reference(predicted(*[[0] * 5] * 4), four, Lookup(4)).status == PASS  # 25% is not below 25%
+    eight = CIFAR100.subset(8, ipc=5)  # agreement 12.5%, with the mapping exactly 25%: not too weak to judge
+    assert check_reference(predicted([1, 1, 7, 7, 7], [0, 0, 0, 7, 7], *[[7] * 5] * 6), eight, Lookup(8)).status == FAIL
     ten = CIFAR100.subset(10, ipc=5)
     sink = [[9] * 5] * 8  # classes 2..9 all look like class 9
     weak = check_reference(predicted([1, 1, 9, 9, 9], [0, 0, 9, 9, 9], *sink), ten, Lookup(10))
@@ -614,8 +643,8 @@ def test_a_submission_in_memory_is_judged_as_on_disk(tmp_path):
     row = verify_bytes((tmp_path / "np.pt").read_bytes(), "bundle.zip:np.pt", SMALL).checks
     assert row == [Check("type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; "
                                        "save torch.from_numpy(array)")]
-    torch.save(Payload(tmp_path / "ran"), tmp_path / "code.pt")
+    torch.save([Payload(tmp_path / "ran"), print], tmp_path / "code.pt")
     with pytest.raises(KitFileError, match="^bundle.zip:code.pt: refused without loading: the pickle would call "
-                                           "io.open$"):
+                                           "builtins.print, io.open$"):
         verify_bytes((tmp_path / "code.pt").read_bytes(), "bundle.zip:code.pt", SMALL)
     assert not (tmp_path / "ran").exists()
