@@ -24,7 +24,7 @@ SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
 def device() -> torch.device:
     dev = torch.device(os.environ.get("DDKIT_TEST_DEVICE", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("DDKIT_TEST_DEVICE names cuda and there is none")
+        pytest.skip("platform: DDKIT_TEST_DEVICE names cuda and there is none")
     return dev
 
 
