@@ -1,6 +1,7 @@
 """Plain references the tests hold the kit to, written from the published facts (SPEC sections 1 to 3, the MTT and
 DATM papers), never from the kit's code: the recipe's constants (once, here), the official network built layer by
-layer, DiffAugment's DSA written out, the official training loop, and a kit round's seeding."""
+layer, DiffAugment's DSA written out, the official training loop, a kit round's seeding, and MTT's unrolled matching
+loss on a list of parameter tensors."""
 
 import copy
 import math
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 # ---- the official scorer's recipe (its evaluate.py) and the challenge contract, as facts
 LR = 0.01
@@ -168,3 +170,28 @@ def official_scores(images, labels, classes, test_images, test_labels, seeds, ep
     """The test accuracy of each round seed's official round."""
     return [official_test(official_round(images, labels, classes, s, epochs)[1], test_images, test_labels)
             for s in seeds]
+
+
+def split_like(flat: torch.Tensor, module: nn.Module) -> list[torch.Tensor]:
+    """A flat vector cut into ``module``'s parameter shapes, in ``parameters()`` order."""
+    sizes = [p.numel() for p in module.parameters()]
+    return [part.view_as(p) for part, p in zip(flat.split(sizes), module.parameters(), strict=True)]
+
+
+def mtt_match(module, images, labels, lr, start, target, steps, augment_batch):
+    """MTT's matching loss on a list of parameter tensors and its gradients w.r.t. the images and the lr: from theta
+    = ``start``, for each (indices, params) of ``steps`` theta <- theta - lr * grad of the mean cross-entropy of the
+    augmented batch, then ||theta_N - target||^2 / ||start - target||^2. Returns (loss, d/dimages, d/dlr)."""
+    x = images.detach().requires_grad_(True)
+    alpha = lr.detach().requires_grad_(True)
+    names = [name for name, _ in module.named_parameters()]
+    theta = [t.detach().requires_grad_(True) for t in split_like(start, module)]
+    for indices, params in steps:
+        out = functional_call(module, dict(zip(names, theta, strict=True)), (augment_batch(x[indices], params),))
+        grads = torch.autograd.grad(F.cross_entropy(out, labels[indices]), theta, create_graph=True)
+        theta = [t - alpha * g for t, g in zip(theta, grads, strict=True)]
+    ends, begins = split_like(target, module), split_like(start, module)
+    loss = sum((t - e).pow(2).sum() for t, e in zip(theta, ends, strict=True)) / sum(
+        (b - e).pow(2).sum() for b, e in zip(begins, ends, strict=True))
+    grad_x, grad_lr = torch.autograd.grad(loss, [x, alpha])
+    return loss.detach(), grad_x, grad_lr
