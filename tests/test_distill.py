@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from references import official_scores
 from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
@@ -77,12 +78,16 @@ def test_run_updates_images_schedules_T_and_records_every_iteration(store, tmp_p
     assert summary["parts"]["labels"] == "hard"
 
 
-def test_candidates_are_scored_with_the_same_seeds(store, tmp_path):
-    state = _run(_recipe(), store, tmp_path / "run")
+def test_candidates_are_scored_with_the_same_seeds_as_the_official_recipe_scores_them(store, tmp_path):
+    recipe = _recipe()
+    state = _run(replace(recipe, eval=replace(recipe.eval, scorer="faithful")), store, tmp_path / "run")
     seeds = [c["seeds"] for c in state.candidates]
     assert all(s == seeds[0] for s in seeds) and len(seeds[0]) == 2
-    for c in state.candidates:
-        assert c["se"] >= 0 and c["mean"] == pytest.approx(sum(c["rounds"]) / 2)
+    assert all(c["se"] >= 0 for c in state.candidates) and state.candidates[-1]["iteration"] == state.iteration
+    select = _real(4, seed=2)  # what _run hands the selection
+    for c, images in ((state.candidates[0], state.init["images"]), (state.candidates[-1], state.images)):
+        rounds = official_scores(images, default_labels(3, 4), 3, *select, c["seeds"], recipe.eval.epochs)
+        assert c["rounds"] == rounds and c["mean"] == pytest.approx(sum(rounds) / len(rounds)), (c, rounds)
 
 
 def test_threshold_skips_every_update_and_the_initialization_is_exported(store, tmp_path):
