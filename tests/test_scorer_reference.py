@@ -1,9 +1,11 @@
 """The scorer end to end against the official recipe written plainly in ``references.py``: the recipe's published
 constants against the kit's, and a kit-seeded round of the official loop (its network built layer by layer, torch's
 SGD, DiffAugment's DSA) against ``train_round``, ``train_and_test`` and ``evaluate_images``: the same initial and
-final weights bit for bit on the CPU, the same test accuracy, and the mean ``evaluate_images`` reports."""
+final weights bit for bit on the CPU, the same test accuracy, the mean ``evaluate_images`` reports, and the same
+scores from the fast scorer's stacked rounds."""
 
 from dataclasses import replace
+from itertools import combinations
 
 import pytest
 import torch
@@ -37,7 +39,7 @@ from references import (
 from challenge_kit.core import augment, contract
 from challenge_kit.core.contract import CIFAR100, SPECS, default_labels
 from challenge_kit.core.models import ConvNet, ModelConfig, num_parameters
-from evaluator import scorer
+from evaluator import fast, scorer
 
 SPEC = replace(CIFAR100.subset(4, ipc=3), image_size=16)
 SHORT = 4  # epochs: the lr drops after epoch index 2 (Epoch // 2 + 1, Epoch = 3), so the last runs at a tenth
@@ -120,3 +122,21 @@ def test_evaluate_images_reports_the_official_rounds_and_their_plain_mean(data, 
     assert result["rounds"] == rounds, f"reported rounds {result['rounds']}, the official recipe's {rounds}"
     assert result["mean"] == pytest.approx(sum(rounds) / ROUNDS, abs=1e-12), (
         f"reported mean {result['mean']} is not the plain mean of the rounds {rounds}")
+
+
+def test_stacked_rounds_score_as_the_official_rounds(data, official, monkeypatch):
+    """``DDKIT_STACKED_ROUNDS=2`` (a GPU's fast mode), here in float32 on the CPU: 3 rounds as a pair, then one alone.
+    Each scores as its seed's official round, give or take one test image (vmap's batched convolutions round
+    differently), and the official rounds lie further apart than that, so a round scored with another's streams
+    would show."""
+    images, _, test_images, test_labels = data
+    monkeypatch.setenv(fast.STACK_ENV, "2")
+    monkeypatch.setattr(fast, "native_bfloat16", lambda device: False)
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
+                                    device="cpu", show_progress=False, mode=fast.FAST)
+    assert result["scorer"] == {"mode": fast.FAST, "precision": "float32", "compiled": False, "stacked": 2}
+    rounds = [official_test(net, test_images, test_labels) for _, net in official.values()]
+    one = 1 / len(test_labels)
+    assert min(abs(a - b) for a, b in combinations(rounds, 2)) > one, f"rounds too close to tell apart: {rounds}"
+    assert result["seeds"] == list(official)
+    assert result["rounds"] == pytest.approx(rounds, abs=one), f"stacked {result['rounds']}, official {rounds}"
