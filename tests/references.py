@@ -1,7 +1,7 @@
-"""Plain references the tests hold the kit to, written from the published facts (SPEC sections 1 to 3, the MTT and
-DATM papers), never from the kit's code: the recipe's constants (once, here), the official network built layer by
-layer, DiffAugment's DSA written out, the official training loop, a kit round's seeding, and MTT's unrolled matching
-loss on a list of parameter tensors."""
+"""Plain references the tests hold the kit to, written from the published facts (the challenge's scoring script and
+DiffAugment as docs/scorer.md and docs/dsa.md state them, the MTT and DATM papers), never from the kit's code: the
+recipe's constants (once, here), the official network built layer by layer, DiffAugment's DSA written out, the
+official training loop, a kit round's seeding, and MTT's unrolled matching loss on a list of parameter tensors."""
 
 import copy
 import math
@@ -27,9 +27,9 @@ DATASETS = {  # classes, image size, ipc, mean, std
     "tinyimagenet": (200, 64, 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 SUBMISSION_SHAPES = {"cifar100": (1000, 3, 32, 32), "tinyimagenet": (2000, 3, 64, 64)}
-CIFAR100_PARAMETERS = 504_420  # SPEC section 2
+CIFAR100_PARAMETERS = 504_420  # the ConvNet at 32 px with 100 classes
 
-# ---- DSA, mode "S" (SPEC section 3)
+# ---- DSA, mode "S"
 GROUPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 BRIGHTNESS = 1.0  # x + (u - 0.5) * 1.0
 SATURATION = 2.0  # factor 2u

@@ -1,5 +1,4 @@
-"""The bundled scorer loop against a plain copy of the official recipe (``references.py``, from SPEC sections 1
-and 3).
+"""The bundled scorer loop against a plain copy of the official recipe (``references.py``).
 
 Both trainings start from the same weights and draw from one random stream (same seed, same order of
 draws), so any difference is in the computation: the weights must be bit-identical, across the lr drop.

@@ -68,7 +68,7 @@ def test_the_kit_holds_the_recipes_published_constants():
     assert (augment.BRIGHTNESS, augment.SATURATION, augment.CONTRAST, augment.CROP_RATIO, augment.CUTOUT_RATIO,
             augment.SCALE, augment.ROTATE_DEGREES) == (BRIGHTNESS, SATURATION, CONTRAST, CROP_RATIO, CUTOUT_RATIO,
                                                        SCALE, ROTATE_DEGREES)
-    for size, shift, side in ((32, 4, 16), (64, 8, 32)):  # SPEC's values at the two image sizes
+    for size, shift, side in ((32, 4, 16), (64, 8, 32)):  # the published values at the two image sizes
         assert augment.crop_shift(size) == shift == int(size * CROP_RATIO + 0.5)
         assert augment.cutout_side(size) == side == int(size * CUTOUT_RATIO + 0.5)
 
