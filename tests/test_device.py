@@ -26,10 +26,10 @@ SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
 @pytest.fixture
 def device(monkeypatch) -> torch.device:
     """The device; TF32 convolutions off, so that what a comparison with the CPU meets is float32's rounding."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     dev = torch.device(os.environ.get("DDKIT_TEST_DEVICE", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         pytest.skip("DDKIT_TEST_DEVICE names cuda and there is none")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     return dev
 
 
