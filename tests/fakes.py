@@ -2,7 +2,7 @@
 real shared set is."""
 
 import os
-import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,52 @@ def smooth_pixels(labels: list[int], rng: np.random.Generator, size: int = 32) -
     return np.clip(base + field, 0, 255).astype(np.uint8).reshape(n, -1)
 
 
+def py2_pickle(obj) -> bytes:
+    """``obj`` pickled the way Python 2's cPickle (protocol 2) pickled the real ``cifar-100-python`` files: a str as
+    a byte string (SHORT_BINSTRING, or BINSTRING past 255 bytes), lists and dicts filled in batches of 1000
+    (APPENDS, SETITEMS), and a uint8 array as numpy reduced it on Python 2: GLOBAL ``numpy.core.multiarray
+    _reconstruct`` applied to (``numpy.ndarray``, (0,), 'b'), then BUILD with (1, shape, dtype, False, its bytes as a
+    byte string), the dtype itself ``numpy.dtype('u1', 0, 1)`` BUILD (3, '|', None, None, None, -1, -1, 0). The
+    memo's PUT opcodes are left out: they change nothing a reader builds. ``pickletools.dis`` reads the result."""
+    return b"\x80\x02" + _py2(obj) + b"."
+
+
+def _py2(obj) -> bytes:
+    if obj is None:
+        return b"N"
+    if isinstance(obj, bool):
+        return b"\x88" if obj else b"\x89"  # NEWTRUE, NEWFALSE
+    if isinstance(obj, int):
+        if 0 <= obj < 1 << 8:
+            return b"K" + struct.pack("<B", obj)  # BININT1
+        if 0 <= obj < 1 << 16:
+            return b"M" + struct.pack("<H", obj)  # BININT2
+        return b"J" + struct.pack("<i", obj)  # BININT
+    if isinstance(obj, str):
+        return _py2(obj.encode("latin1"))
+    if isinstance(obj, bytes):  # Python 2's str
+        return (b"U" + struct.pack("<B", len(obj)) if len(obj) < 256 else b"T" + struct.pack("<i", len(obj))) + obj
+    if isinstance(obj, tuple):
+        items = b"".join(_py2(v) for v in obj)
+        return {0: b")", 1: items + b"\x85", 2: items + b"\x86", 3: items + b"\x87"}.get(len(obj), b"(" + items + b"t")
+    if isinstance(obj, list):
+        return b"]" + b"".join(b"(" + b"".join(_py2(v) for v in obj[i:i + 1000]) + b"e"
+                               for i in range(0, len(obj), 1000))
+    if isinstance(obj, dict):
+        pairs = list(obj.items())
+        return b"}" + b"".join(b"(" + b"".join(_py2(k) + _py2(v) for k, v in pairs[i:i + 1000]) + b"u"
+                               for i in range(0, len(pairs), 1000))
+    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.flags.c_contiguous:
+        dtype = b"cnumpy\ndtype\n" + _py2(("u1", 0, 1)) + b"R" + _py2((3, "|", None, None, None, -1, -1, 0)) + b"b"
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2((0,)) + _py2("b") + b"\x87R"
+                + b"(" + _py2(1) + _py2(obj.shape) + dtype + _py2(False) + _py2(obj.tobytes()) + b"tb")
+    raise TypeError(f"no Python 2 pickle for {type(obj).__name__} here")
+
+
 def write_cifar(root: Path, n_train: int = 30, n_test: int = 20, seed: int = 0, per_class: bool = False,
                 smooth: bool = False) -> dict:
-    """A small ``cifar-100-python`` set with the real keys (Python-2 style: protocol 2, latin1-decodable).
+    """A small ``cifar-100-python`` set as the download holds it: Python 2 pickles (``py2_pickle``) with the real
+    keys. Returns what it wrote (str keys, as the reader decodes them).
 
     ``per_class``: n_train / n_test images of *each* of the 100 classes (class-major) instead of in all.
     """
@@ -52,13 +95,12 @@ def write_cifar(root: Path, n_train: int = 30, n_test: int = 20, seed: int = 0, 
         pixels = smooth_pixels(fine, rng) if smooth else rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8)
         d = {"filenames": [f"img_{i}.png" for i in range(len(fine))], "batch_label": f"{split}ing batch 1 of 1",
              "fine_labels": fine, "coarse_labels": [f // 5 for f in fine], "data": pixels}
-        if split == "test":  # the originals' keys come back as bytes when not decoded: accept both
-            d = {k.encode(): v for k, v in d.items()}
-        (folder / split).write_bytes(pickle.dumps(d, protocol=2))
+        (folder / split).write_bytes(py2_pickle(d))
         out[split] = d
     names = [f"class_{i:03d}" for i in range(100)]
     meta = {"fine_label_names": names, "coarse_label_names": [f"super_{i}" for i in range(20)]}
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "meta").write_bytes(py2_pickle(meta))
+    out["meta"] = meta
     return out
 
 

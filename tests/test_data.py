@@ -1,8 +1,10 @@
 """Real-data loading on files written in the real formats: CIFAR-100 pickles, a Tiny ImageNet tree, ImageFolder."""
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import shlex
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, DatasetSpec, den
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.reading import load_torch
-from challenge_kit.data import dataset_spec, default_cache_dir, load_split
+from challenge_kit.data import dataset_spec, default_cache_dir, load_split, read_cifar_pickle
 from challenge_kit.runs import BEST
 
 
@@ -43,7 +45,32 @@ def test_cifar_pickles_load_as_normalized_challenge_tensors(tmp_path):
     assert torch.equal(x, normalize(pixels, CIFAR100))
     assert torch.allclose(denormalize(x, CIFAR100), pixels, atol=1e-6)
     xt, yt, _ = load_split("cifar100", tmp_path, "test")
-    assert xt.shape == (20, 3, 32, 32) and yt.tolist() == raw["test"][b"fine_labels"]
+    assert xt.shape == (20, 3, 32, 32) and yt.tolist() == raw["test"]["fine_labels"]
+
+
+def test_cifar_reads_the_python2_pickles_of_the_download(tmp_path):
+    """The download's files are Python 2 cPickle protocol-2 pickles (``fakes.py2_pickle``): byte strings only, and
+    arrays that reach exactly numpy 1.x's three globals, which the reader must admit."""
+    raw = write_cifar(tmp_path, n_train=1001)  # past 1000 labels: the lists are filled in two batches
+    folder = tmp_path / "cifar-100-python"
+    for name in ("train", "test", "meta"):
+        data = (folder / name).read_bytes()
+        ops = [op for op, _, _ in pickletools.genops(data)]
+        reached = {arg for op, arg, _ in pickletools.genops(data) if op.name == "GLOBAL"}
+        assert reached == (set() if name == "meta" else {"numpy.core.multiarray _reconstruct", "numpy ndarray",
+                                                         "numpy dtype"}), name
+        assert {op.name for op in ops if "STRING" in op.name or "UNICODE" in op.name or "BYTES" in op.name} <= {
+            "SHORT_BINSTRING", "BINSTRING"}, name
+        assert max(op.proto for op in ops) == 2
+        pickletools.dis(data, out=io.StringIO())  # well formed: marks, stack and memo all balance
+    appends = [op.name for op, _, _ in pickletools.genops((folder / "train").read_bytes())].count("APPENDS")
+    assert appends == 3 * 2  # filenames, fine and coarse labels: 1000 items, then 1
+    train = read_cifar_pickle(folder / "train")
+    assert set(train) == {"filenames", "batch_label", "fine_labels", "coarse_labels", "data"}
+    assert train["batch_label"] == "training batch 1 of 1" and train["filenames"] == raw["train"]["filenames"]
+    assert train["fine_labels"] == raw["train"]["fine_labels"] and train["data"].dtype == np.uint8
+    assert train["data"].shape == (1001, 3072) and (train["data"] == raw["train"]["data"]).all()
+    assert read_cifar_pickle(folder / "meta") == raw["meta"]
 
 
 def test_cifar_missing_files_name_the_layout(tmp_path):
@@ -264,7 +291,7 @@ def test_reference_command_writes_the_scorer_file(tmp_path):
     ref = load_torch(out)
     assert set(ref) == {"images_val", "labels_val"}
     assert ref["images_val"].shape == (20, 3, 32, 32) and ref["images_val"].dtype == torch.float32
-    assert ref["labels_val"].dtype == torch.int64 and ref["labels_val"].tolist() == raw["test"][b"fine_labels"]
+    assert ref["labels_val"].dtype == torch.int64 and ref["labels_val"].tolist() == raw["test"]["fine_labels"]
     again = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out", str(out)])
     assert again.exit_code == 1 and f"{out}: already exists; pass --overwrite" in again.output
     missing = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "nope"),

@@ -1,11 +1,14 @@
 """The kit's device paths, run on ``$DDKIT_TEST_DEVICE`` (default cpu): ``bench/gpu_acceptance.py`` runs these on
-CUDA, so the first GPU run meets what is truly CUDA's, not a wrong device in the kit's own code."""
+CUDA, so the first GPU run meets what is truly CUDA's, not a wrong device in the kit's own code. Each result is held
+to a plain reference computed on the CPU (``references.py``): MTT's loop in float64, DiffAugment, the official scorer
+loop drawing from a generator on the device; so on the default CPU they can fail too."""
 
 import os
 from dataclasses import replace
 
 import pytest
 import torch
+from references import GROUPS, mtt_match, official_convnet, official_dsa, official_round
 
 from challenge_kit.core import augment
 from challenge_kit.core.contract import CIFAR100, default_labels
@@ -21,11 +24,25 @@ SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
 
 
 @pytest.fixture
-def device() -> torch.device:
+def device(monkeypatch) -> torch.device:
+    """The device; TF32 convolutions off, so that what a comparison with the CPU meets is float32's rounding."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     dev = torch.device(os.environ.get("DDKIT_TEST_DEVICE", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("DDKIT_TEST_DEVICE names cuda and there is none")
+        pytest.skip("platform: DDKIT_TEST_DEVICE names cuda and there is none")
     return dev
+
+
+def _trained_as(kit: torch.nn.Module, reference: torch.nn.Module, device: torch.device, bitwise: bool) -> None:
+    """A network the kit trained on ``device`` against the reference's: bit for bit, or to float32 rounding."""
+    expected = reference.state_dict()
+    for name, value in kit.state_dict().items():
+        assert value.device.type == device.type
+        if bitwise:
+            assert torch.equal(value.cpu(), expected[name]), f"{name} differs from the official recipe's"
+        else:
+            torch.testing.assert_close(value.cpu(), expected[name], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _problem(net: FunctionalConvNet, device: torch.device, steps: int) -> tuple:
@@ -38,31 +55,48 @@ def _problem(net: FunctionalConvNet, device: torch.device, steps: int) -> tuple:
     return images, Matching(start, start, [(steps, target)]), plan
 
 
-def test_both_gradients_agree_on_the_device(device):
+def test_both_gradients_are_mtts_loop_in_float64_on_the_cpu(device):
     net = FunctionalConvNet(ModelConfig.for_spec(SPEC), device=device)
     images, problem, plan = _problem(net, device, 3)
     labels, lr = default_labels(SPEC.num_classes, SPEC.ipc, device), torch.tensor(0.01, device=device)
-    exact, unrolled = (match(net, images, labels, lr, problem, plan, mode) for mode in ("exact", "unrolled"))
-    assert exact.grad_images.device.type == device.type
-    torch.testing.assert_close(exact.grad_images, unrolled.grad_images, rtol=1e-3, atol=1e-6)
-    torch.testing.assert_close(exact.grad_lr, unrolled.grad_lr, rtol=1e-3, atol=1e-6)
+    # the plan's own draws, on the CPU, applied by augment.apply (test_augment.py pins it against DiffAugment)
+    steps = [(step.indices.cpu(), step.aug.to("cpu")) for step in plan]
+    reference = official_convnet(SPEC.num_classes, SPEC.image_size, dtype=torch.float64)
+    d = lambda t: t.detach().cpu().double()  # noqa: E731
+    loss, grad_images, grad_lr = mtt_match(reference, d(images), labels.cpu(), d(lr), d(problem.start),
+                                           d(problem.targets[0][1]), steps, augment.apply)
+    for mode in ("exact", "unrolled"):
+        kit = match(net, images, labels, lr, problem, plan, mode)
+        assert kit.grad_images.device.type == device.type
+        assert kit.loss.item() == pytest.approx(loss.item(), rel=1e-5), mode
+        error = ((d(kit.grad_images) - grad_images).norm() / grad_images.norm()).item()
+        assert error < 1e-4, f"{mode}: image gradient {error:.3g} from float64's"
+        assert kit.grad_lr.item() == pytest.approx(grad_lr.item(), rel=1e-4), mode
 
 
-def test_augmentation_on_the_device_is_the_cpu_one(device):
+def test_augmentation_on_the_device_is_diffaugment_on_the_cpu(device):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    for group in augment.GROUPS:
-        params = augment.sample(8, 16, "cpu", group=group, generator=torch.Generator().manual_seed(2))
-        torch.testing.assert_close(augment.apply(x.to(device), params.to(device)).cpu(), augment.apply(x, params),
-                                   rtol=1e-4, atol=1e-5)
+    used = set()
+    for seed in range(50):
+        draws = torch.Generator().manual_seed(seed)  # group, then parameters, from one stream: DiffAugment's order
+        params = augment.sample(8, 16, "cpu", generator=draws, group_generator=draws)
+        expected = official_dsa(x, torch.Generator().manual_seed(seed), used)
+        torch.testing.assert_close(augment.apply(x.to(device), params.to(device)).cpu(), expected, rtol=1e-5,
+                                   atol=1e-5, msg=lambda m, group=params.group: f"{group}: {m}")
+        if used == set(GROUPS):
+            break
+    assert used == set(GROUPS)
 
 
-def test_a_seeded_scorer_round_repeats_on_the_device(device):
+def test_a_seeded_scorer_round_on_the_device_repeats_and_is_the_official_loop(device):
     images = torch.randn(SPEC.shape, generator=torch.Generator().manual_seed(0))
     labels = default_labels(SPEC.num_classes, SPEC.ipc)
     nets = [train_round(images, labels, num_classes=SPEC.num_classes, epochs=3, seed=5, device=device)
             for _ in range(2)]
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
-        assert a.device.type == device.type and torch.equal(a, b)
+        assert torch.equal(a, b)
+    _trained_as(nets[0], official_round(images, labels, SPEC.num_classes, 5, 3, device)[1], device,
+                bitwise=device.type == "cpu")
 
 
 def test_an_expert_epoch_runs_on_the_device(device):
@@ -74,15 +108,13 @@ def test_an_expert_epoch_runs_on_the_device(device):
     assert p.device.type == device.type and torch.isfinite(p).all() and loss > 0
 
 
-def test_stacked_rounds_train_as_each_would_alone_on_the_device(device):
-    """The fast scorer's stacked path (several rounds in one vmap) keeps every round's own streams."""
+def test_stacked_rounds_train_as_the_official_loop_on_the_device(device):
+    """The fast scorer's stacked path (several rounds in one vmap) trains every round as the official loop does with
+    that round's own streams (the batched convolutions round differently: within 1e-5, not bit for bit)."""
     images = torch.randn(SPEC.shape, generator=torch.Generator().manual_seed(0))
     labels = default_labels(SPEC.num_classes, SPEC.ipc)
     how = Arithmetic(FAST, "float32", False, stacked=3)
     together = train_rounds(images, labels, [5, 6, 7], num_classes=SPEC.num_classes, epochs=3, device=device,
                             how=how)
     for seed, net in zip([5, 6, 7], together, strict=True):
-        alone = train_round(images, labels, num_classes=SPEC.num_classes, epochs=3, seed=seed, device=device)
-        for a, b in zip(alone.parameters(), net.parameters(), strict=True):
-            assert b.device.type == device.type
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+        _trained_as(net, official_round(images, labels, SPEC.num_classes, seed, 3, device)[1], device, bitwise=False)

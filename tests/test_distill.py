@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from references import official_scores
 from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
@@ -19,7 +20,6 @@ from challenge_kit.experts.training import train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
 from challenge_kit.selection import Selector
-from challenge_kit.stats import paired
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
 
@@ -77,12 +77,16 @@ def test_run_updates_images_schedules_T_and_records_every_iteration(store, tmp_p
     assert summary["parts"]["labels"] == "hard"
 
 
-def test_candidates_are_scored_with_the_same_seeds(store, tmp_path):
-    state = _run(_recipe(), store, tmp_path / "run")
+def test_candidates_are_scored_with_the_same_seeds_as_the_official_recipe_scores_them(store, tmp_path):
+    recipe = _recipe()
+    state = _run(replace(recipe, eval=replace(recipe.eval, scorer="faithful")), store, tmp_path / "run")
     seeds = [c["seeds"] for c in state.candidates]
     assert all(s == seeds[0] for s in seeds) and len(seeds[0]) == 2
-    for c in state.candidates:
-        assert c["se"] >= 0 and c["mean"] == pytest.approx(sum(c["rounds"]) / 2)
+    assert all(c["se"] >= 0 for c in state.candidates) and state.candidates[-1]["iteration"] == state.iteration
+    select = _real(4, seed=2)  # what _run hands the selection
+    for c, images in ((state.candidates[0], state.init["images"]), (state.candidates[-1], state.images)):
+        rounds = official_scores(images, default_labels(3, 4), 3, *select, c["seeds"], recipe.eval.epochs)
+        assert c["rounds"] == rounds and c["mean"] == pytest.approx(sum(rounds) / len(rounds)), (c, rounds)
 
 
 def test_threshold_skips_every_update_and_the_initialization_is_exported(store, tmp_path):
@@ -209,15 +213,19 @@ def test_the_reason_says_whether_the_winning_margin_is_significant(monkeypatch, 
     assert ("not a significant gain" in decision["reason"]) is not significant
 
 
-@pytest.mark.parametrize("leader_rounds, significant", [([0.19, 0.195, 0.2125], False), ([0.22, 0.23, 0.235], True)])
-def test_without_final_rounds_the_reason_gives_the_paired_margin_of_the_selection_rounds(leader_rounds, significant):
-    """With ``final_rounds = 0`` the leader is exported on its selection rounds, paired with the initialization's."""
+@pytest.mark.parametrize("leader_rounds, margin, significant", [
+    ([0.19, 0.195, 0.2125], "+0.0075 +- 0.0088", False),  # differences -0.0025, 0, 0.025: their mean and s.e.
+    ([0.22, 0.23, 0.235], "+0.0367 +- 0.0058", True),  # 0.0275, 0.035, 0.0475
+])
+def test_without_final_rounds_the_reason_gives_the_paired_margin_of_the_selection_rounds(leader_rounds, margin,
+                                                                                         significant):
+    """With ``final_rounds = 0`` the leader is exported on its selection rounds, paired with the initialization's:
+    the margin is the mean of the per-seed differences and its standard error (stdev / sqrt(3))."""
     selector = Selector(EvalConfig(final_rounds=0), SPEC, torch.zeros(1), torch.zeros(1), torch.device("cpu"))
     init_rounds = [0.1925, 0.195, 0.1875]
     candidates = [{"iteration": 0, "mean": sum(init_rounds) / 3, "rounds": init_rounds},
                   {"iteration": 60, "mean": sum(leader_rounds) / 3, "rounds": leader_rounds}]
     decision = selector.decide(candidates, torch.zeros(2), torch.ones(2))
     assert decision["export"] == 60 and decision["final"] is None
-    margin = paired(leader_rounds, init_rounds)
-    assert f"{margin['mean']:+.4f} +- {margin['se']:.4f} over 3 paired selection rounds" in decision["reason"]
+    assert f"{margin} over 3 paired selection rounds" in decision["reason"], decision["reason"]
     assert ("not a significant gain" in decision["reason"]) is not significant

@@ -27,7 +27,6 @@ from challenge_kit.core.seeds import expert_generator
 from challenge_kit.experts import training
 from challenge_kit.experts.buffers import export_buffers, import_buffers
 from challenge_kit.experts.store import ExpertStore, expert_files, expert_path
-from challenge_kit.optim import sgd_step
 from challenge_kit.parts import expert_parts
 from challenge_kit.recipes import ExpertConfig
 
@@ -109,19 +108,6 @@ def test_expert_gradient_equals_the_optimizer_style_two_pass_gsam():
     assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4)
     with torch.no_grad():
         assert abs(float(loss) - float(F.cross_entropy(load_flat_(ConvNet(MODEL), p)(x), y))) < 1e-6
-
-
-def test_sgd_step_matches_torch_sgd():
-    p0 = torch.randn(7)
-    q = p0.clone().requires_grad_(True)
-    opt = torch.optim.SGD([q], lr=0.1, momentum=0.9, weight_decay=5e-4)
-    p, buf = p0.clone(), None
-    for k in range(3):
-        grad = torch.full((7,), float(k + 1))
-        q.grad = grad.clone()
-        opt.step()
-        p, buf = sgd_step(p, grad, 0.1, 0.9, 5e-4, buf)
-    assert torch.allclose(p, q.detach(), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ store and determinism

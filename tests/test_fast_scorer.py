@@ -4,7 +4,6 @@ only ever used where it is asked for and said."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -20,9 +19,8 @@ from challenge_kit.data import load_split
 from challenge_kit.recipes import ADDED, EvalConfig, filled, load_recipe
 from challenge_kit.selection import Selector
 from challenge_kit.stats import paired
-from evaluator import scorer
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic, can_compile, native_bfloat16, stacked
-from evaluator.scorer import evaluate_images, train_and_test
+from evaluator.scorer import train_and_test
 
 CPU = torch.device("cpu")
 ROUNDS, EPOCHS, CLASSES, IPC = 12, 60, 10, 2
@@ -50,6 +48,7 @@ def test_the_modes_say_what_they_compute(monkeypatch):
     assert fast.stacked == 1  # stacking is asked for, never assumed
     monkeypatch.setenv("DDKIT_STACKED_ROUNDS", "3")
     assert arithmetic(FAST, CPU).stacked == 3 and arithmetic(FAITHFUL, CPU).stacked == 1
+    assert "3 rounds at once" in arithmetic(FAST, CPU).describe()
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("DDKIT_STACKED_ROUNDS", bad)
         with pytest.raises(KitValueError, match=f"DDKIT_STACKED_ROUNDS: must be a whole number >= 1, got '{bad}'"):
@@ -129,25 +128,6 @@ def test_the_selection_record_names_the_arithmetic_it_was_decided_in():
         selector = Selector(EvalConfig(scorer=mode), TINYIMAGENET, torch.zeros(1), torch.zeros(1), CPU)
         decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1))
         assert decision["scorer"] == arithmetic(mode, CPU).to_dict() and decision["export"] == 0
-
-
-def test_evaluate_images_stacks_rounds_where_the_arithmetic_says_and_scores_them_as_one_at_a_time(monkeypatch):
-    """A GPU's fast mode trains rounds stacked; here that path runs in float32 on the CPU, in groups of 2 (3
-    rounds: a pair and one alone), and must score each round as the round alone scores it."""
-    spec = TINYIMAGENET.subset(4, ipc=2)
-    spec = replace(spec, image_size=16)
-    gen = torch.Generator().manual_seed(0)
-    images, test = torch.randn(spec.shape, generator=gen), torch.randn(40, 3, 16, 16, generator=gen)
-    test_labels = torch.arange(40) % 4
-    alone = evaluate_images(images, spec, test, test_labels, rounds=3, epochs=4, seed=3, device="cpu",
-                            show_progress=False)
-    two = Arithmetic(FAST, "float32", False, stacked=2)
-    monkeypatch.setattr(scorer, "arithmetic", lambda mode, device: two)
-    stacked = evaluate_images(images, spec, test, test_labels, rounds=3, epochs=4, seed=3, device="cpu",
-                              show_progress=False, mode=FAST)
-    assert stacked["seeds"] == alone["seeds"] and stacked["scorer"]["stacked"] == 2
-    assert stacked["rounds"] == pytest.approx(alone["rounds"], abs=1 / 40)  # at most one test image apart
-    assert "2 rounds at once" in two.describe()
 
 
 def test_stacking_refuses_a_network_with_buffers():

@@ -15,7 +15,7 @@ SMALL = [a for o in ("eval.holdout_per_class=2", "experts.num_experts=1", "disti
                      "distill.batch_syn=10", "eval.every=2", "eval.final_rounds=0") for a in ("--set", o)]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="platform: this machine has CUDA")
 def test_without_cuda_it_refuses_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, SCRIPT, "--data-root", tmp_path, "--out", tmp_path / "out"],
                           capture_output=True, text=True)

@@ -86,14 +86,14 @@ def unprivileged():
         libc = ctypes.CDLL(None)
         capget, capset = libc.capget, libc.capset
     except (OSError, AttributeError):
-        pytest.skip("running as root where capget/capset are not available: permission bits cannot be tested")
+        pytest.skip("platform: running as root where capget/capset are not available: permission bits cannot be tested")
     header, sets = CapHeader(0x20080522, 0), (CapSets * 2)()  # _LINUX_CAPABILITY_VERSION_3; pid 0: this thread
     if capget(ctypes.byref(header), sets) != 0:
-        pytest.skip("running as root where capget fails: permission bits cannot be tested")
+        pytest.skip("platform: running as root where capget fails: permission bits cannot be tested")
     held = sets[0].effective  # the overrides are in the low word
     sets[0].effective = held & ~OVERRIDES
     if capset(ctypes.byref(header), sets) != 0:
-        pytest.skip("running as root without the right to change its capabilities")
+        pytest.skip("platform: running as root without the right to change its capabilities")
     try:
         yield
     finally:

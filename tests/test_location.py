@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from skip_policy import PLATFORM
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("challenge_kit", "evaluator", "submissions", "tests", "pyproject.toml")  # what is there of them
@@ -23,8 +24,8 @@ RUN = ("import sys, challenge_kit, pytest\n"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="not root: a non-root tester's own checkout is open to it, and the "
-                                              "hardening cases switch nothing for it")
+@pytest.mark.skipif(os.geteuid() != 0, reason=PLATFORM + "not root: a non-root tester's own checkout is open to it, "
+                                                         "and the hardening cases switch nothing for it")
 def test_hardening_cases_pass_from_a_checkout_only_root_may_enter(tmp_path):
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
@@ -42,5 +43,5 @@ def test_hardening_cases_pass_from_a_checkout_only_root_may_enter(tmp_path):
                           capture_output=True, text=True, timeout=600)
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode == 0 and "skipped" in summary:  # the switch itself is not available here
-        pytest.skip("; ".join(re.findall(r"^SKIPPED \[\d+\] (.*)$", proc.stdout, re.M)))
+        pytest.skip(PLATFORM + "; ".join(re.findall(r"^SKIPPED \[\d+\] (.*)$", proc.stdout, re.M)))
     assert proc.returncode == 0 and re.match(rf"{len(CASES)} passed\b", summary), proc.stdout[-4000:] + proc.stderr

@@ -1,9 +1,10 @@
 """The kit as a user installs it: a wheel, in a fresh environment, away from this checkout. The recipes ship inside
 it, the command runs from any folder, and its declared dependencies are met by what the tests ran with.
 
-Nothing is downloaded: the wheel is built with the installed setuptools, and the venv reuses the installed torch
-(``--system-site-packages``); pip installs with ``--no-index``, so a dependency bound nothing installed meets fails
-here.
+Nothing is downloaded: the wheel is built with the installed setuptools, and the venv sees the packages the tests
+run with (the running interpreter's site folders, named in a ``.pth`` file: in a virtualenv ``--system-site-packages``
+would show the base interpreter's instead); pip installs with ``--no-index``, so a dependency bound nothing installed
+meets fails here.
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def test_the_wheel_ships_the_recipes_and_runs_outside_the_checkout(tmp_path):
     assert len(recipes) >= 9 and recipes <= names, sorted(recipes - names)
 
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=tmp_path)
+    run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
     python = venv / "bin" / "python"
+    purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path)
+                   .strip())
+    ours = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (purelib / "tests-packages.pth").write_text("".join(f"{p}\n" for p in ours))
     run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--quiet", wheel], cwd=tmp_path)
 
     away = tmp_path / "elsewhere"

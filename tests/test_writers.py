@@ -130,7 +130,7 @@ def special(path: Path, what: str, victim: Path) -> None:
         try:
             os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
         except PermissionError:
-            pytest.skip("no right to make a device node here")
+            pytest.skip("platform: no right to make a device node here")
 
 
 HOLDER = textwrap.dedent("""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # imported where a stream is made: recipes and options read MAX_SEED before torch is imported
     import torch
 
-SEED_MASK = 0x7FFFFFFF  # the official scorer's seeds are non-negative 31-bit ints
+SEED_MASK = 0x7FFFFFFF  # fresh seeds are non-negative 31-bit ints, as the official scorer's would be
 FINAL_SEED_OFFSET = 1  # selection's fresh rounds: (seed + 1) * 1000 + r, never a candidate's round seed
 # The largest seed a recipe or an option takes: every stream derived from it (seed + 1, seed * 1000 + r) fits a
 # generator, and numpy's legacy seeding takes no more.
@@ -50,10 +50,14 @@ def fresh_seed() -> int:
 
 
 def round_seeds(seed: int | None, rounds: int) -> list[int]:
-    """One scorer seed per round derived from ``seed`` (fresh ones when ``seed`` is None)."""
+    """One scorer seed per round derived from ``seed`` (fresh ones when ``seed`` is None): ``seed * 1000 + r``, whole.
+
+    Never cut to 31 bits: with rounds below 1000 every (seed, round) pair has its own round seed, and a round seed
+    reaches the generators only through ``stream_seeds``, which takes any size. Seeds up to 2,147,482 give the values
+    they gave when round seeds were cut to 31 bits."""
     if seed is None:
         return [fresh_seed() for _ in range(rounds)]
-    return [(seed * ROUNDS_PER_SEED + r) & SEED_MASK for r in range(rounds)]
+    return [seed * ROUNDS_PER_SEED + r for r in range(rounds)]
 
 
 def shown(number: int) -> str:
