@@ -65,16 +65,17 @@ class Target:
 
 # Each module against its own tests: the files that call it on purpose, not every test that passes through it.
 TARGETS = (
-    Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py")),
+    Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py",
+                                   "tests/test_scorer_reference.py")),
     Target("evaluator/fast.py", ("tests/test_fast_scorer.py",), "not rank_alike"),  # that one trains many rounds
     Target("evaluator/evaluate.py", ("tests/test_evaluator.py",)),
     Target("challenge_kit/core/contract.py", ("tests/test_contract.py",)),
-    Target("challenge_kit/core/models.py", ("tests/test_models.py",)),
+    Target("challenge_kit/core/models.py", ("tests/test_models.py", "tests/test_scorer_reference.py")),  # its init
     Target("challenge_kit/core/augment.py", ("tests/test_augment.py",)),
     Target("challenge_kit/core/verify/", ("tests/test_verify.py",)),
     Target("challenge_kit/core/reading.py", ("tests/test_untrusted.py", "tests/test_submission.py")),
-    Target("challenge_kit/matching.py", ("tests/test_matching.py",)),
-    Target("challenge_kit/optim.py", ("tests/test_experts.py",), "sgd"),  # the rest trains experts: minutes
+    Target("challenge_kit/matching.py", ("tests/test_matching.py", "tests/test_matching_reference.py")),
+    Target("challenge_kit/optim.py", ("tests/test_optim.py",)),
     Target("challenge_kit/selection.py", ("tests/test_distill.py",)),
     Target("challenge_kit/data/cifar.py", ("tests/test_data.py",), "cifar"),  # the rest reads Tiny ImageNet
 )
