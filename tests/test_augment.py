@@ -393,8 +393,10 @@ def test_parameters_are_drawn_in_the_asked_dtype(dtype):
     for group in GROUPS:
         p = sample(4, 16, group=group, dtype=dtype)
         assert all(v.dtype == dtype for v in p.values.values() if v.is_floating_point())
-    _, p = dsa(images(n=4, h=16, w=16, dtype=dtype))
-    assert all(v.dtype == dtype for v in p.values.values() if v.is_floating_point())
+    drawn = [dsa(images(n=4, h=16, w=16, dtype=dtype), group_generator=torch.Generator().manual_seed(s))[1]
+             for s in range(12)]
+    floats = [v for p in drawn for v in p.values.values() if v.is_floating_point()]
+    assert floats and all(v.dtype == dtype for v in floats)  # colour, scale or rotate among the twelve groups
 
 
 @pytest.mark.parametrize("group", GROUPS)
