@@ -67,7 +67,9 @@ class Target:
 TARGETS = (
     Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py",
                                    "tests/test_scorer_reference.py")),
-    Target("evaluator/fast.py", ("tests/test_fast_scorer.py",), "not rank_alike"),  # that one trains many rounds
+    # fast.py's tests without the many-round real-image comparison, and the stacked rounds against the official ones
+    Target("evaluator/fast.py", ("tests/test_fast_scorer.py", "tests/test_scorer_reference.py"),
+           "test_fast_scorer and not rank_alike or stacked"),
     Target("evaluator/evaluate.py", ("tests/test_evaluator.py",)),
     Target("challenge_kit/core/contract.py", ("tests/test_contract.py",)),
     Target("challenge_kit/core/models.py", ("tests/test_models.py", "tests/test_scorer_reference.py")),  # its init
