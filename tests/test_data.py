@@ -149,7 +149,9 @@ def test_each_cifar_refusal_names_its_file_and_what_the_format_holds(tmp_path):
         meta.write_bytes(pickle.dumps({"fine_label_names": names}, protocol=2))
         assert refusal(lambda: cifar_classes(tmp_path), meta) == \
             "expected 'fine_label_names': a list of 1..100 class names"
-    meta.write_bytes(pickle.dumps({"fine_label_names": ["apple"]}, protocol=2))
+    train.write_bytes(b"\x80\x02}q\x00(")  # a pickle cut short
+    assert refusal(lambda: read_cifar_pickle(train), train).startswith("not a CIFAR-100 python pickle (")
+    meta.write_bytes(pickle.dumps({b"fine_label_names": ["apple"]}, protocol=2))  # bytes keys, as Python 3 writes
     assert cifar_classes(tmp_path) == ["apple"]
     assert cifar_spec(["apple"]) == CIFAR100.subset(1, class_names=("apple",))
     assert cifar_spec([f"c{i}" for i in range(100)]) is CIFAR100
