@@ -1,18 +1,38 @@
 """What happens around a distillation iteration that is not the method: the live history (and the tracking sinks),
-model selection, checkpoints and the progress bar, and at the end the decision of what to export."""
+model selection, checkpoints and the progress bar, a run that stopped distilling, and at the end the decision of
+what to export."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from challenge_kit.core.artifact import DistilledArtifact
+from challenge_kit.core.errors import NothingDistilled
 from challenge_kit.core.progress import make_progress
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.stats import ema
 from challenge_kit.tracking import Tracker
+
+WINDOW = 10  # a run whose last WINDOW iterations (every one of a shorter run) were all skipped stops
+
+
+def nothing_distilled(run: str, iteration: int, losses: list[float], threshold: float) -> str:
+    """Why the last ``len(losses)`` iterations were all skipped, as the run saw it: non-finite losses, losses above
+    the threshold, or both."""
+    bad = sum(not math.isfinite(x) for x in losses)
+    finite = [x for x in losses if math.isfinite(x)]
+    not_finite = "an expert's start and target snapshots are the same or nearly (the loss divides by their " \
+                 "squared distance, 0), or the set holds non-finite values: check the store with `ddkit info`"
+    above = f"loss {min(finite, default=0):.4g} above the threshold {threshold:g} at best (distill.threshold: " \
+            "the match diverged): lower distill.lr_img or distill.lr_lr, or check the experts"
+    cause = (f"every loss was infinite or NaN: {not_finite}" if bad == len(losses) else above if not bad else
+             f"{bad} losses were infinite or NaN ({not_finite}), {len(losses) - bad} above the threshold ({above})")
+    return f"{run}: distillation stopped at iteration {iteration}: its last {len(losses)} iterations were all " \
+           f"skipped, nothing distilled; {cause}; the checkpoint is kept, nothing exported"
 
 
 class Monitor:
@@ -36,7 +56,10 @@ class Monitor:
         self.tracker.close()
 
     def begin(self, state: DistillState, syn) -> None:
-        """Score the initialization (candidate 0) once, before the first update."""
+        """Score the initialization (candidate 0) once, before the first update; a resumed run that has no
+        iteration left and stopped distilling stops again."""
+        if state.iteration >= self.cfg.iterations:
+            self.stop_if_stalled(state)
         if state.init is None:
             state.init = state.best = syn.snapshot(0)
             if self.selector.enabled:
@@ -51,7 +74,14 @@ class Monitor:
         state.rng, state.aug_rng = (g.get_state() for g in self.generators)
         self.run.save(state)
 
+    def stop_if_stalled(self, state: DistillState) -> None:
+        """Stop a run whose last ``WINDOW`` iterations (all of a shorter run) were skipped, naming the cause."""
+        if state.streak and len(state.streak) >= min(WINDOW, self.cfg.iterations):
+            raise NothingDistilled(nothing_distilled(str(self.run.path), state.iteration, state.streak[-WINDOW:],
+                                                     self.cfg.threshold))
+
     def after(self, state: DistillState, syn, row: dict) -> None:
+        state.streak = state.streak + [row["loss"]] if row["skipped"] else []
         self.run.record(row)
         self.tracker.iteration(row)
         if self.selector.due(state.iteration, self.cfg.iterations):
@@ -60,8 +90,10 @@ class Monitor:
             self.tracker.selection(candidate, syn.images)
             if candidate["mean"] > max(c["mean"] for c in state.candidates[:-1]):
                 state.best = syn.snapshot(state.iteration)
-        if state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:
-            self.save(state, syn)
+        stalled = len(state.streak) >= min(WINDOW, self.cfg.iterations)
+        if stalled or state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:
+            self.save(state, syn)  # a stalled run keeps what it computed
+        self.stop_if_stalled(state)
         self.smoothed = ema(self.smoothed, row["loss"])
         last = f"{state.candidates[-1]['mean']:.3f}" if state.candidates else "-"
         self.bar.update(self.task, completed=state.iteration,

@@ -43,6 +43,7 @@ class DistillState:
     aug_rng: torch.Tensor
     momentum: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: int = 0
+    streak: list[float] = field(default_factory=list)  # the losses of the skipped iterations the run ends with
     seconds: float = 0.0
     candidates: list[dict] = field(default_factory=list)
     init: dict | None = None  # the set at iteration 0: iteration, images, labels, lr
@@ -126,8 +127,8 @@ def read_history(run_dir: str | Path) -> list[dict]:
 
 # A run's own files, read back: a torn, hand-edited or foreign one is named in one line, never a traceback.
 STATE_TYPES = {"iteration": int, "images": torch.Tensor, "labels": torch.Tensor, "lr": torch.Tensor, "upper": int,
-               "rng": torch.Tensor, "aug_rng": torch.Tensor, "momentum": dict, "skipped": int, "seconds": (int, float),
-               "candidates": list, "init": (dict, type(None)), "best": (dict, type(None)),
+               "rng": torch.Tensor, "aug_rng": torch.Tensor, "momentum": dict, "skipped": int, "streak": list,
+               "seconds": (int, float), "candidates": list, "init": (dict, type(None)), "best": (dict, type(None)),
                "decision": (dict, type(None))}
 REQUIRED_STATE = {f.name for f in fields(DistillState) if f.default is MISSING and f.default_factory is MISSING}
 
