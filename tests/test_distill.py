@@ -7,10 +7,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from fakes import cpu_buffer
+from fakes import cpu_buffer, write_tiny
 from safetensors.torch import load_file, save_file
+from test_signals import SMALL as SMALL_ARGS
+from typer.testing import CliRunner
 
 from challenge_kit import distill as distill_mod
+from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError, NothingDistilled
@@ -120,6 +123,25 @@ def test_a_run_stops_once_its_last_ten_iterations_were_all_skipped(store, tmp_pa
     with pytest.raises(NothingDistilled, match="stopped at iteration 10: its last 10 iterations were all skipped"):
         _run(_recipe(threshold=1e-9, iterations=40, every=0, syn_steps=1, batch_syn=1), store, run)
     assert read_checkpoint(run / CHECKPOINT)[2].iteration == 10 and not (run / BEST).exists()
+
+
+def test_the_command_that_distilled_nothing_says_why_in_one_line_and_exits_1(tmp_path):
+    """``ddkit distill`` (``make-submission`` runs the same loop before its export): the checkpoint kept, no set."""
+    write_tiny(tmp_path / "data", per_class=10)
+    common = ["--data-root", tmp_path / "data", "--cache-dir", tmp_path / "cache", *SMALL_ARGS]
+
+    def ddkit(*args, then=()):
+        return CliRunner().invoke(app, [str(a) for a in (*args, *common, *then)])
+
+    assert ddkit("experts", "tinyimagenet", "--out", tmp_path / "store").exit_code == 0
+    run = tmp_path / "run"
+    result = ddkit("distill", "tinyimagenet", "--experts", tmp_path / "store", "--out", run,
+                   then=["--set", "distill.threshold=1e-9"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert errors[0].startswith(f"error: {run}: distillation stopped at iteration 4: its last 4 iterations were all "
+                                "skipped, nothing distilled; loss "), errors[0]
+    assert (run / CHECKPOINT).is_file() and not (run / BEST).exists() and not (run / SUMMARY).exists()
 
 
 def test_experts_whose_snapshots_are_too_close_to_divide_by_stop_the_run_naming_the_cause(store, tmp_path):
