@@ -26,7 +26,7 @@ from challenge_kit.core.folders import output_folder
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.seeds import rounds_problem, seed_problem
-from challenge_kit.core.storage import save_json, save_text
+from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.core.submission import load_reference, load_submission
 from challenge_kit.core.verify import findings, verify_tensor
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
@@ -135,7 +135,7 @@ def write_scores(summary: dict, output_dir: Path) -> None:
     """``scores.txt`` and ``scores.json``; a failure names the file and points at the result already shown."""
     path = output_dir / SCORES_TXT
     try:
-        save_text(f"correct: {summary['correct']}", path)
+        atomic_write(path, lambda tmp: tmp.write_text(f"correct: {summary['correct']}"))
         path = output_dir / SCORES_JSON
         save_json(summary, path)
     except (OSError, KitFileError) as e:
