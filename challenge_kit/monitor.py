@@ -58,8 +58,8 @@ class Monitor:
     def begin(self, state: DistillState, syn) -> None:
         """Score the initialization (candidate 0) once, before the first update; a resumed run that has no
         iteration left and stopped distilling stops again."""
-        if state.iteration >= self.cfg.iterations:
-            self.stop_if_stalled(state)
+        if state.iteration >= self.cfg.iterations and self.stalled(state):
+            raise self.nothing_distilled(state)
         if state.init is None:
             state.init = state.best = syn.snapshot(0)
             if self.selector.enabled:
@@ -74,26 +74,29 @@ class Monitor:
         state.rng, state.aug_rng = (g.get_state() for g in self.generators)
         self.run.save(state)
 
-    def stop_if_stalled(self, state: DistillState) -> None:
-        """Stop a run whose last ``WINDOW`` iterations (all of a shorter run) were skipped, naming the cause."""
-        if state.streak and len(state.streak) >= min(WINDOW, self.cfg.iterations):
-            raise NothingDistilled(nothing_distilled(str(self.run.path), state.iteration, state.streak[-WINDOW:],
-                                                     self.cfg.threshold))
+    def stalled(self, state: DistillState) -> bool:
+        """Whether the last ``WINDOW`` iterations (every one of a shorter run) were all skipped."""
+        return len(state.streak) >= min(WINDOW, self.cfg.iterations) > 0
+
+    def nothing_distilled(self, state: DistillState) -> NothingDistilled:
+        return NothingDistilled(nothing_distilled(str(self.run.path), state.iteration, state.streak[-WINDOW:],
+                                                  self.cfg.threshold))
 
     def after(self, state: DistillState, syn, row: dict) -> None:
         state.streak = state.streak + [row["loss"]] if row["skipped"] else []
         self.run.record(row)
         self.tracker.iteration(row)
+        if self.stalled(state):  # before selection: the set has not changed in WINDOW iterations
+            self.save(state, syn)  # what the run computed is kept
+            raise self.nothing_distilled(state)
         if self.selector.due(state.iteration, self.cfg.iterations):
             candidate = self.selector.candidate(state.iteration, syn.images)
             state.candidates.append(candidate)
             self.tracker.selection(candidate, syn.images)
             if candidate["mean"] > max(c["mean"] for c in state.candidates[:-1]):
                 state.best = syn.snapshot(state.iteration)
-        stalled = len(state.streak) >= min(WINDOW, self.cfg.iterations)
-        if stalled or state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:
-            self.save(state, syn)  # a stalled run keeps what it computed
-        self.stop_if_stalled(state)
+        if state.iteration % self.cfg.checkpoint_every == 0 or state.iteration == self.cfg.iterations:
+            self.save(state, syn)
         self.smoothed = ema(self.smoothed, row["loss"])
         last = f"{state.candidates[-1]['mean']:.3f}" if state.candidates else "-"
         self.bar.update(self.task, completed=state.iteration,
