@@ -25,7 +25,7 @@ from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.folders import run_lock
 from challenge_kit.core.progress import console, make_progress
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.seeds import round_seeds
+from challenge_kit.core.seeds import round_seeds, rounds_problem
 from challenge_kit.core.storage import save_json
 from challenge_kit.core.submission import MANIFEST, ScoringInput, load_inputs, read_manifest
 from challenge_kit.data import load_split
@@ -217,12 +217,19 @@ def chart(result: dict, path: Path) -> Path:
         [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs])
 
 
+def check_budget(rounds: int, epochs: int) -> None:
+    """The scoring budget checked before any set is read: the same bounds as ``ddkit evaluate``'s."""
+    if rounds < 1 or epochs < 1:
+        raise KitValueError("--rounds and --epochs must be at least 1")
+    if (problem := rounds_problem(rounds)) is not None:
+        raise KitValueError(f"--rounds: {problem}")
+
+
 def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], out: str | Path, *,
             rounds: int, epochs: int, seed: int, device: str | torch.device | None = None,
             show_progress: bool = True, extra: dict | None = None, mode: str = FAITHFUL) -> dict:
     """Score every set on the same round seeds (resuming from ``out``), write compare.json and compare.png."""
-    if rounds < 1 or epochs < 1:
-        raise KitValueError("--rounds and --epochs must be at least 1")
+    check_budget(rounds, epochs)
     out, device = Path(out), resolve_device(device)
     seeds = round_seeds(seed, rounds)
     with run_lock(out):

@@ -172,7 +172,7 @@ def world(tmp_path):
     write_tiny(data)
     spec = dataset_spec("tinyimagenet", data)
     ref = tmp_path / "ref.pt"
-    assert CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(data), "--out", str(ref)]
+    assert CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(data), "--out-file", str(ref)]
                               ).exit_code == 0
     run = tmp_path / "run"
     export_images(distilled_images(spec), spec, run, source="test")

@@ -188,7 +188,7 @@ def writers(w: World, out: Path) -> dict[str, list]:
         "experts": ["experts", "cifar100", "--data-root", w.data, "--out", out, *quick],
         "distill": ["distill", "cifar100", "--experts", w.store, "--data-root", w.data, "--out", out, *quick],
         "export": ["export", w.run, "--out", out],
-        "reference": ["reference", "cifar100", "--data-root", w.data, "--out", out / "cifar100_test.pt"],
+        "reference": ["reference", "cifar100", "--data-root", w.data, "--out-file", out / "cifar100_test.pt"],
         "experts-import": ["experts-import", w.buffer, "--dataset", "cifar100", "--out", out],
         "experts-export": ["experts-export", w.store, "--out", out],
         EVALUATOR: [EVALUATOR, w.scoring, out, "--partial"],  # the world holds cifar100.pt only
@@ -253,7 +253,7 @@ def readers(w: World, u: Path) -> dict[str, tuple[list, Path, int]]:
         "distill": (["distill", "cifar100", "--experts", w.store, "--data-root", u / "data", "--out",
                      w.fresh("run"), *quick], train_file, 1),
         "export": (["export", u / "run", "--out", w.fresh("export")], u / "run" / "best.safetensors", 1),
-        "reference": (["reference", "cifar100", "--data-root", u / "data", "--out", w.fresh("ref") / "r.pt"],
+        "reference": (["reference", "cifar100", "--data-root", u / "data", "--out-file", w.fresh("ref") / "r.pt"],
                       train_file.with_name("test"), 1),
         "verify": (["verify", u / "sub.pt"], u / "sub.pt", 2),
         "evaluate": (["evaluate", u / "sub.pt", "--reference", w.reference, "--device", "cpu"], u / "sub.pt", 1),
@@ -326,7 +326,7 @@ def test_offline_download(world, monkeypatch, command):
         "make-submission": ["make-submission", "cifar100", "--data-root", root, "--out", out, "--device", "cpu",
                             "--profile", "quick"],
         "experts": ["experts", "cifar100", "--data-root", root, "--out", out, "--device", "cpu", "--profile", "quick"],
-        "reference": ["reference", "cifar100", "--data-root", root, "--out", out / "ref.pt"],
+        "reference": ["reference", "cifar100", "--data-root", root, "--out-file", out / "ref.pt"],
     }[command]
     line = one_line("offline --download", [*argv, "--download"], 1,
                     f"error: {root}: downloading CIFAR-100 failed ([Errno -3] Temporary failure in name resolution); "

@@ -82,7 +82,7 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
     assert verify.exit_code == 0, verify.output
 
     ref = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "data"),
-                                   "--out", str(tmp_path / "in" / "ref" / "cifar100_test.pt")])
+                                   "--out-file", str(tmp_path / "in" / "ref" / "cifar100_test.pt")])
     assert ref.exit_code == 0, ref.output
     (tmp_path / "in" / "res").mkdir()
     (tmp_path / "in" / "res" / "cifar100.pt").write_bytes(pt.read_bytes())

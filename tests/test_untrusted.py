@@ -221,11 +221,11 @@ def test_hostile_files_are_refused_in_one_line(world, case, command):
     folder = world / "cases" / case.replace(" ", "-")
     path = folder / "res" / "cifar100.pt"
     line = refused(case, command, argv(command, path, world / "ref.pt"), folder, CASES[case],
-                   2 if command.startswith("verify") else 1)
+                   4 if command.startswith("verify") else 1)
     assert line.startswith(f"error: {path}: ")
     if command == "verify --json":
         report = json.loads(CliRunner().invoke(app, ["verify", str(path), "--json"]).stdout)
-        assert report["exit_code"] == 2 and CASES[case] in report["error"]
+        assert report["exit_code"] == 4 and CASES[case] in report["error"]
     if command == EVALUATOR:
         assert not list((folder / "scores").glob("*"))  # no score written; at most the empty folder
 
