@@ -95,7 +95,8 @@ def table(result: dict) -> None:
                    *(f"gain over {b}" for b in baselines)):
         table.add_column(column, justify="left" if column in ("set", "verdict") else "right")
     for r in rows:
-        name = escape(r["name"]) + (f"\n[dim]{escape(r['note'])}[/dim]" if r["note"] else "")
+        name = escape(r["name"]) + "".join(f"\n[dim]{escape(extra)}[/dim]" for extra in (
+            r["source"] if r["source"] != r["name"] and not r["baseline"] else "", r["note"]) if extra)
         d = r["difference"]
         table.add_row(name, f"{r['mean']:.4f} +- {r['se']:.4f}", judgement(d), "-" if d is None else d["verdict"],
                       rounds_needed(d, rounds), *(judgement(r["gains"].get(b)) for b in baselines))
