@@ -224,7 +224,8 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             timings["distill"] = time.perf_counter() - tick
             if not shard.leader:
                 return None
-            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, extra={
+            names = data.class_words(recipe.dataset, data_root, image_folder=image_folder)
+            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
                 "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
                             "experts_dir": str(experts_dir), "world_size": shard.world},
                 "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
@@ -234,5 +235,5 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                          "stages": {st["name"]: {k: st[k] for k in ("units", "total_flops", "total_seconds",
                                                                      "peak_bytes")} for st in bill["stages"]}},
             })
-            build_report(run_dir, out_dir / REPORT_DIR)
+            build_report(run_dir, out_dir / REPORT_DIR, names)
             return manifest

@@ -282,7 +282,7 @@ def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path,
     before = contents(out)
     write_run(run, SUBSET, images=distilled_images(SUBSET, seed=1))  # another set: new bytes, had they gone out
 
-    def broken(images, spec, path):
+    def broken(images, spec, path, **kwargs):
         Path(path).write_bytes(b"half a p")
         raise OSError(errno.EIO, "Input/output error")
 

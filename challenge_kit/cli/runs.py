@@ -162,14 +162,18 @@ def report(
     run_dir: Annotated[str, typer.Argument(metavar="RUN", help="run folder of `ddkit distill` (finished or still "
                                                                "running)")],
     out: Annotated[str | None, out_folder("folder for the figures (default RUN/report)")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT", help="the run's data, to name "
+                                                  "the classes in words (Tiny ImageNet's words.txt)")] = None,
+    image_folder: ImageFolder = False,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
     from challenge_kit.cli import render
     from challenge_kit.core.folders import inner_folder
-    from challenge_kit.report import REPORT_DIR, build_report
+    from challenge_kit.report import REPORT_DIR, build_report, run_words
 
-    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR)), as_json, render.report)
+    names = None if data_root is None else run_words(run_dir, data_root, image_folder=image_folder)
+    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR), names), as_json, render.report)
 
 
 def make_submission(

@@ -48,7 +48,15 @@ from challenge_kit.data.folder import (
     image_folder_root,
     image_folder_spec,
 )
-from challenge_kit.data.tiny import ANNOTATIONS, TINY_LAYOUT, tiny_classes, tiny_files, tiny_root, tiny_spec
+from challenge_kit.data.tiny import (
+    ANNOTATIONS,
+    TINY_LAYOUT,
+    tiny_classes,
+    tiny_files,
+    tiny_root,
+    tiny_spec,
+    tiny_words,
+)
 
 SPLITS = ("train", "test")
 
@@ -141,6 +149,18 @@ def data_layout(dataset: str, root: str | Path, *, image_folder: bool = False) -
     return Layout(dataset, str(root), CIFAR_DIR, spec, len(read_cifar100_labels(root, "train")))
 
 
+def class_words(dataset: str, root: str | Path, *, image_folder: bool = False) -> list[str]:
+    """The classes of ``root`` in label order, in the dataset's words: Tiny ImageNet's ``words.txt``, CIFAR-100's
+    ``meta`` names, an image folder's class folders (for figures a person reads)."""
+    root = Path(root)
+    if image_folder:
+        return list(image_folder_files(image_folder_root(root, "train"))[2])
+    if dataset == "tinyimagenet":
+        root = tiny_root(root)
+        return tiny_words(root, tiny_classes(root))
+    return cifar_classes(root)
+
+
 def fetch(dataset: str, root: str | Path) -> None:
     """``--download``: put the dataset into ``root`` (CIFAR-100 only; Tiny ImageNet is unpacked by hand)."""
     if dataset != "cifar100":
@@ -208,4 +228,4 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
 
 __all__ = ["load_split", "dataset_spec", "build_reference", "fetch", "detect_dataset", "split_holdout",
            "to_normalized", "default_cache_dir", "read_cifar_pickle", "read_cifar100", "decode_images",
-           "tiny_classes", "tiny_files", "IMAGE_EXTENSIONS", "Layout", "data_layout"]
+           "tiny_classes", "tiny_files", "IMAGE_EXTENSIONS", "Layout", "data_layout", "class_words"]
