@@ -132,28 +132,28 @@ def data_root(root: str) -> Row:
         return Row(name, FAIL, str(e))
 
 
-def recipes() -> list[Row]:
+def recipes(recipe_dir: Path = RECIPE_DIR) -> list[Row]:
     """Every shipped recipe in every profile of every dataset: each load as a run would load it."""
-    datasets = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+    datasets, methods = sorted(p.stem for p in recipe_dir.glob("*.toml")), method_names(recipe_dir)
     loads, failed = 0, []
     for dataset in datasets:
-        for profile in ["full", *sorted(read_toml(RECIPE_DIR / f"{dataset}.toml").get("profiles", {}))]:
-            for name in [dataset, *method_names()]:
+        for profile in ["full", *sorted(read_toml(recipe_dir / f"{dataset}.toml").get("profiles", {}))]:
+            for name in [dataset, *methods]:
                 loads += 1
                 try:
-                    load_recipe(name, profile, dataset=dataset)
+                    load_recipe(name, profile, dataset=dataset, recipe_dir=recipe_dir)
                 except KitError as e:
                     failed.append(Row(f"recipe {name}", FAIL, f"{dataset} profile {profile}: {e}"))
-    count = len(datasets) + len(method_names())
-    return failed or [Row("recipes", OK, f"{count} shipped recipes load in every profile ({loads} combinations, "
-                                         f"from {RECIPE_DIR})")]
+    return failed or [Row("recipes", OK, f"{len(datasets) + len(methods)} shipped recipes load in every profile "
+                                         f"({loads} combinations, from {recipe_dir})")]
 
 
-def checkup(data_roots: list[str] = (), cache_dir: str | Path | None = None) -> Checkup:
+def checkup(data_roots: list[str] = (), cache_dir: str | Path | None = None,
+            recipe_dir: Path = RECIPE_DIR) -> Checkup:
     """The machine, its data and the shipped recipes, as a run would meet them."""
     rows = versions() + devices()
     for device in [torch.device("cpu"), *([torch.device("cuda")] if torch.cuda.is_available() else [])]:
         rows += speed_ups(device)
     rows.append(cache(cache_dir))
     rows += [data_root(root) for root in data_roots]
-    return Checkup(rows + recipes())
+    return Checkup(rows + recipes(recipe_dir))

@@ -11,12 +11,14 @@ step at its own batch: compiled kernels are shape-specific, and these are the on
 calibration runs ``CALIBRATION_PASSES`` times and the plan says the median with the range: on a shared machine
 two plans once differed fivefold. The images counted are the user's (``data.data_layout``) when a data root is
 given. ``make-submission`` opens with this plan, and stops before any work where even its fastest reading is
-longer than ``LONG_RUN`` seconds.
+longer than ``LONG_RUN`` seconds. The file is longer than most: counting, calibrating and the plan's two
+refusals (an iteration too big for the device, a run too long for it) all read the same stages.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -52,7 +54,7 @@ from evaluator.fast import FAITHFUL, arithmetic, forward, precision
 from evaluator.scorer import make_optimizer
 
 META = torch.device("meta")
-CALIBRATION_PASSES = 3  # each times every DSA group once
+CALIBRATION_PASSES = 3  # each times every DSA group once; $DDKIT_CALIBRATION_PASSES to change (the tests take 1)
 LONG_RUN = 86400  # a day: make-submission stops before any work where the plan is longer, unless told to go on
 CPU_CALIBRATION_IMAGES = 32  # a CPU's per-image time barely depends on the batch; an accelerator's does
 COUNTED_GROUP = "rotate"  # the DSA group with the largest temporaries (an affine grid per image; scale ties)
@@ -110,11 +112,19 @@ class Timing:
         return Timing(self.low * factor, self.median * factor, self.high * factor)
 
 
-def timed(build: Callable[[str], Callable[[], object]], device: torch.device,
-          passes: int = CALIBRATION_PASSES) -> Timing:
+def calibration_passes() -> int:
+    value = os.environ.get("DDKIT_CALIBRATION_PASSES", str(CALIBRATION_PASSES))
+    if not value.isdigit() or int(value) < 1:
+        raise KitValueError(f"DDKIT_CALIBRATION_PASSES: must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def timed(build: Callable[[str], Callable[[], object]], device: torch.device, passes: int | None = None) -> Timing:
     """Seconds of one call of the work ``build(group)`` makes, averaged over every DSA group (a step's cost
     depends on its group, and a run draws them uniformly: two random draws once put the same expert step at 4.6
-    and 8.2 s), in ``passes`` passes after one warm-up call; the device is synchronized only around each pass."""
+    and 8.2 s), in ``passes`` passes (``calibration_passes``) after one warm-up call; the device is synchronized
+    only around each pass."""
+    passes = calibration_passes() if passes is None else passes
     works = [build(group) for group in augment.GROUPS]
     works[0]()
     samples = []
