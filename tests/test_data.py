@@ -261,6 +261,9 @@ def test_reference_command_writes_the_scorer_file(tmp_path):
     result = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out-file", str(out)])
     assert result.exit_code == 0, result.output
     assert "reference test set for cifar100: 100 classes x 10 IPC, 3x32x32, challenge" in result.output
+    listed = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out-file",
+                                      str(tmp_path / "again_test.pt"), "--json"])
+    assert json.loads(listed.stdout) == {"file": str(tmp_path / "again_test.pt"), "spec": CIFAR100.to_dict()}
     ref = load_torch(out)
     assert set(ref) == {"images_val", "labels_val"}
     assert ref["images_val"].shape == (20, 3, 32, 32) and ref["images_val"].dtype == torch.float32
