@@ -89,13 +89,14 @@ def commands(w: Path, out: Path) -> dict[str, list]:
                             "quick"],
         "ablate": ["ablate", "m-datm", "--experts", w / "store", "--data-root", w / "data", "--out", out],
         "evaluate": ["evaluate", w / "sub.pt", "--reference", w / "ref.pt"],
+        "compare": ["compare", w / "sub.pt", "--reference", w / "ref.pt", "--out", out],
         EVALUATOR: [EVALUATOR, w / "scoring", out, "--partial"],
     }
 
 
 # ------------------------------------------------------------------------------------------ seeds
 
-SEEDED = ["baseline", "experts", "ablate", "evaluate"]
+SEEDED = ["baseline", "experts", "ablate", "evaluate", "compare"]
 SEED_LINE = "error: --seed: must be a whole number from 0 to 4294967295 (2**32 - 1), got "
 
 
@@ -132,7 +133,7 @@ ROUNDS_LINE = ("at most 1000 rounds, got 1000000000 (the official score takes 3;
                "--epochs epochs, and round r of seed s is seeded s * 1000 + r)")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "ablate"])
+@pytest.mark.parametrize("command", ["evaluate", "ablate", "compare"])
 def test_rounds_beyond_the_seed_scheme_are_refused_before_any_work(world, tmp_path, no_work, command):
     out = tmp_path / "out"
     refused([*commands(world, out)[command], "--rounds", 10**9], 1, f"error: --rounds: {ROUNDS_LINE}")

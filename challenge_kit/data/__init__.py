@@ -145,8 +145,8 @@ def data_layout(dataset: str, root: str | Path, *, image_folder: bool = False) -
         wnids = tiny_classes(root)
         return Layout(dataset, str(root), "tiny-imagenet-200", tiny_spec(wnids),
                       len(tiny_files(root, "train", wnids)[1]))
-    spec = cifar_spec(cifar_classes(root))
-    return Layout(dataset, str(root), CIFAR_DIR, spec, len(read_cifar100_labels(root, "train")))
+    labels = read_cifar100_labels(root, "train")  # the split's file first, as the loader reads it
+    return Layout(dataset, str(root), CIFAR_DIR, cifar_spec(cifar_classes(root)), len(labels))
 
 
 def class_words(dataset: str, root: str | Path, *, image_folder: bool = False) -> list[str]:
