@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit import installed_version
 from challenge_kit.core.devices import device_memory
 from challenge_kit.core.errors import BAD_INPUT, DONE, KitError
 from challenge_kit.core.progress import binary_size
@@ -51,23 +52,12 @@ class Checkup:
         return {"ok": self.ok, "exit_code": self.exit_code, "checks": [asdict(r) for r in self.rows]}
 
 
-def kit_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import challenge_kit
-
-    try:
-        return version("ddkit")
-    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-        return challenge_kit.__version__
-
-
 def versions() -> list[Row]:
     cuda = torch.version.cuda
     return [Row("Python", OK, f"{platform.python_version()} ({platform.python_implementation()})"),
             Row("torch", OK, torch.__version__),
             Row("CUDA", OK, f"{cuda} (torch's build)" if cuda else "none: a CPU build of torch"),
-            Row("ddkit", OK, f"{kit_version()} ({Path(__file__).resolve().parent})")]
+            Row("ddkit", OK, f"{installed_version()} ({Path(__file__).resolve().parent})")]
 
 
 def devices() -> list[Row]:

@@ -23,15 +23,9 @@ app = typer.Typer(cls=KitCommands, no_args_is_help=True, context_settings={"help
 
 def show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
+        from challenge_kit import installed_version
 
-        import challenge_kit
-
-        try:
-            installed = version("ddkit")
-        except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-            installed = challenge_kit.__version__
-        typer.echo(f"ddkit {installed}")
+        typer.echo(f"ddkit {installed_version()}")
         raise typer.Exit()
 
 
