@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from challenge_kit.core.contract import MAX_SUBMISSION_BYTES, SPECS, SUBMISSION, DatasetSpec
-from challenge_kit.core.errors import KitFileError, KitValueError, first_line
+from challenge_kit.core.errors import CHECK_FAILED, DONE, KitFileError, KitValueError, first_line
 from challenge_kit.core.folders import output_file
 from challenge_kit.core.reading import load_torch_bytes, sha256
 from challenge_kit.core.storage import json_bytes, temp_stream, write_bytes, write_together
@@ -138,7 +138,7 @@ class BundleReport:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return DONE if self.ok else CHECK_FAILED
 
     def failures(self) -> list[str]:
         """Every reason the zip is not ready to upload, one line each, naming the member."""

@@ -25,7 +25,7 @@ from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.folders import run_lock
 from challenge_kit.core.progress import console, make_progress
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.seeds import round_seeds
+from challenge_kit.core.seeds import round_seeds, rounds_problem
 from challenge_kit.core.storage import save_json
 from challenge_kit.core.submission import MANIFEST, ScoringInput, load_inputs, read_manifest
 from challenge_kit.data import load_split
@@ -75,18 +75,41 @@ def _note(inputs: ScoringInput) -> str:
     return LABELS_NOTE
 
 
-def load_sets(paths: list[str], reference: str | Path, dataset: str | None = None,
+def short_labels(paths: list[str]) -> list[str]:
+    """The shortest part of each path that tells it from the others: the path less the folders and names all of
+    them share at either end (``runs/a/tinyimagenet.pt``, ``runs/b/tinyimagenet.pt``: ``a``, ``b``), at least its
+    last part each."""
+    parts = [Path(p).parts for p in paths]
+    keep = min(len(p) for p in parts) - 1  # what may be dropped from each while one part is left
+    head = next((k for k in range(keep) if len({p[k] for p in parts}) > 1), keep)
+    tail = next((k for k in range(keep - head) if len({p[-1 - k] for p in parts}) > 1), keep - head)
+    return [str(Path(*p[head:len(p) - tail])) for p in parts]
+
+
+def set_names(paths: list[str], labels: list[str] | None) -> list[str]:
+    """The names the table and the figure give the sets: ``labels`` as given, else ``short_labels``; a path
+    given twice is numbered."""
+    if labels is not None and len(labels) != len(paths):
+        raise KitValueError(f"--label: {len(labels)} given for {len(paths)} sets; give one per set, in order")
+    names = list(labels) if labels is not None else short_labels(paths)
+    taken = {RANDOM, INIT}
+    if labels is not None and (clash := [n for n in names if names.count(n) > 1 or n in taken]):
+        raise KitValueError(f"--label {clash[0]}: names one set only, and not a baseline ({RANDOM}, {INIT})")
+    return [n if n not in names[:i] else f"{n} ({i + 1})" for i, n in enumerate(names)]
+
+
+def load_sets(paths: list[str], reference: str | Path, dataset: str | None = None, labels: list[str] | None = None,
               ) -> tuple[list[Entry], DatasetSpec, tuple[torch.Tensor, torch.Tensor]]:
-    """The sets to compare (.pt, make-submission folder, kit .safetensors), their spec and the test split."""
+    """The sets to compare (.pt, make-submission folder, kit .safetensors), each named (``set_names``), their
+    spec and the test split."""
     entries: list[Entry] = []
     first: ScoringInput | None = None
-    for path in paths:
+    for path, name in zip(paths, set_names(paths, labels), strict=True):
         inputs = load_inputs(export_file(Path(path)), reference, dataset)
         if first is not None and inputs.spec.shape != first.spec.shape:
             raise KitFileError(path, f"is a {inputs.spec.describe()} set, the first is {first.spec.describe()}: "
                                      "compare sets of one dataset")
         first = first or inputs
-        name = path if path not in {e.name for e in entries} else f"{path} ({len(entries) + 1})"  # given twice
         entries.append(Entry(name, inputs.images.float(), str(path), note=_note(inputs)))
     if first is None:
         raise KitValueError("give at least one set to compare")
@@ -214,15 +237,22 @@ def chart(result: dict, path: Path) -> Path:
         path, f"{result['dataset']}: {'fast ' if result['scorer']['mode'] == FAST else ''}scorer recipe, "
               f"{result['epochs']} epochs x {result['rounds']} paired rounds",
         [(r["name"], r["mean"], r["se"]) for r in rows],
-        [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs])
+        [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs], TELLS)
+
+
+def check_budget(rounds: int, epochs: int) -> None:
+    """The scoring budget checked before any set is read: the same bounds as ``ddkit evaluate``'s."""
+    if rounds < 1 or epochs < 1:
+        raise KitValueError("--rounds and --epochs must be at least 1")
+    if (problem := rounds_problem(rounds)) is not None:
+        raise KitValueError(f"--rounds: {problem}")
 
 
 def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], out: str | Path, *,
             rounds: int, epochs: int, seed: int, device: str | torch.device | None = None,
             show_progress: bool = True, extra: dict | None = None, mode: str = FAITHFUL) -> dict:
     """Score every set on the same round seeds (resuming from ``out``), write compare.json and compare.png."""
-    if rounds < 1 or epochs < 1:
-        raise KitValueError("--rounds and --epochs must be at least 1")
+    check_budget(rounds, epochs)
     out, device = Path(out), resolve_device(device)
     seeds = round_seeds(seed, rounds)
     with run_lock(out):

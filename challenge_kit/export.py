@@ -60,9 +60,10 @@ def dropped_labels_note(artifact: DistilledArtifact) -> dict:
 
 def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, *, source: str | Path,
                   labels: torch.Tensor | None = None, reference_model: str | Path | None = None,
-                  extra: dict | None = None, hint: str = "") -> dict:
+                  extra: dict | None = None, hint: str = "", names: list[str] | None = None) -> dict:
     """Verify a set held in memory, write the three files together, return the manifest (``source`` names the
-    set). Commands ask ``claim_export`` first, before their work: this replaces what is there."""
+    set; ``names`` the classes in the preview). Commands ask ``claim_export`` first, before their work: this
+    replaces what is there."""
     target, preview, manifest_file = export_files(spec, out_dir)
     images = images.detach().float().contiguous().cpu().clone()
     precheck = verify_tensor(images, spec, labels=labels, reference_model=reference_model)
@@ -90,7 +91,7 @@ def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, 
         **(extra or {}),
     }
     write_together([(target, lambda tmp: write_bytes(tmp, data)),
-                    (preview, lambda tmp: write_preview(images, spec, tmp)),
+                    (preview, lambda tmp: write_preview(images, spec, tmp, names=names)),
                     (manifest_file, lambda tmp: write_bytes(tmp, json_bytes(manifest)))])
     return manifest
 
@@ -103,7 +104,8 @@ def selection_record(selection: dict) -> dict:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None, drop_labels: bool = False, overwrite: bool = True) -> dict:
+               extra: dict | None = None, drop_labels: bool = False, overwrite: bool = True,
+               names: list[str] | None = None) -> dict:
     """Export the run's chosen set (``export_images``), its manifest also describing the run; without
     ``overwrite``, an earlier export in ``out_dir`` is refused (``claim_export``) before anything is written.
 
@@ -125,7 +127,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
     hint = "; pass --drop-labels to export the images alone (scored with default-order hard labels)" \
         if research else ""
     return export_images(artifact.images, spec, out_dir, source=best, labels=labels, reference_model=reference_model,
-                         hint=hint, extra={
+                         hint=hint, names=names, extra={
                              "learned_lr_not_used_by_scorer": artifact.lr,
                              "best_iteration": artifact.extra.get("iteration"),
                              "selection_accuracy": artifact.extra.get("accuracy"),

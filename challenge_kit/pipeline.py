@@ -80,22 +80,28 @@ def describe(splits: Splits) -> str:
     return f"{splits.spec.describe()}: {len(splits.train[0])} train / {len(splits.test[0])} test images{held}"
 
 
-def announce_plan(recipe: Recipe, splits: Splits, device: torch.device, shard: Shard = LOCAL) -> dict:
-    """The bill (``ddkit plan``'s table, calibrated here) opens the log; the full profile on a CPU is told to stop,
-    and a distillation iteration that cannot fit in one process's device is refused before any expert trains."""
-    from challenge_kit.cli import render
-    from challenge_kit.plan import make_plan
+CPU_PATH = "ddkit make-submission tinyimagenet --data-root data/tiny-20 --out out/mini --profile mini"
 
-    plan = make_plan(recipe, splits.spec, len(splits.train[1]), device)
+
+def announce_plan(recipe: Recipe, layout: data.Layout, device: torch.device, shard: Shard = LOCAL,
+                  allow_long_run: bool = False) -> dict:
+    """The bill (``ddkit plan``'s table, calibrated here on the images counted in the data root) opens the log,
+    before any image is decoded. A distillation iteration that cannot fit in one process's device is refused,
+    and so is a run the plan puts at more than a day here unless ``allow_long_run``: both before any work."""
+    from challenge_kit.cli import render
+    from challenge_kit.plan import make_plan, too_long, train_images
+
+    plan = make_plan(recipe, layout.spec, train_images(recipe, layout.spec, counted=layout.train_images), device,
+                     source=layout.root)
     bill = plan.to_dict()
     render.plan_table(bill)
     if shard.world == 1 and (problem := plan.too_big()):  # ranks split the batch: the count is one process's
         raise KitValueError(f"--device {device}: {problem}")
-    if device.type == "cpu" and recipe.profile == "full":
-        console.print(f"full profile on the CPU: {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
-                      f"epochs, then {recipe.distill.iterations} distillation iterations, a GPU job (the plan above "
-                      "says how long here); for a CPU run stop now (Ctrl-C) and use --profile mini or quick",
-                      soft_wrap=True)
+    if (problem := too_long(plan)) is not None:
+        if not allow_long_run:
+            raise KitValueError(f"--profile {recipe.profile}: {problem}; on a CPU take the README's CPU path "
+                                f"({CPU_PATH}), or pass --allow-long-run to go on")
+        console.print(f"{problem}: going on (--allow-long-run)", soft_wrap=True)
     return bill
 
 
@@ -176,12 +182,13 @@ def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: b
 def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,
                     device: str | None = None, download: bool = False, experts_dir: str | Path | None = None,
                     cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
-                    drop_labels: bool = False, replace_experts: bool = False,
+                    drop_labels: bool = False, replace_experts: bool = False, allow_long_run: bool = False,
                     command: dict | None = None, track: list[Track] | None = None) -> dict | None:
     """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0.
 
     ``out_dir`` is this run's own: without ``resume`` it must hold no earlier run or export (refused before any
-    work, naming the file); with it, the run continues and its outputs are replaced.
+    work, naming the file); with it, the run continues and its outputs are replaced. The plan comes before the
+    data is decoded (``announce_plan``).
     """
     out_dir = Path(out_dir)
     default_store = experts_dir is None
@@ -190,20 +197,22 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
     dev = usable_device(device)
     timings: dict[str, float] = {}
     with process_group(dev) as (shard, dev), leader_lock(out_dir, shard):
+        bill = None
         if shard.leader:
             own_folders(recipe, out_dir, default_store=default_store, resume=resume)
+            if download and not image_folder:
+                data.fetch(recipe.dataset, data_root)
+            tick = time.perf_counter()
+            bill = announce_plan(recipe, data.data_layout(recipe.dataset, data_root, image_folder=image_folder), dev,
+                                 shard, allow_long_run)
+            timings["plan"] = time.perf_counter() - tick
         shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
         with leader_lock(experts_dir, shard) if shared_store else nullcontext():
             tick = time.perf_counter()
-            splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
-                               shard=shard)
+            splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
             timings["data"] = time.perf_counter() - tick
-            bill = None
             if shard.leader:
                 console.print(f"data: {describe(splits)}")
-                tick = time.perf_counter()
-                bill = announce_plan(recipe, splits, dev, shard)
-                timings["plan"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
             train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts)
@@ -215,7 +224,8 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             timings["distill"] = time.perf_counter() - tick
             if not shard.leader:
                 return None
-            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, extra={
+            names = data.class_words(recipe.dataset, data_root, image_folder=image_folder)
+            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
                 "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
                             "experts_dir": str(experts_dir), "world_size": shard.world},
                 "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
@@ -225,5 +235,5 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                          "stages": {st["name"]: {k: st[k] for k in ("units", "total_flops", "total_seconds",
                                                                      "peak_bytes")} for st in bill["stages"]}},
             })
-            build_report(run_dir, out_dir / REPORT_DIR)
+            build_report(run_dir, out_dir / REPORT_DIR, names)
             return manifest

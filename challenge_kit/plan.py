@@ -7,8 +7,12 @@ than three inner steps is counted at two and three and extended linearly: every 
 and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
 short calibration of each unit on the run's device (one call per DSA group, averaged), at a small batch on a
 CPU, scaled by images; selection's scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled
-step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses).
-``make-submission`` opens with this plan.
+step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses). The
+calibration runs ``CALIBRATION_PASSES`` times and the plan says the median with the range: on a shared machine
+two plans once differed fivefold. The images counted are the user's (``data.data_layout``) when a data root is
+given. ``make-submission`` opens with this plan, and stops before any work where even its fastest reading is
+longer than ``LONG_RUN`` seconds. The file is longer than most: counting, calibrating and the plan's two
+refusals (an iteration too big for the device, a run too long for it) all read the same stages.
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from challenge_kit import parts
 from challenge_kit.core import augment
-from challenge_kit.core.contract import BATCH_SIZE, EPOCHS, ROUNDS, TRAIN_PER_CLASS, DatasetSpec, default_labels
+from challenge_kit.core.contract import (
+    BATCH_SIZE,
+    EPOCHS,
+    ROUNDS,
+    TRAIN_PER_CLASS,
+    DatasetSpec,
+    default_labels,
+    get_spec,
+)
+from challenge_kit.core.devices import device_memory
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
 from challenge_kit.core.progress import binary_size
 from challenge_kit.experts.training import schedule_steps
@@ -40,6 +54,8 @@ from evaluator.fast import FAITHFUL, arithmetic, forward, precision
 from evaluator.scorer import make_optimizer
 
 META = torch.device("meta")
+CALIBRATION_PASSES = 3  # each times every DSA group once; $DDKIT_CALIBRATION_PASSES to change (the tests take 1)
+LONG_RUN = 86400  # a day: make-submission stops before any work where the plan is longer, unless told to go on
 CPU_CALIBRATION_IMAGES = 32  # a CPU's per-image time barely depends on the batch; an accelerator's does
 COUNTED_GROUP = "rotate"  # the DSA group with the largest temporaries (an affine grid per image; scale ties)
 
@@ -79,20 +95,49 @@ def count(work: Callable[[], object]) -> tuple[int, int]:
     return int(flops.get_total_flops()), live.peak
 
 
-def timed(build: Callable[[str], Callable[[], object]], device: torch.device) -> float:
-    """Mean seconds of one call of the work ``build(group)`` makes, over every DSA group (a step's cost depends
-    on its group, and a run draws them uniformly: two random draws once put the same expert step at 4.6 and
-    8.2 s), after one warm-up call; the device is synchronized only around the timed calls."""
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of one unit of work from the calibration's passes: the median the plan adds up, and the range."""
+
+    low: float
+    median: float
+    high: float
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Timing:
+        ordered = sorted(samples)
+        return cls(ordered[0], ordered[len(ordered) // 2], ordered[-1])
+
+    def __mul__(self, factor: float) -> Timing:
+        return Timing(self.low * factor, self.median * factor, self.high * factor)
+
+
+def calibration_passes() -> int:
+    value = os.environ.get("DDKIT_CALIBRATION_PASSES", str(CALIBRATION_PASSES))
+    if not value.isdigit() or int(value) < 1:
+        raise KitValueError(f"DDKIT_CALIBRATION_PASSES: must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
+def timed(build: Callable[[str], Callable[[], object]], device: torch.device, passes: int | None = None) -> Timing:
+    """Seconds of one call of the work ``build(group)`` makes, averaged over every DSA group (a step's cost
+    depends on its group, and a run draws them uniformly: two random draws once put the same expert step at 4.6
+    and 8.2 s), in ``passes`` passes (``calibration_passes``) after one warm-up call; the device is synchronized
+    only around each pass."""
+    passes = calibration_passes() if passes is None else passes
     works = [build(group) for group in augment.GROUPS]
     works[0]()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for work in works:
-        work()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / len(works)
+    samples = []
+    for _ in range(passes):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for work in works:
+            work()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        samples.append((time.perf_counter() - start) / len(works))
+    return Timing.of(samples)
 
 
 def calibration_batch(batch: int, device: torch.device) -> int:
@@ -180,28 +225,24 @@ class Stage:
     units: int
     flops: int  # per unit
     peak_bytes: int  # per unit
-    seconds: float | None = None  # per unit on the device (None: not calibrated)
-    in_run: bool = True  # False: the challenge's own scoring of the export, shown for its cost
+    timing: Timing | None = None  # per unit on the device (None: not calibrated)
+    in_run: bool = True  # False: the challenge's own scoring of the export, shown for its cost, not run
 
     @property
     def total_flops(self) -> int:
         return self.flops * self.units
 
     @property
+    def total(self) -> Timing | None:
+        return None if self.timing is None else self.timing * self.units
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.timing is None else self.timing.median
+
+    @property
     def total_seconds(self) -> float | None:
-        return None if self.seconds is None else self.seconds * self.units
-
-
-def device_memory(device: torch.device) -> int | None:
-    """Bytes ``device`` has: a GPU's total memory, a CPU's physical memory (None where it cannot say)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    if device.type != "cpu":
-        return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
+        return None if self.timing is None else self.total.median
 
 
 @dataclass
@@ -213,6 +254,7 @@ class Plan:
     stages: list[Stage]
     matching_peak_bytes: dict[str, int] = field(default_factory=dict)  # gradient mode -> one iteration's peak
     device_bytes: int | None = None  # what the device has (device_memory)
+    source: str | None = None  # where the training images were counted (None: the real download's counts)
 
     def too_big(self) -> str | None:
         """Why one distillation iteration in the recipe's gradient mode cannot run here, or None: its counted
@@ -227,15 +269,23 @@ class Plan:
                 "batch over more ranks (torchrun)")
 
     @property
+    def run(self) -> Timing | None:
+        """The run's time: its stages' added up (the official score is not part of it)."""
+        times = [s.total for s in self.stages if s.in_run]
+        if None in times:
+            return None
+        return Timing(*(sum(getattr(t, k) for t in times) for k in ("low", "median", "high")))
+
+    @property
     def run_seconds(self) -> float | None:
-        times = [s.total_seconds for s in self.stages if s.in_run]
-        return None if None in times else sum(times)
+        return None if self.run is None else self.run.median
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for stage, row in zip(self.stages, d["stages"], strict=True):
-            row.update(total_flops=stage.total_flops, total_seconds=stage.total_seconds)
-        d["run_seconds"] = self.run_seconds
+            row.update(total_flops=stage.total_flops, seconds=stage.seconds, total_seconds=stage.total_seconds,
+                       total=None if stage.total is None else asdict(stage.total))
+        d.update(run_seconds=self.run_seconds, run=None if self.run is None else asdict(self.run))
         return d
 
 
@@ -249,22 +299,36 @@ def selection_rounds(recipe: Recipe) -> tuple[int, int]:
     return candidates, candidates * v.rounds + 2 * v.final_rounds
 
 
+def selection_what(recipe: Recipe, candidates: int) -> str:
+    """Model selection in words: which sets are scored, how, and what for."""
+    d, v = recipe.distill, recipe.eval
+    its = [*range(v.every, d.iterations + 1, v.every), *([d.iterations] if d.iterations % v.every else [])]
+    which = f", every {v.every} iterations, the last" if len(its) > 3 else \
+        f" and iteration{'s' * (len(its) > 1)} {' and '.join(map(str, its))}"
+    final = f", then up to 2 x {v.final_rounds} fresh rounds for the leader" if v.final_rounds else ""
+    return (f"score {candidates} candidate sets (the initialization{which}) x {v.rounds} round"
+            f"{'s' * (v.rounds != 1)} of {v.epochs} epochs{final} with the {v.scorer} scorer, to choose the set "
+            "exported")
+
+
 def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torch.device,
-              calibrate: bool = True) -> Plan:
-    """The stages of ``make-submission`` for ``recipe`` on ``spec`` with ``train_images`` training images."""
+              calibrate: bool = True, source: str | None = None) -> Plan:
+    """The stages of ``make-submission`` for ``recipe`` on ``spec`` with ``train_images`` training images (counted
+    in ``source``)."""
     e, d, v = recipe.experts, recipe.distill, recipe.eval
     n, b = d.syn_steps, d.batch_syn
 
     def seconds(build: Callable[[torch.device, int, str], Callable[[], object]], batch: int, scaled: bool = True
-                ) -> float | None:
+                ) -> Timing | None:
         if not calibrate:
             return None
         small = calibration_batch(batch, device) if scaled else batch
-        return timed(lambda group: build(device, small, group), device) * batch / small
+        return timed(lambda group: build(device, small, group), device) * (batch / small)
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
-    stages = [Stage("experts", f"{e.num_experts} experts x {e.epochs} epochs ({e.objective})",
-                    f"step of {e.batch_size} images", expert_steps,
+    stages = [Stage("experts", f"train {e.num_experts} experts x {e.epochs} epochs on the {train_images:,} training "
+                    f"images ({e.objective} objective)",
+                    f"one step on {e.batch_size} images", expert_steps,
                     *count(expert_step(recipe, spec, META, e.batch_size)),
                     seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size))]
 
@@ -274,9 +338,10 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
     if calibrate:
         small = calibration_batch(b, device)
         per_iteration = timed(lambda g: matching_iteration(recipe, spec, device, 2, small, d.grad, g),
-                              device) / 2 * n * b / small
-    stages.append(Stage("distillation", f"{d.iterations} iterations, N = {n}, {d.grad} gradient",
-                        f"iteration of {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
+                              device) * (n * b / small / 2)
+    stages.append(Stage("distillation", f"{d.iterations} iterations, each {n} inner steps of a student on the "
+                        f"{spec.num_images} synthetic images matched to an expert ({d.grad} gradient)",
+                        f"one iteration, {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
 
     steps_per_round, batch = math.ceil(spec.num_images / BATCH_SIZE), min(BATCH_SIZE, spec.num_images)
     work = count(scorer_step(spec, META, batch))
@@ -284,19 +349,61 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
     candidates, rounds = selection_rounds(recipe)
     if rounds:
         how = arithmetic(v.scorer, device)  # a compiled step is timed at its own batch: its kernels are the run's
-        stages.append(Stage("selection", f"{candidates} candidates x {v.rounds} rounds + up to 2 x "
-                            f"{v.final_rounds} final, {v.epochs} epochs each, {v.scorer} scorer",
-                            f"scorer step of {batch} images", rounds * v.epochs * steps_per_round, *work,
+        stages.append(Stage("selection", selection_what(recipe, candidates),
+                            f"one scorer step on {batch} images", rounds * v.epochs * steps_per_round, *work,
                             seconds(lambda dev, bs, g: scorer_step(spec, dev, bs, v.scorer, g), batch,
                                     scaled=not how.compiled)))
-    stages.append(Stage("official score", f"{ROUNDS} rounds x {EPOCHS} epochs (the challenge's, after the run)",
-                        f"scorer step of {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
+    stages.append(Stage("official score", f"not part of this run: the challenge's own scoring of the export, "
+                        f"{ROUNDS} rounds x {EPOCHS} epochs (ddkit evaluate runs it)",
+                        f"one scorer step on {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
                         in_run=False))
-    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device))
+    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device),
+                source)
 
 
-def train_images(recipe: Recipe, spec: DatasetSpec, per_class: int | None = None) -> int:
-    """Training images the experts and distillation see: the split less the held-out selection images."""
-    per_class = TRAIN_PER_CLASS[spec.name] if per_class is None else per_class
-    held = recipe.eval.holdout_per_class if recipe.eval.split == "holdout" and recipe.eval.holdout_per_class > 0 else 0
-    return spec.num_classes * (per_class - held)
+def held_out(recipe: Recipe) -> int:
+    """Images per class held out of training for model selection."""
+    v = recipe.eval
+    return v.holdout_per_class if v.split == "holdout" and v.holdout_per_class > 0 else 0
+
+
+def train_images(recipe: Recipe, spec: DatasetSpec, per_class: int | None = None, counted: int | None = None) -> int:
+    """Training images the experts and distillation see: the split less the held-out selection images. The split
+    is the one ``counted`` in the user's data root, else ``per_class`` images of each class (default: the real
+    download's)."""
+    if counted is None:
+        counted = spec.num_classes * (TRAIN_PER_CLASS[spec.name] if per_class is None else per_class)
+    return counted - spec.num_classes * held_out(recipe)
+
+
+def too_long(plan: Plan) -> str | None:
+    """Why ``make-submission`` should not start this run here unasked, or None: even the fastest reading of the
+    calibration puts it at more than ``LONG_RUN`` seconds."""
+    run = plan.run
+    if run is None or run.low <= LONG_RUN:
+        return None
+    return f"the plan puts this run at {run.low / 86400:.1f} to {run.high / 86400:.1f} days on this {plan.device}"
+
+
+def plan_for(dataset: str, recipe_name: str | None = None, profile: str = "full", overrides: list[str] | None = None,
+             *, data_root: str | None = None, image_folder: bool = False, classes: int | None = None,
+             train_per_class: int | None = None, device: str | None = None, calibrate: bool = True) -> Plan:
+    """``ddkit plan``: the recipe's plan on the images of ``data_root`` (counted, none decoded), or on the full
+    download's counts (``classes``, ``train_per_class`` describe data not at hand)."""
+    from challenge_kit.core.devices import usable_device
+    from challenge_kit.data import data_layout
+    from challenge_kit.recipes import load_recipe
+
+    recipe = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset)
+    if data_root is not None and (classes is not None or train_per_class is not None):
+        raise KitValueError("--classes and --train-per-class describe data not at hand; with --data-root the "
+                            "plan counts the images there")
+    dev = usable_device(device)
+    if data_root is not None:
+        layout = data_layout(dataset, data_root, image_folder=image_folder)
+        return make_plan(recipe, layout.spec, train_images(recipe, layout.spec, counted=layout.train_images), dev,
+                         calibrate, source=layout.root)
+    spec = get_spec(recipe.dataset)
+    if classes is not None and classes != spec.num_classes:
+        spec = spec.subset(classes)
+    return make_plan(recipe, spec, train_images(recipe, spec, train_per_class), dev, calibrate)

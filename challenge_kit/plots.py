@@ -10,6 +10,7 @@ gives the same bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,11 +23,14 @@ if TYPE_CHECKING:
 
 DPI = 100
 WIDTH, HEIGHT = 900, 480  # pixels of a line chart, and of a bar chart with few bars
-BLUE, RED = "#1f77b4", "#d62728"
+BLUE, RED, GREEN, GREY = "#1f77b4", "#d62728", "#2ca02c", "#9e9e9e"
 DECADES = 10.0  # ``log_y=None`` picks a log axis when the largest positive value is this many times the smallest
 MAX_COLUMNS = 40  # more bars than this are drawn horizontally, one labelled row each
 ROW_INCHES = 0.2  # height of one horizontal bar's row
 PREVIEW_CLASSES = 10
+LABEL_WIDTH = 220  # pixels left of an image grid for its rows' class names
+CELL = 64  # an image's side in a grid figure, in pixels: CIFAR's 32 px drawn twice as large
+TITLE_HEIGHT = 30  # pixels above an image grid for its title
 
 
 @dataclass
@@ -131,32 +135,40 @@ def bar_chart(path: str | Path, title: str, ylabel: str, labels: list[str], valu
     return _save(figure, path)
 
 
+VERDICT_COLOURS = {"better": GREEN, "worse": RED}  # any other verdict: not told apart, grey
+
+
 def means_and_differences(path: str | Path, title: str, means: list[tuple[str, float, float]],
-                          differences: list[tuple[str, float, float, str]]) -> Path:
+                          differences: list[tuple[str, float, float, str]], tells: float = 2.0) -> Path:
     """Two panels of horizontal bars, one row per name: ``(name, mean, error)`` on the left, ``(name, difference,
-    error, verdict)`` on the right around a zero line, in red where the verdict is not "better" or "worse" (the
-    means alone when there are no differences)."""
+    error, verdict)`` on the right around a zero line, a difference named ``A - B`` and coloured by its verdict,
+    each verdict drawn named in the legend (the means alone when there are no differences)."""
     rows = max(len(means), len(differences))
     figure = _figure(WIDTH + 300, max(HEIGHT, int(DPI * (1.5 + 2 * ROW_INCHES * rows))))
     axes = figure.subplots(1, 2 if differences else 1, squeeze=False)[0]
     panels = [(axes[0], [(n, v, e, BLUE) for n, v, e in means], "accuracy (mean +- s.e.)")]
     if differences:
-        panels.append((axes[1], [(n, v, e, BLUE if verdict in ("better", "worse") else RED)
-                                 for n, v, e, verdict in differences], "paired difference (+- 2 s.e.)"))
+        panels.append((axes[1], [(n, v, e, VERDICT_COLOURS.get(verdict, GREY)) for n, v, e, verdict in differences],
+                       f"paired difference A - B (+- {tells:g} s.e.)"))
     for ax, bars, label in panels:
         names, values, errors, colours = zip(*bars, strict=True)
         ax.barh(range(len(bars)), values, xerr=errors, color=colours, capsize=4)
-        ax.set_yticks(range(len(bars)), [n if len(n) <= 40 else "..." + n[-37:] for n in names], fontsize=8)
+        ax.set_yticks(range(len(bars)), [n if len(n) <= 48 else n[:45] + "..." for n in names], fontsize=8)
         ax.set_ylim(len(bars) - 0.5, -0.5)  # first row on top, as in the table
         ax.set_xlabel(label)
         ax.grid(True, axis="x", color="#e0e0e0")
         ax.set_axisbelow(True)
     if differences:
         from matplotlib.patches import Patch
+        from matplotlib.ticker import MaxNLocator
 
         axes[1].axvline(0, color="black", linewidth=1)
-        axes[1].legend(handles=[Patch(color=BLUE, label="told apart"),
-                                Patch(color=RED, label="not distinguishable")], loc="best", fontsize=8)
+        axes[1].xaxis.set_major_locator(MaxNLocator(nbins=5))
+        verdicts = dict.fromkeys(verdict for *_, verdict in differences)
+        axes[1].legend(handles=[Patch(color=VERDICT_COLOURS.get(v, GREY), label=f"A {v} than B" if v in VERDICT_COLOURS
+                                      else f"{v} (within {tells:g} s.e.)") for v in verdicts],
+                       loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, title="verdict",
+                       title_fontsize=8)  # below the bars, never over one
     figure.suptitle(title)
     return _save(figure, path)
 
@@ -174,10 +186,32 @@ def preview_grid(images: torch.Tensor, spec: DatasetSpec, classes: int = PREVIEW
     return make_grid(pixels, nrow=spec.ipc, padding=2, pad_value=1.0)
 
 
-def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path,
-                  classes: int = PREVIEW_CLASSES) -> Path:
-    """The preview grid as a PNG."""
-    from torchvision.utils import save_image
+def row_labels(spec: DatasetSpec, classes: int = PREVIEW_CLASSES, names: Sequence[str] | None = None) -> list[str]:
+    """A grid row's label: the class index and its name (``names``: the dataset's words, else the spec's class
+    names: wnids, CIFAR's names; else the index alone)."""
+    names = names or spec.class_names
+    return [f"{c}: {names[c]}" if names else f"class {c}" for c in range(min(classes, spec.num_classes))]
 
+
+def write_preview(images: torch.Tensor, spec: DatasetSpec, path: str | Path, classes: int = PREVIEW_CLASSES,
+                  names: Sequence[str] | None = None) -> Path:
+    """The preview grid as a PNG, each row (one class, its IPC images) named by ``row_labels``."""
     grid = preview_grid(images, spec, classes)
-    return atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
+    labels = row_labels(spec, classes, names)
+    scale = max(1, CELL // spec.image_size)
+    height, width = (n * scale for n in grid.shape[1:])
+    title = TITLE_HEIGHT
+    figure = _figure(LABEL_WIDTH + width, height + title)
+    figure.set_layout_engine("none")  # the grid at its own pixels: one image pixel is ``scale`` figure pixels
+    ax = figure.add_axes((LABEL_WIDTH / (LABEL_WIDTH + width), 0, width / (LABEL_WIDTH + width),
+                          height / (height + title)))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    step = spec.image_size + 2  # make_grid's padding
+    ax.set_yticks([2 + r * step + spec.image_size / 2 for r in range(len(labels))],
+                  [label if len(label) <= 30 else label[:27] + "..." for label in labels], fontsize=9)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    figure.suptitle(f"{spec.name}: {len(labels)} of {spec.num_classes} classes, {spec.ipc} images each (one row a "
+                    "class)", fontsize=10, y=1 - 8 / (height + title), va="top")
+    return _save(figure, path)

@@ -399,12 +399,27 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
     return _validate(recipe, where, loose)
 
 
+def method_names(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """The method recipes of ``submissions/research/`` by name, M-DATM (the challenge's) first."""
+    return sorted((p.stem for p in (recipe_dir / "research").glob("*.toml")), key=lambda n: (n != "m-datm", n))
+
+
+def shipped_names(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """What ``--recipe`` takes by name: the dataset recipes, then the method recipes."""
+    return sorted(p.stem for p in recipe_dir.glob("*.toml")) + method_names(recipe_dir)
+
+
+def profile_names(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """Every profile a shipped dataset recipe offers: ``full`` (its top-level tables) and its ``[profiles.*]``."""
+    found = {name for path in recipe_dir.glob("*.toml") for name in read_toml(path).get("profiles", {})}
+    return ["full", *sorted(found)]
+
+
 def shipped_methods(recipe_dir: Path = RECIPE_DIR) -> list[dict]:
     """The method recipes in ``submissions/research/``: name, method, description and the parts they choose."""
     rows = []
-    paths = sorted((recipe_dir / "research").glob("*.toml"), key=lambda p: (p.stem != "m-datm", p.stem))
-    for path in paths:
-        recipe = load_recipe(str(path), dataset="cifar100", recipe_dir=recipe_dir)
-        rows.append({"name": path.stem, "method": recipe.method, "description": recipe.description,
+    for name in method_names(recipe_dir):
+        recipe = load_recipe(str(recipe_dir / "research" / f"{name}.toml"), dataset="cifar100", recipe_dir=recipe_dir)
+        rows.append({"name": name, "method": recipe.method, "description": recipe.description,
                      "parts": recipe.parts(), "research": recipe.distill.labels != "hard"})
     return rows

@@ -46,8 +46,21 @@ def _per_class(selection: dict) -> list[float] | None:
     return next((c.get("per_class") for c in selection.get("candidates", []) if c["iteration"] == export), None)
 
 
-def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
-    """Write the figures and ``summary.txt`` into ``out_dir`` (default RUN_DIR/report); returns what was written."""
+def run_words(run_dir: str | Path, data_root: str | Path, *, image_folder: bool = False) -> list[str]:
+    """The run's classes in the words of ``data_root`` (``data.class_words``), which must hold the run's classes."""
+    from challenge_kit.data import class_words, dataset_spec
+
+    spec = _run_state(Path(run_dir))[2]
+    found = dataset_spec(spec.name, data_root, image_folder=image_folder)
+    if found.num_classes != spec.num_classes or (spec.class_names and found.class_names != spec.class_names):
+        raise KitFileError(data_root, f"holds {found.describe()}, the run is {spec.describe()}: not the run's "
+                                      "classes")
+    return class_words(spec.name, data_root, image_folder=image_folder)
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, names: list[str] | None = None) -> dict:
+    """Write the figures and ``summary.txt`` into ``out_dir`` (default RUN_DIR/report); returns what was written.
+    ``names``: the classes in words (``data.class_words``), else the spec's names."""
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir else run_dir / REPORT_DIR
     summary, artifact, spec = _run_state(run_dir)
@@ -81,14 +94,15 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     per_class = _per_class(selection)
     weakest: list[tuple[str, float]] = []
     if per_class:
-        names = list(spec.class_names or [str(c) for c in range(spec.num_classes)])
+        names = list(names or spec.class_names or [str(c) for c in range(spec.num_classes)])
         order = sorted(range(len(per_class)), key=lambda c: per_class[c])
         weakest = [(names[c], per_class[c]) for c in order[:WEAKEST]]
         add("classes", bar_chart(out / "classes.png", "per-class accuracy of the exported set (weakest in red)",
                                  "accuracy", names, per_class, highlight=set(order[:WEAKEST]),
                                  highlight_name=f"{WEAKEST} weakest"))
     if artifact is not None:
-        add("images", write_preview(artifact.images, spec, out / "images.png", classes=min(spec.num_classes, 20)))
+        add("images", write_preview(artifact.images, spec, out / "images.png", classes=min(spec.num_classes, 20),
+                                    names=names))
     text = summary_text(summary, history, candidates, weakest)
     save_text(text, out / "summary.txt")
     add("summary", out / "summary.txt")

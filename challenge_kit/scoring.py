@@ -49,7 +49,7 @@ def check_options(path: str, reference: str | None, reference_dir: str | None, o
     if is_zip and fast:
         raise KitValueError(f"{path}: --fast is for one set; a submission .zip is scored as the challenge does")
     if not is_zip and (reference is None or reference_dir or output_dir or partial):
-        raise KitValueError(f"{path}: one file is scored with --reference (--reference-dir, --output-dir and "
+        raise KitValueError(f"{path}: one file is scored with --reference (--reference-dir, --out and "
                             "--partial are for a submission .zip)")
     return is_zip
 

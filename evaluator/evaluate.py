@@ -1,11 +1,12 @@
 """``python -m evaluator``: score a submission folder the way the challenge's ``evaluate.py`` does.
 
 Both public invocations work: the CodaLab form ``INPUT OUTPUT`` (``INPUT/res/{name}.pt`` and
-``INPUT/ref/{name}_test.pt``) and the flag form ``--submit_dir D --truth_dir D --output_dir D``. Writes
-``scores.txt`` (exactly ``correct: <float>``, no newline) and ``scores.json`` (per-round detail).
-Like the public script it needs every dataset's file; unlike it, it loads files safely, says what ``verify``
-finds wrong before scoring, scores part of a submission when asked (``--partial``), runs on CPU when there
-is no GPU, and can be seeded.
+``INPUT/ref/{name}_test.pt``) and the flag form ``--submit_dir D [--truth_dir D] [--output_dir D]``, with the
+official script's defaults (``./reference_data/`` and ``./``). Writes ``scores.txt`` (exactly
+``correct: <float>``, no newline) and ``scores.json`` (per-round detail). Like the public script it needs every
+dataset's file; unlike it, it loads files safely, says what ``verify`` finds wrong before scoring, scores part
+of a submission when asked (``--partial``), runs on CPU when there is no GPU, can be seeded, and under
+``torchrun`` spreads each dataset's rounds over the ranks (rank 0 prints and writes).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from challenge_kit.core.devices import tune_allocator, usable_device
 from challenge_kit.core.errors import KitFileError, file_errors
 from challenge_kit.core.folders import output_folder
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
-from challenge_kit.core.parallel import LOCAL, Shard
+from challenge_kit.core.parallel import LOCAL, Shard, process_group
 from challenge_kit.core.seeds import rounds_problem, seed_problem
 from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.core.submission import load_reference, load_submission
@@ -33,6 +34,7 @@ from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
 SCORES_TXT = "scores.txt"
 SCORES_JSON = "scores.json"
+TRUTH_DIR, OUTPUT_DIR = "./reference_data/", "./"  # the official script's defaults
 
 
 @dataclass
@@ -147,16 +149,25 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                     specs: Iterable[DatasetSpec] = tuple(SPECS.values()), rounds: int = ROUNDS,
                     epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
                     show_progress: bool = True, partial: bool = False, log: Callable[[str], None] | None = None,
-                    report: Callable[[dict], None] | None = None) -> dict:
+                    report: Callable[[dict], None] | None = None,
+                    before: Callable[[], None] | None = None) -> dict | None:
     """Validate every dataset first (fail before any training), score each, write the outputs.
 
-    Missing inputs are reported before the output folder is probed, so a typo creates nothing.
+    Missing inputs are reported before the output folder is probed, so a typo creates nothing. Started by
+    torchrun, each dataset's rounds are spread over the ranks; rank 0 alone calls ``before`` (once the inputs
+    are found), logs, reports and writes, and gets the summary (the other ranks ``None``).
     """
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs, partial)
     device = ready(device, output_dir)
-    entries = [load_entry(*found) for found in present]
-    return score_entries(entries, output_dir, skipped=skipped, rounds=rounds, epochs=epochs, seed=seed,
-                         device=device, show_progress=show_progress, log=log, report=report)
+    with process_group(device) as (shard, dev):
+        if shard.leader and before is not None:
+            before()
+        entries = [load_entry(*found) for found in present]
+        summary = score_entries(entries, output_dir if shard.leader else None, skipped=skipped, rounds=rounds,
+                                epochs=epochs, seed=seed, device=str(dev), show_progress=show_progress and shard.leader,
+                                log=log if shard.leader else None, report=report if shard.leader else None,
+                                shard=shard)
+    return summary if shard.leader else None
 
 
 def report_lines(summary: dict, where: str) -> list[str]:
@@ -185,12 +196,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m evaluator",
         description="Score a Track 1 submission like the challenge's evaluate.py. Either INPUT OUTPUT "
-                    "(CodaLab: INPUT/res/{name}.pt, INPUT/ref/{name}_test.pt) or the three directory flags.")
+                    "(CodaLab: INPUT/res/{name}.pt, INPUT/ref/{name}_test.pt) or --submit_dir with the official "
+                    "script's other flags and defaults. Under torchrun each dataset's rounds are spread over the "
+                    "ranks.")
     parser.add_argument("input", nargs="?", help="CodaLab input folder holding res/ and ref/")
     parser.add_argument("output", nargs="?", help="folder for scores.txt and scores.json")
-    parser.add_argument("--submit_dir", help="folder with cifar100.pt and/or tinyimagenet.pt")
-    parser.add_argument("--truth_dir", help="folder with {name}_test.pt")
-    parser.add_argument("--output_dir", help="folder for scores.txt and scores.json")
+    parser.add_argument("--submit_dir", help="folder with cifar100.pt and tinyimagenet.pt")
+    parser.add_argument("--truth_dir", help=f"folder with {{name}}_test.pt (default: {TRUTH_DIR}, as the official "
+                                            "script's)")
+    parser.add_argument("--output_dir", help=f"folder for scores.txt and scores.json (default: {OUTPUT_DIR})")
     parser.add_argument("--seed", type=seed, default=None, help="seed; each round gets one derived from it")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds per dataset (official: {ROUNDS})")
     parser.add_argument("--epochs", type=int, default=EPOCHS,
@@ -202,11 +216,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flags = (args.submit_dir, args.truth_dir, args.output_dir)
     if args.input is not None:
         if args.output is None or any(f is not None for f in flags):
-            parser.error("give either INPUT OUTPUT or --submit_dir/--truth_dir/--output_dir, not both")
+            parser.error("give either INPUT OUTPUT or --submit_dir [--truth_dir] [--output_dir], not both")
         args.submit_dir, args.truth_dir = str(Path(args.input) / "res"), str(Path(args.input) / "ref")
         args.output_dir = args.output
-    elif any(f is None for f in flags):
-        parser.error("give INPUT OUTPUT, or all of --submit_dir, --truth_dir and --output_dir")
+    elif args.submit_dir is None:
+        parser.error("give INPUT OUTPUT, or --submit_dir (with --truth_dir and --output_dir, or their defaults)")
+    else:
+        args.truth_dir = TRUTH_DIR if args.truth_dir is None else args.truth_dir
+        args.output_dir = OUTPUT_DIR if args.output_dir is None else args.output_dir
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
     if (problem := rounds_problem(args.rounds)) is not None:
@@ -214,9 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPECS.values())) -> int:
-    args = parse_args(argv)
-    tune_allocator()
+def notes(args: argparse.Namespace, specs: Iterable[DatasetSpec]) -> None:
+    """What differs from an official run, said once (by rank 0) before any training."""
     if (args.epochs, args.rounds) != (EPOCHS, ROUNDS):
         print(f"shortened run: {args.epochs} epochs x {args.rounds} rounds instead of the official "
               f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard")
@@ -224,11 +240,17 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
         first = next(iter(specs)).reference_file
         print(f"note: --truth_dir has no trailing slash: the official evaluate.py would read "
               f"{args.truth_dir}{first} (it joins by string); give {args.truth_dir}/ there")
+
+
+def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPECS.values())) -> int:
+    args = parse_args(argv)
+    tune_allocator()
     try:
         with sigterm_as_interrupt(), file_errors():
             score_directory(args.submit_dir, args.truth_dir, args.output_dir, specs=specs, rounds=args.rounds,
                             epochs=args.epochs, seed=args.seed, device=args.device, partial=args.partial, log=print,
-                            report=lambda summary: print("\n".join(report_lines(summary, args.submit_dir))))
+                            report=lambda summary: print("\n".join(report_lines(summary, args.submit_dir))),
+                            before=lambda: notes(args, specs))
     except BaseException as e:
         interrupt = interruption(e)
         if interrupt is not None:  # Ctrl-C or SIGTERM: the clean-up ran on the way out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -34,6 +35,10 @@ COMPILERS = ("g++", "c++", "clang++")  # what inductor's C++ builder calls when 
 # bench/gpu_acceptance.py measures it. Eight rounds' steps at Tiny ImageNet's shape hold at most 16 GiB (ddkit
 # plan counts 2.0 GiB for one in float32).
 STACK_ENV = "DDKIT_STACKED_ROUNDS"
+# Compiling imports torch.utils.cpp_extension, which on a machine without a CUDA runtime warns "No CUDA runtime is
+# found, using CUDA_HOME=..." at the top of every log: it concerns building CUDA extensions, which the fast scorer
+# never does (its kernels are inductor's, for the device it runs on).
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)

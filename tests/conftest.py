@@ -1,7 +1,8 @@
 """Test session set-up: the same allocator settings the CLI uses (they halve CPU step times), a data cache
-of each test's own instead of the user's ~/.cache/ddkit, and the fast scorer uncompiled (compiling costs
-12-24 s per new shape; ``test_fast_scorer.py`` compiles), exports a bundle takes as they are; under CI, only a
-platform may skip a test (``skip_policy.py``)."""
+of each test's own instead of the user's ~/.cache/ddkit, the fast scorer uncompiled (compiling costs
+12-24 s per new shape; ``test_fast_scorer.py`` compiles), the plan calibrated in one pass, not three (every
+make-submission plans first; ``test_plan.py`` asks for more where the range is its subject), exports a bundle takes
+as they are; under CI, only a platform may skip a test (``skip_policy.py``)."""
 
 import pytest
 from skip_policy import pytest_runtest_makereport  # noqa: F401  (a hook: under CI only platform skips)
@@ -18,6 +19,7 @@ tune_allocator()
 def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
+    monkeypatch.setenv("DDKIT_CALIBRATION_PASSES", "1")
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ def test_baseline_is_random_real_images_in_default_order(exports):
 def test_bundle_of_two_full_shape_exports(exports, tmp_path):
     out = tmp_path / "submission.zip"
     result = ddkit("bundle", exports / "out" / "tinyimagenet", exports / "out" / "cifar100" / "cifar100.pt",
-                   "--out", out)
+                   "--out-file", out)
     assert result.exit_code == 0, result.output
     with zipfile.ZipFile(out) as zf:
         assert zf.namelist() == NAMES  # exactly two files, at the root, in the scorer's order
@@ -86,7 +86,8 @@ def test_bundle_of_two_full_shape_exports(exports, tmp_path):
     assert verify.exit_code == 0, verify.output
     report = json.loads(verify.stdout)
     assert report["ok"] and report["problems"] == [] and set(report["members"]) == set(NAMES)
-    ddkit("bundle", exports / "out" / "cifar100", exports / "out" / "tinyimagenet", "--out", tmp_path / "again.zip")
+    ddkit("bundle", exports / "out" / "cifar100", exports / "out" / "tinyimagenet", "--out-file",
+          tmp_path / "again.zip")
     assert (tmp_path / "again.zip").read_bytes() == out.read_bytes()  # same files, same zip bytes
 
 
@@ -99,7 +100,7 @@ def test_bundle_refuses_subset_exports_and_leaves_no_zip(exports, tmp_path):
     shutil.copy(tmp_path / "mini" / "tinyimagenet.pt", bare)
     out = tmp_path / "submission.zip"
     for source, says in ((tmp_path / "mini", "a subset export"), (bare, "subset export of 20 classes")):
-        result = ddkit("bundle", exports / "out" / "cifar100", source, "--out", out)
+        result = ddkit("bundle", exports / "out" / "cifar100", source, "--out-file", out)
         assert result.exit_code == 1 and says in result.stderr
         assert result.stderr.startswith(f"error: {source / 'tinyimagenet.pt' if source.is_dir() else source}: ")
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
@@ -107,14 +108,14 @@ def test_bundle_refuses_subset_exports_and_leaves_no_zip(exports, tmp_path):
 
 def test_bundle_refuses_two_of_one_dataset_a_changed_file_and_a_wrong_count(exports, tmp_path):
     cifar = exports / "out" / "cifar100"
-    result = ddkit("bundle", cifar, cifar / "cifar100.pt", "--out", tmp_path / "s.zip")
+    result = ddkit("bundle", cifar, cifar / "cifar100.pt", "--out-file", tmp_path / "s.zip")
     assert result.exit_code == 1 and "both cifar100" in result.stderr
-    result = ddkit("bundle", cifar, "--out", tmp_path / "s.zip")
+    result = ddkit("bundle", cifar, "--out-file", tmp_path / "s.zip")
     assert result.exit_code == 1 and "give 2 exports" in result.stderr
     changed = tmp_path / "changed"
     shutil.copytree(cifar, changed)
     torch.save(torch.load(changed / "cifar100.pt", weights_only=True) * 0.5, changed / "cifar100.pt")
-    result = ddkit("bundle", changed, exports / "out" / "tinyimagenet", "--out", tmp_path / "s.zip")
+    result = ddkit("bundle", changed, exports / "out" / "tinyimagenet", "--out-file", tmp_path / "s.zip")
     assert result.exit_code == 1 and "changed after export" in result.stderr
     assert not (tmp_path / "s.zip").exists()
 
@@ -151,12 +152,12 @@ def bad_zip(path, case, members):
 def test_verify_zip_names_the_member_that_is_wrong(exports, tmp_path, case, member, says):
     path = bad_zip(tmp_path / "submission.zip", case, member_bytes(exports))
     result = ddkit("verify", path)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "\x1b" not in result.output
     assert any(line.startswith(f"FAIL {path}:{member}: ") and says in line for line in result.stdout.splitlines())
     report = json.loads(ddkit("verify", path, "--json").stdout)
     assert any(line.startswith(f"{path}:{member}: ") and says in line for line in report["failures"])
-    assert report["exit_code"] == 1 and not report["ok"]
+    assert report["exit_code"] == 3 and not report["ok"]
 
 
 def test_verify_zip_that_is_not_a_submission_zip(tmp_path):
@@ -164,7 +165,7 @@ def test_verify_zip_that_is_not_a_submission_zip(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     for name, says in (("tensor.zip", "is a torch file"), ("junk.zip", "not a readable zip")):
         result = ddkit("verify", tmp_path / name)
-        assert result.exit_code == 2 and result.stderr.startswith(f"error: {tmp_path / name}: ")
+        assert result.exit_code == 4 and result.stderr.startswith(f"error: {tmp_path / name}: ")
         assert says in result.stderr
 
 
@@ -187,12 +188,12 @@ def test_evaluate_zip_scores_both_in_order_and_writes_the_mean(exports, tmp_path
     monkeypatch.setattr(evaluate_module, "evaluate_images", fake)
     ref = tmp_path / "ref"
     for name, data in (("cifar100", "cifar"), ("tinyimagenet", "tiny")):
-        assert ddkit("reference", name, "--data-root", exports / data, "--out", ref / f"{name}_test.pt",
+        assert ddkit("reference", name, "--data-root", exports / data, "--out-file", ref / f"{name}_test.pt",
                      "--cache-dir", exports / "cache").exit_code == 0
     good = tmp_path / "submission.zip"
     write_zip(good, member_bytes(exports).items())
     result = ddkit("evaluate", good, "--reference-dir", ref, "--epochs", "2", "--rounds", "1",
-                   "--output-dir", tmp_path / "scores", "--json")
+                   "--out", tmp_path / "scores", "--json")
     assert result.exit_code == 0, result.output
     assert called == [("cifar100", (1000, 3, 32, 32), (200, 3, 32, 32)), ("tinyimagenet", (2000, 3, 64, 64),
                                                                            (400, 3, 64, 64))]

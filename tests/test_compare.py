@@ -2,6 +2,7 @@
 (set, round) pairs it lacks."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,7 +173,7 @@ def world(tmp_path):
     write_tiny(data)
     spec = dataset_spec("tinyimagenet", data)
     ref = tmp_path / "ref.pt"
-    assert CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(data), "--out", str(ref)]
+    assert CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(data), "--out-file", str(ref)]
                               ).exit_code == 0
     run = tmp_path / "run"
     export_images(distilled_images(spec), spec, run, source="test")
@@ -195,7 +196,9 @@ def test_the_command_compares_exports_research_sets_and_both_baselines(world, mo
     assert done.exit_code == 0, done.output
     result = json.loads(done.stdout)
     names = [r["name"] for r in result["sets"]]
-    assert names[:3] == args[1:4] and names[3:] == ["initialization", "random real images"]
+    assert names[:3] == [str(Path(a).relative_to(root)) for a in args[1:4]]  # what tells the paths apart
+    assert names[3:] == ["initialization", "random real images"]
+    assert [r["source"] for r in result["sets"][:3]] == args[1:4]
     assert [r["baseline"] for r in result["sets"]] == [False, False, False, True, True]
     assert "default-order hard labels" in result["sets"][2]["note"] and not result["sets"][1]["note"]
     assert all(len(r["rounds"]) == 2 for r in result["sets"]) and set(result["sets"][0]["gains"]) == set(names[3:])
@@ -206,9 +209,23 @@ def test_the_command_compares_exports_research_sets_and_both_baselines(world, mo
     assert "gain over random real images" in again.stdout and "default-order hard labels" in again.stdout
 
 
+def test_sets_are_named_by_what_tells_their_paths_apart_or_by_their_labels(world, monkeypatch):
+    root, _, ref, run = world
+    monkeypatch.setattr(compare_mod, "train_and_test_rounds", FakeScorer())
+    export = run / "tinyimagenet.pt"
+    base = ["compare", str(export), str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref), "--epochs",
+            "1", "--rounds", "2", "--json"]
+    named = CliRunner().invoke(app, [*base, "--out", str(root / "a")])
+    assert [r["name"] for r in json.loads(named.stdout)["sets"]] == ["run", "other"]
+    labelled = CliRunner().invoke(app, [*base, "--out", str(root / "b"), "--label", "mine", "--label", "theirs"])
+    assert [r["name"] for r in json.loads(labelled.stdout)["sets"]] == ["mine", "theirs"]
+    assert json.loads((root / "b" / "compare.json").read_text())["sets"][1]["difference"] is not None
+    short = CliRunner().invoke(app, [*base, "--out", str(root / "c"), "--label", "mine"])
+    assert short.exit_code == 1 and "--label: 1 given for 2 sets" in short.stderr
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--baseline", "random"], "error: --baseline random: needs --data-root"),
-    (["--baseline", "best"], "error: --baseline best: choose random or init"),
     (["--baseline", "init"], "error: --baseline init: none of the sets is a make-submission folder"),
 ])
 def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
@@ -216,6 +233,10 @@ def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
     done = CliRunner().invoke(app, ["compare", str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref),
                                     "--out", str(root / "cmp"), "--epochs", "1", *extra])
     assert done.exit_code == 1 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
+    unknown = CliRunner().invoke(app, ["compare", str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref),
+                                       "--out", str(root / "cmp"), "--baseline", "best"])
+    assert unknown.exit_code == 2 and unknown.stderr == "error: --baseline: unknown baseline 'best'; choose random " \
+                                                        "or init\n"
 
 
 def test_the_random_baseline_is_the_set_ddkit_baseline_draws_with_that_seed(world):

@@ -235,7 +235,7 @@ def test_wnids_with_a_byte_order_mark_or_not_utf8(tmp_path):
     assert dataset_spec("tinyimagenet", tmp_path).class_names == ("n01000000", "n02000000", "n03000000")
     wnids.write_bytes("n01000000\nn0200000\u00e9\n".encode("latin-1"))
     result = CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(tmp_path),
-                                      "--out", str(tmp_path / "ref.pt")])
+                                      "--out-file", str(tmp_path / "ref.pt")])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {wnids}: is not UTF-8 text (byte 0xe9 at offset 18)"
 
@@ -328,17 +328,20 @@ def test_shared_mini_set(user_cache):
 def test_reference_command_writes_the_scorer_file(tmp_path):
     raw = write_cifar(tmp_path)
     out = tmp_path / "cifar100_test.pt"
-    result = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out", str(out)])
+    result = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out-file", str(out)])
     assert result.exit_code == 0, result.output
-    assert "spec: cifar100: 100 classes x 10 IPC, 3x32x32, challenge" in result.output
+    assert "reference test set for cifar100: 100 classes x 10 IPC, 3x32x32, challenge" in result.output
+    listed = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out-file",
+                                      str(tmp_path / "again_test.pt"), "--json"])
+    assert json.loads(listed.stdout) == {"file": str(tmp_path / "again_test.pt"), "spec": CIFAR100.to_dict()}
     ref = load_torch(out)
     assert set(ref) == {"images_val", "labels_val"}
     assert ref["images_val"].shape == (20, 3, 32, 32) and ref["images_val"].dtype == torch.float32
     assert ref["labels_val"].dtype == torch.int64 and ref["labels_val"].tolist() == raw["test"]["fine_labels"]
-    again = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out", str(out)])
+    again = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path), "--out-file", str(out)])
     assert again.exit_code == 1 and f"{out}: already exists; pass --overwrite" in again.output
     missing = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "nope"),
-                                       "--out", str(tmp_path / "other_test.pt")])
+                                       "--out-file", str(tmp_path / "other_test.pt")])
     assert missing.exit_code == 1 and "error:" in missing.output and "nope" in missing.output
 
 
@@ -346,7 +349,7 @@ def test_reference_command_on_a_tiny_subset_says_subset(tmp_path):
     write_tiny(tmp_path / "tiny")
     out = tmp_path / "ref.pt"
     result = CliRunner().invoke(app, ["reference", "tinyimagenet", "--data-root", str(tmp_path / "tiny"),
-                                      "--out", str(out)])
+                                      "--out-file", str(out)])
     assert result.exit_code == 0, result.output
     assert "3 classes" in result.output and "subset" in result.output
     assert load_torch(out)["images_val"].shape == (6, 3, 64, 64)
@@ -375,7 +378,7 @@ def test_image_folder_reaches_every_command_that_reads_data(tmp_path, user_cache
               "--set", "eval.holdout_per_class=0", "--set", "distill.iterations=1", "--set", "distill.syn_steps=1",
               "--set", "distill.expert_epochs=1", "--set", "distill.current_max_start_epoch=0",
               "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10"]
-    reference = run(app, ["reference", "cifar100", *common, "--out", str(tmp_path / "ref.pt")])
+    reference = run(app, ["reference", "cifar100", *common, "--out-file", str(tmp_path / "ref.pt")])
     assert reference.exit_code == 0 and "3 classes" in reference.output, reference.output
     assert load_torch(tmp_path / "ref.pt")["labels_val"].tolist() == [0, 0, 1, 1, 2, 2]
     commands = {"baseline": ["baseline", "cifar100", *common, "--out", str(tmp_path / "baseline")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_round_init_shuffle_and_augmentation_draw_separate_streams(monkeypatch):
     assert not torch.equal(draws["init"], draws["group"]) and not torch.equal(draws["data"], draws["group"])
 
 
-def test_both_invocations_write_the_same_scores(tmp_path, capsys):
+def test_every_invocation_writes_the_same_scores(tmp_path, capsys, monkeypatch):
     images, _ = coloured(2, 0)
     write_folder(tmp_path / "in", images, *coloured(4, 1))
     flags = ["--epochs", "2", "--rounds", "2", "--seed", "3", "--device", "cpu", "--partial"]
@@ -141,8 +142,14 @@ def test_both_invocations_write_the_same_scores(tmp_path, capsys):
         assert f"scoring {tmp_path / 'in' / 'res' / 'cifar100.pt'} on {ref / 'cifar100_test.pt'}" in printed
         assert ("no trailing slash" in printed) == (slash == "")
         assert "partial:" in printed and "skipped tinyimagenet" in printed
+    (tmp_path / "cwd").mkdir()  # the official defaults: --truth_dir ./reference_data/, --output_dir ./
+    shutil.copytree(ref, tmp_path / "cwd" / "reference_data")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["--submit_dir", str(tmp_path / "in" / "res"), *flags], specs=specs) == 0
+    assert f"on {Path('reference_data') / 'cifar100_test.pt'}" in capsys.readouterr().out
     text = (tmp_path / "out1" / "scores.txt").read_bytes()
     assert text == (tmp_path / "out2" / "scores.txt").read_bytes() == (tmp_path / "out3" / "scores.txt").read_bytes()
+    assert text == (tmp_path / "cwd" / "scores.txt").read_bytes()
     assert re.fullmatch(rb"correct: \d+\.\d+(e-?\d+)?", text)  # exactly one line, no newline
     summary = json.loads((tmp_path / "out1" / "scores.json").read_text())
     assert summary["skipped"] == ["tinyimagenet"] and summary["partial"] is True and summary["official"] is False

@@ -290,7 +290,9 @@ def test_info_lists_complete_partial_and_corrupt(tmp_path):
     expert_path(tmp_path, 3).write_bytes(b"garbage")
     result = CliRunner().invoke(app, ["info", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    listing = json.loads(result.stdout)
+    assert listing["store"] == str(tmp_path)  # one object, the store named
+    rows = listing["experts"]
     assert [r["status"] for r in rows] == ["complete", "complete", "partial", "corrupt"]
     assert rows[2]["completed_epochs"] == 3 and rows[2]["epochs"] == 5
     assert rows[0]["last_acc"] == read_expert(expert_path(tmp_path, 0)).test_acc[-1]

@@ -44,11 +44,13 @@ from typer.testing import CliRunner
 
 import challenge_kit.cli.render
 import challenge_kit.pipeline
+import challenge_kit.plan
 import evaluator.evaluate
 from challenge_kit import data
 from challenge_kit.cli import app
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import LOCK_FILE
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import read_metadata
@@ -56,6 +58,7 @@ from challenge_kit.experts import buffers, training
 from challenge_kit.experts.store import expert_path
 from challenge_kit.export import export_run
 from challenge_kit.pipeline import make_submission
+from challenge_kit.plan import Timing
 from challenge_kit.recipes import ExpertConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +191,7 @@ def writers(w: World, out: Path) -> dict[str, list]:
         "experts": ["experts", "cifar100", "--data-root", w.data, "--out", out, *quick],
         "distill": ["distill", "cifar100", "--experts", w.store, "--data-root", w.data, "--out", out, *quick],
         "export": ["export", w.run, "--out", out],
-        "reference": ["reference", "cifar100", "--data-root", w.data, "--out", out / "cifar100_test.pt"],
+        "reference": ["reference", "cifar100", "--data-root", w.data, "--out-file", out / "cifar100_test.pt"],
         "experts-import": ["experts-import", w.buffer, "--dataset", "cifar100", "--out", out],
         "experts-export": ["experts-export", w.store, "--out", out],
         EVALUATOR: [EVALUATOR, w.scoring, out, "--partial"],  # the world holds cifar100.pt only
@@ -253,9 +256,9 @@ def readers(w: World, u: Path) -> dict[str, tuple[list, Path, int]]:
         "distill": (["distill", "cifar100", "--experts", w.store, "--data-root", u / "data", "--out",
                      w.fresh("run"), *quick], train_file, 1),
         "export": (["export", u / "run", "--out", w.fresh("export")], u / "run" / "best.safetensors", 1),
-        "reference": (["reference", "cifar100", "--data-root", u / "data", "--out", w.fresh("ref") / "r.pt"],
+        "reference": (["reference", "cifar100", "--data-root", u / "data", "--out-file", w.fresh("ref") / "r.pt"],
                       train_file.with_name("test"), 1),
-        "verify": (["verify", u / "sub.pt"], u / "sub.pt", 2),
+        "verify": (["verify", u / "sub.pt"], u / "sub.pt", 4),
         "evaluate": (["evaluate", u / "sub.pt", "--reference", w.reference, "--device", "cpu"], u / "sub.pt", 1),
         "info": (["info", u / "store"], u / "store", 1),
         "experts-import": (["experts-import", u / "buffer.pt", "--dataset", "cifar100", "--out", w.fresh("import")],
@@ -326,7 +329,7 @@ def test_offline_download(world, monkeypatch, command):
         "make-submission": ["make-submission", "cifar100", "--data-root", root, "--out", out, "--device", "cpu",
                             "--profile", "quick"],
         "experts": ["experts", "cifar100", "--data-root", root, "--out", out, "--device", "cpu", "--profile", "quick"],
-        "reference": ["reference", "cifar100", "--data-root", root, "--out", out / "ref.pt"],
+        "reference": ["reference", "cifar100", "--data-root", root, "--out-file", out / "ref.pt"],
     }[command]
     line = one_line("offline --download", [*argv, "--download"], 1,
                     f"error: {root}: downloading CIFAR-100 failed ([Errno -3] Temporary failure in name resolution); "
@@ -413,7 +416,7 @@ def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
 
 # ------------------------------------------------------------------------------------------ item 4: CPU notice, logs
 
-def test_full_profile_on_a_cpu_opens_with_the_plan_and_says_to_stop(world, monkeypatch):
+def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_on(world, monkeypatch):
     class Stop(Exception):
         pass
 
@@ -421,17 +424,21 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_says_to_stop(world, monke
         raise Stop
 
     monkeypatch.setattr(training, "train_experts", first_steps)
+    monkeypatch.setattr(challenge_kit.plan, "timed", lambda build, device: Timing(3.0, 3.5, 4.0))  # a CPU's seconds
     console = Console(file=io.StringIO(), width=400)
     monkeypatch.setattr(challenge_kit.pipeline, "console", console)
     monkeypatch.setattr(challenge_kit.cli.render, "console", console)
-    with pytest.raises(Stop):
-        make_submission(load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"]), world.data,
-                        world.fresh("cpu"), device="cpu", show_progress=False)
+    recipe = load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"])
+    with pytest.raises(KitValueError, match=r"^--profile full: the plan puts this run at .* days on this cpu; .*"
+                                            r"--profile mini\), or pass --allow-long-run to go on$"):
+        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False)
     said = console.file.getvalue()
     assert "cifar100 (100 classes), profile full, M-DATM: " in said and "the run: about " in said
-    assert "experts: 100 experts x 30 epochs" in said and "distillation: 10000 iterations, N = 40" in said
-    assert "full profile on the CPU: 100 experts x 30 epochs, then 10000 distillation iterations, a GPU job" in said
-    assert said.count("--profile mini") == 1
+    assert "experts: train 100 experts x 30 epochs" in said and "distillation: 10000 iterations, each 40 inner" in said
+    with pytest.raises(Stop):  # told to go on, it reaches the experts
+        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False,
+                        allow_long_run=True)
+    assert "days on this cpu: going on (--allow-long-run)" in console.file.getvalue()
 
 
 @pytest.mark.parametrize("columns", [None, "80"])

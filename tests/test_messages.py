@@ -89,13 +89,14 @@ def commands(w: Path, out: Path) -> dict[str, list]:
                             "quick"],
         "ablate": ["ablate", "m-datm", "--experts", w / "store", "--data-root", w / "data", "--out", out],
         "evaluate": ["evaluate", w / "sub.pt", "--reference", w / "ref.pt"],
+        "compare": ["compare", w / "sub.pt", "--reference", w / "ref.pt", "--out", out],
         EVALUATOR: [EVALUATOR, w / "scoring", out, "--partial"],
     }
 
 
 # ------------------------------------------------------------------------------------------ seeds
 
-SEEDED = ["baseline", "experts", "ablate", "evaluate"]
+SEEDED = ["baseline", "experts", "ablate", "evaluate", "compare"]
 SEED_LINE = "error: --seed: must be a whole number from 0 to 4294967295 (2**32 - 1), got "
 
 
@@ -132,7 +133,7 @@ ROUNDS_LINE = ("at most 1000 rounds, got 1000000000 (the official score takes 3;
                "--epochs epochs, and round r of seed s is seeded s * 1000 + r)")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "ablate"])
+@pytest.mark.parametrize("command", ["evaluate", "ablate", "compare"])
 def test_rounds_beyond_the_seed_scheme_are_refused_before_any_work(world, tmp_path, no_work, command):
     out = tmp_path / "out"
     refused([*commands(world, out)[command], "--rounds", 10**9], 1, f"error: --rounds: {ROUNDS_LINE}")
@@ -158,11 +159,20 @@ DEVICES = {"meta": "error: --device meta: tensors there have shapes but no value
                             "'torch.privateuseone'); use cpu or cuda"}
 
 
+UNKNOWN = "error: --device: unknown device '{}'; choose cpu, cuda, cuda:N or mps"
+
+
 @pytest.mark.parametrize("command", ["experts", "distill", "make-submission", "ablate", "evaluate", EVALUATOR])
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_device_torch_cannot_compute_on_is_refused_in_one_line(world, tmp_path, no_work, command, device):
+    """ddkit takes the devices it lists (a usage error names them); python -m evaluator takes any torch device name
+    and refuses one it cannot compute on."""
     out = tmp_path / "out"
-    refused([*commands(world, out)[command], "--device", device], 1, DEVICES[device])
+    argv = [*commands(world, out)[command], "--device", device]
+    if command == EVALUATOR:
+        refused(argv, 1, DEVICES[device])
+    else:
+        refused(argv, 2, UNKNOWN.format(device))
     assert not out.exists()
 
 
@@ -261,7 +271,7 @@ def test_evaluate_shows_the_score_when_scores_txt_cannot_be_written(world, tmp_p
         assert line.startswith(named) and line.endswith(kept), err
         return line
 
-    code, stdout, err = invoke(["evaluate", upload, "--reference-dir", world / "scoring" / "ref", "--output-dir",
+    code, stdout, err = invoke(["evaluate", upload, "--reference-dir", world / "scoring" / "ref", "--out",
                                 out, "--partial", "--epochs", "1", "--rounds", "1", "--json"])
     assert code == 1 and json.loads(stdout)["correct"] == 0.25
     first = said(err)

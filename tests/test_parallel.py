@@ -1,9 +1,11 @@
 """Sharding over ranks: a 2-process gloo job computes the same matching gradients as one process."""
 
 import faulthandler
+import io
+import json
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import test_distill
 import torch
 import torch.multiprocessing as mp
 from test_distill import _recipe, _run
+from test_evaluator import TINY, coloured, write_folder
 from test_matching import _problem
 
 from challenge_kit.core.parallel import Shard, process_group
@@ -18,6 +21,9 @@ from challenge_kit.experts.training import train_experts
 from challenge_kit.matching import match
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.runs import read_history
+from evaluator.evaluate import main
+
+EVALUATOR_FLAGS = ["--epochs", "1", "--rounds", "3", "--seed", "5", "--device", "cpu"]
 
 
 def free_port() -> int:
@@ -106,3 +112,32 @@ def test_two_gloo_ranks_distill_like_one_process(tmp_path, mode):
     assert [c["iteration"] for c in two["candidates"]] == [0, 2, 4]
     assert [c["seeds"] for c in two["candidates"]] == [c["seeds"] for c in one.candidates]
     assert two["decision"]["export"] == one.decision["export"]
+
+
+def _evaluator_worker(rank, world, port, logs, folder, out):
+    """``python -m evaluator`` as a torchrun rank runs it: the environment only (it joins the job itself)."""
+    faulthandler.enable(open(logs / f"crash.{rank}", "w"), all_threads=True)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with open(logs / f"stdout.{rank}", "w") as printed, redirect_stdout(printed):
+        assert main([str(folder), str(out), *EVALUATOR_FLAGS], specs=[TINY]) == 0
+
+
+def test_the_evaluator_spreads_rounds_over_ranks_and_rank_0_alone_prints_and_writes(tmp_path):
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(4, 1))
+    _spawn(_evaluator_worker, tmp_path, tmp_path / "in", tmp_path / "two")
+    printed = [(tmp_path / f"stdout.{rank}").read_text() for rank in range(2)]
+    assert "correct: " in printed[0] and "shortened run" in printed[0] and printed[1] == ""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' thread count
+    try:
+        with redirect_stdout(io.StringIO()):
+            assert main([str(tmp_path / "in"), str(tmp_path / "one"), *EVALUATOR_FLAGS], specs=[TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    two, one = (json.loads((tmp_path / name / "scores.json").read_text())["datasets"]["cifar100"]
+                for name in ("two", "one"))
+    assert two["seeds"] == one["seeds"] and len(two["rounds"]) == 3 and two["rounds"] == one["rounds"]
+    assert (tmp_path / "two" / "scores.txt").read_text() == (tmp_path / "one" / "scores.txt").read_text()

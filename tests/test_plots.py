@@ -4,9 +4,23 @@ import math
 import subprocess
 import sys
 
+from fakes import MINI, distilled_images, needs_mini, write_tiny
 from PIL import Image
 
-from challenge_kit.plots import HEIGHT, WIDTH, Series, bar_chart, line_chart, spans_decades
+from challenge_kit.core.contract import CIFAR100
+from challenge_kit.data import class_words, dataset_spec
+from challenge_kit.plots import (
+    HEIGHT,
+    LABEL_WIDTH,
+    TITLE_HEIGHT,
+    WIDTH,
+    Series,
+    bar_chart,
+    line_chart,
+    row_labels,
+    spans_decades,
+    write_preview,
+)
 
 ITS = list(range(1, 41))
 SERIES = [Series("raw", ITS, [1.0 / i + 0.01 * (i % 3) for i in ITS], width=1, alpha=0.5),
@@ -50,3 +64,24 @@ def test_commands_that_draw_nothing_do_not_import_matplotlib():
             "print('matplotlib' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_grid_row_is_named_by_the_class_in_the_dataset_words(tmp_path):
+    write_tiny(tmp_path / "tiny")  # wnids n01000000, n02000000, n03000000
+    (tmp_path / "tiny" / "words.txt").write_text("n02000000\tcentipede\nn01000000\tgoldfish, Carassius auratus\n")
+    words = class_words("tinyimagenet", tmp_path / "tiny")
+    assert words == ["goldfish", "centipede", "n03000000"]  # a wnid words.txt does not name keeps its wnid
+    spec = dataset_spec("tinyimagenet", tmp_path / "tiny")
+    assert row_labels(spec, 10, words) == ["0: goldfish", "1: centipede", "2: n03000000"]
+    assert row_labels(CIFAR100, 2) == ["class 0", "class 1"]  # no names at hand: the index
+    images = distilled_images(spec)
+    first, second = (write_preview(images, spec, tmp_path / f"{k}.png", names=words) for k in "ab")
+    assert first.read_bytes() == second.read_bytes()
+    assert _png(first)[1] == (LABEL_WIDTH + 10 * 66 + 2, 3 * 66 + 2 + TITLE_HEIGHT)  # 64 px images at their size
+
+
+@needs_mini
+def test_the_shared_tiny_imagenet_classes_are_named_by_its_words_txt():
+    wnids = sorted((MINI / "wnids.txt").read_text().split())
+    listed = dict(line.split("\t", 1) for line in (MINI / "words.txt").read_text().splitlines())
+    assert class_words("tinyimagenet", MINI) == [listed[w].split(",")[0].strip() for w in wnids]

@@ -249,7 +249,7 @@ def exports(tmp_path_factory):
 
 def test_sigterm_during_bundle_leaves_no_zip_and_a_rerun_writes_the_same_bytes(exports, tmp_path):
     out = tmp_path / "upload"
-    argv = ["bundle", exports / "cifar100", exports / "tinyimagenet", "--out", out / "submission.zip"]
+    argv = ["bundle", exports / "cifar100", exports / "tinyimagenet", "--out-file", out / "submission.zip"]
     names = ["submission.zip", "submission.manifest.json"]
     ddkit(*argv)  # uninterrupted
     clean = digests(out, names)

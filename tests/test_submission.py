@@ -15,6 +15,7 @@ from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import ExportRefused
 from challenge_kit.core.reading import load_torch, sha256
 from challenge_kit.export import export_run
+from challenge_kit.plots import LABEL_WIDTH, TITLE_HEIGHT
 
 SUBSET = CIFAR100.subset(5)
 
@@ -36,8 +37,8 @@ def test_export_writes_the_file_manifest_and_preview(tmp_path):
     assert saved["challenge_submission"] is False and saved["spec"]["num_classes"] == 5
     assert saved["verify"]["ok"] and saved["best_iteration"] == 7
     assert {"torch", "ddkit", "python"} <= set(saved["versions"])
-    with Image.open(out / "preview.png") as png:  # 5 rows of 10 images, 2 px padding
-        assert png.size == (10 * 34 + 2, 5 * 34 + 2)
+    with Image.open(out / "preview.png") as png:  # 5 rows of 10 images, 2 px padding, drawn twice as large
+        assert png.size == (LABEL_WIDTH + 2 * (10 * 34 + 2), 2 * (5 * 34 + 2) + TITLE_HEIGHT)
     result = CliRunner().invoke(app, ["verify", str(pt), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["spec"]["num_classes"] == 5  # spec from the manifest beside the file
@@ -83,7 +84,7 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
     assert verify.exit_code == 0, verify.output
 
     ref = CliRunner().invoke(app, ["reference", "cifar100", "--data-root", str(tmp_path / "data"),
-                                   "--out", str(tmp_path / "in" / "ref" / "cifar100_test.pt")])
+                                   "--out-file", str(tmp_path / "in" / "ref" / "cifar100_test.pt")])
     assert ref.exit_code == 0, ref.output
     (tmp_path / "in" / "res").mkdir()
     (tmp_path / "in" / "res" / "cifar100.pt").write_bytes(pt.read_bytes())

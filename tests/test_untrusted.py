@@ -221,11 +221,11 @@ def test_hostile_files_are_refused_in_one_line(world, case, command):
     folder = world / "cases" / case.replace(" ", "-")
     path = folder / "res" / "cifar100.pt"
     line = refused(case, command, argv(command, path, world / "ref.pt"), folder, CASES[case],
-                   2 if command.startswith("verify") else 1)
+                   4 if command.startswith("verify") else 1)
     assert line.startswith(f"error: {path}: ")
     if command == "verify --json":
         report = json.loads(CliRunner().invoke(app, ["verify", str(path), "--json"]).stdout)
-        assert report["exit_code"] == 2 and CASES[case] in report["error"]
+        assert report["exit_code"] == 4 and CASES[case] in report["error"]
     if command == EVALUATOR:
         assert not list((folder / "scores").glob("*"))  # no score written; at most the empty folder
 
@@ -251,7 +251,7 @@ def test_an_inflating_member_of_a_submission_zip_is_refused(world, tmp_path):
     ROWS.append(("inflating record in submission.zip", "verify --json", got, json.loads(out)["failures"][0], "nothing",
                  f"{growth >> 20} MB"))
     failures = json.loads(out)["failures"]
-    assert got == 1 and len(failures) == 2 and growth < GROWTH
+    assert got == 3 and len(failures) == 2 and growth < GROWTH
     assert failures[0] == (f"{upload}:cifar100.pt: its record 'archive/data/0' is compressed (method 8); torch.save "
                            "stores every record as is, and a compressed one can inflate far beyond the file: refused "
                            "unread")
@@ -291,7 +291,7 @@ def test_a_manifest_never_changes_the_verdict(tmp_path, manifest):
     checks = {c["name"]: c for c in report["checks"]}
     ROWS.append((f"manifest: {manifest}", "verify --json", got, checks["normalization"]["reason"][:60],
                  "nothing", "-"))
-    assert got == 1 and report["spec"] == CIFAR100.to_dict() and err == ""
+    assert got == 3 and report["spec"] == CIFAR100.to_dict() and err == ""
     assert checks["normalization"]["status"] == "FAIL" and "(x - 0.5) / 0.5" in checks["normalization"]["reason"]
     assert checks["provenance"]["status"] == "WARN"
     if manifest == "forged spec":
@@ -326,4 +326,4 @@ def test_hostile_files_stay_within_a_one_gigabyte_address_space(world):
     for name, path, (code, err, exception) in zip(names, paths, json.loads(proc.stdout), strict=True):
         # the unfilled storage's allocation, virtual and never touched without the cap, now fails inside torch.load
         said = "cannot be read as a torch file, truncated or corrupt (" if name == "unfilled storage" else CASES[name]
-        assert code == 2 and err.startswith(f"error: {path}: {said}") and "\n" not in err, (name, err, exception)
+        assert code == 4 and err.startswith(f"error: {path}: {said}") and "\n" not in err, (name, err, exception)

@@ -180,10 +180,10 @@ def test_broken_submissions_exit_1_naming_the_reason(tmp_path, case, check, word
         "integer": (pixels * 255).to(torch.uint8),
     }[case]
     result, report = cli(save_torch(obj, tmp_path / "cifar100.pt"))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     got, reason = status(report, check)
     assert got == FAIL and words in reason, reason
-    assert report["exit_code"] == 1
+    assert report["exit_code"] == 3
 
 
 def test_other_datasets_normalization_is_named():
@@ -208,7 +208,7 @@ def test_zca_whitened_images_fail_also_after_gradient_noise(tmp_path, whitening)
     images, whitened = whitening
     path = with_manifest(tmp_path, SMALL16, whitened)
     result, report = cli(path)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     got, reason = status(report, "normalization")
     assert got == FAIL and "ZCA-whitened" in reason
     check = verify_tensor(gradient_noise(whitened, 1.0), SMALL16).check("normalization")
@@ -256,7 +256,7 @@ def test_soft_label_artifact_fails_with_per_class_disagreement(tmp_path):
         soft[i] = soft[i].roll(1)
     path = DistilledArtifact(images, soft, SMALL).save(tmp_path / "best.safetensors")
     result, report = cli(path)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     got, reason = status(report, "labels")
     assert got == FAIL and "soft labels" in reason and "class 2: 3, class 5: 1" in reason
     assert report["spec_source"] == "artifact metadata"
@@ -268,7 +268,7 @@ def test_wrong_order_hard_labels_fail_and_learned_lr_warns(tmp_path):
     class_minor = torch.arange(10).repeat(10)  # arange(K).repeat(ipc): the classic mix-up
     path = DistilledArtifact(images, class_minor, SMALL, lr=0.0123).save(tmp_path / "a.safetensors")
     result, report = cli(path)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     got, reason = status(report, "labels")
     assert got == FAIL and "90 of 100" in reason and "reorder the images by label" in reason
     assert status(report, "lr")[0] == WARN and "0.01" in status(report, "lr")[1]
@@ -326,7 +326,7 @@ def test_permuted_class_order_is_found(tmp_path, trained_reference):
     path = with_manifest(tmp_path, REF, permuted)
     ckpt = save_torch({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
     result = runner.invoke(app, ["verify", str(path), "--reference-model", str(ckpt), "--json"])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     report = json.loads(result.stdout)
     got, reason = status(report, "reference")
     assert got == FAIL and "class 1 -> 3" in reason and "class 5 -> 7" in reason
@@ -416,8 +416,8 @@ def test_truncated_and_foreign_files_exit_2(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
     for name in ("cut.pt", "text.pt", "cut.safetensors", "missing.pt"):
         result, report = cli(tmp_path / name)
-        assert result.exit_code == 2, (name, result.output)
-        assert name in result.stderr and report["exit_code"] == 2 and name in report["error"]
+        assert result.exit_code == 4, (name, result.output)
+        assert name in result.stderr and report["exit_code"] == 4 and name in report["error"]
 
 
 class Payload:
@@ -439,7 +439,7 @@ def test_code_running_pickle_is_refused_unrun(tmp_path, writer):
     else:
         path.write_bytes(pickle.dumps(Payload(marker)))
     result, report = cli(path)
-    assert result.exit_code == 2 and not marker.exists()
+    assert result.exit_code == 4 and not marker.exists()
     assert str(path) in result.stderr and "refused" in result.stderr
     if writer == "torch.save":
         assert "io.open" in result.stderr
@@ -453,7 +453,7 @@ def test_numpy_array_is_named(tmp_path):
     path = tmp_path / "cifar100.pt"
     torch.save(normalize(natural(10, 32), CIFAR100).numpy(), path)
     result, report = cli(path)
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     got, reason = status(report, "type")
     assert got == FAIL and "numpy array" in reason
     assert verify_tensor(np.zeros((2, 3))).check("type").status == FAIL

@@ -195,7 +195,8 @@ def test_reference_refuses_such_an_out_before_reading_the_data(tmp_path, victim,
     target = tmp_path / "cifar100_test.pt"
     special(target, what, victim)
     kind = "symbolic link" if what == "symlink" else what
-    refused(["reference", "cifar100", "--data-root", tmp_path, "--out", target], f"{target}: is a {kind}, not a plain")
+    refused(["reference", "cifar100", "--data-root", tmp_path, "--out-file", target],
+            f"{target}: is a {kind}, not a plain")
     assert stat.S_IFMT(target.lstat().st_mode) != stat.S_IFREG
 
 
@@ -228,11 +229,11 @@ def test_baseline_keeps_files_it_did_not_write_and_takes_the_lock(tmp_path, no_w
 def test_reference_and_bundle_refuse_an_existing_output_unless_told(tmp_path, no_work):
     target = tmp_path / "cifar100_test.pt"
     target.write_bytes(b"an earlier reference")
-    refused(["reference", "cifar100", "--data-root", tmp_path, "--out", target],
+    refused(["reference", "cifar100", "--data-root", tmp_path, "--out-file", target],
             f"{target}: already exists; pass --overwrite to replace it")
     upload = tmp_path / "submission.zip"
     upload.write_bytes(b"an earlier upload")
-    refused(["bundle", tmp_path / "a", tmp_path / "b", "--out", upload],
+    refused(["bundle", tmp_path / "a", tmp_path / "b", "--out-file", upload],
             f"{upload}: already exists; pass --overwrite to replace it")
     assert target.read_bytes() == b"an earlier reference" and upload.read_bytes() == b"an earlier upload"
 
@@ -260,8 +261,9 @@ def test_no_run_works_inside_a_folder_another_live_run_holds(tmp_path, no_work, 
                         (["distill", "cifar100", "--experts", tmp_path, *quick], folder / "work" / "distill"),
                         (["export", write_run(tmp_path / "run", SUBSET)], folder / "sub"),
                         (["reference", "cifar100", "--data-root", tmp_path], folder / "sub" / "ref.pt")):
-        refused([*argv, "--out", inner], f"{inner.parent if inner.suffix else inner}: inside {folder.resolve()}, "
-                                         f"which is in use by another ddkit run (pid {pid} on ")
+        refused([*argv, "--out-file" if inner.suffix else "--out", inner],
+                f"{inner.parent if inner.suffix else inner}: inside {folder.resolve()}, which is in use by another "
+                f"ddkit run (pid {pid} on ")
     assert [p.name for p in folder.iterdir()] == [LOCK_FILE]  # refused before any folder was made
 
 
@@ -279,7 +281,7 @@ def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path,
     before = contents(out)
     write_run(run, SUBSET, images=distilled_images(SUBSET, seed=1))  # another set: new bytes, had they gone out
 
-    def broken(images, spec, path):
+    def broken(images, spec, path, **kwargs):
         Path(path).write_bytes(b"half a p")
         raise OSError(errno.EIO, "Input/output error")
 
@@ -291,11 +293,11 @@ def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path,
 
 def test_a_bundle_whose_manifest_fails_leaves_no_zip_without_it(tmp_path, small_exports, full_disk):
     upload = tmp_path / "up" / "submission.zip"
-    assert ddkit("bundle", *small_exports, "--out", upload)[0] == 0
+    assert ddkit("bundle", *small_exports, "--out-file", upload)[0] == 0
     before = contents(upload.parent)
     full_disk(only=".manifest.json.")
     for args in ([upload.with_name("fresh.zip")], [upload, "--overwrite"]):
-        refused(["bundle", *small_exports, "--out", *args],
+        refused(["bundle", *small_exports, "--out-file", *args],
                 f"{bundle_module.manifest_path(args[0])}: {FULL}; {Path(args[0]).name} unchanged")
         assert contents(upload.parent) == before
 
@@ -347,9 +349,10 @@ def test_every_command_on_a_full_disk_says_it_in_one_line_naming_the_file(tmp_pa
     full_disk()
     out = tmp_path / "out"
     refused(["export", run, "--out", out], f"{out / 'cifar100.pt'}: {FULL}; preview.png, manifest.json unchanged")
-    refused(["reference", "cifar100", "--data-root", tmp_path / "data", "--out", out / "ref.pt"],
+    refused(["reference", "cifar100", "--data-root", tmp_path / "data", "--out-file", out / "ref.pt"],
             f"{out / 'ref.pt'}: {FULL}")
-    refused(["bundle", *small_exports, "--out", out / "s.zip"], f"{out / 's.zip'}: {FULL}; s.manifest.json unchanged")
+    refused(["bundle", *small_exports, "--out-file", out / "s.zip"],
+            f"{out / 's.zip'}: {FULL}; s.manifest.json unchanged")
     assert contents(out) == {}
     refused(["baseline", "cifar100", "--data-root", tmp_path / "data", "--out", out / "base"],
             f"{out / 'base' / 'cifar100.pt'}: {FULL}")

@@ -6,26 +6,33 @@ from typing import Annotated
 
 import typer
 
-from challenge_kit.cli.options import CacheDir, Device, JsonObject
+from challenge_kit.cli.options import CacheDir, DatasetOption, Device, JsonObject, choice, out_folder, seed_option
 
 
 def compare(
-    sets: Annotated[list[str], typer.Argument(help="the sets, the first is what the others are measured against: "
-                                                   ".pt submissions, make-submission folders, kit .safetensors")],
-    reference: Annotated[str, typer.Option("--reference", help="test set: dict of images_val, labels_val")],
-    out: Annotated[str, typer.Option("--out", help="folder for rounds.json (every round scored: a rerun resumes), "
-                                                   "compare.json and compare.png")],
+    sets: Annotated[list[str], typer.Argument(metavar="SET...", help="the sets, the first is what the others are "
+                                              "measured against: .pt submissions, make-submission folders, kit "
+                                              ".safetensors")],
+    reference: Annotated[str, typer.Option("--reference", metavar="FILE",
+                                           help="test set: dict of images_val, labels_val")],
+    out: Annotated[str, out_folder("folder for rounds.json (every round scored: a rerun resumes), compare.json and "
+                                   "compare.png")],
+    labels: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="NAME", help="a short name for each set, in order, for the table and the figure "
+                                        "(default: the shortest part of each path that tells them apart)")] = None,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", help="random (random real training images, needs --data-root) or init (the initialization "
-                           "of a make-submission folder among the sets); repeatable")] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="paired rounds, the same seeds for every set")] = 5,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per round (default: the scorer's "
-                                                                "1001)")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="round r's seed is SEED * 1000 + r")] = 1000,
-    data_root: Annotated[str | None, typer.Option("--data-root", help="real data, for --baseline random")] = None,
-    baseline_seed: Annotated[int, typer.Option("--baseline-seed", help="which random images (as `ddkit baseline "
-                                                                       "--seed`)")] = 0,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
+        "--baseline", metavar="random|init", parser=choice("baseline", ("random", "init")),
+        help="random (random real training images, needs --data-root) or init (the initialization of a "
+             "make-submission folder among the sets); repeatable")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", metavar="R", help="paired rounds, the same seeds for every set")
+                      ] = 5,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="E", help="epochs per round (default: the "
+                                                                             "scorer's 1001)")] = None,
+    seed: Annotated[int, seed_option("round r's seed is SEED * 1000 + r")] = 1000,
+    data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT",
+                                                  help="real data, for --baseline random")] = None,
+    baseline_seed: Annotated[int, seed_option("which random images (as `ddkit baseline --seed`)")] = 0,
+    dataset: DatasetOption = None,
     device: Device = None,
     fast: Annotated[bool, typer.Option("--fast", help="score with the fast scorer (bfloat16, compiled where "
                                                       "possible): same recipe, not the leaderboard's arithmetic")
@@ -35,19 +42,21 @@ def compare(
 ) -> None:
     """Is a set better than another, and than random real images? Paired rounds, mean +- s.e. and a verdict."""
     from challenge_kit.cli import render
-    from challenge_kit.compare import baseline_entries, check_baselines, load_sets
+    from challenge_kit.compare import baseline_entries, check_baselines, check_budget, load_sets
     from challenge_kit.compare import compare as run
     from challenge_kit.core.devices import usable_device
     from challenge_kit.core.folders import output_folder
     from evaluator.scorer import EPOCHS
 
+    epochs = EPOCHS if epochs is None else epochs
+    check_budget(rounds, epochs)
     check_baselines(baseline or [], data_root)
     output_folder(out)
     dev = usable_device(device)
-    entries, spec, test = load_sets(sets, reference, dataset)
+    entries, spec, test = load_sets(sets, reference, dataset, labels)
     entries += baseline_entries(baseline or [], sets, spec, data_root=data_root, seed=baseline_seed,
                                 cache_dir=cache_dir)
-    result = run(entries, spec, test, out, rounds=rounds, epochs=EPOCHS if epochs is None else epochs, seed=seed,
+    result = run(entries, spec, test, out, rounds=rounds, epochs=epochs, seed=seed,
                  device=dev, extra={"reference": reference}, mode="fast" if fast else "faithful")
     render.show(result, as_json, table)
 
@@ -86,7 +95,8 @@ def table(result: dict) -> None:
                    *(f"gain over {b}" for b in baselines)):
         table.add_column(column, justify="left" if column in ("set", "verdict") else "right")
     for r in rows:
-        name = escape(r["name"]) + (f"\n[dim]{escape(r['note'])}[/dim]" if r["note"] else "")
+        name = escape(r["name"]) + "".join(f"\n[dim]{escape(extra)}[/dim]" for extra in (
+            r["source"] if r["source"] != r["name"] and not r["baseline"] else "", r["note"]) if extra)
         d = r["difference"]
         table.add_row(name, f"{r['mean']:.4f} +- {r['se']:.4f}", judgement(d), "-" if d is None else d["verdict"],
                       rounds_needed(d, rounds), *(judgement(r["gains"].get(b)) for b in baselines))

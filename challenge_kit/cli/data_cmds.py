@@ -15,15 +15,19 @@ from challenge_kit.cli.options import (
     CacheDir,
     DataRoot,
     Dataset,
+    DatasetOrSubset,
     Device,
     Download,
     ExpertStore,
     ImageFolder,
+    JsonObject,
     Overrides,
     Overwrite,
     Profile,
     Recipe,
     ReplaceExperts,
+    dataset_choice,
+    out_folder,
     seed_option,
 )
 from challenge_kit.core.errors import KitFileError
@@ -32,31 +36,33 @@ from challenge_kit.core.errors import KitFileError
 def reference(
     dataset: Dataset,
     data_root: DataRoot,
-    out: Annotated[str, typer.Option("--out", help="reference file to write, e.g. cifar100_test.pt")],
+    out: Annotated[str, typer.Option("--out-file", metavar="FILE", help="reference file to write, e.g. "
+                                                                        "ref/cifar100_test.pt")],
     download: Download = False,
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,
     overwrite: Overwrite = False,
+    as_json: JsonObject = False,
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
+    from challenge_kit.cli import render
     from challenge_kit.core.folders import output_file
-    from challenge_kit.core.progress import console
     from challenge_kit.data import build_reference
 
     output_file(out, overwrite=overwrite)
     spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir, image_folder=image_folder)
-    console.print(f"{out}: reference test set for {spec.describe()}")
-    typer.echo(f"spec: {spec.describe()}")
+    render.show({"file": out, "spec": spec.to_dict()}, as_json,
+                lambda r: typer.echo(f"{out}: reference test set for {spec.describe()}"))
 
 
 def experts(
-    dataset: Annotated[str, typer.Argument(help="cifar100 or tinyimagenet (a Tiny ImageNet subset folder is "
-                                                "detected)")],
+    dataset: DatasetOrSubset,
     data_root: DataRoot,
-    out: Annotated[str, typer.Option("--out", help="expert store folder (resumed when it exists)")],
-    num: Annotated[int | None, typer.Option("--num", "--num-experts", help="number of experts (default: recipe); "
-                                                                       "under torchrun write --num-experts")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per expert (default: recipe)")] = None,
+    out: Annotated[str, out_folder("expert store folder (resumed when it exists)")],
+    num: Annotated[int | None, typer.Option("--num", "--num-experts", metavar="N", help="number of experts "
+                                            "(default: recipe); under torchrun write --num-experts")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="E",
+                                               help="epochs per expert (default: recipe)")] = None,
     seed: Annotated[int | None, seed_option("base seed (default: recipe)")] = None,
     device: Device = None,
     recipe_name: Recipe = None,
@@ -66,6 +72,7 @@ def experts(
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,
     replace_experts: ReplaceExperts = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the store's listing as one JSON object")] = False,
 ) -> None:
     """Train expert trajectories (FTD-style) into a resumable store; under torchrun rank r trains r, r+K, ..."""
     from challenge_kit.recipes import load_recipe
@@ -80,38 +87,43 @@ def experts(
     if spec is not None:  # rank 0 (or the only process) reports
         from challenge_kit.cli import render
 
-        render.experts(store_rows(out), f"{out}: {spec.describe()}")
+        render.show({"store": out, "spec": spec.to_dict(), "experts": store_rows(out)}, as_json,
+                    lambda r: render.experts(r["experts"], f"{out}: {spec.describe()}"))
 
 
 def experts_import(
-    buffers: Annotated[list[str], typer.Argument(help="DATM/MTT replay_buffer_{n}.pt files")],
-    dataset: Annotated[str, typer.Option("--dataset", help="cifar100 or tinyimagenet")],
-    out: Annotated[str, typer.Option("--out", help="expert store folder to add them to")],
-    data_root: Annotated[str | None, typer.Option("--data-root",
+    buffers: Annotated[list[str], typer.Argument(metavar="BUFFER...", help="DATM/MTT replay_buffer_{n}.pt files")],
+    dataset: Annotated[str, typer.Option("--dataset", metavar="DATASET", parser=dataset_choice,
+                                         help="cifar100 or tinyimagenet")],
+    out: Annotated[str, out_folder("expert store folder to add them to")],
+    data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT",
                                                   help="dataset folder, to detect a Tiny ImageNet subset")] = None,
+    as_json: JsonObject = False,
 ) -> None:
     """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
+    from challenge_kit.cli import render
     from challenge_kit.core.contract import get_spec
     from challenge_kit.core.folders import run_lock
-    from challenge_kit.core.progress import console
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts.buffers import import_buffers
 
     spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
     with run_lock(out):
         written = import_buffers(buffers, out, spec)
-    console.print(f"imported {len(written)} experts into {out} ({spec.describe()})")
+    render.show({"store": out, "spec": spec.to_dict(), "imported": [str(w) for w in written]}, as_json,
+                lambda r: typer.echo(f"imported {len(written)} experts into {out} ({spec.describe()})"))
 
 
 def experts_export(
     directory: ExpertStore,
-    out: Annotated[str, typer.Option("--out", help="folder for replay_buffer_{n}.pt files")],
-    per_file: Annotated[int, typer.Option("--per-file", help="experts per buffer file (DATM: 10)")] = 10,
+    out: Annotated[str, out_folder("folder for replay_buffer_{n}.pt files")],
+    per_file: Annotated[int, typer.Option("--per-file", metavar="N", help="experts per buffer file (DATM: 10)")] = 10,
     overwrite: Overwrite = False,
+    as_json: JsonObject = False,
 ) -> None:
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
+    from challenge_kit.cli import render
     from challenge_kit.core.folders import run_lock
-    from challenge_kit.core.progress import console
     from challenge_kit.core.storage import refuse_replacing
     from challenge_kit.experts.buffers import export_buffers
 
@@ -119,12 +131,13 @@ def experts_export(
         if not overwrite:  # an earlier export's files, replaced or left beside the new ones: refused unless asked
             refuse_replacing(sorted(folder.glob("replay_buffer_*.pt")))
         written = export_buffers(directory, out, per_file)
-    console.print(f"wrote {len(written)} buffer files to {out}")
+    render.show({"folder": out, "written": [str(w) for w in written]}, as_json,
+                lambda r: typer.echo(f"wrote {len(written)} buffer files to {out}"))
 
 
 def info(
     directory: ExpertStore,
-    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
+    as_json: JsonObject = False,
 ) -> None:
     """List an expert store: epochs done/target, test accuracy (last, best), size, status."""
     from challenge_kit.cli import render
@@ -134,7 +147,7 @@ def info(
     rows = store_rows(directory)
     if not rows and not as_json:
         raise KitFileError(directory, "holds no expert files (expert_NNNN.safetensors)")
-    render.show(rows, as_json, lambda rows: render.experts(rows, directory))
+    render.show({"store": directory, "experts": rows}, as_json, lambda r: render.experts(r["experts"], directory))
 
 
 def store_rows(directory: str) -> list[dict]:

@@ -167,6 +167,20 @@ def report(result: dict) -> None:
     typer.echo(f"figures in {result['out']}: " + ", ".join(Path(f).name for f in result["files"].values()))
 
 
+def checkup(result: dict) -> None:
+    """``ddkit doctor`` for people: one row per check, coloured by status."""
+    colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+    failed = sum(r["status"] == "fail" for r in result["checks"])
+    table = Table(title="what a run here will meet", caption=f"exit {result['exit_code']}: " + (
+        f"{failed} check(s) would stop a run" if failed else "nothing here would stop a run"))
+    for column in ("check", "status", "found"):
+        table.add_column(column, overflow="fold")
+    for r in result["checks"]:
+        table.add_row(escape(r["name"]), f"[{colour[r['status']]}]{r['status']}[/{colour[r['status']]}]",
+                      escape(r["found"]))
+    make_console().print(table)
+
+
 def report_table(report: Report) -> Table:
     """The report as a rich table: one row per check, coloured by status."""
     colour = {PASS: "green", WARN: "yellow", FAIL: "red"}
@@ -198,20 +212,36 @@ def _time(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def _span(timing: dict | None) -> str:
+    """A calibrated time as its range, ``1.1-1.4 s`` (one figure where the passes agree to the digit shown)."""
+    if timing is None:
+        return "-"
+    low, high = _time(timing["low"]), _time(timing["high"])
+    if low == high:
+        return low
+    (a, unit_a), (b, unit_b) = low.rsplit(" ", 1), high.rsplit(" ", 1)
+    return f"{a}-{b} {unit_a}" if unit_a == unit_b else f"{low} - {high}"
+
+
 def plan_table(plan: dict) -> None:
     """``ddkit plan`` for people: what each stage does, then one row per stage and the distillation's memory."""
     r, spec = plan["recipe"], plan["spec"]
-    console.print(f"{spec['name']} ({spec['num_classes']} classes), profile {r['profile']}, {r['method']}: "
-                  f"{plan['train_images']} training images, on {plan['device']}")
+    subset = "" if spec["challenge"] else ", a subset"
+    counted = f"counted in {plan['source']}" if plan["source"] else "the full download's count"
+    console.print(escape(f"{spec['name']} ({spec['num_classes']} classes{subset}), profile {r['profile']}, "
+                         f"{r['method']}: {plan['train_images']:,} training images ({counted}, less those held out "
+                         f"for selection), on {plan['device']}"), soft_wrap=True)
     for s in plan["stages"]:
-        console.print(f"  {s['name']}: {escape(s['what'])}; unit: {s['unit']}")
-    table = Table()
+        console.print(escape(f"  {s['name']}: {s['what']}; unit: {s['unit']}"), soft_wrap=True)
+    table = Table(caption="time: the range of the calibration's passes on this device"
+                  if plan["run"] is not None else "not calibrated (--no-calibrate): no times")
     for column in ("stage", "units", "FLOP / unit", "FLOP", "peak memory", "time / unit", "time"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in plan["stages"]:
-        table.add_row(s["name"] if s["in_run"] else f"[dim]{s['name']}[/dim]", f"{s['units']:,}",
+        unit = None if s["timing"] is None else s["timing"]
+        table.add_row(s["name"] if s["in_run"] else f"[dim]{s['name']} (not in this run)[/dim]", f"{s['units']:,}",
                       _si(s["flops"], "FLOP"), _si(s["total_flops"], "FLOP"), binary_size(s["peak_bytes"]),
-                      _time(s["seconds"]), _time(s["total_seconds"]))
+                      _span(unit), _span(s["total"]))
     console.print(table)
     peaks = ", ".join(f"{mode} {binary_size(b)}" for mode, b in plan["matching_peak_bytes"].items())
     console.print(f"one distillation iteration's peak tensor memory: {peaks} (counted, before allocator overhead)")
@@ -219,5 +249,6 @@ def plan_table(plan: dict) -> None:
         fits = ", ".join(f"{mode} {'fits' if b <= plan['device_bytes'] else 'does not fit'}"
                          for mode, b in plan["matching_peak_bytes"].items())
         console.print(f"this {plan['device']} has {binary_size(plan['device_bytes'])}: {fits}")
-    if plan["run_seconds"] is not None:
-        console.print(f"the run: about {_time(plan['run_seconds'])} here (the official score not included)")
+    if plan["run"] is not None:
+        console.print(f"the run: about {_time(plan['run']['median'])} here ({_span(plan['run'])} over the "
+                      f"calibration's passes; the official score is not part of it)", soft_wrap=True)

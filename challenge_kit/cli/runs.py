@@ -11,10 +11,12 @@ from typing import Annotated
 import typer
 
 from challenge_kit.cli.options import (
+    RECIPES,
     SET_HELP,
     CacheDir,
     DataRoot,
     Dataset,
+    DatasetOption,
     DatasetOrSubset,
     Device,
     Download,
@@ -27,13 +29,13 @@ from challenge_kit.cli.options import (
     Profile,
     Recipe,
     ReplaceExperts,
+    Track,
+    choice,
+    completion,
+    out_folder,
     seed_option,
 )
 from challenge_kit.core.errors import KitValueError
-
-Track = Annotated[list[str] | None, typer.Option("--track", help="also watch the run in tensorboard or wandb (offline "
-                                                                 "unless WANDB_MODE says otherwise): SINK or SINK=DIR "
-                                                                 "(default: in the run folder); repeatable")]
 
 
 def methods(as_json: JsonObject = False) -> None:
@@ -49,7 +51,8 @@ def methods(as_json: JsonObject = False) -> None:
 
 def bundle(
     exports: Annotated[list[str], typer.Argument(help="the two exports: make-submission folders or .pt files")],
-    out: Annotated[str, typer.Option("--out", help="the upload to write, e.g. submission.zip")],
+    out: Annotated[str, typer.Option("--out-file", metavar="FILE", help="the upload to write, e.g. "
+                                                                       "submission.zip")],
     as_json: Annotated[bool, typer.Option("--json", help="print the bundle manifest as JSON")] = False,
     overwrite: Overwrite = False,
 ) -> None:
@@ -64,9 +67,11 @@ def bundle(
 
 def distill(
     dataset: DatasetOrSubset,
-    experts_dir: Annotated[str, typer.Option("--experts", help="expert store written by `ddkit experts`")],
-    out: Annotated[str, typer.Option("--out", help="run directory (checkpoint, history, chosen set, run.json)")],
-    data_root: Annotated[str, typer.Option("--data-root", help="real data (initialization and model selection)")],
+    experts_dir: Annotated[str, typer.Option("--experts", metavar="STORE",
+                                             help="expert store written by `ddkit experts`")],
+    out: Annotated[str, out_folder("run folder (checkpoint, history, chosen set, run.json)")],
+    data_root: Annotated[str, typer.Option("--data-root", metavar="ROOT",
+                                           help="real data (initialization and model selection)")],
     recipe_name: Recipe = None,
     profile: Profile = "full",
     overrides: Overrides = None,
@@ -75,24 +80,28 @@ def distill(
     cache_dir: CacheDir = None,
     track: Track = None,
     image_folder: ImageFolder = False,
+    as_json: JsonObject = False,
 ) -> None:
     """Run trajectory matching (sharded under torchrun); the chosen set lands in OUT/best.safetensors."""
     from challenge_kit.recipes import load_recipe
     from challenge_kit.tracking import parse_track
 
     recipe, tracks = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset), parse_track(track or [])
+    from challenge_kit.cli import render
     from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
 
     state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir,
                         track=tracks, image_folder=image_folder)
-    typer.echo(f"{out}: {state.iteration} iterations, {state.skipped} skipped; exported iteration "
-               f"{state.decision['export']}: {state.decision['reason']}", err=True)
+    result = {"run": out, "iterations": state.iteration, "skipped": state.skipped, **state.decision}
+    render.show(result, as_json, lambda r: typer.echo(f"{out}: {r['iterations']} iterations, {r['skipped']} "
+                                                      f"skipped; exported iteration {r['export']}: {r['reason']}",
+                                                      err=True))
 
 
 def export(
-    run_dir: Annotated[str, typer.Argument(help="run directory of `ddkit distill`")],
-    out: Annotated[str, typer.Option("--out", help="folder for <name>.pt, manifest.json, preview.png")],
-    reference_model: Annotated[str | None, typer.Option("--reference-model",
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="run folder of `ddkit distill`")],
+    out: Annotated[str, out_folder("folder for <name>.pt, manifest.json, preview.png")],
+    reference_model: Annotated[str | None, typer.Option("--reference-model", metavar="CKPT",
                                                         help="checkpoint for the semantic check")] = None,
     drop_labels: DropLabels = False,
     as_json: JsonManifest = False,
@@ -107,20 +116,23 @@ def export(
 
 
 def ablate(
-    recipes: Annotated[list[str], typer.Argument(help="recipes to compare, the first is the reference: shipped "
-                                                      "names (m-datm, datm, pad-fiem, ...) or .toml files")],
-    experts_dir: Annotated[str, typer.Option("--experts", help="shared expert store (variants with other expert "
-                                                               "settings get a keyed subfolder)")],
+    recipes: Annotated[list[str], typer.Argument(
+        metavar="RECIPE...", parser=choice("recipe", RECIPES, lambda v: v.endswith(".toml"), "a .toml file"),
+        autocompletion=completion(RECIPES),
+        help=f"recipes to compare, the first is the reference: {', '.join(RECIPES)} or .toml files")],
+    experts_dir: Annotated[str, typer.Option("--experts", metavar="STORE", help="shared expert store (variants "
+                                             "with other expert settings get a keyed subfolder)")],
     data_root: DataRoot,
-    out: Annotated[str, typer.Option("--out", help="folder for each variant's run, ablate.json and ablate.png")],
-    dataset: Annotated[str | None, typer.Option("--dataset",
-                                                help="cifar100 or tinyimagenet (default: detected)")] = None,
+    out: Annotated[str, out_folder("folder for each variant's run, ablate.json and ablate.png")],
+    dataset: DatasetOption = None,
     profile: Profile = "full",
-    overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP + ", applied to every variant")] = None,
-    iterations: Annotated[int | None, typer.Option("--iterations", help="distillation iterations per variant")] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="paired scoring rounds per variant")] = 3,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="scorer epochs per round (default: the official "
-                                                                "1001)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                        help=SET_HELP + ", applied to every variant")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", metavar="K",
+                                                   help="distillation iterations per variant")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", metavar="R", help="paired scoring rounds per variant")] = 3,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="E", help="scorer epochs per round (default: "
+                                                                             "the official 1001)")] = None,
     seed: Annotated[int, seed_option("scoring seed, the same for every variant")] = 0,
     select: Annotated[bool, typer.Option("--select", help="export what each run's held-out selection picks "
                                                           "(default: its last iteration)")] = False,
@@ -147,23 +159,28 @@ def ablate(
 
 
 def report(
-    run_dir: Annotated[str, typer.Argument(help="run directory of `ddkit distill` (finished or still running)")],
-    out: Annotated[str | None, typer.Option("--out", help="folder for the figures (default RUN_DIR/report)")] = None,
+    run_dir: Annotated[str, typer.Argument(metavar="RUN", help="run folder of `ddkit distill` (finished or still "
+                                                               "running)")],
+    out: Annotated[str | None, out_folder("folder for the figures (default RUN/report)")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT", help="the run's data, to name "
+                                                  "the classes in words (Tiny ImageNet's words.txt)")] = None,
+    image_folder: ImageFolder = False,
     as_json: Annotated[bool, typer.Option("--json", help="print what was written as JSON")] = False,
 ) -> None:
     """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
     from challenge_kit.cli import render
     from challenge_kit.core.folders import inner_folder
-    from challenge_kit.report import REPORT_DIR, build_report
+    from challenge_kit.report import REPORT_DIR, build_report, run_words
 
-    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR)), as_json, render.report)
+    names = None if data_root is None else run_words(run_dir, data_root, image_folder=image_folder)
+    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR), names), as_json, render.report)
 
 
 def make_submission(
     dataset: Dataset,
-    data_root: Annotated[str, typer.Option("--data-root", help="CIFAR-100 root or tiny-imagenet-200 folder")] = "data",
-    out: Annotated[str, typer.Option("--out", help="output folder (work/ inside keeps experts and the "
-                                                   "run)")] = "submission",
+    data_root: Annotated[str, typer.Option("--data-root", metavar="ROOT",
+                                           help="CIFAR-100 root or tiny-imagenet-200 folder")] = "data",
+    out: Annotated[str, out_folder("output folder (work/ inside keeps experts and the run)")] = "submission",
     recipe_name: Recipe = None,
     profile: Profile = "full",
     overrides: Overrides = None,
@@ -171,12 +188,17 @@ def make_submission(
     device: Device = None,
     download: Annotated[bool, typer.Option("--download",
                                            help="download CIFAR-100 through torchvision (online)")] = False,
-    experts_dir: Annotated[str | None, typer.Option("--experts", help="reuse or grow this expert store")] = None,
+    experts_dir: Annotated[str | None, typer.Option("--experts", metavar="STORE",
+                                                    help="reuse or grow this expert store")] = None,
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,
     drop_labels: DropLabels = False,
     replace_experts: ReplaceExperts = False,
     track: Track = None,
+    allow_long_run: Annotated[bool, typer.Option("--allow-long-run", help="go on where the plan puts the run at "
+                                                                          "more than a day on this device (by "
+                                                                          "default it stops before any work)")
+                              ] = False,
     as_json: JsonManifest = False,
 ) -> None:
     """Real data -> experts -> distillation -> verify -> OUT/<name>.pt, manifest.json, preview.png, report/."""
@@ -189,7 +211,7 @@ def make_submission(
 
     manifest = run(recipe, data_root, out, resume=resume, device=device, download=download, experts_dir=experts_dir,
                    cache_dir=cache_dir, image_folder=image_folder, drop_labels=drop_labels,
-                   replace_experts=replace_experts,
+                   replace_experts=replace_experts, allow_long_run=allow_long_run,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
                             "overrides": list(overrides or [])}, track=tracks)
     if manifest is not None:  # rank 0 (or the only process) reports
@@ -199,7 +221,7 @@ def make_submission(
 def baseline(
     dataset: DatasetOrSubset,
     data_root: DataRoot,
-    out: Annotated[str, typer.Option("--out", help="output folder for <name>.pt, manifest.json, preview.png")],
+    out: Annotated[str, out_folder("output folder for <name>.pt, manifest.json, preview.png")],
     seed: Annotated[int, seed_option("which random images")] = 0,
     download: Download = False,
     cache_dir: CacheDir = None,

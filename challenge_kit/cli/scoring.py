@@ -7,29 +7,41 @@ from typing import Annotated
 
 import typer
 
-from challenge_kit.cli.options import Device, JsonObject, SetPath, seed_option
-from challenge_kit.core.errors import KitError, file_errors
+from challenge_kit.cli.options import (
+    DATASETS,
+    DatasetOption,
+    Device,
+    JsonObject,
+    SetPath,
+    choice,
+    completion,
+    out_folder,
+    seed_option,
+)
+from challenge_kit.core.errors import UNREADABLE, KitError, file_errors
 
 
 class Unreadable(KitError):
-    """``verify``'s exit 2: the file could not be checked at all (exit 1: it was checked and failed)."""
+    """``verify``'s exit 4: the file could not be checked at all (exit 3: it was read and a check failed)."""
 
-    exit_code = 2
+    exit_code = UNREADABLE
 
 
 def evaluate(
     path: SetPath,
-    reference: Annotated[str | None, typer.Option("--reference", help="test set of one file: dict of images_val, "
-                                                                      "labels_val")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", metavar="FILE", help="test set of one file: dict "
+                                                                                      "of images_val, labels_val")
+                         ] = None,
     reference_dir: Annotated[str | None, typer.Option(
-        "--reference-dir", help="for a .zip: folder with cifar100_test.pt and tinyimagenet_test.pt")] = None,
-    output_dir: Annotated[str | None, typer.Option("--output-dir",
-                                                   help="for a .zip: write scores.txt and scores.json")] = None,
+        "--reference-dir", metavar="DIR", help="for a .zip: folder with cifar100_test.pt and tinyimagenet_test.pt")
+                             ] = None,
+    output_dir: Annotated[str | None, out_folder("for a .zip: folder for scores.txt and scores.json")] = None,
     partial: Annotated[bool, typer.Option("--partial", help="for a .zip missing a file: score the other (the "
                                                             "official scorer crashes)")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="cifar100 or tinyimagenet (else inferred)")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="epochs per round (official 1001)")] = None,
-    rounds: Annotated[int | None, typer.Option("--rounds", help="rounds (official 3)")] = None,
+    dataset: DatasetOption = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", metavar="E", help="epochs per round (official 1001)")
+                      ] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", metavar="R", help="rounds (official 3)")] = None,
     seed: Annotated[int | None, seed_option("seed; each round gets one derived from it")] = None,
     device: Device = None,
     fast: Annotated[bool, typer.Option("--fast", help="a quick read of one set: the same recipe in bfloat16, "
@@ -49,12 +61,16 @@ def evaluate(
 
 def verify(
     path: SetPath,
-    dataset: Annotated[str, typer.Option("--dataset", help="auto, cifar100 or tinyimagenet")] = "auto",
+    dataset: Annotated[str, typer.Option("--dataset", metavar="DATASET",
+                                         parser=choice("dataset", ("auto", *DATASETS)),
+                                         autocompletion=completion(("auto", *DATASETS)),
+                                         help="auto (from the file's shape), cifar100 or tinyimagenet")] = "auto",
     reference_model: Annotated[str | None, typer.Option(
-        "--reference-model", help="ConvNet state dict .pt (DC/MTT layout) or expert_XXXX.safetensors")] = None,
+        "--reference-model", metavar="CKPT", help="ConvNet state dict .pt (DC/MTT layout) or "
+                                                  "expert_XXXX.safetensors")] = None,
     as_json: JsonObject = False,
 ) -> None:
-    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 1 failed, 2 unreadable.
+    """Check format, normalization, label order and (with a model) class order. Exit 0 ok, 3 failed, 4 unreadable.
 
     A submission .zip: both files at its root and nothing else, each passing every check against its full spec.
     """

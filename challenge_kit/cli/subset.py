@@ -7,24 +7,24 @@ from typing import Annotated
 
 import typer
 
-from challenge_kit.cli.options import DataRoot, Dataset, Download, ImageFolder, JsonManifest
+from challenge_kit.cli.options import DataRoot, Dataset, Download, ImageFolder, JsonManifest, out_folder
 from challenge_kit.core.errors import KitFileError
 
 
 def subset(
     dataset: Dataset,
     data_root: DataRoot,
-    out: Annotated[str, typer.Option("--out", help="folder for the subset (a --data-root for every command)")],
-    train_per_class: Annotated[int, typer.Option("--train-per-class", help="training images per class (the "
-                                                                           "first N in the loader's order)")],
-    classes: Annotated[int | None, typer.Option("--classes", help="number of classes, spread evenly over the "
-                                                                  "sorted class list")] = None,
-    class_names: Annotated[list[str] | None, typer.Option("--class", help="a class to keep, by name: a wnid, a "
-                                                                          "CIFAR-100 fine label (repeatable)")] = None,
-    class_list: Annotated[str | None, typer.Option("--class-list", help="file naming the classes to keep, "
-                                                                        "whitespace-separated")] = None,
-    test_per_class: Annotated[int | None, typer.Option("--test-per-class", help="test images per class "
-                                                                                "(default: all)")] = None,
+    out: Annotated[str, out_folder("folder for the subset (a --data-root for every command)")],
+    train_per_class: Annotated[int, typer.Option("--train-per-class", metavar="N", help="training images per "
+                                                 "class (the first N in the loader's order)")],
+    classes: Annotated[int | None, typer.Option("--classes", metavar="K", help="number of classes, spread evenly "
+                                                "over the sorted class list")] = None,
+    class_names: Annotated[list[str] | None, typer.Option("--class", metavar="NAME", help="a class to keep, by "
+                                                          "name: a wnid, a CIFAR-100 fine label (repeatable)")] = None,
+    class_list: Annotated[str | None, typer.Option("--class-list", metavar="FILE", help="file naming the classes "
+                                                   "to keep, whitespace-separated")] = None,
+    test_per_class: Annotated[int | None, typer.Option("--test-per-class", metavar="N", help="test images per "
+                                                       "class (default: all)")] = None,
     download: Download = False,
     image_folder: ImageFolder = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace another subset already in --out "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 
 from challenge_kit.core.errors import KitValueError
 
@@ -33,6 +34,14 @@ def tune_allocator() -> bool:
                ((M_MMAP_THRESHOLD, HEAP_LIMIT), (M_TRIM_THRESHOLD, HEAP_LIMIT), (M_TOP_PAD, TOP_PAD)))
 
 
+DEVICES = ("cpu", "cuda", "cuda:N", "mps")  # what --device takes; usable_device proves the one asked for
+
+
+def known_device(name: str) -> bool:
+    """Whether ``--device`` names one of ``DEVICES`` (``cuda:N`` for any N)."""
+    return name in DEVICES and name != "cuda:N" or re.fullmatch(r"cuda:\d+", name) is not None
+
+
 def _first_sentence(e: Exception) -> str:
     return str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
 
@@ -44,6 +53,20 @@ def resolve_device(device=None):
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_memory(device) -> int | None:
+    """Bytes ``device`` has: a GPU's total memory, a CPU's physical memory (None where it cannot say)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def usable_device(device: str | None = None):

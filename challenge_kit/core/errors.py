@@ -11,9 +11,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# How every command ends, one code per cause (docs/cli.md has the table; tests/test_exit_codes.py holds it), so a
+# script can tell a typo from a bad file from a failed check. An interruption is 128 + the signal (interrupts).
+DONE = 0
+BAD_INPUT = 1  # a file, folder or value the kit refuses: a KitError
+USAGE = 2  # the command line itself: an unknown option or choice, a missing argument, a value of the wrong type
+CHECK_FAILED = 3  # verify read the file and a check failed
+UNREADABLE = 4  # verify could not read the file at all
+
 
 class KitError(Exception):
     """Something the user did or gave is wrong; the command line says the message on one line, no traceback."""
+
+    exit_code = BAD_INPUT
 
 
 class KitFileError(KitError):

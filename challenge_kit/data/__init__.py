@@ -12,6 +12,7 @@ The entry lives here, so what it calls (``read_cifar100``, ``decode_images``) is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from challenge_kit.data.cifar import (
     cifar_spec,
     download_cifar100,
     read_cifar100,
+    read_cifar100_labels,
     read_cifar_pickle,
 )
 from challenge_kit.data.folder import (
@@ -46,7 +48,15 @@ from challenge_kit.data.folder import (
     image_folder_root,
     image_folder_spec,
 )
-from challenge_kit.data.tiny import ANNOTATIONS, TINY_LAYOUT, tiny_classes, tiny_files, tiny_root, tiny_spec
+from challenge_kit.data.tiny import (
+    ANNOTATIONS,
+    TINY_LAYOUT,
+    tiny_classes,
+    tiny_files,
+    tiny_root,
+    tiny_spec,
+    tiny_words,
+)
 
 SPLITS = ("train", "test")
 
@@ -102,6 +112,53 @@ def dataset_spec(dataset: str, root: str | Path, *, image_folder: bool = False) 
     if dataset == "cifar100":
         return cifar_spec(cifar_classes(root))
     return get_spec(dataset)
+
+
+@dataclass
+class Layout:
+    """What a data root holds, read from its listings and labels without decoding an image: the plan counts the
+    images a run will train on from it, and ``ddkit doctor`` shows it."""
+
+    dataset: str
+    root: str  # the folder read (Tiny ImageNet's tiny-imagenet-200 when given its parent)
+    layout: str  # cifar-100-python, tiny-imagenet-200 or image folder
+    spec: DatasetSpec
+    train_images: int
+
+    def describe(self) -> str:
+        return f"{self.layout} at {self.root}: {self.spec.describe()}, {self.train_images:,} training images"
+
+
+def data_layout(dataset: str, root: str | Path, *, image_folder: bool = False) -> Layout:
+    """The layout ``load_split`` would read in ``root`` and its training images, counted (a file listing, or
+    CIFAR-100's label list)."""
+    get_spec(dataset)
+    root = Path(root)
+    if not image_folder and dataset == "tinyimagenet":
+        root = tiny_root(root)
+    if not root.is_dir():
+        raise KitFileError(root, "data root not found")
+    if image_folder:
+        _, labels, classes = image_folder_files(image_folder_root(root, "train"))
+        return Layout(dataset, str(root), "image folder", image_folder_spec(get_spec(dataset), classes), len(labels))
+    if dataset == "tinyimagenet":
+        wnids = tiny_classes(root)
+        return Layout(dataset, str(root), "tiny-imagenet-200", tiny_spec(wnids),
+                      len(tiny_files(root, "train", wnids)[1]))
+    labels = read_cifar100_labels(root, "train")  # the split's file first, as the loader reads it
+    return Layout(dataset, str(root), CIFAR_DIR, cifar_spec(cifar_classes(root)), len(labels))
+
+
+def class_words(dataset: str, root: str | Path, *, image_folder: bool = False) -> list[str]:
+    """The classes of ``root`` in label order, in the dataset's words: Tiny ImageNet's ``words.txt``, CIFAR-100's
+    ``meta`` names, an image folder's class folders (for figures a person reads)."""
+    root = Path(root)
+    if image_folder:
+        return list(image_folder_files(image_folder_root(root, "train"))[2])
+    if dataset == "tinyimagenet":
+        root = tiny_root(root)
+        return tiny_words(root, tiny_classes(root))
+    return cifar_classes(root)
 
 
 def fetch(dataset: str, root: str | Path) -> None:
@@ -171,4 +228,4 @@ def build_reference(dataset: str, root: str | Path, out: str | Path, *, download
 
 __all__ = ["load_split", "dataset_spec", "build_reference", "fetch", "detect_dataset", "split_holdout",
            "to_normalized", "default_cache_dir", "read_cifar_pickle", "read_cifar100", "decode_images",
-           "tiny_classes", "tiny_files", "IMAGE_EXTENSIONS"]
+           "tiny_classes", "tiny_files", "IMAGE_EXTENSIONS", "Layout", "data_layout", "class_words"]

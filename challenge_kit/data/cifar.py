@@ -76,6 +76,15 @@ def cifar_spec(names: list[str]) -> DatasetSpec:
     return base if len(names) == base.num_classes else base.subset(len(names), class_names=tuple(names))
 
 
+def read_cifar100_labels(root: Path, split: str) -> list:
+    """The split's fine labels as stored (checked against the images by ``read_cifar100``)."""
+    path, _ = cifar_files(root, split)
+    labels = read_cifar_pickle(path).get("fine_labels")
+    if not isinstance(labels, list):
+        raise KitFileError(path, "'fine_labels' must be a list of ints (one per image)")
+    return labels
+
+
 def read_cifar100(root: Path, split: str, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 pixels N x 3 x 32 x 32 and int64 fine labels (torchvision order)."""
     path, _ = cifar_files(root, split)

@@ -46,6 +46,17 @@ def tiny_classes(root: Path) -> list[str]:
     return wnids
 
 
+def tiny_words(root: Path, wnids: list[str]) -> list[str]:
+    """Each wnid's name in words from ``words.txt`` (its first synonym: ``goldfish`` for ``goldfish, Carassius
+    auratus``); a wnid it does not name, or a tree without the file, keeps the wnid."""
+    path, words = root / "words.txt", {}
+    if path.is_file():
+        for line in read_text(path).splitlines():
+            wnid, _, names = line.partition("\t")
+            words[wnid.strip()] = names.split(",")[0].strip()
+    return [words.get(w) or w for w in wnids]
+
+
 def tiny_spec(wnids: list[str]) -> DatasetSpec:
     base = get_spec("tinyimagenet")
     if len(wnids) > base.num_classes:

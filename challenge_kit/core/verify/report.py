@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import CHECK_FAILED, DONE
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 SHOW = 8  # list entries shown in a one-line reason
@@ -36,7 +37,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return DONE if self.ok else CHECK_FAILED
 
     def check(self, name: str) -> Check | None:
         return next((c for c in self.checks if c.name == name), None)
