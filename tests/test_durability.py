@@ -105,13 +105,13 @@ def test_an_export_its_preview_and_manifest_are_synced_then_renamed_then_their_f
 
 
 def test_the_upload_zip_and_its_manifest(tmp_path, small_exports, calls):
-    ddkit("bundle", *small_exports, "--out", tmp_path / "up" / "submission.zip")
+    ddkit("bundle", *small_exports, "--out-file", tmp_path / "up" / "submission.zip")
     published(calls, tmp_path / "up" / "submission.zip", tmp_path / "up" / "submission.manifest.json")
 
 
 def test_a_reference_file(tmp_path, calls):
     write_cifar(tmp_path / "data", n_train=2, n_test=2, per_class=True, smooth=True)
-    ddkit("reference", "cifar100", "--data-root", tmp_path / "data", "--out", tmp_path / "ref" / "ref.pt")
+    ddkit("reference", "cifar100", "--data-root", tmp_path / "data", "--out-file", tmp_path / "ref" / "ref.pt")
     published(calls, tmp_path / "ref" / "ref.pt")
     assert ("fsync", str(tmp_path)) in calls  # the new folder itself, in its parent
 

@@ -495,14 +495,15 @@ def test_lr_row_and_the_report_as_json():
     lr = check_lr(0.0123)
     assert lr == Check("lr", WARN, "learned lr 0.0123 is stored, but the scorer ignores it and trains with lr 0.01",
                        {"lr": 0.0123})
+    # exit 3: a check failed (the table in docs/cli.md)
     report = Report([Check("type", PASS, "a bare torch.Tensor"), lr, Check("shape", FAIL, "wrong", {"n": 1})],
                     SIX, "caller", "s/a.pt")
-    assert (report.ok, report.exit_code, report.check("shape").reason, report.check("spec")) == (False, 1, "wrong",
+    assert (report.ok, report.exit_code, report.check("shape").reason, report.check("spec")) == (False, 3, "wrong",
                                                                                                  None)
     assert findings(report) == [f"s/a.pt: WARN lr: {lr.reason}", "s/a.pt: FAIL shape: wrong"]
     assert findings(Report([lr], None)) == [f"WARN lr: {lr.reason}"]
     assert report.to_dict() == {
-        "path": "s/a.pt", "ok": False, "exit_code": 1, "spec": SIX.to_dict(), "spec_source": "caller",
+        "path": "s/a.pt", "ok": False, "exit_code": 3, "spec": SIX.to_dict(), "spec_source": "caller",
         "challenge": False, "checks": [
             {"name": "type", "status": PASS, "reason": "a bare torch.Tensor", "details": {}},
             {"name": "lr", "status": WARN, "reason": lr.reason, "details": {"lr": 0.0123}},
