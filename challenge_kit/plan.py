@@ -263,7 +263,7 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
         return timed(lambda group: build(device, small, group), device) * batch / small
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
-    stages = [Stage("experts", f"{e.num_experts} experts x {e.epochs} epochs ({e.objective})",
+    stages = [Stage("experts", f"{e.num_experts} experts x {e.epochs} epochs ({e.objective.name})",
                     f"step of {e.batch_size} images", expert_steps,
                     *count(expert_step(recipe, spec, META, e.batch_size)),
                     seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size))]

@@ -10,6 +10,7 @@ from references import official_scores
 from safetensors.torch import load_file, save_file
 
 from challenge_kit import distill as distill_mod
+from challenge_kit import parts
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError
@@ -46,7 +47,7 @@ def store(tmp_path_factory):
 def _recipe(every=3, **distill):
     base = DistillConfig(iterations=6, syn_steps=3, expert_epochs=1, min_start_epoch=0, current_max_start_epoch=0,
                          max_start_epoch=2, interval=2, batch_syn=6, lr_img=100.0, lr_lr=1e-5, checkpoint_every=2,
-                         init="real_correct", threshold=10.0)
+                         init=parts.choose("init", "real_correct"), threshold=10.0)
     return Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=2, epochs=3),
                   distill=replace(base, **distill),
                   eval=EvalConfig(every=every, epochs=3, rounds=2, final_rounds=2, split="holdout"))
@@ -132,7 +133,7 @@ def test_a_corrupt_snapshot_read_during_matching_is_an_error_not_a_skipped_itera
         tensors["snapshots"][:, :10] = float("nan")
         save_file(tensors, str(bad / path.name), {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(KitFileError, match="non-finite"):
-        _run(_recipe(init="real", every=0), bad, tmp_path / "run")
+        _run(_recipe(init=parts.choose("init", "real"), every=0), bad, tmp_path / "run")
 
 
 def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch):
@@ -149,36 +150,45 @@ def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch
 
     monkeypatch.setattr(distill_mod, "match", dying_match)
     with pytest.raises(KeyboardInterrupt):
-        _run(_recipe(), store, tmp_path / "cut")
+        _run(_recipe(iterations=8), store, tmp_path / "cut")  # a longer run, cut short
     monkeypatch.setattr(distill_mod, "match", real_match)
     assert (tmp_path / "cut" / CHECKPOINT).exists() and not (tmp_path / "cut" / BEST).exists()
     assert len(read_history(tmp_path / "cut")) == 5  # iterations 1-5 ran; the checkpoint holds 4
 
-    resumed = _run(_recipe(), store, tmp_path / "cut", resume=True)
+    # resumed as a 6-iteration run (the checkpoint is short of both counts), checkpointed more often, under
+    # another name: none of it changes the result
+    resumed = _run(replace(_recipe(checkpoint_every=1), method="renamed", profile="other"), store, tmp_path / "cut",
+                   resume=True)
     assert torch.equal(resumed.images, full.images) and torch.equal(resumed.lr, full.lr)
     assert resumed.candidates == full.candidates and resumed.decision == full.decision
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_history(tmp_path / "cut")) == strip(read_history(tmp_path / "full"))
     assert (tmp_path / "cut" / HISTORY).read_text().count("\n") == 6
 
-    with pytest.raises(KitFileError, match="different recipe"):
+    with pytest.raises(KitFileError, match=r"different recipe .* \(distill\.lr_img: 100\.0 there, 5\.0 here\)"):
         _run(_recipe(lr_img=5.0), store, tmp_path / "cut", resume=True)
+    with pytest.raises(KitFileError, match=r"\(distill\.iterations: 6 there, 8 here\)"):  # a finished run decided
+        _run(_recipe(iterations=8), store, tmp_path / "full", resume=True)
 
 
 def test_learned_soft_labels_are_trained_and_recorded_as_a_research_artifact(store, tmp_path):
-    state = _run(_recipe(labels="learned_soft", lr_labels=50.0, every=0, iterations=3), store, tmp_path / "run")
+    soft = parts.choose("labels", "learned_soft", lr_labels=50.0)
+    state = _run(_recipe(labels=soft, every=0, iterations=3), store, tmp_path / "run")
     assert state.labels.shape == (12, 3) and state.labels.is_floating_point()
     assert state.momentum.keys() == {"images", "lr", "labels"}
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.soft and torch.equal(art.labels, state.labels) and art.extra["labels_part"] == "learned_soft"
-    initial = _run(_recipe(labels="learned_soft", every=0, iterations=0), store, tmp_path / "init").labels
+    assert art.extra["challenge_labels"] is False
+    initial = _run(_recipe(labels=parts.choose("labels", "learned_soft"), every=0, iterations=0), store,
+                   tmp_path / "init").labels
     assert not torch.equal(initial, state.labels)
     # the initial soft labels are expert logits: their argmax is mostly the default-order class
     assert (initial.argmax(1) == default_labels(3, 4)).float().mean() > 0.5
 
 
 def test_assigned_soft_labels_follow_the_target_snapshot(store, tmp_path):
-    state = _run(_recipe(labels="assigned_soft", every=0, iterations=2), store, tmp_path / "run")
+    state = _run(_recipe(labels=parts.choose("labels", "assigned_soft"), every=0, iterations=2), store,
+                 tmp_path / "run")
     assert torch.equal(state.labels, default_labels(3, 4))  # nothing is learned
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.soft and art.labels.shape == (12, 3)

@@ -4,8 +4,10 @@ A method is a recipe naming one part of each kind (``submissions/research/*.toml
 and expert training call the chosen parts through one call shape per kind (``parts.kinds``) and never branch
 on a method's name. ``ddkit methods`` lists what is here. A part is declared once, below: its kind, name,
 implementation and the dataclass of its parameters, each with its default and constraint. A recipe sets them
-in a table beside the part's name (``[distill.mask]``, ``name = "deep"``, ``discard_ratio = 0.25``); the configs
-in ``recipes`` keep every part's parameters as flat fields, which is what stores and checkpoints record.
+in a table beside the part's name (``[distill.mask]``, ``name = "deep"``, ``discard_ratio = 0.25``); a config
+holds the chosen part as a ``Choice``, its name and its own parameters, which is all a store or checkpoint
+records of that kind. A user's own part is named by its dotted path instead (``my_pkg.parts:MyInit``,
+``parts.user``).
 
 The catalogue is plain data and imports no part module, so that a recipe's names are checked in a fraction of
 a second, before torch is imported.
@@ -14,7 +16,8 @@ a second, before torch is imported.
 from __future__ import annotations
 
 import importlib
-from dataclasses import Field, dataclass, fields
+from collections.abc import Iterable
+from dataclasses import MISSING, Field, asdict, dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -46,21 +49,30 @@ class Part:
     source: str  # the paper (seed file) or "M-DATM"
     where: str  # "module.attribute" under challenge_kit.parts
     params: type | None = None  # the dataclass of its parameters (None: it has none)
+    challenge: bool = False  # labels: the scorer reads sets made with them (only default-order hard labels)
 
     @property
     def impl(self) -> Any:
         module, _, attribute = self.where.rpartition(".")
         return getattr(importlib.import_module(f"challenge_kit.parts.{module}"), attribute)
 
-    def read(self, values: Any) -> Any:
-        """This part's parameters, from the attributes of ``values`` of the same names (None: it has none)."""
-        return None if self.params is None else self.params(**{f.name: getattr(values, f.name)
-                                                               for f in fields(self.params)})
-
     def bind(self, params: Any) -> Any:
         """The implementation ready to call: a class is built from the parameters, a function gets them first."""
         given = () if self.params is None else (params,)
         return self.impl(*given) if isinstance(self.impl, type) else partial(self.impl, *given)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A chosen part: its name (a catalogue name or a user's ``module:Class``) and its own parameters (an
+    instance of its parameter dataclass; None when it takes none). Unchosen parts leave no trace in a config."""
+
+    name: str
+    params: Any = None
+
+    def to_dict(self) -> dict:
+        """The recipe file's look: ``{"name": "gsam", "rho": 0.01, ...}``."""
+        return {"name": self.name, **({} if self.params is None else asdict(self.params))}
 
 
 # The parameters of the parts that take some, with their defaults and constraints (PARTS below names each
@@ -127,7 +139,7 @@ PARTS = (
     Part("init", "kmeans", "per class, the real images nearest the K-means centroids (K = IPC) of the first "
          "expert's penultimate features", "smooth experts", "initializations.representative"),
     Part("labels", "hard", "default-order hard labels, image i is class i // IPC (what the scorer uses)", "M-DATM",
-         "labels.Hard"),
+         "labels.Hard", challenge=True),
     Part("labels", "learned_soft", "soft labels initialized from the experts' logits on the images they classify "
          "correctly, learned with their own optimizer", "DATM", "labels.LearnedSoft", LearnedSoftParams),
     Part("labels", "assigned_soft", "each iteration, the target snapshot's logits on the synthetic images are the "
@@ -178,18 +190,54 @@ def check(kind: str, name: str) -> None:
         raise KitValueError(f"unknown {kind} part {name!r}; known: {known}")
 
 
+def is_user(name: str) -> bool:
+    """Whether ``name`` is a user's part (``module:Class``) rather than a catalogue name."""
+    return ":" in name
+
+
+def part(kind: str, name: str) -> Part:
+    """The catalogue's part ``name`` of ``kind``, or a user's part named by its dotted path (``module:Class``,
+    imported and checked against the kind's protocol); a KitValueError says what is wrong."""
+    if is_user(name):
+        from challenge_kit.parts.user import resolve
+
+        return resolve(kind, name)
+    check(kind, name)
+    return REGISTRY[kind][name]
+
+
 def get(kind: str, name: str) -> Any:
     """The implementation of ``kind``/``name``; a KitValueError names the known ones."""
-    check(kind, name)
-    return REGISTRY[kind][name].impl
+    return part(kind, name).impl
+
+
+def choose(kind: str, name: str, **values: Any) -> Choice:
+    """Part ``name`` of ``kind`` with its parameters: ``values``, the defaults for the others."""
+    params = part(kind, name).params
+    return Choice(name, None if params is None else params(**values))
 
 
 def build(kind: str, config: Any) -> Any:
-    """The part of ``kind`` that ``config`` (a recipe section) names, bound to its parameters there."""
-    check(kind, getattr(config, kind))
-    part = REGISTRY[kind][getattr(config, kind)]
-    return part.bind(part.read(config))
+    """The part of ``kind`` that ``config`` (a recipe section) chose, bound to its own parameters."""
+    choice = getattr(config, kind)
+    return part(kind, choice.name).bind(choice.params)
 
 
 def catalogue() -> list[Part]:
     return [part for kind in KINDS for part in REGISTRY[kind].values()]
+
+
+def listing(chosen: Iterable[tuple[str, str]] = ()) -> list[dict]:
+    """What ``ddkit methods`` lists, by kind: the catalogue's parts, then the user parts among ``chosen`` (kind,
+    name), each with its parameters' defaults (a user part's also in its summary)."""
+    chosen = list(chosen)
+    out = []
+    for kind in KINDS:
+        users = [part(kind, name) for name in sorted({n for k, n in chosen if k == kind and is_user(n)})]
+        for p in [*REGISTRY[kind].values(), *users]:
+            defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                        for f in (fields(p.params) if p.params else ()) if f.init}
+            given = ", ".join(f"{k} = {v!r}" for k, v in defaults.items())
+            summary = f"{p.summary} (parameters: {given})" if p in users and given else p.summary
+            out.append({"kind": kind, "name": p.name, "summary": summary, "source": p.source, "params": defaults})
+    return out
