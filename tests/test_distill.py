@@ -14,7 +14,8 @@ from challenge_kit import parts
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.reading import read_metadata
+from challenge_kit.core.reading import load_torch, read_metadata
+from challenge_kit.core.storage import save_torch
 from challenge_kit.distill import distill
 from challenge_kit.experts.store import expert_files
 from challenge_kit.experts.training import train_experts
@@ -51,6 +52,25 @@ def _recipe(every=3, **distill):
     return Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=2, epochs=3),
                   distill=replace(base, **distill),
                   eval=EvalConfig(every=every, epochs=3, rounds=2, final_rounds=2, split="holdout"))
+
+
+# _recipe(iterations=8) as the kit at 8f602a5 saved it in a checkpoint (``asdict``, printed by that version): every
+# part's parameters flat in its section, chosen or not (tests/test_identity.py).
+FLAT_RECIPE = {
+    "dataset": "cifar100", "profile": "test", "method": "M-DATM", "description": "",
+    "experts": {"num_experts": 2, "epochs": 3, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 256,
+                "lr_decay_epoch": 0, "lr_decay": 0.5, "objective": "gsam", "rho": 0.01, "alpha": 0.3,
+                "adaptive": True, "clip_start": 0.5, "clip_epochs": 5, "gp_weight": 1.0, "gp_target": 1.0,
+                "schedule": "full", "initial_ratio": 0.75, "add_end_epoch": 20, "drop_easy": 0.1, "score_models": 2,
+                "score_epochs": 2, "seed": 0},
+    "distill": {"iterations": 8, "syn_steps": 3, "expert_epochs": 1, "min_start_epoch": 0,
+                "current_max_start_epoch": 0, "max_start_epoch": 2, "interval": 2, "batch_syn": 6, "lr_img": 100.0,
+                "lr_lr": 1e-05, "lr_init": 0.01, "momentum": 0.5, "threshold": 10.0, "grad": "exact",
+                "init": "real_correct", "labels": "hard", "lr_labels": 10.0, "labels_momentum": 0.9, "label_epoch": -1,
+                "label_experts": 0, "mask": "all", "discard_ratio": 0.25, "weights": "uniform", "balance_offset": 8.0,
+                "terms": "final", "perturb": "none", "perturb_scale": 0.1, "seed": 0, "checkpoint_every": 2},
+    "eval": {"every": 3, "epochs": 3, "rounds": 2, "final_rounds": 2, "split": "holdout", "holdout_per_class": 10,
+             "seed": 0, "scorer": "fast"}}
 
 
 def _run(recipe, store, run_dir, **kw):
@@ -137,6 +157,7 @@ def test_a_corrupt_snapshot_read_during_matching_is_an_error_not_a_skipped_itera
 
 
 def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch):
+    """Also when the checkpoint's recipe is in the flat form of the kit before parts owned their parameters."""
     full = _run(_recipe(), store, tmp_path / "full")
 
     calls = {"n": 0}
@@ -154,6 +175,8 @@ def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch
     monkeypatch.setattr(distill_mod, "match", real_match)
     assert (tmp_path / "cut" / CHECKPOINT).exists() and not (tmp_path / "cut" / BEST).exists()
     assert len(read_history(tmp_path / "cut")) == 5  # iterations 1-5 ran; the checkpoint holds 4
+    saved = load_torch(tmp_path / "cut" / CHECKPOINT)
+    save_torch({**saved, "recipe": FLAT_RECIPE}, tmp_path / "cut" / CHECKPOINT)  # as the kit before parts wrote it
 
     # resumed as a 6-iteration run (the checkpoint is short of both counts), checkpointed more often, under
     # another name: none of it changes the result
