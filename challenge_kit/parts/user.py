@@ -70,8 +70,8 @@ def resolve(kind: str, path: str) -> UserPart:
             if not f.init:
                 continue
             if parameter_type(f) is None:
-                raise KitValueError(f"{path}: parameter {f.name} is {f.type}; a part's parameters are int, float, "
-                                    "bool or str")
+                raise KitValueError(f"{path}: parameter {f.name} is {getattr(f.type, '__name__', f.type)}; a "
+                                    "part's parameters are int, float, bool or str")
             if f.default is f.default_factory:  # both MISSING: no default
                 raise KitValueError(f"{path}: parameter {f.name} has no default")
     lines = (cls.__doc__ or "").strip().splitlines()  # a dataclass without one gets "Name(fields...)"
