@@ -76,7 +76,8 @@ class Choice:
 
 
 # The parameters of the parts that take some, with their defaults and constraints (PARTS below names each
-# part's). A name two parts of one kind share is one recipe field, so its two declarations must agree.
+# part's). A name two parts of one kind share is one recipe key (given without the part's name, and kept when
+# the choice moves from one to the other), so its two declarations must agree.
 
 @dataclass(frozen=True)
 class LearnedSoftParams:

@@ -16,9 +16,10 @@ from typing import Any
 
 from challenge_kit import parts
 from challenge_kit.core.errors import KitValueError
+from challenge_kit.parts import Choice
 from challenge_kit.parts.params import coerce, problem
 from challenge_kit.parts.user import parameter_type
-from challenge_kit.recipes.configs import SECTIONS, Choice, Recipe
+from challenge_kit.recipes.configs import SECTIONS, Recipe
 
 Declared = dict[str, tuple[str, list[str]]]  # a kind's parameters: name -> (type, the parts that take it)
 
@@ -35,6 +36,7 @@ def _known(declared: Declared, name: str | None) -> str:
 
 
 def _own(part: parts.Part) -> Declared:
+    """The parameters of one part (a catalogue part's or a user's)."""
     return {f.name: (parameter_type(f), [part.name]) for f in fields(part.params) if f.init} if part.params else {}
 
 
@@ -42,8 +44,8 @@ def _declared(kind: str, users: list[parts.Part]) -> Declared:
     """Every parameter of the catalogue's parts of ``kind`` and of the user parts named for it so far."""
     out = {name: (f.type, list(owners)) for name, (f, owners) in parts.parameters(kind).items()}
     for part in users:
-        for name, (kind_of, owners) in _own(part).items():
-            out.setdefault(name, (kind_of, []))[1].extend(owners)
+        for name, (type_, owners) in _own(part).items():
+            out.setdefault(name, (type_, []))[1].extend(owners)
     return out
 
 
@@ -62,20 +64,27 @@ class PartDraft:
         return next((p for p in self.users if p.name == self.name), None)
 
 
-def _start(section: str) -> tuple[dict, dict]:
-    config = SECTIONS[section]()
-    plain = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in parts.KINDS}
-    return plain, {f.name: PartDraft(getattr(config, f.name).name) for f in fields(config) if f.name in parts.KINDS}
-
-
 @dataclass
 class Draft:
+    """The recipe so far: ``apply`` lays a layer over it, ``finish`` makes the typed recipe."""
+
     dataset: str
     profile: str
+    plain: dict[str, dict[str, Any]]  # section -> field -> value, the parts' fields aside
+    chosen: dict[str, PartDraft]  # kind -> its part so far
     top: dict[str, str] = field(default_factory=dict)  # method, description
-    plain: dict[str, dict[str, Any]] = field(default_factory=lambda: {s: _start(s)[0] for s in SECTIONS})
-    chosen: dict[str, PartDraft] = field(
-        default_factory=lambda: {k: v for s in SECTIONS for k, v in _start(s)[1].items()})
+
+    @classmethod
+    def start(cls, dataset: str, profile: str) -> Draft:
+        """The configs' defaults, before any layer."""
+        plain, chosen = {}, {}
+        for section, config in ((s, c()) for s, c in SECTIONS.items()):
+            for f in fields(config):
+                if f.name in parts.KINDS:
+                    chosen[f.name] = PartDraft(getattr(config, f.name).name)
+                else:
+                    plain.setdefault(section, {})[f.name] = getattr(config, f.name)
+        return cls(dataset, profile, plain, chosen)
 
     def copy(self) -> Draft:
         return deepcopy(self)
@@ -88,7 +97,7 @@ class Draft:
                 raise KitValueError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
             if not isinstance(values, dict):
                 raise KitValueError(f"{where}: [{section}] must be a table of key = value, got {values!r}")
-            known = [f.name for f in fields(SECTIONS[section])]
+            known = {f.name: f.type for f in fields(SECTIONS[section])}
             kinds = [key for key in values if key in parts.KINDS and key in known]
             for kind in kinds:  # the parts first: a parameter beside its part's name (flat style) comes after it
                 value = values[kind]
@@ -107,8 +116,7 @@ class Draft:
                 elif key not in known:
                     raise KitValueError(f"{where} [{section}]: unknown key {key!r}; known: {', '.join(known)}")
                 else:
-                    out.plain[section][key] = coerce(SECTIONS[section].__dataclass_fields__[key].type, key, value,
-                                                     f"{where} [{section}]")
+                    out.plain[section][key] = coerce(known[key], key, value, f"{where} [{section}]")
         return out
 
     def _part_table(self, kind: str, table: dict, at: str) -> None:

@@ -148,7 +148,7 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
             "has none)" if profile in data.get("profiles", {}) and path != layers[0][0] else ""
         raise KitValueError(f"{layers[0][0]}: no profile {profile!r}; available: "
                             f"{', '.join(['full', *sorted(available)])}{adjusts}")
-    draft = Draft(dataset=name, profile=profile)
+    draft = Draft.start(name, profile)
     for where, tables in layers:
         draft = draft.apply({k: v for k, v in tables.items() if k in SECTIONS}, str(where))
         draft.top |= {k: tables[k] for k in ("method", "description") if k in tables}
