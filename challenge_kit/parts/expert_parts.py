@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from challenge_kit.core.models import FunctionalConvNet
-from challenge_kit.parts import EasyFirstParams, GsamParams, SmoothParams
+from challenge_kit.parts.catalogue import EasyFirstParams, GsamParams, SmoothParams
 
 # ---------------------------------------------------------------------------------------------- objectives
 

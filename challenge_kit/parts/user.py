@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.parts import Part
+from challenge_kit.parts.catalogue import Part
 from challenge_kit.parts.kinds import misfit
 
 TYPES = {int: "int", float: "float", bool: "bool", str: "str"}  # a parameter's type, as recipes coerce it
