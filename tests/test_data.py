@@ -23,6 +23,7 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.reading import load_torch
 from challenge_kit.data import dataset_spec, default_cache_dir, load_split, read_cifar_pickle
+from challenge_kit.data.cifar import CIFAR_LAYOUT, cifar_classes, cifar_spec, read_cifar100
 from challenge_kit.runs import BEST
 
 
@@ -112,6 +113,48 @@ def test_cifar_bad_content_is_one_clear_error(tmp_path):
     path.write_bytes(b"\x80\x02truncated")
     with pytest.raises(KitFileError, match="not a CIFAR-100 python pickle"):
         load_split("cifar100", tmp_path, "train")
+
+
+def test_each_cifar_refusal_names_its_file_and_what_the_format_holds(tmp_path):
+    def refusal(read, path):
+        with pytest.raises(KitFileError) as caught:
+            read()
+        assert caught.value.path == str(path)
+        return caught.value.problem
+
+    write_cifar(tmp_path)
+    folder = tmp_path / "cifar-100-python"
+    train, meta = folder / "train", folder / "meta"
+    assert refusal(lambda: read_cifar_pickle(folder / "none"), folder / "none") == f"not found; expected {CIFAR_LAYOUT}"
+    train.write_bytes(pickle.dumps([1, 2], protocol=2))
+    assert refusal(lambda: read_cifar_pickle(train), train) == \
+        "not a CIFAR-100 python pickle (holds a list, not a dict)"
+    for pixels, labels, problem in [
+        (np.zeros((2, 3072), np.float32), [0, 1], "'data' must be a uint8 array N x 3072"),
+        (np.zeros((2, 3, 1024), np.uint8), [0, 1], "'data' must be a uint8 array N x 3072"),
+        (np.zeros((2, 3071), np.uint8), [0, 1], "'data' must be a uint8 array N x 3072"),
+        (np.zeros((2, 3072), np.uint8), (0, 1), "'fine_labels' must be a list of 2 ints (one per image)"),
+        (np.zeros((2, 3072), np.uint8), [0], "'fine_labels' must be a list of 2 ints (one per image)"),
+        (np.zeros((2, 3072), np.uint8), [-1, 0], "no images, or labels outside 0..99"),
+        (np.zeros((2, 3072), np.uint8), [0, 100], "no images, or labels outside 0..99"),
+    ]:
+        train.write_bytes(pickle.dumps({"data": pixels, "fine_labels": labels}, protocol=2))
+        assert refusal(lambda: read_cifar100(tmp_path, "train", CIFAR100), train) == problem
+    one = np.arange(3072, dtype=np.uint8).reshape(1, 3072)
+    train.write_bytes(pickle.dumps({"data": one, "fine_labels": [99]}, protocol=2))
+    pixels, labels = read_cifar100(tmp_path, "train", CIFAR100)
+    assert labels.tolist() == [99] and labels.dtype.is_floating_point is False and str(labels.dtype) == "torch.int64"
+    assert pixels.shape == (1, 3, 32, 32) and pixels.flatten().tolist() == one.flatten().tolist()
+    for names in ([], [f"c{i}" for i in range(101)], ["a", 2], "a b"):
+        meta.write_bytes(pickle.dumps({"fine_label_names": names}, protocol=2))
+        assert refusal(lambda: cifar_classes(tmp_path), meta) == \
+            "expected 'fine_label_names': a list of 1..100 class names"
+    train.write_bytes(b"\x80\x02}q\x00(")  # a pickle cut short
+    assert refusal(lambda: read_cifar_pickle(train), train).startswith("not a CIFAR-100 python pickle (")
+    meta.write_bytes(pickle.dumps({b"fine_label_names": ["apple"]}, protocol=2))  # bytes keys, as Python 3 writes
+    assert cifar_classes(tmp_path) == ["apple"]
+    assert cifar_spec(["apple"]) == CIFAR100.subset(1, class_names=("apple",))
+    assert cifar_spec([f"c{i}" for i in range(100)]) is CIFAR100
 
 
 def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, monkeypatch, user_cache):

@@ -293,3 +293,23 @@ def test_refused_pickle_is_one_plain_line_without_torchs_advice(tmp_path):
     for code, err in ((res.exit_code, res.stderr), (proc.returncode, proc.stderr)):
         assert code == 1 and err.startswith(f"error: {tmp_path / 'cifar100.pt'}: refused") and err.count("\n") == 1
         assert "would call" in err and "print" in err and "weights_only" not in err and "\x1b" not in err
+
+
+def test_only_the_leaderboards_recipe_is_official():
+    """Official: a challenge spec, the recipe's 3 rounds of 1001 epochs, default labels, the faithful arithmetic."""
+    assert scorer.is_official(CIFAR100, 3, 1001)
+    for spec, rounds, epochs, labels, mode in [(TINY, 3, 1001, None, "faithful"), (CIFAR100, 2, 1001, None, "faithful"),
+                                               (CIFAR100, 3, 1000, None, "faithful"),
+                                               (CIFAR100, 3, 1001, default_labels(100, 10), "faithful"),
+                                               (CIFAR100, 3, 1001, None, "fast")]:
+        assert not scorer.is_official(spec, rounds, epochs, labels, mode)
+
+
+def test_a_wrong_shape_or_no_rounds_is_refused_before_training():
+    test_images, test_labels = coloured(2, seed=1)
+    with pytest.raises(ValueError, match=r"^images have shape \(2, 3, 32, 32\), cifar100 expects \(10, 3, 32, 32\)$"):
+        evaluate_images(torch.zeros(2, 3, 32, 32), TINY, test_images, test_labels, epochs=1)
+    for rounds, epochs in ((0, 1), (1, 0)):
+        with pytest.raises(ValueError, match=rf"^rounds and epochs must be >= 1 \(got rounds={rounds}, "
+                                             rf"epochs={epochs}\)$"):
+            evaluate_images(torch.zeros(TINY.shape), TINY, test_images, test_labels, rounds=rounds, epochs=epochs)

@@ -26,3 +26,9 @@ def test_sgd_step_is_torch_sgd(momentum, weight_decay):
             torch.testing.assert_close(buf, optimizer.state[q]["momentum_buffer"], rtol=1e-14, atol=1e-15)
         else:
             assert buf is None
+
+
+def test_without_momentum_or_weight_decay_it_is_plain_gradient_descent():
+    p, grad = torch.tensor([1.0, -2.0], dtype=D), torch.tensor([0.5, 4.0], dtype=D)
+    stepped, buf = sgd_step(p, grad, 0.1)
+    assert stepped.tolist() == [1.0 - 0.1 * 0.5, -2.0 - 0.1 * 4.0] and buf is None

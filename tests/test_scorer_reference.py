@@ -140,3 +140,20 @@ def test_stacked_rounds_score_as_the_official_rounds(data, official, monkeypatch
     assert min(abs(a - b) for a, b in combinations(rounds, 2)) > one, f"rounds too close to tell apart: {rounds}"
     assert result["seeds"] == list(official)
     assert result["rounds"] == pytest.approx(rounds, abs=one), f"stacked {result['rounds']}, official {rounds}"
+
+
+def test_per_class_accuracy_is_each_classs_share_over_the_official_rounds(data, official):
+    images, _, test_images, test_labels = data
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
+                                    device="cpu", show_progress=False, per_class=True)
+    shares = []
+    for _, net in official.values():
+        with torch.no_grad():
+            predicted = net.eval()(test_images).argmax(1)
+        shares.append([float((predicted[test_labels == c] == c).double().mean()) for c in range(SPEC.num_classes)])
+    assert result["per_class"] == pytest.approx([sum(s[c] for s in shares) / ROUNDS for c in range(SPEC.num_classes)],
+                                                abs=1e-6)  # float32 shares
+    assert (result["dataset"], result["spec"], result["test_images"], result["epochs"], result["device"]) == (
+        SPEC.name, SPEC.to_dict(), 120, SHORT, "cpu")
+    assert result["official"] is False and result["scorer"] == {"mode": "faithful", "precision": "float32",
+                                                                "compiled": False, "stacked": 1}

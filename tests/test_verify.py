@@ -16,16 +16,25 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
+from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
 from challenge_kit.core.storage import save_json, save_tensors, save_torch
 from challenge_kit.core.verify import (
     FAIL,
     PASS,
     WARN,
+    Check,
+    Report,
     best_assignment,
     channel_correlation,
+    check_labels,
+    check_lr,
+    check_reference,
+    findings,
+    load_reference_model,
     spectral_exponent,
     suspected_mapping,
+    verify_bytes,
     verify_path,
     verify_tensor,
 )
@@ -371,6 +380,30 @@ def test_a_cycle_counts_when_most_of_its_classes_moved():
     assert suspected_mapping(confusion, 10) == {}
 
 
+def swap(first, second, ipc=10):
+    """Classes 0 and 1 swapped: row 0 shows (images as 1, images as itself), row 1 likewise, class 2 intact."""
+    confusion = np.diag([0, 0, ipc]).astype(np.int64)
+    confusion[0, 1], confusion[0, 0] = first
+    confusion[1, 0], confusion[1, 1] = second
+    return suspected_mapping(confusion, ipc)
+
+
+def test_a_class_moved_at_the_documented_thresholds():
+    """Moved: at least 30% of its images (3 of 10, never fewer than 2) look like the other class, more than twice
+    as many as look like itself; a 2-cycle needs both of its classes moved."""
+    assert swap((3, 0), (3, 0)) == {0: 1, 1: 0}
+    assert swap((2, 0), (3, 0)) == {}  # 2 of 10 is under 30%
+    assert swap((2, 0), (2, 0), ipc=5) == {0: 1, 1: 0}  # 30% of 5 rounds up to 2
+    assert swap((5, 2), (5, 0)) == {0: 1, 1: 0}  # 5 > 2 x 2
+    assert swap((4, 2), (5, 0)) == {}  # 4 is not more than 2 x 2: one of two moved is not most of the cycle
+    confusion = np.diag([0, 0, 10, 7]).astype(np.int64)
+    confusion[0, 1] = confusion[1, 0] = 5
+    confusion[3, 1] = 2  # two images of a third class also look like class 1: under the 3 needed
+    assert suspected_mapping(confusion, 10) == {0: 1, 1: 0}
+    confusion[3, 1] = 3  # now as many as needed: class 1 absorbs several classes, no evidence of a swap
+    assert suspected_mapping(confusion, 10) == {}
+
+
 # ---------------------------------------------------------------------------------------- unreadable
 
 
@@ -424,3 +457,194 @@ def test_numpy_array_is_named(tmp_path):
     got, reason = status(report, "type")
     assert got == FAIL and "numpy array" in reason
     assert verify_tensor(np.zeros((2, 3))).check("type").status == FAIL
+
+
+# ------------------------------------------------------------------------------ each row, word for word
+
+SIX = CIFAR100.subset(3, ipc=2)  # default labels 0 0 1 1 2 2
+PERMUTED = "hard labels differ from the default order"
+
+
+@pytest.mark.parametrize("labels,status_,reason,details", [
+    (torch.full((5, 3), 1 / 3), FAIL, "soft labels of shape 5x3, expected 6x3", {}),
+    (F.one_hot(torch.tensor([0, 1, 1, 1, 2, 0]), 3).float(), FAIL,
+     "soft labels (6x3) are dropped: the scorer trains on default-order hard labels; argmax disagrees with the "
+     "default-order class for 2 images (class 0: 1, class 2: 1)", {"disagree_per_class": {0: 1, 2: 1}}),
+    (F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float(), FAIL,
+     "soft labels (6x3) are dropped: the scorer trains on default-order hard labels; argmax agrees with the "
+     "default order, but the label distributions are lost", {"disagree_per_class": {}}),
+    (torch.tensor([[0], [0], [1], [1], [2], [2]]), FAIL,
+     "labels of shape 6x1: expected 6 class indices or 6x3 soft labels", {}),
+    (torch.tensor([0, 0, 1, 1, 2]), FAIL, "labels of shape 5: expected 6 class indices or 6x3 soft labels", {}),
+    (torch.tensor([0, 0, 1, 1, 2, 2.5]), FAIL, "hard labels hold non-integer values", {}),
+    (torch.tensor([0.0, 0, 1, 1, 2, 2]), PASS, "hard labels in default order (image i is class i // ipc)", {}),
+    (torch.tensor([1, 1, 0, 0, 2, 2]), FAIL, f"4 of 6 {PERMUTED} (image 0 is labelled 1, the scorer calls it class 0); "
+                                             "reorder the images by label (stable sort) to fix", {"differ": 4}),
+    (torch.tensor([0, 0, 1, 1, 2, 0]), FAIL, f"1 of 6 {PERMUTED} (image 5 is labelled 0, the scorer calls it class 2)",
+     {"differ": 1}),
+    (torch.tensor([0, 0, 1, 1, 2, 3]), FAIL, f"1 of 6 {PERMUTED} (image 5 is labelled 3, the scorer calls it class 2)",
+     {"differ": 1}),
+    (torch.tensor([-1, 0, 1, 1, 2, 2]), FAIL,
+     f"1 of 6 {PERMUTED} (image 0 is labelled -1, the scorer calls it class 0)", {"differ": 1}),
+])
+def test_label_rows_word_for_word(labels, status_, reason, details):
+    assert check_labels(labels, SIX) == Check("labels", status_, reason, details)
+
+
+def test_lr_row_and_the_report_as_json():
+    lr = check_lr(0.0123)
+    assert lr == Check("lr", WARN, "learned lr 0.0123 is stored, but the scorer ignores it and trains with lr 0.01",
+                       {"lr": 0.0123})
+    report = Report([Check("type", PASS, "a bare torch.Tensor"), lr, Check("shape", FAIL, "wrong", {"n": 1})],
+                    SIX, "caller", "s/a.pt")
+    assert (report.ok, report.exit_code, report.check("shape").reason, report.check("spec")) == (False, 1, "wrong",
+                                                                                                 None)
+    assert findings(report) == [f"s/a.pt: WARN lr: {lr.reason}", "s/a.pt: FAIL shape: wrong"]
+    assert findings(Report([lr], None)) == [f"WARN lr: {lr.reason}"]
+    assert report.to_dict() == {
+        "path": "s/a.pt", "ok": False, "exit_code": 1, "spec": SIX.to_dict(), "spec_source": "caller",
+        "challenge": False, "checks": [
+            {"name": "type", "status": PASS, "reason": "a bare torch.Tensor", "details": {}},
+            {"name": "lr", "status": WARN, "reason": lr.reason, "details": {"lr": 0.0123}},
+            {"name": "shape", "status": FAIL, "reason": "wrong", "details": {"n": 1}}]}
+    passing = Report([Check("type", PASS, "a bare torch.Tensor")], None)
+    assert (passing.ok, passing.exit_code, findings(passing)) == (True, 0, [])
+    assert passing.to_dict()["spec"] is None and passing.to_dict()["challenge"] is None
+
+
+def test_a_dict_of_many_keys_is_listed_eight_at_a_time():
+    eight = verify_tensor({f"k{i}": torch.zeros(1) for i in range(8)}).check("type").reason
+    assert eight.startswith("a dict with keys k0, k1, k2, k3, k4, k5, k6, k7, not a bare tensor")
+    keys = [f"k{i}" for i in range(10)]
+    row = verify_tensor({k: torch.zeros(1) for k in keys}).check("type")
+    assert row.status == FAIL and row.reason == (
+        "a dict with keys k0, k1, k2, k3, k4, k5, k6, k7, ... (+2 more), not a bare tensor: the scorer crashes on it")
+
+
+class Lookup(torch.nn.Module):
+    """A reference model whose answers the test chooses: an image whose pixels all equal c is predicted as c."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes, self.anchor = classes, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return F.one_hot(x[:, 0, 0, 0].round().long(), self.classes).float() + self.anchor
+
+
+def predicted(*rows):
+    """Images whose Lookup predictions are ``rows`` (one list per class, in default order)."""
+    return torch.tensor([c for row in rows for c in row], dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+
+
+def test_reference_rows_word_for_word():
+    four = CIFAR100.subset(4, ipc=5)
+    agree = check_reference(predicted(*[[c] * 5 for c in range(4)]), four, Lookup(4))
+    assert agree == Check("reference", PASS, "reference model agrees with the default-order labels for 100% of images "
+                                             "(chance 25%); 0 classes with no agreeing image; lowest: class 0 5/5, "
+                                             "class 1 5/5, class 2 5/5",
+                          {"agreement": 1.0, "per_class_agreement": [1.0] * 4, "mapping": {},
+                           "agreement_with_mapping": 1.0})
+    swapped = check_reference(predicted([1, 1, 1, 1, 0], [0] * 5, [2] * 5, [3, 3, 3, 2, 2]), four, Lookup(4))
+    assert swapped == Check("reference", FAIL, "class order looks permuted (e.g. wnids.txt order instead of sorted): "
+                                               "the images of 2 classes look like another class (class 0 -> 1, class 1 "
+                                               "-> 0); agreement with the default order 45%, with this mapping 85%",
+                            {"agreement": 0.45, "per_class_agreement": [0.2, 0.0, 1.0, 0.6], "mapping": {0: 1, 1: 0},
+                             "agreement_with_mapping": 0.85})
+    assert check_reference(predicted(*[[0] * 5] * 4), four, Lookup(4)).status == PASS  # 25% is not below 25%
+    eight = CIFAR100.subset(8, ipc=5)  # agreement 12.5%, with the mapping exactly 25%: not too weak to judge
+    assert check_reference(predicted([1, 1, 7, 7, 7], [0, 0, 0, 7, 7], *[[7] * 5] * 6), eight, Lookup(8)).status == FAIL
+    ten = CIFAR100.subset(10, ipc=5)
+    sink = [[9] * 5] * 8  # classes 2..9 all look like class 9
+    weak = check_reference(predicted([1, 1, 9, 9, 9], [0, 0, 9, 9, 9], *sink), ten, Lookup(10))
+    lowest = "reference model agrees with the default-order labels for 10% of images (chance 10%); 9 classes with " \
+             "no agreeing image; lowest: class 0 0/5, class 1 0/5, class 2 0/5"
+    assert weak == Check("reference", WARN, f"{lowest}; too weak to judge the class order (a possible permutation "
+                                            "moves 2 classes, agreement with it 18%)",
+                         {"agreement": 0.1, "per_class_agreement": [0.0] * 9 + [1.0], "mapping": {0: 1, 1: 0},
+                          "agreement_with_mapping": 0.18})
+    assert check_reference(predicted(*[[9] * 5] * 10), ten, Lookup(10)) == Check(
+        "reference", WARN, f"{lowest}; no consistent class permutation",
+        {"agreement": 0.1, "per_class_agreement": [0.0] * 9 + [1.0], "mapping": {}, "agreement_with_mapping": 0.1})
+    with pytest.raises(ValueError, match="^the reference model predicts 4 classes, cifar100: 10 classes x 5 IPC"):
+        check_reference(predicted(*[[0] * 5] * 10), ten, Lookup(4))
+
+
+def ref_spectral_exponent(images):
+    """Radially averaged power over integer rings 1..H/4, and its log-log least-squares slope, pixel by pixel."""
+    x = images.double().numpy()
+    n, c, h, w = x.shape
+    power = np.zeros((h, w))
+    for i, j in itertools.product(range(n), range(c)):
+        power += np.abs(np.fft.fft2(x[i, j] - x[i, j].mean())) ** 2 / (n * c)
+    points = []
+    for r in range(1, min(h, w) // 4 + 1):
+        ring = [power[u, v] for u in range(h) for v in range(w) if round(np.hypot(min(u, h - u), min(v, w - v))) == r]
+        points.append((np.log(r), np.log(np.mean(ring))))
+    return -np.polyfit(*zip(*points, strict=True), 1)[0]
+
+
+def ref_channel_correlation(images):
+    x = images.double()
+    x = x - x.mean((-2, -1), keepdim=True)
+    pairs = [(i, j) for i in range(x.shape[1]) for j in range(i + 1, x.shape[1])]
+    return float(np.mean([float((x[:, i] * x[:, j]).sum() / ((x[:, i] ** 2).sum() * (x[:, j] ** 2).sum()).sqrt())
+                          for i, j in pairs]))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 16), (2, 3, 12, 20)])
+def test_spectrum_and_channel_statistics_against_plain_loops(shape):
+    g = torch.Generator().manual_seed(0)
+    images = natural(shape[0], 32)[..., :shape[2], :shape[3]] + 0.05 * torch.randn(shape, generator=g)
+    assert spectral_exponent(images) == pytest.approx(ref_spectral_exponent(images), abs=1e-9)
+    assert channel_correlation(images) == pytest.approx(ref_channel_correlation(images), abs=1e-12)
+    assert np.isnan(spectral_exponent(torch.ones(2, 3, 16, 16)))  # no variation to measure
+    assert np.isnan(spectral_exponent(torch.randn(2, 3, 7, 7, generator=g)))  # one ring only
+
+
+def refused(path, spec):
+    with pytest.raises(KitFileError) as caught:
+        load_reference_model(path, spec)
+    assert caught.value.path == str(path)
+    return caught.value.problem
+
+
+def test_a_reference_model_that_does_not_fit_says_why(tmp_path, trained_reference):
+    net, _ = trained_reference
+    assert refused(save_torch([torch.zeros(1)], tmp_path / "list.pt"), REF) == \
+        "holds a list, not a ConvNet state dict of tensors"
+    assert refused(save_torch({"w": torch.zeros(1), "n": 3}, tmp_path / "mixed.pt"), REF) == \
+        "holds a dict, not a ConvNet state dict of tensors"
+    assert refused(save_torch({"w": torch.zeros(3)}, tmp_path / "flat.pt"), REF) == \
+        "not a ConvNet state dict (DC/MTT layout: features.0.weight ... classifier.bias)"
+    bigger = ConvNet(replace(net.config, image_size=32)).state_dict()  # its classifier takes 16 x 8 x 8 features
+    assert refused(save_torch(bigger, tmp_path / "32px.pt"), REF) == (
+        f"does not fit a ConvNet for {REF.describe()} (size mismatch for classifier.weight: copying a param with "
+        "shape torch.Size([8, 1024]) from checkpoint, the shape in current model is torch.Size([8, 256]).)")
+    ten = CIFAR100.subset(10)
+    config = replace(net.config, num_classes=10)
+    meta = {"format": "ddkit-expert", "version": 1, "spec": replace(ten, image_size=16).to_dict(),
+            "model": config.to_dict(), "optimizer": {}, "seed": 0, "epochs": 1, "completed_epochs": 1,
+            "train_loss": [1.0], "test_acc": [0.5]}
+    flat = flatten_params(ConvNet(config))
+    expert = save_tensors({"snapshots": torch.stack([flat, flat])}, tmp_path / "expert_0000.safetensors", meta)
+    assert refused(expert, REF) == f"is a model for 10 classes of 3x16x16 images, not {REF.describe()}"
+
+
+def test_a_submission_in_memory_is_judged_as_on_disk(tmp_path):
+    images = normalize(natural(100, 32), SMALL)
+    path = save_torch(images, tmp_path / "s.pt")
+    in_memory = verify_bytes(path.read_bytes(), "bundle.zip:s.pt", SMALL)
+    on_disk = verify_path(path, spec=SMALL)
+    assert (in_memory.path, in_memory.spec, in_memory.spec_source) == ("bundle.zip:s.pt", SMALL, "member name")
+    assert [c for c in in_memory.checks if c.name != "spec"] == [c for c in on_disk.checks if c.name != "spec"]
+    assert "(spec from member name)" in in_memory.check("spec").reason and in_memory.ok
+    torch.save(images.numpy(), tmp_path / "np.pt")
+    row = verify_bytes((tmp_path / "np.pt").read_bytes(), "bundle.zip:np.pt", SMALL).checks
+    assert row == [Check("type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; "
+                                       "save torch.from_numpy(array)")]
+    torch.save([Payload(tmp_path / "ran"), print], tmp_path / "code.pt")
+    with pytest.raises(KitFileError, match="^bundle.zip:code.pt: refused without loading: the pickle would call "
+                                           "builtins.print, io.open$"):
+        verify_bytes((tmp_path / "code.pt").read_bytes(), "bundle.zip:code.pt", SMALL)
+    assert not (tmp_path / "ran").exists()
