@@ -7,6 +7,8 @@ exactly where it stopped and gives bitwise the result of an uninterrupted run (s
 Every expert draws all its randomness from one CPU generator seeded by (seed, expert index): experts are
 independent of each other, of the order they are trained in and of how they are split over processes. An
 existing file is continued only when everything that shapes its trajectory matches this run (its identity).
+It is one file of some 300 lines because training, resuming and the identity check all read and write the
+same expert file, epoch by epoch.
 """
 
 from __future__ import annotations
