@@ -189,7 +189,8 @@ def test_methods_lists_a_given_recipe_and_its_user_parts(user):
 BUDGET = ["--profile", "quick", "--device", "cpu", "--set", "experts.num_experts=1", "--set", "experts.epochs=1",
           "--set", "experts.objective=sgd", "--set", "experts.batch_size=9", "--set", "eval.every=0",
           "--set", "eval.holdout_per_class=0", "--set", "distill.syn_steps=1", "--set", "distill.expert_epochs=1",
-          "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10"]
+          "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10",
+          "--set", "distill.threshold=100"]  # a match against so short an expert is above 1: all skipped, a stop
 
 
 def test_ablate_and_distill_run_a_user_part_from_outside_the_kit(user, tmp_path):
