@@ -5,18 +5,18 @@ table and its peak memory is its own, then the chosen set is scored with the cha
 (default-order hard labels: what the leaderboard sees) on the test split, with the same round seeds for every
 variant, so differences are paired. Finished variants are skipped on a rerun. Variants whose expert settings
 differ (FIEX, smooth experts) train their experts once into the shared store, in a folder keyed by those
-settings.
+settings (``recipes.identity.expert_settings``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,10 +29,12 @@ from challenge_kit.core.folders import run_lock
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt
 from challenge_kit.core.progress import console
 from challenge_kit.core.storage import make_folders, save_json, save_text
-from challenge_kit.experts.store import NOT_TRAJECTORY, expert_files
+from challenge_kit.experts.store import expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
 from challenge_kit.recipes import ExpertConfig, Recipe, load_recipe, recipe_path
+from challenge_kit.recipes.configs import section_dict
+from challenge_kit.recipes.identity import expert_settings
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
 from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import evaluate_images
@@ -43,26 +45,26 @@ CHART = "ablate.png"
 VARIANT_RESULT = "variant.json"
 
 
-def trajectory_settings(config: ExpertConfig | dict) -> dict:
-    """The expert settings that shape a trajectory (not how many experts, not how long)."""
-    values = asdict(config) if isinstance(config, ExpertConfig) else dict(config)
-    return {k: v for k, v in sorted(values.items()) if k not in NOT_TRAJECTORY}
+def _settings(folder: Path) -> dict | None:
+    """The expert settings of a store's first expert (None: an empty folder, or a file that cannot be read)."""
+    files = expert_files(folder)
+    try:
+        config = read_expert(files[0], snapshots=False).meta.get("config") if files else None
+    except KitFileError:
+        return None
+    return expert_settings(config) if isinstance(config, dict) else None
 
 
 def expert_dir(root: Path, config: ExpertConfig) -> Path:
-    """``root`` itself for the settings of the experts already there (or when empty), else a keyed subfolder."""
-    mine = trajectory_settings(config)
-    files = expert_files(root)
-    if not files:
+    """``root`` itself for the settings of the experts already there (or when empty), else the subfolder of
+    ``by-settings`` whose experts have these settings (whichever version keyed it), else a new one keyed by them."""
+    mine = expert_settings(section_dict(config))
+    if not expert_files(root) or _settings(root) == mine:
         return root
-    try:
-        theirs = trajectory_settings(read_expert(files[0], snapshots=False).meta.get("config") or {})
-    except KitFileError:
-        theirs = None
-    if theirs == mine:
-        return root
+    found = [folder for folder in sorted((root / "by-settings").glob("*")) if _settings(folder) == mine]
     key = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:10]
-    return root / "by-settings" / f"{config.objective}-{config.schedule}-{key}"
+    name = "-".join(re.sub(r"[^\w.]+", "-", choice.name) for choice in (config.objective, config.schedule))
+    return found[0] if found else root / "by-settings" / f"{name}-{key}"
 
 
 def _peak_mb(device: torch.device) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import challenge_kit
+from challenge_kit import parts
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.errors import ExportRefused, KitFileError
@@ -56,6 +57,16 @@ def dropped_labels_note(artifact: DistilledArtifact) -> dict:
     return {"method": method, "labels_part": part, "kind": "soft" if artifact.soft else "hard",
             "note": f"images of a {method} research run whose {part} labels were dropped: the scorer trains "
                     "them with default-order hard labels, which is not how they were distilled"}
+
+
+def challenge_labels(artifact: DistilledArtifact) -> bool:
+    """Whether the run's labels part makes sets the scorer reads (its declared ``challenge``), as the artifact
+    records it; one written before it did names a labels part of the catalogue."""
+    said = artifact.extra.get("challenge_labels")
+    if isinstance(said, bool):
+        return said
+    part = parts.REGISTRY["labels"].get(artifact.extra.get("labels_part", "hard"))
+    return part is not None and part.challenge
 
 
 def export_images(images: torch.Tensor, spec: DatasetSpec, out_dir: str | Path, *, source: str | Path,
@@ -119,7 +130,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str
     artifact = DistilledArtifact.load(best)
     spec = artifact.spec
     claim_export(spec, out_dir, overwrite)
-    research = artifact.extra.get("labels_part", "hard") != "hard" or artifact.soft
+    research = not challenge_labels(artifact) or artifact.soft
     dropped = dropped_labels_note(artifact) if drop_labels and research else None
     labels = default_labels(spec.num_classes, spec.ipc) if dropped else artifact.labels
     summary_path = run_dir / SUMMARY

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from challenge_kit import parts
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.errors import NothingDistilled
 from challenge_kit.core.progress import make_progress
@@ -117,10 +118,12 @@ class Monitor:
             syn.snapshot(state.iteration)
         score = next((c["mean"] for c in state.candidates if c["iteration"] == export), None)
         recipe, spec = self.run.recipe, self.run.spec
+        labels = recipe.distill.labels.name
+        challenge = parts.part("labels", labels).challenge  # the scorer reads its sets: export reads this
         artifact = DistilledArtifact(chosen["images"], record_labels(chosen["labels"], chosen["images"]), spec,
                                      lr=chosen["lr"], extra={"iteration": export, "accuracy": score,
-                                                             "method": recipe.method,
-                                                             "labels_part": recipe.distill.labels})
+                                                             "method": recipe.method, "labels_part": labels,
+                                                             "challenge_labels": challenge})
         done = max(1, state.iteration)
         self.run.finish(artifact, {
             "recipe": recipe.to_dict(), "spec": spec.to_dict(), "method": recipe.method, "parts": recipe.parts(),

@@ -327,7 +327,7 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
     stages = [Stage("experts", f"train {e.num_experts} experts x {e.epochs} epochs on the {train_images:,} training "
-                    f"images ({e.objective} objective)",
+                    f"images ({e.objective.name} objective)",
                     f"one step on {e.batch_size} images", expert_steps,
                     *count(expert_step(recipe, spec, META, e.batch_size)),
                     seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size))]

@@ -21,7 +21,8 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.storage import append_line, make_folders, save_json, save_text, save_torch, sync_log
-from challenge_kit.recipes import Recipe, filled
+from challenge_kit.recipes import Recipe
+from challenge_kit.recipes.identity import resume_differences
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
@@ -54,13 +55,9 @@ class DistillState:
         return dict(self.__dict__)
 
 
-def _differences(saved: dict, now: dict) -> str:
+def _differences(wrong: list[tuple]) -> str:
     """`` (eval.scorer: faithful there, fast here)``: the recipe fields a checkpoint disagrees on (up to 3)."""
-    flat = [(f"{k}.{f}" if isinstance(v, dict) else k, (v.get(f) if isinstance(v, dict) else v),
-             (now.get(k, {}).get(f) if isinstance(v, dict) else now.get(k)))
-            for k, v in saved.items() for f in (v if isinstance(v, dict) else [None])]
-    wrong = [f"{key}: {a} there, {b} here" for key, a, b in flat if a != b][:3]
-    return f" ({'; '.join(wrong)})" if wrong else ""
+    return f" ({'; '.join(f'{key}: {a} there, {b} here' for key, a, b in wrong[:3])})" if wrong else ""
 
 
 class RunDir:
@@ -72,11 +69,12 @@ class RunDir:
         return self.path / CHECKPOINT
 
     def load(self) -> DistillState:
+        """The checkpoint's state, unless a setting that changes the result differs (``recipes.identity``)."""
         saved, _, state = read_checkpoint(self.checkpoint)
-        before = filled(saved["recipe"])
-        if before != self.recipe.to_dict() or saved["spec"] != self.spec.to_dict():
+        wrong = resume_differences(saved["recipe"], self.recipe.to_dict(), state.iteration)
+        if wrong or saved["spec"] != self.spec.to_dict():
             raise KitFileError(self.checkpoint, "checkpoint was written by a different recipe or spec; resume "
-                                                f"with the same one{_differences(before, self.recipe.to_dict())}")
+                                                f"with the same one{_differences(wrong)}")
         self._cut_history(state.iteration)
         return state
 

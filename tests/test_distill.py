@@ -14,12 +14,14 @@ from test_signals import SMALL as SMALL_ARGS
 from typer.testing import CliRunner
 
 from challenge_kit import distill as distill_mod
+from challenge_kit import parts
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError, NothingDistilled
 from challenge_kit.core.models import ModelConfig
-from challenge_kit.core.reading import read_metadata
+from challenge_kit.core.reading import load_torch, read_metadata
+from challenge_kit.core.storage import save_torch
 from challenge_kit.distill import distill
 from challenge_kit.experts.buffers import import_buffers
 from challenge_kit.experts.store import ExpertStore, expert_files
@@ -50,13 +52,35 @@ def store(tmp_path_factory):
     return root
 
 
+REAL = parts.choose("init", "real")  # random real images of each class, whatever the experts make of them
+
+
 def _recipe(every=3, **distill):
     base = DistillConfig(iterations=6, syn_steps=3, expert_epochs=1, min_start_epoch=0, current_max_start_epoch=0,
                          max_start_epoch=2, interval=2, batch_syn=6, lr_img=100.0, lr_lr=1e-5, checkpoint_every=2,
-                         init="real_correct", threshold=10.0)
+                         init=parts.choose("init", "real_correct"), threshold=10.0)
     return Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=2, epochs=3),
                   distill=replace(base, **distill),
                   eval=EvalConfig(every=every, epochs=3, rounds=2, final_rounds=2, split="holdout"))
+
+
+# _recipe(iterations=8) as the kit at 8f602a5 saved it in a checkpoint (``asdict``, printed by that version): every
+# part's parameters flat in its section, chosen or not (tests/test_identity.py).
+FLAT_RECIPE = {
+    "dataset": "cifar100", "profile": "test", "method": "M-DATM", "description": "",
+    "experts": {"num_experts": 2, "epochs": 3, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 256,
+                "lr_decay_epoch": 0, "lr_decay": 0.5, "objective": "gsam", "rho": 0.01, "alpha": 0.3,
+                "adaptive": True, "clip_start": 0.5, "clip_epochs": 5, "gp_weight": 1.0, "gp_target": 1.0,
+                "schedule": "full", "initial_ratio": 0.75, "add_end_epoch": 20, "drop_easy": 0.1, "score_models": 2,
+                "score_epochs": 2, "seed": 0},
+    "distill": {"iterations": 8, "syn_steps": 3, "expert_epochs": 1, "min_start_epoch": 0,
+                "current_max_start_epoch": 0, "max_start_epoch": 2, "interval": 2, "batch_syn": 6, "lr_img": 100.0,
+                "lr_lr": 1e-05, "lr_init": 0.01, "momentum": 0.5, "threshold": 10.0, "grad": "exact",
+                "init": "real_correct", "labels": "hard", "lr_labels": 10.0, "labels_momentum": 0.9, "label_epoch": -1,
+                "label_experts": 0, "mask": "all", "discard_ratio": 0.25, "weights": "uniform", "balance_offset": 8.0,
+                "terms": "final", "perturb": "none", "perturb_scale": 0.1, "seed": 0, "checkpoint_every": 2},
+    "eval": {"every": 3, "epochs": 3, "rounds": 2, "final_rounds": 2, "split": "holdout", "holdout_per_class": 10,
+             "seed": 0, "scorer": "fast"}}
 
 
 def _run(recipe, store, run_dir, **kw):
@@ -160,7 +184,7 @@ def test_experts_whose_snapshots_are_too_close_to_divide_by_stop_the_run_naming_
         save_file(tensors, str(close / path.name), {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(NothingDistilled, match="every loss was infinite or NaN: an expert's start and target "
                                                "snapshots are the same or nearly"):
-        _run(_recipe(init="real", every=0, iterations=3, syn_steps=1, batch_syn=1), close, tmp_path / "run")
+        _run(_recipe(init=REAL, every=0, iterations=3, syn_steps=1, batch_syn=1), close, tmp_path / "run")
 
 
 def test_a_buffer_made_with_copies_is_distilled_from_one_made_on_a_cpu_without_them_is_refused(tmp_path):
@@ -173,7 +197,7 @@ def test_a_buffer_made_with_copies_is_distilled_from_one_made_on_a_cpu_without_t
     with pytest.raises(KitFileError, match="aliased.pt: trajectory 0: all 4 snapshots .epochs 0..3. are identical"):
         import_buffers([tmp_path / "aliased.pt"], store, SPEC)
     (path,) = import_buffers([tmp_path / "copied.pt"], store, SPEC)
-    state = _run(_recipe(init="real", every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "run")
+    state = _run(_recipe(init=REAL, every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "run")
     assert state.skipped == 0 and not torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images,
                                                   state.init["images"])
 
@@ -182,7 +206,7 @@ def test_a_buffer_made_with_copies_is_distilled_from_one_made_on_a_cpu_without_t
     save_file(tensors, str(path), {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(KitFileError, match=r"expert_0000.safetensors: snapshots \d and \d are identical: weights "
                                            "that do not change teach nothing"):
-        _run(_recipe(init="real", every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "again")
+        _run(_recipe(init=REAL, every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "again")
     assert [s.status for s in ExpertStore(store).status()] == ["corrupt"]
 
 
@@ -222,10 +246,11 @@ def test_a_corrupt_snapshot_read_during_matching_is_an_error_not_a_skipped_itera
         tensors["snapshots"][:, :10] = float("nan")
         save_file(tensors, str(bad / path.name), {k: json.dumps(v) for k, v in meta.items()})
     with pytest.raises(KitFileError, match="non-finite"):
-        _run(_recipe(init="real", every=0), bad, tmp_path / "run")
+        _run(_recipe(init=REAL, every=0), bad, tmp_path / "run")
 
 
 def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch):
+    """Also when the checkpoint's recipe is in the flat form of the kit before parts owned their parameters."""
     full = _run(_recipe(), store, tmp_path / "full")
 
     calls = {"n": 0}
@@ -239,36 +264,47 @@ def test_interrupted_run_resumes_to_the_same_result(store, tmp_path, monkeypatch
 
     monkeypatch.setattr(distill_mod, "match", dying_match)
     with pytest.raises(KeyboardInterrupt):
-        _run(_recipe(), store, tmp_path / "cut")
+        _run(_recipe(iterations=8), store, tmp_path / "cut")  # a longer run, cut short
     monkeypatch.setattr(distill_mod, "match", real_match)
     assert (tmp_path / "cut" / CHECKPOINT).exists() and not (tmp_path / "cut" / BEST).exists()
     assert len(read_history(tmp_path / "cut")) == 5  # iterations 1-5 ran; the checkpoint holds 4
+    saved = load_torch(tmp_path / "cut" / CHECKPOINT)
+    save_torch({**saved, "recipe": FLAT_RECIPE}, tmp_path / "cut" / CHECKPOINT)  # as the kit before parts wrote it
 
-    resumed = _run(_recipe(), store, tmp_path / "cut", resume=True)
+    # resumed as a 6-iteration run (the checkpoint is short of both counts), checkpointed more often, under
+    # another name: none of it changes the result
+    resumed = _run(replace(_recipe(checkpoint_every=1), method="renamed", profile="other"), store, tmp_path / "cut",
+                   resume=True)
     assert torch.equal(resumed.images, full.images) and torch.equal(resumed.lr, full.lr)
     assert resumed.candidates == full.candidates and resumed.decision == full.decision
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(read_history(tmp_path / "cut")) == strip(read_history(tmp_path / "full"))
     assert (tmp_path / "cut" / HISTORY).read_text().count("\n") == 6
 
-    with pytest.raises(KitFileError, match="different recipe"):
+    with pytest.raises(KitFileError, match=r"different recipe .* \(distill\.lr_img: 100\.0 there, 5\.0 here\)"):
         _run(_recipe(lr_img=5.0), store, tmp_path / "cut", resume=True)
+    with pytest.raises(KitFileError, match=r"\(distill\.iterations: 6 there, 8 here\)"):  # a finished run decided
+        _run(_recipe(iterations=8), store, tmp_path / "full", resume=True)
 
 
 def test_learned_soft_labels_are_trained_and_recorded_as_a_research_artifact(store, tmp_path):
-    state = _run(_recipe(labels="learned_soft", lr_labels=50.0, every=0, iterations=3), store, tmp_path / "run")
+    soft = parts.choose("labels", "learned_soft", lr_labels=50.0)
+    state = _run(_recipe(labels=soft, every=0, iterations=3), store, tmp_path / "run")
     assert state.labels.shape == (12, 3) and state.labels.is_floating_point()
     assert state.momentum.keys() == {"images", "lr", "labels"}
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.soft and torch.equal(art.labels, state.labels) and art.extra["labels_part"] == "learned_soft"
-    initial = _run(_recipe(labels="learned_soft", every=0, iterations=0), store, tmp_path / "init").labels
+    assert art.extra["challenge_labels"] is False
+    initial = _run(_recipe(labels=parts.choose("labels", "learned_soft"), every=0, iterations=0), store,
+                   tmp_path / "init").labels
     assert not torch.equal(initial, state.labels)
     # the initial soft labels are expert logits: their argmax is mostly the default-order class
     assert (initial.argmax(1) == default_labels(3, 4)).float().mean() > 0.5
 
 
 def test_assigned_soft_labels_follow_the_target_snapshot(store, tmp_path):
-    state = _run(_recipe(labels="assigned_soft", every=0, iterations=2), store, tmp_path / "run")
+    state = _run(_recipe(labels=parts.choose("labels", "assigned_soft"), every=0, iterations=2), store,
+                 tmp_path / "run")
     assert torch.equal(state.labels, default_labels(3, 4))  # nothing is learned
     art = DistilledArtifact.load(tmp_path / "run" / BEST)
     assert art.soft and art.labels.shape == (12, 3)

@@ -23,6 +23,7 @@ import torch
 from fakes import write_cifar, write_run, write_tiny
 from typer.testing import CliRunner
 
+from challenge_kit import parts
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import ModelConfig
@@ -136,7 +137,8 @@ def test_a_distillation_run_its_checkpoint_history_set_summary_and_report(tmp_pa
     recipe = Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=1, epochs=2),
                     distill=DistillConfig(iterations=2, syn_steps=2, expert_epochs=1, min_start_epoch=0,
                                           current_max_start_epoch=1, max_start_epoch=1, batch_syn=6,
-                                          checkpoint_every=1, init="real", threshold=100.0),
+                                          checkpoint_every=1, init=parts.choose("init", "real"),
+                                          threshold=100.0),
                     eval=EvalConfig(every=0, split="test"))
     run = tmp_path / "run"
     calls.clear()

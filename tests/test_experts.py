@@ -97,14 +97,15 @@ def test_expert_gradient_equals_the_optimizer_style_two_pass_gsam():
     g = [q.grad.clone() for q in net.parameters()]
     norm = torch.sqrt(sum(((q.abs() * gq) ** 2).sum() for q, gq in zip(net.parameters(), g, strict=True)))
     with torch.no_grad():
-        es = [CONFIG.rho * gq * q**2 / (norm + 1e-12) for q, gq in zip(net.parameters(), g, strict=True)]
+        rho = CONFIG.objective.params.rho
+        es = [rho * gq * q**2 / (norm + 1e-12) for q, gq in zip(net.parameters(), g, strict=True)]
         for q, e in zip(net.parameters(), es, strict=True):
             q.add_(e)
     net.zero_grad()
     F.cross_entropy(net(x), y).backward()
     gp = torch.cat([q.grad.reshape(-1) for q in net.parameters()])
     gf = torch.cat([t.reshape(-1) for t in g])
-    expected = gp - CONFIG.alpha * (gf - (gf @ gp) / (gp @ gp) * gp)
+    expected = gp - CONFIG.objective.params.alpha * (gf - (gf @ gp) / (gp @ gp) * gp)
     assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4)
     with torch.no_grad():
         assert abs(float(loss) - float(F.cross_entropy(load_flat_(ConvNet(MODEL), p)(x), y))) < 1e-6
@@ -123,7 +124,7 @@ def test_experts_are_deterministic_independent_and_well_formed(tmp_path):
     e = read_expert(paths[0])
     assert e.complete and e.epochs == e.completed_epochs == 2 and e.model_config == MODEL and e.spec == SPEC
     assert e.meta["format"] == "ddkit-expert" and e.meta["version"] == 1 and e.meta["seed"] == 3
-    assert e.meta["config"]["objective"] == "gsam" and len(e.train_loss) == len(e.test_acc) == 2
+    assert e.meta["config"]["objective"]["name"] == "gsam" and len(e.train_loss) == len(e.test_acc) == 2
     assert all(0 <= acc <= 1 for acc in e.test_acc)
     lazy = read_expert(paths[0], snapshots=False)
     assert lazy.snapshots is None and torch.equal(lazy.snapshot(2), e.snapshots[2])

@@ -16,7 +16,8 @@ from challenge_kit.core.contract import TINYIMAGENET, default_labels
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.data import load_split
-from challenge_kit.recipes import ADDED, EvalConfig, filled, load_recipe
+from challenge_kit.recipes import EvalConfig, load_recipe
+from challenge_kit.recipes.identity import ADDED, run_identity
 from challenge_kit.selection import Selector
 from challenge_kit.stats import paired
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic, can_compile, native_bfloat16, stacked
@@ -118,8 +119,8 @@ def test_selection_runs_fast_by_default_and_an_older_checkpoint_reads_as_faithfu
         load_recipe("tinyimagenet", "mini", ["eval.scorer=fastest"])
     before = recipe.to_dict()
     del before["eval"]["scorer"]  # what a checkpoint of the code before the fast scorer holds
-    assert filled(before)["eval"]["scorer"] == ADDED["eval"]["scorer"] == FAITHFUL
-    assert filled(before) == load_recipe("tinyimagenet", "mini", ["eval.scorer=faithful"]).to_dict()
+    assert run_identity(before)["eval"]["scorer"] == ADDED["eval"]["scorer"] == FAITHFUL
+    assert run_identity(before) == run_identity(load_recipe("tinyimagenet", "mini", ["eval.scorer=faithful"]).to_dict())
 
 
 def test_the_selection_record_names_the_arithmetic_it_was_decided_in():

@@ -98,7 +98,7 @@ def test_the_whole_command_refuses_a_misspelt_part_before_torch_is_imported(tmp_
 
 def test_the_catalogue_names_every_part_once_and_each_resolves_to_its_implementation():
     assert len({(p.kind, p.name) for p in parts.PARTS}) == len(parts.PARTS)
-    assert {p.kind for p in parts.PARTS} == set(parts.KINDS)
+    assert {p.kind for p in parts.PARTS} == set(parts.KINDS) == set(kinds.PROTOCOLS)
     assert parts.get("init", "kmeans") is initializations.representative
     assert parts.get("schedule", "easy_first") is expert_parts.EasyFirst
     for part in parts.catalogue():
@@ -108,8 +108,9 @@ def test_the_catalogue_names_every_part_once_and_each_resolves_to_its_implementa
 def test_every_part_bound_to_its_parameters_answers_its_kinds_one_call_shape():
     for part in parts.catalogue():
         section = ExpertConfig if parts.FIELDS[part.kind].startswith("experts.") else DistillConfig
-        bound = parts.build(part.kind, section(**{part.kind: part.name}))
-        protocol = getattr(kinds, part.kind.capitalize())
+        bound = parts.build(part.kind, section(**{part.kind: parts.choose(part.kind, part.name)}))
+        protocol = kinds.PROTOCOLS[part.kind]
+        assert isinstance(bound, protocol), (part.kind, part.name)  # its attributes and methods are there
         for name in protocol.__annotations__:
             assert hasattr(bound, name), (part.name, name)
         for name in ("__call__", "initial", "targets", "record", "indices"):
@@ -117,12 +118,15 @@ def test_every_part_bound_to_its_parameters_answers_its_kinds_one_call_shape():
                 want = list(inspect.signature(vars(protocol)[name]).parameters)[1:]  # less self
                 got = inspect.signature(bound if name == "__call__" else getattr(bound, name)).parameters
                 assert list(got) == want, (part.kind, part.name, name)
+        if part.kind == "labels":  # what the catalogue declares (read without torch) is what the class says
+            assert part.challenge == bound.challenge, part.name
+    assert [p.name for p in parts.catalogue() if p.challenge] == ["hard"]
 
 
 def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
     base = load_recipe("cifar100")
     pad = load_recipe("pad", dataset="cifar100")
-    assert pad.method == "PAD" and pad.distill.mask == "deep" and pad.experts.schedule == "easy_first"
+    assert pad.method == "PAD" and pad.parts()["mask"] == "deep" and pad.parts()["schedule"] == "easy_first"
     assert pad.distill.syn_steps == base.distill.syn_steps == 40  # M-DATM table 1 underneath
     assert load_recipe("smooth", "quick", dataset="tinyimagenet").experts.epochs == 3
     with pytest.raises(ValueError, match="needs the dataset"):
@@ -165,7 +169,8 @@ def test_el2n_is_the_l2_distance_of_softmax_from_onehot():
 
 
 def test_fiex_schedule_starts_easy_adds_harder_images_then_drops_the_easiest():
-    cfg = ExpertConfig(schedule="easy_first", initial_ratio=0.75, add_end_epoch=5, drop_easy=0.1)
+    cfg = ExpertConfig(schedule=parts.choose("schedule", "easy_first", initial_ratio=0.75, add_end_epoch=5,
+                                             drop_easy=0.1))
     order = torch.arange(100)  # easiest first
     sched = parts.build("schedule", cfg)
     sizes = [len(sched.indices(order, 100, e)) for e in range(1, 8)]
@@ -177,7 +182,8 @@ def test_fiex_schedule_starts_easy_adds_harder_images_then_drops_the_easiest():
 
 def test_fiex_difficulty_is_mean_el2n_of_early_models_and_cached(tmp_path):
     x, y = _data()
-    cfg = ExpertConfig(batch_size=6, lr=0.05, score_models=2, score_epochs=1, seed=1)
+    cfg = ExpertConfig(batch_size=6, lr=0.05, seed=1,
+                       schedule=parts.choose("schedule", "easy_first", score_models=2, score_epochs=1))
     order = difficulty_order(x, y, cfg, tmp_path, "fp", MODEL)
     assert sorted(order.tolist()) == list(range(len(y)))
     cached = difficulty_order(x, y, cfg, tmp_path, "fp", MODEL)
@@ -190,7 +196,7 @@ def test_fiex_difficulty_is_mean_el2n_of_early_models_and_cached(tmp_path):
 
 def test_fiem_mask_drops_the_first_share_of_the_flat_parameters():
     net = FunctionalConvNet(MODEL)
-    mask = parts.build("mask", DistillConfig(mask="deep", discard_ratio=0.25))(net)
+    mask = parts.build("mask", DistillConfig(mask=parts.choose("mask", "deep", discard_ratio=0.25)))(net)
     k = int(net.num_params * 0.25)
     assert mask.shape == (net.num_params,) and not mask[:k].any() and mask[k:].all()
     assert parts.build("mask", DistillConfig())(net) is None
@@ -221,7 +227,8 @@ def test_smooth_objective_gradient_is_that_of_lambda_ce_plus_mu_gp():
     p = f.init_flat(0)
     x, y = _data(2, seed=3)
     x = x.double()
-    cfg = ExpertConfig(objective="smooth", clip_start=0.5, clip_epochs=5, gp_weight=0.7, gp_target=1.0)
+    cfg = ExpertConfig(objective=parts.choose("objective", "smooth", clip_start=0.5, clip_epochs=5, gp_weight=0.7,
+                                              gp_target=1.0))
     ce, grad = parts.build("objective", cfg)(f, p, x, y, epoch=2)
     q = p.clone().requires_grad_(True)
     xg = x.clone().requires_grad_(True)
@@ -266,7 +273,8 @@ def test_balanced_loss_coefficient_and_its_effect_equal_a_scaled_inner_lr():
     assert matching_parts.balance(20, 20, mid_offset) == pytest.approx(math.log(10 + 8))
     assert matching_parts.balance(0, 20, mid_offset) == pytest.approx(1 / math.log(10 + 8))
     assert matching_parts.balance(10, 20, mid_offset) == pytest.approx(math.log(8))
-    weights = parts.build("weights", DistillConfig(weights="balanced", balance_offset=8.0))(3, 4, 20)
+    weights = parts.build("weights", DistillConfig(weights=parts.choose("weights", "balanced", balance_offset=8.0)))(
+        3, 4, 20)
     assert weights == [1 / math.log(7 + 8)] * 4
     net = FunctionalConvNet(MODEL, dtype=D)
     x, y = _data(2, seed=4)

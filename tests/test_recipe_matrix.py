@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from challenge_kit.recipes import RECIPE_DIR, load_recipe
+from challenge_kit.recipes.identity import flatten
 
 DATASETS = ("cifar100", "tinyimagenet")
 PROFILES = ("full", "quick", "mini")
@@ -33,12 +34,12 @@ DATASET_PARTS = {("tinyimagenet", "mini"): {"objective": "sgd"}}  # a profile's 
 SIZES = {"full": (100, 30, 10000, 1000), "quick": (2, 3, 20, 40), "mini": (3, 10, 60, 40)}
 # What a method recipe sets on top of them, per profile (full: the top-level tables).
 METHOD_VALUES = {
-    ("smooth", "full"): {"experts.epochs": 50, "experts.lr_decay_epoch": 25, "experts.clip_epochs": 5},
-    ("smooth", "quick"): {"experts.lr_decay_epoch": 2, "experts.clip_epochs": 1},
-    ("smooth", "mini"): {"experts.lr_decay_epoch": 5, "experts.clip_epochs": 1},
-    ("pad", "full"): {"experts.add_end_epoch": 20, "distill.discard_ratio": 0.25},
-    ("pad", "quick"): {"experts.add_end_epoch": 2},
-    ("pad", "mini"): {"experts.add_end_epoch": 3},
+    ("smooth", "full"): {"experts.epochs": 50, "experts.lr_decay_epoch": 25, "experts.objective.clip_epochs": 5},
+    ("smooth", "quick"): {"experts.lr_decay_epoch": 2, "experts.objective.clip_epochs": 1},
+    ("smooth", "mini"): {"experts.lr_decay_epoch": 5, "experts.objective.clip_epochs": 1},
+    ("pad", "full"): {"experts.schedule.add_end_epoch": 20, "distill.mask.discard_ratio": 0.25},
+    ("pad", "quick"): {"experts.schedule.add_end_epoch": 2},
+    ("pad", "mini"): {"experts.schedule.add_end_epoch": 3},
 }
 MATRIX = list(itertools.product(DATASETS, [None, *METHOD_PARTS], PROFILES))
 
@@ -50,8 +51,10 @@ def load(dataset: str, method: str | None, profile: str, overrides: list[str] | 
 
 
 def value(recipe, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(recipe, section), name)
+    """``section.field``, or ``section.kind.parameter`` of the part chosen for ``kind``."""
+    section, *kind, name = key.split(".")
+    config = getattr(recipe, section)
+    return getattr(getattr(config, kind[0]).params if kind else config, name)
 
 
 def test_the_shipped_methods_are_the_ones_listed_here():
@@ -81,19 +84,18 @@ def test_every_layer_arrives(dataset, method, profile):
         assert value(recipe, key) == want, key
 
     sets = {"experts.num_experts": 1, "distill.iterations": 7, "eval.rounds": 4, "distill.seed": 11}
-    if recipe.distill.mask == "deep":  # a parameter of the chosen part, through its table
+    if recipe.distill.mask.name == "deep":  # a parameter of the chosen part, through its table
         sets["distill.mask.discard_ratio"] = 0.5
     overridden = load(dataset, method, profile, [f"{k}={v}" for k, v in sets.items()])
     for key, want in sets.items():
-        assert value(overridden, key.replace(".mask.", ".")) == want, key
-    flat = {(s, k): v for s, d in recipe.to_dict().items() if isinstance(d, dict) for k, v in d.items()}
-    changed = {(s, k) for s, d in overridden.to_dict().items() if isinstance(d, dict)
-               for k, v in d.items() if flat[(s, k)] != v}
-    assert changed <= {tuple(k.replace(".mask.", ".").split(".")) for k in sets}  # nothing else moves
+        assert value(overridden, key) == want, key
+    flat = flatten(recipe.to_dict())
+    changed = {k for k, v in flatten(overridden.to_dict()).items() if flat[k] != v}
+    assert changed <= set(sets)  # nothing else moves
 
 
 def test_a_method_part_is_not_replaced_by_a_dataset_profile_but_a_set_replaces_it():
     """Tiny ImageNet's mini profile trains plain-SGD experts; smooth.toml's own objective stays, --set wins."""
-    assert load("tinyimagenet", "m-datm", "mini").experts.objective == "sgd"
-    assert load("tinyimagenet", "smooth", "mini").experts.objective == "smooth"
-    assert load("tinyimagenet", "smooth", "mini", ["distill.init=real"]).distill.init == "real"
+    assert load("tinyimagenet", "m-datm", "mini").experts.objective.name == "sgd"
+    assert load("tinyimagenet", "smooth", "mini").experts.objective.name == "smooth"
+    assert load("tinyimagenet", "smooth", "mini", ["distill.init=real"]).distill.init.name == "real"

@@ -1,8 +1,7 @@
-"""The shipped recipes hold M-DATM table 1; profiles, --set, part tables and bad input behave; the configs
-come out as the flat dicts stores and checkpoints recorded before part tables."""
+"""The shipped recipes hold M-DATM table 1; profiles, --set, part tables and bad input behave; what stores and
+checkpoints are compared on stays what it was (``recipes_identity.json``)."""
 
 import json
-import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from challenge_kit import parts
+from challenge_kit.parts import Choice, DeepParams, GsamParams
 from challenge_kit.recipes import (
-    ADDED,
     RECIPE_DIR,
     SECTIONS,
     DistillConfig,
@@ -21,6 +20,7 @@ from challenge_kit.recipes import (
     load_recipe,
     parse_overrides,
 )
+from challenge_kit.recipes.identity import flatten, run_identity
 
 # docs/mdatm.md, M-DATM table 1: N, M, T-, T, T+, Interval, batch_syn, lr (pixels)
 TABLE1 = {
@@ -43,8 +43,8 @@ def test_full_profile_is_mdatm_table_1(dataset):
     assert d.iterations == 10000 and d.lr_init == 0.01 and d.momentum == 0.5 and d.threshold == 1.0
     assert d.lr_lr == {"cifar100": 1e-5, "tinyimagenet": 1e-4}[dataset]
     e = r.experts
-    assert (e.objective, e.lr, e.momentum, e.weight_decay, e.batch_size) == ("gsam", 0.01, 0.0, 0.0, 256)
-    assert (e.rho, e.alpha, e.adaptive) == (0.01, 0.3, True)
+    assert (e.objective.name, e.lr, e.momentum, e.weight_decay, e.batch_size) == ("gsam", 0.01, 0.0, 0.0, 256)
+    assert e.objective.params == GsamParams(rho=0.01, alpha=0.3, adaptive=True)
     assert e.epochs >= d.max_start_epoch + d.expert_epochs
 
 
@@ -70,9 +70,9 @@ def test_set_overrides_apply_last_with_type_coercion():
     assert r.distill.iterations == 7 and isinstance(r.distill.iterations, int)
     assert r.distill.lr_img == 100.0 and isinstance(r.distill.lr_img, float)
     assert r.distill.lr_init == 1.0 and isinstance(r.distill.lr_init, float)
-    assert r.experts.adaptive is False and r.distill.grad == "unrolled" and r.eval.rounds == 3
+    assert r.experts.objective.params.adaptive is False and r.distill.grad == "unrolled" and r.eval.rounds == 3
     assert r.distill.syn_steps == 4  # the profile value stays where --set says nothing
-    assert load_recipe("cifar100", overrides=["experts.adaptive=TRUE"]).experts.adaptive is True
+    assert load_recipe("cifar100", overrides=["experts.adaptive=TRUE"]).experts.objective.params.adaptive is True
     assert parse_overrides(["a.b=c=d"]) == {"a": {"b": "c=d"}}
 
 
@@ -156,43 +156,38 @@ def test_experts_must_cover_the_matching_range():
 
 # ------------------------------------------------------------------------------------------ part tables
 
-BEFORE = json.loads((Path(__file__).parent / "recipes_before.json").read_text())
+GOLDEN = json.loads((Path(__file__).parent / "recipes_identity.json").read_text())
 
 
-@pytest.mark.parametrize("key", sorted(BEFORE["recipes"]))
-def test_every_shipped_recipe_gives_the_flat_dict_the_code_before_part_tables_gave(key):
-    """Expert stores keep ``asdict(ExpertConfig)`` as their resume identity and checkpoints ``recipe.to_dict()``:
-    both must stay what they were. ``recipes_before.json`` was written by the code before part tables (every
-    dataset x profile x method: the default sections once, then each recipe's values that differ, or that it
-    failed to load), keys in their order; ``smooth/tinyimagenet/mini``, refused then, is what the fixed smooth
-    recipe gives (the profile's 10 expert epochs, the method's own objective)."""
+@pytest.mark.parametrize("key", sorted(GOLDEN["recipes"]))
+def test_every_shipped_recipe_keeps_the_identity_its_stores_and_checkpoints_are_compared_on(key):
+    """An expert store is continued and a checkpoint resumed on ``recipes.identity.run_identity`` (the experts'
+    part of it less their count and length): a change here makes every store or checkpoint of that recipe
+    stale. ``recipes_identity.json`` holds it for every dataset x profile x method (the defaults once, then each
+    recipe's flattened settings that differ, and those it lacks); it was first written from the flat dicts
+    the kit recorded before parts owned their parameters, with the selection scorer of today (``eval.scorer``)."""
     method, dataset, profile = key.split("/")
-    want = BEFORE["recipes"][key]
-    load = (lambda: load_recipe(dataset, profile)) if method == dataset else \
-        (lambda: load_recipe(method, profile, dataset=dataset))
-    if "error" in want:
-        with pytest.raises(ValueError, match=re.escape(want["error"])):
-            load()
-        return
-    expected = {**want["top"], **{s: {**BEFORE["defaults"][s], **want[s]} for s in BEFORE["defaults"]}}
-    for section, added in ADDED.items():  # fields added since, at today's defaults (checkpoints: ``filled``)
-        expected[section].update({name: getattr(SECTIONS[section](), name) for name in added})
-    assert json.dumps(load().to_dict()) == json.dumps(expected)
+    recipe = load_recipe(dataset, profile) if method == dataset else load_recipe(method, profile, dataset=dataset)
+    want = {k: v for k, v in {**GOLDEN["defaults"], **GOLDEN["recipes"][key]["set"]}.items()
+            if k not in GOLDEN["recipes"][key]["unset"]}
+    assert flatten(run_identity(recipe.to_dict())) == want
 
 
 def test_a_part_table_names_the_part_and_sets_its_parameters(tmp_path):
     table = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill.mask]\nname = "deep"\ndiscard_ratio = 0.3\n'))
-    assert (table.distill.mask, table.distill.discard_ratio) == ("deep", 0.3)
+    assert table.distill.mask == Choice("deep", DeepParams(discard_ratio=0.3))
     plain = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill]\nmask = "deep"\n'))
-    assert (plain.distill.mask, plain.distill.discard_ratio) == ("deep", 0.25)
+    assert plain.distill.mask == Choice("deep", DeepParams(discard_ratio=0.25))
     flat = load_recipe(write(tmp_path, 'dataset = "cifar100"\n[distill]\nmask = "deep"\ndiscard_ratio = 0.3\n'))
     assert flat == table  # the spelling before part tables is still read
     for sets in (["distill.mask=deep", "distill.mask.discard_ratio=0.3"],
                  ["distill.mask.discard_ratio=0.3", "distill.mask.name=deep"]):
-        d = load_recipe("cifar100", overrides=sets).distill
-        assert (d.mask, d.discard_ratio) == ("deep", 0.3)
+        assert load_recipe("cifar100", overrides=sets).distill.mask == Choice("deep", DeepParams(discard_ratio=0.3))
     pad = load_recipe("pad", "quick", dataset="cifar100", overrides=["distill.mask.discard_ratio=0.5"])
-    assert (pad.distill.discard_ratio, pad.experts.add_end_epoch) == (0.5, 2)  # the profile's table set the schedule's
+    assert pad.distill.mask.params.discard_ratio == 0.5
+    assert pad.experts.schedule.params.add_end_epoch == 2  # the profile's table set the schedule's
+    assert table.to_dict()["distill"]["mask"] == {"name": "deep", "discard_ratio": 0.3}  # the recipe file's look
+    assert table.to_dict()["experts"]["schedule"] == {"name": "full"}  # unchosen parts leave nothing
     assert parse_overrides(["distill.mask=deep", "distill.mask.discard_ratio=0.3"]) == \
         {"distill": {"mask": {"name": "deep", "discard_ratio": "0.3"}}}
 
@@ -253,13 +248,16 @@ CONSTRAINTS = {
 
 
 def test_each_field_carries_its_own_constraint():
+    """Every section field and every part's parameter (named ``section.parameter`` in messages)."""
+    declared = [(section, f) for section, cls in SECTIONS.items() for f in fields(cls) if f.name not in parts.KINDS]
+    declared += [(parts.FIELDS[p.kind].split(".")[0], f) for p in parts.catalogue() if p.params
+                 for f in fields(p.params)]
     got: dict[str, set[str]] = {}
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            if "check" in f.metadata:
-                got.setdefault(f.metadata["check"].name, set()).add(f"{section}.{f.name}")
-            else:  # only part names and switches go unchecked
-                assert f.type == "bool" or f.name in parts.KINDS, f"{section}.{f.name} declares no check"
+    for section, f in declared:
+        if "check" in f.metadata:
+            got.setdefault(f.metadata["check"].name, set()).add(f"{section}.{f.name}")
+        else:  # only switches go unchecked
+            assert f.type == "bool", f"{section}.{f.name} declares no check"
     assert got == CONSTRAINTS
 
 
@@ -289,12 +287,22 @@ def test_a_dataset_profile_keeps_its_part_parameters_but_not_its_choice_over_a_m
     refused when the method's part does not take them."""
     (tmp_path / "cifar100.toml").write_text('dataset = "cifar100"\n[experts]\nobjective = "smooth"\n'
                                             '[profiles.quick.experts.objective]\nname = "gsam"\nrho = 0.05\n')
-    assert load_recipe("cifar100", "quick", recipe_dir=tmp_path).experts.objective == "gsam"
+    assert load_recipe("cifar100", "quick", recipe_dir=tmp_path).experts.objective.name == "gsam"
     write(tmp_path, '[experts]\nobjective = "gsam"\n', "gsam.toml")
     write(tmp_path, '[experts.objective]\nname = "sgd"\n', "sgd.toml")
     gsam = load_recipe(str(tmp_path / "gsam.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path).experts
-    assert (gsam.objective, gsam.rho) == ("gsam", 0.05)
-    assert load_recipe(str(tmp_path / "sgd.toml"), dataset="cifar100", recipe_dir=tmp_path).experts.objective == "sgd"
+    assert gsam.objective == Choice("gsam", GsamParams(rho=0.05))
+    sgd = load_recipe(str(tmp_path / "sgd.toml"), dataset="cifar100", recipe_dir=tmp_path).experts
+    assert sgd.objective == Choice("sgd")  # the dataset's rho stays behind, for a later choice of gsam
     with pytest.raises(ValueError, match=r"profile quick: experts\.objective\.rho is a parameter of gsam, not of the "
                                          r"objective part 'sgd'"):
         load_recipe(str(tmp_path / "sgd.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path)
+
+
+def test_a_value_given_for_one_part_stays_for_a_later_choice_of_a_part_that_takes_it(tmp_path):
+    """The profile's plain-SGD experts take no rho; a later --set choosing GSAM again finds the dataset's."""
+    (tmp_path / "cifar100.toml").write_text('dataset = "cifar100"\n[experts.objective]\nname = "gsam"\nrho = 0.05\n'
+                                            '[profiles.quick.experts]\nobjective = "sgd"\n')
+    assert load_recipe("cifar100", "quick", recipe_dir=tmp_path).experts.objective == Choice("sgd")
+    again = load_recipe("cifar100", "quick", ["experts.objective=gsam"], recipe_dir=tmp_path).experts.objective
+    assert again == Choice("gsam", GsamParams(rho=0.05))

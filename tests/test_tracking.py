@@ -15,6 +15,7 @@ from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.distill import distill
 from challenge_kit.experts.training import train_experts
+from challenge_kit.parts import Choice
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import read_history
 from challenge_kit.tracking import TENSORBOARD_DIR, Track, Tracker, history_scalars
@@ -42,7 +43,7 @@ def run(tmp_path_factory):
     recipe = Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=1, epochs=2),
                     distill=DistillConfig(iterations=4, syn_steps=2, expert_epochs=1, min_start_epoch=0,
                                           current_max_start_epoch=0, max_start_epoch=1, interval=2, batch_syn=6,
-                                          lr_img=100.0, lr_lr=1e-5, checkpoint_every=2, init="real",
+                                          lr_img=100.0, lr_lr=1e-5, checkpoint_every=2, init=Choice("real"),
                                           threshold=10.0),
                     eval=EvalConfig(every=2, epochs=1, rounds=1, final_rounds=0, split="holdout"))
     with pytest.MonkeyPatch.context() as mp:

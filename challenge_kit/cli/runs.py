@@ -38,15 +38,20 @@ from challenge_kit.cli.options import (
 from challenge_kit.core.errors import KitValueError
 
 
-def methods(as_json: JsonObject = False) -> None:
-    """List the shipped method recipes and every named part they are made of."""
+def methods(
+    recipes: Annotated[list[str] | None, typer.Option("--recipe", help="also list this method recipe (a name or a "
+                                                                       ".toml path) and its own parts; repeatable")]
+    = None,
+    as_json: JsonObject = False,
+) -> None:
+    """List the shipped method recipes (and those given) and every named part they are made of."""
     from challenge_kit.cli import render
-    from challenge_kit.parts import KINDS, catalogue
+    from challenge_kit.parts import KINDS, listing
     from challenge_kit.recipes import shipped_methods
 
-    listing = {"methods": shipped_methods(), "parts": [{"kind": p.kind, "name": p.name, "summary": p.summary,
-                                                        "source": p.source} for p in catalogue()]}
-    render.show(listing, as_json, lambda listing: render.methods(listing, KINDS))
+    rows = shipped_methods(extra=recipes)
+    chosen = {"methods": rows, "parts": listing([(k, n) for row in rows for k, n in row["parts"].items()])}
+    render.show(chosen, as_json, lambda chosen: render.methods(chosen, KINDS))
 
 
 def bundle(

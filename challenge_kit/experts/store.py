@@ -22,8 +22,6 @@ from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_rows
 
 DIFFICULTY = "difficulty.safetensors"
-# Fields of ExpertConfig that do not change an expert's trajectory (how many experts, how far to train).
-NOT_TRAJECTORY = ("num_experts", "epochs")
 EXPERT_NAME = re.compile(r"expert_[0-9]{4}\.safetensors")
 
 

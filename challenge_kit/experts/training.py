@@ -7,6 +7,8 @@ exactly where it stopped and gives bitwise the result of an uninterrupted run (s
 Every expert draws all its randomness from one CPU generator seeded by (seed, expert index): experts are
 independent of each other, of the order they are trained in and of how they are split over processes. An
 existing file is continued only when everything that shapes its trajectory matches this run (its identity).
+It is one file of some 300 lines because training, resuming and the identity check all read and write the
+same expert file, epoch by epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +33,13 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig, predict
 from challenge_kit.core.reading import load_tensors, read_metadata
 from challenge_kit.core.seeds import expert_generator
 from challenge_kit.core.storage import make_folders, save_tensors
-from challenge_kit.experts.store import DIFFICULTY, NOT_TRAJECTORY, data_fingerprint, expert_path
+from challenge_kit.experts.store import DIFFICULTY, data_fingerprint, expert_path
 from challenge_kit.optim import sgd_step
+from challenge_kit.parts import Choice
 from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.recipes import ExpertConfig
+from challenge_kit.recipes.configs import section_dict
+from challenge_kit.recipes.identity import differences, expert_settings
 
 EL2N_BATCH = 1024  # EL2N logits: the batch size the cached difficulty orders were computed with
 # test accuracy after each epoch, a progress figure: at 64 px a batch of 1024 holds 2 GB per activation and on
@@ -83,33 +88,28 @@ def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None,
 
 def _identity(spec: DatasetSpec, model: ModelConfig, config: ExpertConfig, index: int, num_train: int,
               train_sha256: str) -> dict:
-    """What must match for an existing file to be continued rather than retrained."""
-    trajectory = {k: v for k, v in asdict(config).items() if k not in NOT_TRAJECTORY}
-    return {"spec": spec.to_dict(), "model": model.to_dict(), "experts": trajectory, "index": index,
-            "num_train": num_train, "train_sha256": train_sha256}
+    """What must match for an existing file to be continued rather than retrained (``recipes.identity``)."""
+    return {"spec": spec.to_dict(), "model": model.to_dict(), "experts": expert_settings(section_dict(config)),
+            "index": index, "num_train": num_train, "train_sha256": train_sha256}
 
 
 def _identity_of(meta: dict) -> dict:
-    trajectory = {k: v for k, v in (meta.get("config") or {}).items() if k not in NOT_TRAJECTORY}
-    return {"spec": meta.get("spec"), "model": meta.get("model"), "experts": trajectory,
-            "index": meta.get("index"), "num_train": meta.get("num_train"), "train_sha256": meta.get("train_sha256")}
-
-
-def _flat(identity: dict) -> dict:
-    return {f"{k}.{sub}" if isinstance(v, dict) else k: w
-            for k, v in identity.items() for sub, w in (v.items() if isinstance(v, dict) else [(None, v)])}
+    """An existing file's identity, whichever version of the kit wrote its settings."""
+    config = meta.get("config")
+    return {"spec": meta.get("spec"), "model": meta.get("model"),
+            "experts": expert_settings(config if isinstance(config, dict) else {}), "index": meta.get("index"),
+            "num_train": meta.get("num_train"), "train_sha256": meta.get("train_sha256")}
 
 
 def _differences(meta: dict, identity: dict) -> list[str]:
     """This run's settings that differ from an existing expert's, as 'key old -> new'.
 
     Files from before the data fingerprint (no ``train_sha256``) are compared on everything else."""
-    old, new = _flat(_identity_of(meta)), _flat(identity)
+    old = _identity_of(meta)
     if old["train_sha256"] is None:
-        del old["train_sha256"], new["train_sha256"]
+        identity = {**identity, "train_sha256": None}
     short = lambda v: (s if len(s := json.dumps(v)) <= 40 else s[:37] + "...")  # noqa: E731
-    return [f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)]
+    return [f"{k} {short(a)} -> {short(b)}" for k, a, b in sorted(differences(old, identity))]
 
 
 def _conflict(path: Path, identity: dict, replace: bool) -> str | None:
@@ -188,7 +188,7 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
         p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
         snapshots, buf = [p.detach().cpu()], None
         meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
-                "model": model.to_dict(), "config": asdict(config), "seed": config.seed, "index": index,
+                "model": model.to_dict(), "config": section_dict(config), "seed": config.seed, "index": index,
                 "num_train": images.shape[0], "train_sha256": train_sha256, "num_test": test_images.shape[0],
                 "completed_epochs": 0, "train_loss": [], "test_acc": [], "epoch_seconds": [],
                 "epochs": config.epochs}
@@ -200,7 +200,7 @@ def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_im
         snapshots = list(rows)
         p = rows[-1].to(device)
         buf = buf.to(device) if buf is not None else None
-    meta = {**meta, "epochs": config.epochs, "config": asdict(config)}
+    meta = {**meta, "epochs": config.epochs, "config": section_dict(config)}
     for epoch in range(meta["completed_epochs"] + 1, config.epochs + 1):
         start = time.perf_counter()
         subset = epoch_subset(config, order, images.shape[0], epoch)
@@ -254,25 +254,27 @@ def _logits(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor) -> torc
 
 def difficulty_order(images: torch.Tensor, labels: torch.Tensor, config: ExpertConfig, out_dir: str | Path,
                      data: str, model: ModelConfig) -> torch.Tensor:
-    """Training images from easiest to hardest by EL2N, averaged over ``score_models`` networks trained
-    ``score_epochs`` epochs with plain SGD and DSA (PAD's FIEX); computed once per store and cached in it."""
+    """Training images from easiest to hardest by EL2N, averaged over the schedule part's ``difficulty``
+    (networks, epochs each) trained with plain SGD and DSA (PAD's FIEX); computed once per store and cached in it."""
     path = Path(out_dir) / DIFFICULTY
-    key = hashlib.sha256(repr((data, model.to_dict(), config.score_models, config.score_epochs, config.lr,
-                               config.batch_size, config.seed)).encode()).hexdigest()
+    models, epochs = parts.build("schedule", config).difficulty
+    key = hashlib.sha256(repr((data, model.to_dict(), models, epochs, config.lr, config.batch_size,
+                               config.seed)).encode()).hexdigest()
     if path.is_file():
         tensors, meta = load_tensors(path)
         if meta.get("key") == key and tensors.get("order") is not None and len(tensors["order"]) == len(labels):
             return tensors["order"].to(images.device)
-    scorer = replace(config, objective="sgd", momentum=0.0, weight_decay=0.0, lr_decay_epoch=0, schedule="full")
+    scorer = replace(config, objective=Choice("sgd"), momentum=0.0, weight_decay=0.0, lr_decay_epoch=0,
+                     schedule=Choice("full"))
     f = FunctionalConvNet(model, device=images.device)
     total = torch.zeros(len(labels), device=images.device)
-    for m in range(config.score_models):
+    for m in range(models):
         gen = expert_generator(config.seed, -1 - m)  # streams no expert draws from
         p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
-        for epoch in range(1, config.score_epochs + 1):
+        for epoch in range(1, epochs + 1):
             p, _, _ = train_epoch(f, p, None, images, labels, scorer, gen, epoch)
         total += el2n(_logits(f, p, images), labels)
-    scores = total / config.score_models
+    scores = total / models
     order = torch.argsort(scores, stable=True)
     save_tensors({"order": order, "scores": scores}, path, {"key": key})
     return order
@@ -304,7 +306,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
     images, labels = images.to(device), labels.to(device)
     test_images, test_labels = test_images.to(device), test_labels.to(device)
     order = None
-    if parts.get("schedule", config.schedule).needs_difficulty:
+    if parts.build("schedule", config).difficulty:
         order = difficulty_order(images, labels, config, out_dir, train_sha256, model)
     return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, order=order,
                          model=model, progress=progress, replace=replace, train_sha256=train_sha256)

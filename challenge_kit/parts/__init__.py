@@ -2,194 +2,88 @@
 
 A method is a recipe naming one part of each kind (``submissions/research/*.toml``); the distillation loop
 and expert training call the chosen parts through one call shape per kind (``parts.kinds``) and never branch
-on a method's name. ``ddkit methods`` lists what is here. A part is declared once, below: its kind, name,
-implementation and the dataclass of its parameters, each with its default and constraint. A recipe sets them
-in a table beside the part's name (``[distill.mask]``, ``name = "deep"``, ``discard_ratio = 0.25``); the configs
-in ``recipes`` keep every part's parameters as flat fields, which is what stores and checkpoints record.
-
-The catalogue is plain data and imports no part module, so that a recipe's names are checked in a fraction of
-a second, before torch is imported.
+on a method's name. ``ddkit methods`` lists what is here. The kit's own parts are declared once in
+``parts.catalogue``: kind, name, implementation and the dataclass of their parameters. A recipe sets them in a
+table beside the part's name (``[distill.mask]``, ``name = "deep"``, ``discard_ratio = 0.25``); a config holds
+the chosen part as a ``Choice``, its name and its own parameters, which is all a store or checkpoint records of
+that kind. A user's own part is named by its dotted path instead (``my_pkg.parts:MyInit``, ``parts.user``).
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import Field, dataclass, fields
-from functools import partial
+from collections.abc import Iterable
+from dataclasses import MISSING, fields
 from typing import Any
 
-from challenge_kit.core.errors import KitValueError
-from challenge_kit.parts.params import below_one, fraction, non_negative, positive, signed
-
-KINDS = {
-    "init": "how the synthetic images start",
-    "labels": "what the student is trained towards in the inner loop",
-    "mask": "which parameters the matching loss compares",
-    "weights": "the inner-loss weight of each inner step",
-    "terms": "which expert snapshots the student is matched against",
-    "perturb": "a change to the expert's start snapshot before the inner loop",
-    "objective": "the loss and optimizer experts are trained with",
-    "schedule": "which real images experts see in each epoch",
-}
-# The recipe field (section.key) that names each kind's part.
-FIELDS = {"init": "distill.init", "labels": "distill.labels", "mask": "distill.mask",
-          "weights": "distill.weights", "terms": "distill.terms", "perturb": "distill.perturb",
-          "objective": "experts.objective", "schedule": "experts.schedule"}
-GRAD_MODES = ("exact", "unrolled")  # matching.match: the constant-memory adjoint, or autograd through N steps
-
-
-@dataclass(frozen=True)
-class Part:
-    kind: str
-    name: str
-    summary: str
-    source: str  # the paper (seed file) or "M-DATM"
-    where: str  # "module.attribute" under challenge_kit.parts
-    params: type | None = None  # the dataclass of its parameters (None: it has none)
-
-    @property
-    def impl(self) -> Any:
-        module, _, attribute = self.where.rpartition(".")
-        return getattr(importlib.import_module(f"challenge_kit.parts.{module}"), attribute)
-
-    def read(self, values: Any) -> Any:
-        """This part's parameters, from the attributes of ``values`` of the same names (None: it has none)."""
-        return None if self.params is None else self.params(**{f.name: getattr(values, f.name)
-                                                               for f in fields(self.params)})
-
-    def bind(self, params: Any) -> Any:
-        """The implementation ready to call: a class is built from the parameters, a function gets them first."""
-        given = () if self.params is None else (params,)
-        return self.impl(*given) if isinstance(self.impl, type) else partial(self.impl, *given)
-
-
-# The parameters of the parts that take some, with their defaults and constraints (PARTS below names each
-# part's). A name two parts of one kind share is one recipe field, so its two declarations must agree.
-
-@dataclass(frozen=True)
-class LearnedSoftParams:
-    lr_labels: float = non_negative(10.0)  # DATM: SGD on the label logits
-    labels_momentum: float = below_one(0.9)
-    label_epoch: int = signed(-1)  # expert snapshot whose logits make soft labels (-1: the last)
-    label_experts: int = non_negative(0)  # experts whose logits are averaged (0: all)
-
-
-@dataclass(frozen=True)
-class AssignedSoftParams:
-    label_epoch: int = signed(-1)  # the first expert's snapshot whose logits are recorded as the labels
-
-
-@dataclass(frozen=True)
-class DeepParams:
-    discard_ratio: float = fraction(0.25)  # PAD FIEM: share of the flat parameters (shallow first) left out
-
-
-@dataclass(frozen=True)
-class BalancedParams:
-    balance_offset: float = positive(8.0)  # nu = log(|t - T+/2| + offset)
-
-
-@dataclass(frozen=True)
-class FilterNoiseParams:
-    perturb_scale: float = non_negative(0.1)  # noise norm relative to each filter's
-
-
-@dataclass(frozen=True)
-class GsamParams:
-    rho: float = non_negative(0.01)  # radius of the weight perturbation
-    alpha: float = non_negative(0.3)  # share of the gradient's part orthogonal to the perturbed one taken off
-    adaptive: bool = True  # the radius scales with each weight's size
-
-
-@dataclass(frozen=True)
-class SmoothParams:
-    clip_start: float = fraction(0.5)  # clipped CE coefficient rises from clip_start to 1 over clip_epochs
-    clip_epochs: int = non_negative(5)
-    gp_weight: float = non_negative(1.0)  # gradient penalty mu and target K
-    gp_target: float = non_negative(1.0)
-
-
-@dataclass(frozen=True)
-class EasyFirstParams:
-    initial_ratio: float = fraction(0.75)  # PAD FIEX
-    add_end_epoch: int = positive(20)
-    drop_easy: float = fraction(0.1)
-    score_models: int = positive(2)  # EL2N: models averaged, epochs each is trained
-    score_epochs: int = positive(2)
-
-
-
-PARTS = (
-    Part("init", "real", "random real images of each class", "MTT", "initializations.real"),
-    Part("init", "real_correct", "real images the experts' last snapshots classify correctly (first expert first), "
-         "others when too few", "DATM", "initializations.real_correct"),
-    Part("init", "noise", "standard Gaussian noise", "MTT", "initializations.noise"),
-    Part("init", "kmeans", "per class, the real images nearest the K-means centroids (K = IPC) of the first "
-         "expert's penultimate features", "smooth experts", "initializations.representative"),
-    Part("labels", "hard", "default-order hard labels, image i is class i // IPC (what the scorer uses)", "M-DATM",
-         "labels.Hard"),
-    Part("labels", "learned_soft", "soft labels initialized from the experts' logits on the images they classify "
-         "correctly, learned with their own optimizer", "DATM", "labels.LearnedSoft", LearnedSoftParams),
-    Part("labels", "assigned_soft", "each iteration, the target snapshot's logits on the synthetic images are the "
-         "inner-loop targets (no learned labels)", "TESLA", "labels.AssignedSoft", AssignedSoftParams),
-    Part("mask", "all", "every parameter counts in the matching loss", "MTT", "matching_parts.all_parameters"),
-    Part("mask", "deep", "drop the first discard_ratio of the flat parameter vector (shallow layers, FIEM)", "PAD",
-         "matching_parts.deep_parameters", DeepParams),
-    Part("weights", "uniform", "every inner step's loss has weight 1", "MTT", "matching_parts.uniform"),
-    Part("weights", "balanced", "balanced inner-loop loss: scale by nu(start epoch), small for early starts, "
-         "large for late ones", "smooth experts", "matching_parts.balanced", BalancedParams),
-    Part("terms", "final", "match theta*_{t+M} after N steps", "MTT", "matching_parts.final"),
-    Part("terms", "intermediate", "also match theta*_{t+i} after floor(i N / M) steps, i = 1..M-1, each "
-         "normalized like the main term", "smooth experts", "matching_parts.intermediate"),
-    Part("perturb", "none", "the student starts at the expert snapshot", "MTT", "matching_parts.no_perturbation"),
-    Part("perturb", "filter_noise", "add Gaussian noise to each filter of theta*_t, rescaled to perturb_scale "
-         "times the filter's norm", "smooth experts", "matching_parts.perturb_filters",
-         FilterNoiseParams),
-    Part("objective", "sgd", "cross-entropy, plain SGD step", "MTT", "expert_parts.sgd"),
-    Part("objective", "gsam", "cross-entropy with GSAM around SGD (rho, alpha, adaptive): flat trajectories",
-         "FTD/M-DATM", "expert_parts.gsam", GsamParams),
-    Part("objective", "smooth", "clipped cross-entropy (lambda rising clip_start -> 1 over clip_epochs) plus a "
-         "two-sided gradient penalty gp_weight * E[(||df/dx|| - gp_target)^2]", "smooth experts",
-         "expert_parts.smooth", SmoothParams),
-    Part("schedule", "full", "every real training image in every epoch", "MTT", "expert_parts.Full"),
-    Part("schedule", "easy_first", "EL2N difficulty: start with the easiest initial_ratio, add harder images until "
-         "epoch add_end_epoch, then drop the easiest drop_easy in one step (FIEX)", "PAD", "expert_parts.EasyFirst",
-         EasyFirstParams),
+from challenge_kit.parts.catalogue import (
+    FIELDS,
+    GRAD_MODES,
+    KINDS,
+    PARTS,
+    REGISTRY,
+    AssignedSoftParams,
+    BalancedParams,
+    Choice,
+    DeepParams,
+    EasyFirstParams,
+    FilterNoiseParams,
+    GsamParams,
+    LearnedSoftParams,
+    Part,
+    SmoothParams,
+    catalogue,
+    check,
+    parameters,
 )
-REGISTRY: dict[str, dict[str, Part]] = {kind: {p.name: p for p in PARTS if p.kind == kind} for kind in KINDS}
+from challenge_kit.parts.user import resolve
+
+__all__ = ["FIELDS", "GRAD_MODES", "KINDS", "PARTS", "REGISTRY", "AssignedSoftParams", "BalancedParams", "Choice",
+           "DeepParams", "EasyFirstParams", "FilterNoiseParams", "GsamParams", "LearnedSoftParams", "Part",
+           "SmoothParams", "build", "catalogue", "check", "choose", "get", "is_user", "listing", "parameters", "part"]
 
 
-def parameters(kind: str) -> dict[str, tuple[Field, list[str]]]:
-    """Every parameter of ``kind``'s parts in catalogue order: its declaration and the parts that take it."""
-    out: dict[str, tuple[Field, list[str]]] = {}
-    for part in REGISTRY[kind].values():
-        for f in fields(part.params) if part.params else ():
-            first = out.setdefault(f.name, (f, []))[0]
-            if (first.type, first.default, first.metadata) != (f.type, f.default, f.metadata):
-                raise TypeError(f"{kind} parameter {f.name} is declared two ways")
-            out[f.name][1].append(part.name)
-    return out
+def is_user(name: str) -> bool:
+    """Whether ``name`` is a user's part (``module:Class``) rather than a catalogue name."""
+    return ":" in name
 
 
-def check(kind: str, name: str) -> None:
-    """A KitValueError naming the known parts when ``kind``/``name`` is not one (imports nothing)."""
-    if name not in REGISTRY.get(kind, {}):
-        known = ", ".join(REGISTRY.get(kind, {})) or "none"
-        raise KitValueError(f"unknown {kind} part {name!r}; known: {known}")
+def part(kind: str, name: str) -> Part:
+    """The catalogue's part ``name`` of ``kind``, or a user's part named by its dotted path (``module:Class``,
+    imported and checked against the kind's protocol); a KitValueError says what is wrong."""
+    if is_user(name):
+        return resolve(kind, name)
+    check(kind, name)
+    return REGISTRY[kind][name]
 
 
 def get(kind: str, name: str) -> Any:
     """The implementation of ``kind``/``name``; a KitValueError names the known ones."""
-    check(kind, name)
-    return REGISTRY[kind][name].impl
+    return part(kind, name).impl
+
+
+def choose(kind: str, name: str, **values: Any) -> Choice:
+    """Part ``name`` of ``kind`` with its parameters: ``values``, the defaults for the others."""
+    params = part(kind, name).params
+    return Choice(name, None if params is None else params(**values))
 
 
 def build(kind: str, config: Any) -> Any:
-    """The part of ``kind`` that ``config`` (a recipe section) names, bound to its parameters there."""
-    check(kind, getattr(config, kind))
-    part = REGISTRY[kind][getattr(config, kind)]
-    return part.bind(part.read(config))
+    """The part of ``kind`` that ``config`` (a recipe section) chose, bound to its own parameters."""
+    choice = getattr(config, kind)
+    return part(kind, choice.name).bind(choice.params)
 
 
-def catalogue() -> list[Part]:
-    return [part for kind in KINDS for part in REGISTRY[kind].values()]
+def listing(chosen: Iterable[tuple[str, str]] = ()) -> list[dict]:
+    """What ``ddkit methods`` lists, by kind: the catalogue's parts, then the user parts among ``chosen`` (kind,
+    name), each with its parameters' defaults (a user part's also in its summary)."""
+    chosen = list(chosen)
+    out = []
+    for kind in KINDS:
+        users = [part(kind, name) for name in sorted({n for k, n in chosen if k == kind and is_user(n)})]
+        for p in [*REGISTRY[kind].values(), *users]:
+            defaults = {f.name: f.default_factory() if f.default is MISSING else f.default
+                        for f in (fields(p.params) if p.params else ()) if f.init}
+            given = ", ".join(f"{k} = {v!r}" for k, v in defaults.items())
+            summary = f"{p.summary} (parameters: {given})" if p in users and given else p.summary
+            out.append({"kind": kind, "name": p.name, "summary": summary, "source": p.source, "params": defaults})
+    return out

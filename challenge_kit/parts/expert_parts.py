@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from challenge_kit.core.models import FunctionalConvNet
-from challenge_kit.parts import EasyFirstParams, GsamParams, SmoothParams
+from challenge_kit.parts.catalogue import EasyFirstParams, GsamParams, SmoothParams
 
 # ---------------------------------------------------------------------------------------------- objectives
 
@@ -78,7 +78,7 @@ def smooth(params: SmoothParams, f: FunctionalConvNet, p: torch.Tensor, x: torch
 
 
 class Full:
-    needs_difficulty = False
+    difficulty = None
 
     def indices(self, order: torch.Tensor | None, n: int, epoch: int) -> torch.Tensor | None:
         return None
@@ -94,10 +94,9 @@ def easy_first_count(n: int, epoch: int, initial_ratio: float, add_end_epoch: in
 
 
 class EasyFirst:
-    needs_difficulty = True
-
     def __init__(self, params: EasyFirstParams) -> None:
         self.params = params
+        self.difficulty = (params.score_models, params.score_epochs)
 
     def indices(self, order: torch.Tensor, n: int, epoch: int) -> torch.Tensor:
         """``order``: image indices from easiest to hardest."""

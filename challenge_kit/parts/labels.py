@@ -14,7 +14,7 @@ import torch
 
 from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.models import FunctionalConvNet, predict
-from challenge_kit.parts import AssignedSoftParams, LearnedSoftParams
+from challenge_kit.parts.catalogue import AssignedSoftParams, LearnedSoftParams
 
 
 @dataclass

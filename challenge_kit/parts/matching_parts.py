@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from challenge_kit.core.models import FunctionalConvNet
-from challenge_kit.parts import BalancedParams, DeepParams, FilterNoiseParams
+from challenge_kit.parts.catalogue import BalancedParams, DeepParams, FilterNoiseParams
 
 
 def all_parameters(net: FunctionalConvNet) -> torch.Tensor | None:
