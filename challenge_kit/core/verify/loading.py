@@ -43,7 +43,8 @@ def _refusal(source, name: str | Path, error: Refused) -> Check:
         return Check("type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; "
                                    "save torch.from_numpy(array)")
     if unsafe:
-        raise KitFileError(name, f"refused without loading: the pickle would call {', '.join(unsafe)}") from None
+        called = ", ".join(sorted(unsafe))
+        raise KitFileError(name, f"refused without loading: the pickle would call {called}") from None
     raise error
 
 
