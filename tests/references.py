@@ -111,21 +111,32 @@ def official_dsa(x, g, used=None, group_g=None):
     return x.contiguous()
 
 
-def official_train(net, images, labels, epochs, shuffle_g, augment_batch):
-    """SGD(LR, MOMENTUM, WEIGHT_DECAY), cross-entropy, batches of BATCH from a ``randperm`` of ``shuffle_g`` each
+def official_train(net, images, labels, epochs, shuffle_g, augment_batch, lr=LR, batch=BATCH, record=None,
+                   autocast=None):
+    """SGD(lr, MOMENTUM, WEIGHT_DECAY), cross-entropy, batches of ``batch`` from a ``randperm`` of ``shuffle_g`` each
     epoch, each augmented by ``augment_batch``; after epoch index Epoch // 2 + 1 (Epoch = epochs - 1) the lr drops
-    by LR_DECAY with a fresh optimizer (momentum restarts)."""
-    lr, last = LR, epochs - 1
+    by LR_DECAY with a fresh optimizer (momentum restarts). The recipe's lr and batch unless told otherwise.
+    ``record`` gets each epoch's (index, mean loss over its images, accuracy on its augmented batches); ``autocast``
+    (a dtype) runs the forward under torch's autocast, the loss in float32 (the fast scorer's arithmetic)."""
+    last = epochs - 1
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     for ep in range(last + 1):
         net.train()
         perm = torch.randperm(len(images), generator=shuffle_g, device=shuffle_g.device).to(images.device)
-        for i in range(0, len(images), BATCH):
-            idx = perm[i:i + BATCH]
-            loss = nn.CrossEntropyLoss()(net(augment_batch(images[idx])), labels[idx])
+        loss_sum = correct = 0.0
+        for i in range(0, len(images), batch):
+            idx = perm[i:i + batch]
+            x = augment_batch(images[idx])
+            with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+                out = net(x)
+            loss = nn.CrossEntropyLoss()(out.float(), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (out.argmax(1) == labels[idx]).sum().item()
+        if record is not None:
+            record.append((ep, loss_sum / len(images), correct / len(images)))
         if ep == last // 2 + 1:
             lr *= LR_DECAY
             optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -152,7 +163,8 @@ def round_streams(seed: int) -> tuple[int, int, int]:
     return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
 
 
-def official_round(images, labels, classes, seed, epochs, device="cpu"):
+def official_round(images, labels, classes, seed, epochs, device="cpu", lr=LR, batch=BATCH, record=None,
+                   autocast=None):
     """One kit-seeded round of the official recipe on the CPU: (the initial state dict, the trained network).
     The device generator lives on ``device``, as the kit's does, so the draws are those of a round there."""
     init, on_device, on_cpu = round_streams(seed)
@@ -162,7 +174,8 @@ def official_round(images, labels, classes, seed, epochs, device="cpu"):
     initial = copy.deepcopy(net.state_dict())
     draws = torch.Generator(device=device).manual_seed(on_device)
     groups = torch.Generator().manual_seed(on_cpu)
-    official_train(net, images, labels, epochs, draws, lambda x: official_dsa(x, draws, group_g=groups))
+    official_train(net, images, labels, epochs, draws, lambda x: official_dsa(x, draws, group_g=groups), lr, batch,
+                   record, autocast)
     return initial, net
 
 
