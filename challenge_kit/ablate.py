@@ -28,7 +28,7 @@ from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.folders import run_lock
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt
 from challenge_kit.core.progress import console
-from challenge_kit.core.storage import atomic_write, save_json
+from challenge_kit.core.storage import make_folders, save_json, save_text
 from challenge_kit.experts.store import NOT_TRAJECTORY, expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
 from challenge_kit.plots import bar_chart
@@ -118,7 +118,7 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
         result.get("epochs") != job["epochs"] or (result.get("scorer") or {}).get("mode") != recipe.eval.scorer
     if stale:
         console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folders(folder)
         spec = {"recipe": recipe_name, "profile": job["profile"], "overrides": job["extra"], "dataset": job["dataset"],
                 "device": job["device"], "out": str(folder), "data_root": str(job["data_root"]),
                 "cache_dir": None if job["cache_dir"] is None else str(job["cache_dir"]),
@@ -147,9 +147,9 @@ def _run_child(argv: list[str], log: Path) -> subprocess.CompletedProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-        atomic_write(log, lambda tmp: tmp.write_text(out + err))
+        save_text(out + err, log)
         raise
-    atomic_write(log, lambda tmp: tmp.write_text(out + err))
+    save_text(out + err, log)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 

@@ -1,18 +1,38 @@
 """What happens around a distillation iteration that is not the method: the live history (and the tracking sinks),
-model selection, checkpoints and the progress bar, and at the end the decision of what to export."""
+model selection, checkpoints and the progress bar, a run that stopped distilling, and at the end the decision of
+what to export."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from challenge_kit.core.artifact import DistilledArtifact
+from challenge_kit.core.errors import NothingDistilled
 from challenge_kit.core.progress import make_progress
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.stats import ema
 from challenge_kit.tracking import Tracker
+
+WINDOW = 10  # a run whose last WINDOW iterations (every one of a shorter run) were all skipped stops
+
+
+def nothing_distilled(run: str, iteration: int, losses: list[float], threshold: float) -> str:
+    """Why the last ``len(losses)`` iterations were all skipped, as the run saw it: non-finite losses, losses above
+    the threshold, or both."""
+    bad = sum(not math.isfinite(x) for x in losses)
+    finite = [x for x in losses if math.isfinite(x)]
+    not_finite = "an expert's start and target snapshots are the same or nearly (the loss divides by their " \
+                 "squared distance, 0), or the set holds non-finite values: check the store with `ddkit info`"
+    above = f"loss {min(finite, default=0):.4g} above the threshold {threshold:g} at best (distill.threshold: " \
+            "the match diverged): lower distill.lr_img or distill.lr_lr, or check the experts"
+    cause = (f"every loss was infinite or NaN: {not_finite}" if bad == len(losses) else above if not bad else
+             f"{bad} losses were infinite or NaN ({not_finite}), {len(losses) - bad} above the threshold ({above})")
+    return f"{run}: distillation stopped at iteration {iteration}: its last {len(losses)} iterations were all " \
+           f"skipped, nothing distilled; {cause}; the checkpoint is kept, nothing exported"
 
 
 class Monitor:
@@ -36,7 +56,10 @@ class Monitor:
         self.tracker.close()
 
     def begin(self, state: DistillState, syn) -> None:
-        """Score the initialization (candidate 0) once, before the first update."""
+        """Score the initialization (candidate 0) once, before the first update; a resumed run that has no
+        iteration left and stopped distilling stops again."""
+        if state.iteration >= self.cfg.iterations and self.stalled(state):
+            raise self.nothing_distilled(state)
         if state.init is None:
             state.init = state.best = syn.snapshot(0)
             if self.selector.enabled:
@@ -51,9 +74,21 @@ class Monitor:
         state.rng, state.aug_rng = (g.get_state() for g in self.generators)
         self.run.save(state)
 
+    def stalled(self, state: DistillState) -> bool:
+        """Whether the last ``WINDOW`` iterations (every one of a shorter run) were all skipped."""
+        return len(state.streak) >= min(WINDOW, self.cfg.iterations) > 0
+
+    def nothing_distilled(self, state: DistillState) -> NothingDistilled:
+        return NothingDistilled(nothing_distilled(str(self.run.path), state.iteration, state.streak[-WINDOW:],
+                                                  self.cfg.threshold))
+
     def after(self, state: DistillState, syn, row: dict) -> None:
+        state.streak = state.streak + [row["loss"]] if row["skipped"] else []
         self.run.record(row)
         self.tracker.iteration(row)
+        if self.stalled(state):  # before selection: the set has not changed in WINDOW iterations
+            self.save(state, syn)  # what the run computed is kept
+            raise self.nothing_distilled(state)
         if self.selector.due(state.iteration, self.cfg.iterations):
             candidate = self.selector.candidate(state.iteration, syn.images)
             state.candidates.append(candidate)

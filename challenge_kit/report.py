@@ -11,7 +11,7 @@ from pathlib import Path
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import atomic_write
+from challenge_kit.core.storage import save_text
 from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_checkpoint, read_history, read_summary, run_spec
 from challenge_kit.stats import smooth
@@ -90,7 +90,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     if artifact is not None:
         add("images", write_preview(artifact.images, spec, out / "images.png", classes=min(spec.num_classes, 20)))
     text = summary_text(summary, history, candidates, weakest)
-    atomic_write(out / "summary.txt", lambda tmp: tmp.write_text(text))
+    save_text(text, out / "summary.txt")
     add("summary", out / "summary.txt")
     return {"out": str(out), "files": files, "summary": text}
 

@@ -2,7 +2,9 @@
 
 Only the leader (rank 0) writes. The checkpoint holds everything a resumed run needs (plain tensors and
 containers, ``weights_only`` loadable); ``history.jsonl`` gets one line per iteration as the run goes, so a
-run can be watched, and is cut back to the checkpoint when a run resumes.
+run can be watched, and is cut back to the checkpoint when a run resumes. The history is fsynced before each
+checkpoint is written, so after a power cut it holds every iteration the checkpoint has done (and maybe later
+ones and a torn last line, which its reader skips and a resume cuts).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.storage import append_line, save_json, save_text, save_torch
+from challenge_kit.core.storage import append_line, make_folders, save_json, save_text, save_torch, sync_log
 from challenge_kit.recipes import Recipe, filled
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,6 +43,7 @@ class DistillState:
     aug_rng: torch.Tensor
     momentum: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: int = 0
+    streak: list[float] = field(default_factory=list)  # the losses of the skipped iterations the run ends with
     seconds: float = 0.0
     candidates: list[dict] = field(default_factory=list)
     init: dict | None = None  # the set at iteration 0: iteration, images, labels, lr
@@ -79,13 +82,15 @@ class RunDir:
 
     def save(self, state: DistillState) -> None:
         if self.shard.leader:
+            if (self.path / HISTORY).is_file():  # the lines the checkpoint has done reach the disk before it
+                sync_log(self.path / HISTORY)
             save_torch({"recipe": self.recipe.to_dict(), "spec": self.spec.to_dict(), "state": state.to_dict()},
                        self.checkpoint)
 
     def record(self, row: dict) -> None:
         """Append one iteration's diagnostics to the live history."""
         if self.shard.leader:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path)
             append_line(self.path / HISTORY, json.dumps(row) + "\n")
 
     def history(self) -> list[dict]:
@@ -105,22 +110,25 @@ class RunDir:
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    """The iterations recorded so far (a torn last line, from a kill mid-write, is skipped)."""
+    """The iterations recorded so far: a line that is not one (torn by a kill mid-write, or after a power cut
+    the unsynced tail as the disk left it: NUL bytes, garbage) is skipped."""
     path = Path(run_dir) / HISTORY
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(line)
+            except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not UTF-8
                 continue
+            if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+                rows.append(row)
     return rows
 
 
 # A run's own files, read back: a torn, hand-edited or foreign one is named in one line, never a traceback.
 STATE_TYPES = {"iteration": int, "images": torch.Tensor, "labels": torch.Tensor, "lr": torch.Tensor, "upper": int,
-               "rng": torch.Tensor, "aug_rng": torch.Tensor, "momentum": dict, "skipped": int, "seconds": (int, float),
-               "candidates": list, "init": (dict, type(None)), "best": (dict, type(None)),
+               "rng": torch.Tensor, "aug_rng": torch.Tensor, "momentum": dict, "skipped": int, "streak": list,
+               "seconds": (int, float), "candidates": list, "init": (dict, type(None)), "best": (dict, type(None)),
                "decision": (dict, type(None))}
 REQUIRED_STATE = {f.name for f in fields(DistillState) if f.default is MISSING and f.default_factory is MISSING}
 

@@ -1,12 +1,15 @@
 """Test session set-up: the same allocator settings the CLI uses (they halve CPU step times), a data cache
 of each test's own instead of the user's ~/.cache/ddkit, and the fast scorer uncompiled (compiling costs
-12-24 s per new shape; ``test_fast_scorer.py`` compiles); under CI, only a platform may skip a test
-(``skip_policy.py``)."""
+12-24 s per new shape; ``test_fast_scorer.py`` compiles), exports a bundle takes as they are; under CI, only a
+platform may skip a test (``skip_policy.py``)."""
 
 import pytest
 from skip_policy import pytest_runtest_makereport  # noqa: F401  (a hook: under CI only platform skips)
 
+from challenge_kit import bundle as bundle_module
+from challenge_kit.core.contract import SPECS
 from challenge_kit.core.devices import tune_allocator
+from challenge_kit.core.verify.report import Report
 
 tune_allocator()
 
@@ -15,3 +18,18 @@ tune_allocator()
 def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
+
+
+@pytest.fixture
+def small_exports(tmp_path, monkeypatch):
+    """Two exports the bundle takes as checked (the zip and its manifest are what is tested here)."""
+    sources = []
+    for spec in SPECS.values():
+        pt = tmp_path / "exports" / spec.submission_file
+        pt.parent.mkdir(exist_ok=True)
+        pt.write_bytes(spec.name.encode())
+        sources.append(pt)
+    by_path = {str(p): (spec, p) for p, spec in zip(sources, SPECS.values(), strict=True)}
+    monkeypatch.setattr(bundle_module, "checked_export", lambda source: (
+        *by_path[str(source)], None, Report([], by_path[str(source)][0], "caller", str(source))))
+    return sources

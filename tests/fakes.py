@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec, default_labels, normalize
+from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.runs import BEST
 
 # the read-only shared data: $DDKIT_SHARED_DATA, else ../shared/data beside the checkout (this machine's layout)
@@ -144,3 +146,22 @@ def write_run(run: Path, spec: DatasetSpec, labels=None, images=None) -> Path:
     labels = default_labels(spec.num_classes, spec.ipc) if labels is None else labels
     DistilledArtifact(images, labels, spec, lr=0.012, extra={"iteration": 7, "accuracy": 0.5}).save(run / BEST)
     return run
+
+
+def cpu_buffer(model: ModelConfig, images: torch.Tensor, labels: torch.Tensor, epochs: int, copy: bool) -> list:
+    """A DATM/MTT ``replay_buffer_0.pt`` of one trajectory, made as their ``buffer.py`` makes it on a machine
+    without a GPU: a ConvNet trained by torch's SGD (lr 0.01, batches of 8), snapshotted before training and
+    after each epoch as ``[p.detach().cpu() for p in net.parameters()]``, where ``.cpu()`` of a CPU tensor is that
+    tensor; ``copy`` adds the ``.clone()`` that makes each snapshot its own."""
+    torch.manual_seed(0)
+    net = ConvNet(model)
+    sgd = torch.optim.SGD(net.parameters(), lr=0.01)
+    snapshot = lambda: [p.detach().cpu().clone() if copy else p.detach().cpu() for p in net.parameters()]  # noqa: E731
+    trajectory = [snapshot()]
+    for _ in range(epochs):
+        for batch in torch.randperm(len(labels)).split(8):
+            sgd.zero_grad()
+            F.cross_entropy(net(images[batch]), labels[batch]).backward()
+            sgd.step()
+        trajectory.append(snapshot())
+    return [trajectory]

@@ -1,24 +1,31 @@
-"""The distillation run around the matching math: schedule, skipping, live history, paired model selection
-that can prefer the initialization, checkpoint and exact resume, research labels."""
+"""The distillation run around the matching math: schedule, skipping (and a run that stops when it skips all),
+live history, paired model selection that can prefer the initialization, checkpoint and exact resume, research
+labels, experts whose snapshots do not move."""
 
 import json
 from dataclasses import replace
 
 import pytest
 import torch
+from fakes import cpu_buffer, write_tiny
 from references import official_scores
 from safetensors.torch import load_file, save_file
+from test_signals import SMALL as SMALL_ARGS
+from typer.testing import CliRunner
 
 from challenge_kit import distill as distill_mod
+from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, NothingDistilled
+from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import read_metadata
 from challenge_kit.distill import distill
-from challenge_kit.experts.store import expert_files
+from challenge_kit.experts.buffers import import_buffers
+from challenge_kit.experts.store import ExpertStore, expert_files
 from challenge_kit.experts.training import train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
-from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
+from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_checkpoint, read_history
 from challenge_kit.selection import Selector
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
@@ -89,11 +96,94 @@ def test_candidates_are_scored_with_the_same_seeds_as_the_official_recipe_scores
         assert c["rounds"] == rounds and c["mean"] == pytest.approx(sum(rounds) / len(rounds)), (c, rounds)
 
 
-def test_threshold_skips_every_update_and_the_initialization_is_exported(store, tmp_path):
-    state = _run(_recipe(threshold=1e-9, iterations=3), store, tmp_path / "run")
-    assert state.skipped == 3
-    assert state.decision["export"] == 0 and "no candidate beat the initialization" in state.decision["reason"]
-    assert torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images, state.init["images"])
+def test_skipped_iterations_are_counted_in_the_summary(store, tmp_path):
+    """DATM's threshold: a match whose loss is above it changes nothing (iteration 1's is 1.34 here)."""
+    state = _run(_recipe(threshold=1.0, iterations=4, every=0), store, tmp_path / "run")
+    history = read_history(tmp_path / "run")
+    assert history[0]["skipped"] and history[0]["loss"] > 1.0 and history[0]["image_change"] == 0
+    assert 0 < state.skipped < 4 and state.skipped == sum(h["skipped"] for h in history)
+    assert state.skipped == sum(h["loss"] > 1.0 for h in history)
+    assert json.loads((tmp_path / "run" / SUMMARY).read_text())["skipped"] == state.skipped
+
+
+def test_a_short_run_that_skipped_every_iteration_stops_keeps_its_checkpoint_and_exports_nothing(store, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NothingDistilled) as info:
+        _run(_recipe(threshold=1e-9, iterations=3, every=0, syn_steps=1, batch_syn=1), store, run)
+    assert str(info.value).startswith(f"{run}: distillation stopped at iteration 3: its last 3 iterations were all "
+                                      "skipped, nothing distilled; loss ")
+    assert "above the threshold 1e-09 at best" in str(info.value) and str(info.value).endswith(
+        "the checkpoint is kept, nothing exported")
+    assert not (run / BEST).exists() and not (run / SUMMARY).exists()
+    state = read_checkpoint(run / CHECKPOINT)[2]
+    assert state.iteration == 3 and state.skipped == 3 and len(state.streak) == 3 and len(read_history(run)) == 3
+    with pytest.raises(NothingDistilled, match="stopped at iteration 3"):  # resumed: nothing left to run, nor export
+        _run(_recipe(threshold=1e-9, iterations=3, every=0, syn_steps=1, batch_syn=1), store, run, resume=True)
+    assert not (run / BEST).exists()
+
+
+def test_a_run_stops_once_its_last_ten_iterations_were_all_skipped(store, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(NothingDistilled, match="stopped at iteration 10: its last 10 iterations were all skipped"):
+        _run(_recipe(threshold=1e-9, iterations=40, every=0, syn_steps=1, batch_syn=1), store, run)
+    assert read_checkpoint(run / CHECKPOINT)[2].iteration == 10 and not (run / BEST).exists()
+
+
+def test_the_command_that_distilled_nothing_says_why_in_one_line_and_exits_1(tmp_path):
+    """``ddkit distill`` (``make-submission`` runs the same loop before its export): the checkpoint kept, no set."""
+    write_tiny(tmp_path / "data", per_class=10)
+    common = ["--data-root", tmp_path / "data", "--cache-dir", tmp_path / "cache", *SMALL_ARGS]
+
+    def ddkit(*args, then=()):
+        return CliRunner().invoke(app, [str(a) for a in (*args, *common, *then)])
+
+    assert ddkit("experts", "tinyimagenet", "--out", tmp_path / "store").exit_code == 0
+    run = tmp_path / "run"
+    result = ddkit("distill", "tinyimagenet", "--experts", tmp_path / "store", "--out", run,
+                   then=["--set", "distill.threshold=1e-9"])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert errors[0].startswith(f"error: {run}: distillation stopped at iteration 4: its last 4 iterations were all "
+                                "skipped, nothing distilled; loss "), errors[0]
+    assert (run / CHECKPOINT).is_file() and not (run / BEST).exists() and not (run / SUMMARY).exists()
+
+
+def test_experts_whose_snapshots_are_too_close_to_divide_by_stop_the_run_naming_the_cause(store, tmp_path):
+    """Snapshots 1e-30 apart in one weight: a distance that squares to 0 in float32, every loss infinite."""
+    close = tmp_path / "close"
+    close.mkdir()
+    for path in expert_files(store):
+        tensors, meta = load_file(str(path)), read_metadata(path)
+        rows = tensors["snapshots"][:1].repeat(len(tensors["snapshots"]), 1)
+        rows[:, 0] = torch.arange(len(rows)) * 1e-30
+        tensors["snapshots"] = rows
+        save_file(tensors, str(close / path.name), {k: json.dumps(v) for k, v in meta.items()})
+    with pytest.raises(NothingDistilled, match="every loss was infinite or NaN: an expert's start and target "
+                                               "snapshots are the same or nearly"):
+        _run(_recipe(init="real", every=0, iterations=3, syn_steps=1, batch_syn=1), close, tmp_path / "run")
+
+
+def test_a_buffer_made_with_copies_is_distilled_from_one_made_on_a_cpu_without_them_is_refused(tmp_path):
+    """The DATM/MTT buffer a machine without a GPU writes: its snapshots, all one tensor, are refused at import,
+    and where such a trajectory is in a store by other means, where matching reads it; with copies, it distils."""
+    x, y = _real()
+    for name, copy in (("aliased.pt", False), ("copied.pt", True)):
+        torch.save(cpu_buffer(ModelConfig.for_spec(SPEC), x, y, epochs=3, copy=copy), tmp_path / name)
+    store = tmp_path / "store"
+    with pytest.raises(KitFileError, match="aliased.pt: trajectory 0: all 4 snapshots .epochs 0..3. are identical"):
+        import_buffers([tmp_path / "aliased.pt"], store, SPEC)
+    (path,) = import_buffers([tmp_path / "copied.pt"], store, SPEC)
+    state = _run(_recipe(init="real", every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "run")
+    assert state.skipped == 0 and not torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images,
+                                                  state.init["images"])
+
+    tensors, meta = load_file(str(path)), read_metadata(path)
+    tensors["snapshots"][:] = tensors["snapshots"][-1]  # the aliased trajectory, written straight into the store
+    save_file(tensors, str(path), {k: json.dumps(v) for k, v in meta.items()})
+    with pytest.raises(KitFileError, match=r"expert_0000.safetensors: snapshots \d and \d are identical: weights "
+                                           "that do not change teach nothing"):
+        _run(_recipe(init="real", every=0, iterations=2, syn_steps=1, batch_syn=1), store, tmp_path / "again")
+    assert [s.status for s in ExpertStore(store).status()] == ["corrupt"]
 
 
 def test_a_run_that_makes_the_set_worse_exports_its_initialization_and_says_so(store, tmp_path):

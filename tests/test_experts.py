@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import write_cifar
+from fakes import cpu_buffer, write_cifar
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -363,3 +363,30 @@ def test_import_and_export_commands(tmp_path):
     r = CliRunner().invoke(app, ["experts-import", str(tmp_path / "nope.pt"), "--dataset", "cifar100",
                                  "--out", str(tmp_path / "store")])
     assert r.exit_code == 1 and "nope.pt" in r.output
+
+
+def test_a_buffer_snapshotted_on_a_cpu_without_copies_is_refused_naming_the_trajectory(tmp_path):
+    """Its snapshots are all the final weights: refused in one line that says why; made with copies, imported."""
+    x, y, *_ = tiny_data(16)
+    model = ModelConfig.for_spec(CIFAR100, width=8)
+    for name, copy in (("aliased", False), ("copied", True)):
+        (tmp_path / name).mkdir()
+        torch.save(cpu_buffer(model, x, y, epochs=3, copy=copy), tmp_path / name / "replay_buffer_0.pt")
+
+    def ddkit_import(name):
+        return CliRunner().invoke(app, ["experts-import", str(tmp_path / name / "replay_buffer_0.pt"), "--dataset",
+                                        "cifar100", "--out", str(tmp_path / "store")])
+
+    r = ddkit_import("aliased")
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: {tmp_path / 'aliased' / 'replay_buffer_0.pt'}: trajectory 0: all 4 snapshots "
+                               "(epochs 0..3) are identical: weights that do not change teach nothing"), lines[0]
+    assert "written on a CPU by a script that snapshots with `p.detach().cpu()`" in lines[0]
+    assert "`p.detach().cpu().clone()`" in lines[0] and expert_files(tmp_path / "store") == []
+    r = ddkit_import("copied")
+    assert r.exit_code == 0, r.output
+    (path,) = expert_files(tmp_path / "store")
+    trajectory = load_torch(tmp_path / "copied" / "replay_buffer_0.pt")[0]
+    assert torch.equal(read_expert(path).snapshots, torch.stack([torch.cat([p.reshape(-1) for p in s])
+                                                                 for s in trajectory]))

@@ -93,7 +93,7 @@ def test_ablate_runs_variants_side_by_side_reports_a_crash_and_resumes(tiny, tmp
     args = ["ablate", "m-datm", "datm", str(broken), "--experts", str(tmp_path / "experts"), "--data-root",
             str(tiny / "data"), "--out", str(tmp_path / "ablate"), "--profile", "quick", "--iterations", "2",
             "--rounds", "2", "--epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-            "--set", "experts.num_experts=1"]
+            "--set", "experts.num_experts=1", "--set", "distill.threshold=100"]  # else both matches skip: a stop
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "ablate" / "ablate.json").read_text())

@@ -67,7 +67,8 @@ def test_make_submission_at_full_cifar100_shapes_is_accepted_by_verify_and_the_e
             "--device", "cpu", "--set", "experts.num_experts=1", "--set", "experts.epochs=1",
             "--set", "distill.iterations=2", "--set", "distill.syn_steps=1", "--set", "distill.expert_epochs=1",
             "--set", "distill.current_max_start_epoch=0", "--set", "distill.max_start_epoch=0",
-            "--set", "distill.batch_syn=50", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0"]
+            "--set", "distill.batch_syn=50", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0",
+            "--set", "distill.threshold=100"]  # a 1-epoch expert's match is above 1: all skipped, the run would stop
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     pt = out / "cifar100.pt"
@@ -105,7 +106,7 @@ def test_make_submission_on_the_real_mini_tiny_imagenet(tmp_path):
         "--cache-dir", str(tmp_path / "cache"), "--profile", "quick", "--set", "experts.num_experts=1",
         "--set", "experts.epochs=1", "--set", "distill.iterations=1", "--set", "distill.syn_steps=1",
         "--set", "distill.expert_epochs=1", "--set", "distill.max_start_epoch=0", "--set", "distill.batch_syn=10",
-        "--set", "eval.every=0"])
+        "--set", "eval.every=0", "--set", "distill.threshold=100"])  # as above: its one match is above 1
     assert result.exit_code == 0, result.output
     pt = out / "tinyimagenet.pt"
     assert tuple(load_torch(pt).shape) == (200, 3, 64, 64)

@@ -32,11 +32,10 @@ from challenge_kit import data
 from challenge_kit import export as export_module
 from challenge_kit.cli import app
 from challenge_kit.core import storage
-from challenge_kit.core.contract import CIFAR100, SPECS
+from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.folders import LOCK_FILE, run_lock
 from challenge_kit.core.storage import atomic_write, save_json, save_tensors, save_torch, write_together
-from challenge_kit.core.verify.report import Report
 from challenge_kit.runs import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,21 +287,6 @@ def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path,
     refused(["export", run, "--out", out, "--overwrite"],
             f"{out / 'preview.png'}: cannot be written (Input/output error); cifar100.pt, manifest.json unchanged")
     assert contents(out) == before  # the new .pt was not put beside the old manifest
-
-
-@pytest.fixture
-def small_exports(tmp_path, monkeypatch):
-    """Two exports the bundle takes as checked (the zip and its manifest are what is tested here)."""
-    sources = []
-    for spec in SPECS.values():
-        pt = tmp_path / "exports" / spec.submission_file
-        pt.parent.mkdir(exist_ok=True)
-        pt.write_bytes(spec.name.encode())
-        sources.append(pt)
-    by_path = {str(p): (spec, p) for p, spec in zip(sources, SPECS.values(), strict=True)}
-    monkeypatch.setattr(bundle_module, "checked_export", lambda source: (
-        *by_path[str(source)], None, Report([], by_path[str(source)][0], "caller", str(source))))
-    return sources
 
 
 def test_a_bundle_whose_manifest_fails_leaves_no_zip_without_it(tmp_path, small_exports, full_disk):

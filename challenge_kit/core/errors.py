@@ -32,6 +32,11 @@ class ExportRefused(KitError):
     """Verify failed, or the artifact is not a challenge set: nothing was written."""
 
 
+class NothingDistilled(KitError):
+    """Every iteration of a window was skipped: the run stops, its checkpoint kept, rather than export its
+    initialization as if it had distilled."""
+
+
 def os_error(e: OSError) -> KitFileError:
     """An operating-system error as the kit's one-line error: the file it concerns, then what is wrong."""
     where = e.filename2 if e.filename2 is not None else e.filename  # a rename's target, not its temp file

@@ -20,6 +20,9 @@ from challenge_kit.core.reading import load_rows, load_tensors, read_metadata
 
 EXPERT_FORMAT = "ddkit-expert"
 EXPERT_VERSION = 1
+ALIASED = ("likely a buffer written on a CPU by a script that snapshots with `p.detach().cpu()`, which on a CPU is "
+           "the live parameter itself, not a copy, so every snapshot holds the final weights; snapshot with "
+           "`p.detach().cpu().clone()`")
 
 
 @dataclass
@@ -62,6 +65,27 @@ class Expert:
         return row
 
 
+def standing_still(snapshots: torch.Tensor, epochs: list[int] | None = None) -> str | None:
+    """What is wrong with a trajectory in which two consecutive snapshots (of ``epochs``, default 0..k) are
+    identical, or None.
+
+    Any such pair is refused, not only a trajectory that never moves: a snapshot is taken after each epoch of
+    SGD with a positive lr, which always changes float32 weights, so an identical pair is no epoch at all but
+    snapshots that share one tensor; matching a start epoch against an equal target divides by a distance of 0
+    (an infinite loss, every such iteration skipped), and a trajectory of identical snapshots teaches nothing.
+    """
+    epochs = list(range(len(snapshots))) if epochs is None else epochs
+    same = [torch.equal(a, b) for a, b in zip(snapshots[:-1], snapshots[1:], strict=True)]
+    if not any(same):
+        return None
+    if all(same) and len(same) > 1:
+        what = f"all {len(snapshots)} snapshots (epochs {epochs[0]}..{epochs[-1]}) are identical"
+    else:
+        i = same.index(True)
+        what = f"snapshots {epochs[i]} and {epochs[i + 1]} are identical"
+    return f"{what}: weights that do not change teach nothing (matching divides by their distance, 0); {ALIASED}"
+
+
 def _check_meta(path: Path, meta: dict) -> tuple[DatasetSpec, ModelConfig, bool]:
     """Validate an expert's metadata; returns (spec, model, complete) or raises KitFileError."""
     if meta.get("format") != EXPERT_FORMAT:
@@ -101,6 +125,8 @@ def _load_checked(path: Path) -> tuple[dict[str, torch.Tensor], dict, DatasetSpe
                                  f"float32 ({done + 1}, {P}) for {done} completed epochs of this model")
     if not torch.isfinite(snapshots).all():
         raise KitFileError(path, "snapshots hold non-finite values")
+    if (problem := standing_still(snapshots)) is not None:
+        raise KitFileError(path, problem)
     return tensors, meta, spec, model, complete
 
 

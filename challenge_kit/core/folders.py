@@ -19,7 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.storage import NO_FOLLOW, Staged, _write_failure, kind, refuse_replacing, refuse_special
+from challenge_kit.core.storage import (
+    NO_FOLLOW,
+    Staged,
+    _write_failure,
+    kind,
+    make_folders,
+    refuse_replacing,
+    refuse_special,
+    sync_folder,
+)
 
 try:
     import fcntl
@@ -40,7 +49,7 @@ def output_folder(path: str | Path) -> Path:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise KitFileError(path, f"cannot be created: {blocker} is a file")
-        path.mkdir(parents=True, exist_ok=True)
+        make_folders(path)
         probe = Staged(path / "write-check")
         probe.close()
         probe.discard()
@@ -73,6 +82,7 @@ def inner_folder(root: str | Path, relative: str | Path, *, make: bool = True) -
         try:
             if make:
                 path.mkdir()
+                sync_folder(path.parent)  # a new folder survives a power cut, as the files written into it do
         except FileExistsError:
             pass
         except OSError as e:

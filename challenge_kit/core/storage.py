@@ -1,9 +1,11 @@
-"""Files the kit writes: temporary files, atomic and grouped writes, full disks, the savers.
+"""Files the kit writes: temporary files, atomic, durable and grouped writes, full disks, the savers.
 
-Every artifact goes to a temporary file in the same folder and is renamed into place, so an
-interrupted run never leaves a half-written file. Output folders are checked and locked
+Every artifact goes to a temporary file in the same folder and is renamed into place, so an interrupted run
+never leaves a half-written file; its bytes are fsynced before the rename and its folder after it, so a power
+cut never leaves a name pointing at bytes that never reached the disk. Output folders are checked and locked
 before a run does any work, so it fails in its first second rather than at its first checkpoint.
-Reading untrusted files is ``core/reading.py``; output folders and their locks are ``core/folders.py``.
+Reading untrusted files is ``core/reading.py``; output folders and their locks are ``core/folders.py``. The
+module is long because every way the kit writes (each format's saver, groups, logs) must share the one path.
 
 Others may write into an output folder too (a shared scratch space, a container's volume), and the kit often
 runs as root: it writes only plain files, so a link, pipe or device placed where it writes is refused, never
@@ -35,12 +37,55 @@ NO_SPACE = "No space left on device"
 FULL = ({errno.ENOSPC, errno.EDQUOT}, ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122"))
 # Never follow a link at the last component, never take a terminal, never wait on a pipe.
 NO_FOLLOW = os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC if hasattr(os, "O_NOFOLLOW") else 0
+# A power cut keeps what was fsynced (git's and SQLite's order): a file's bytes before its name points at them,
+# its folder after a name in it changed. The one place where that is skipped: where there is no folder to open
+# (Windows: no os.O_DIRECTORY; its renames are the filesystem's), where the folder cannot be opened for reading,
+# and where the filesystem refuses a folder's fsync (EINVAL, ENOTSUP: some network, FUSE and virtual ones).
+FOLDER_SYNC_REFUSED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EACCES, errno.EPERM}
 KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"),
          (stat.S_ISCHR, "device"), (stat.S_ISBLK, "device"), (stat.S_ISSOCK, "socket"))
 
 
 def kind(mode: int) -> str:
     return next((name for test, name in KINDS if test(mode)), "special file")
+
+
+def sync_folder(folder: str | Path) -> None:
+    """fsync ``folder``: the names changed in it (a rename, a new file or folder) survive a power cut. Skipped
+    where the platform cannot (``FOLDER_SYNC_REFUSED``)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in FOLDER_SYNC_REFUSED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in FOLDER_SYNC_REFUSED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_folders(path: str | Path) -> Path:
+    """``path`` and the folders missing above it, each new one synced into its parent: a file written inside
+    survives a power cut only if the folders on its way do."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    path.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        sync_folder(made.parent)
+    return path
+
+
+def replace_synced(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` (a file or folder whose contents are synced already) to ``target``, then sync the folder
+    that now holds it: the rename survives a power cut."""
+    os.replace(source, target)
+    sync_folder(Path(target).parent)
 
 
 def refuse_special(path: str | Path) -> None:
@@ -94,7 +139,7 @@ class Staged:
 
     def __init__(self, target: Path) -> None:
         refuse_special(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folders(target.parent)
         self.target = target
         while True:
             self.path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
@@ -105,21 +150,29 @@ class Staged:
                 continue
         self.mode = stat.S_IMODE(os.fstat(self.fd).st_mode)
 
-    def commit(self) -> None:
-        """Rename into place, if the temporary name still holds a plain file (a writer may have replaced it,
-        as safetensors does; a link swapped in is refused) and the target is still a plain file or absent."""
+    def seal(self) -> None:
+        """Check that the temporary name still holds a plain file (a writer may have replaced it, as safetensors
+        does; a link swapped in is refused), give it its mode and fsync its bytes: the name it gets must never
+        point, after a power cut, at bytes that are not on the disk."""
         try:
             fd = os.open(self.path, os.O_RDONLY | NO_FOLLOW)
         except OSError:
             raise KitFileError(self.target, "its temporary file was replaced by a link while being written; "
                                             "refused, nothing written") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise KitFileError(self.target, "its temporary file was replaced while being written; refused")
             # some writers (safetensors) replace the file, and its mode with it; by descriptor: never a link's target
             os.fchmod(fd, self.mode) if hasattr(os, "fchmod") else os.chmod(self.path, self.mode)
+            ours = os.fstat(self.fd)
+            # our own descriptor is writable (Windows syncs only those); a replaced file through the one read now
+            os.fsync(self.fd if (ours.st_dev, ours.st_ino) == (st.st_dev, st.st_ino) else fd)
         finally:
             os.close(fd)
+
+    def commit(self) -> None:
+        """Rename the sealed file into place, if the target is still a plain file or absent."""
         refuse_special(self.target)
         os.replace(self.path, self.target)
 
@@ -169,9 +222,10 @@ def _uninterrupted() -> Iterator[None]:
 def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> list[Path]:
     """Files that belong together (an export and its manifest) replaced together or not at all.
 
-    Each ``write(tmp)`` fills a temporary file beside its target; only when every one has succeeded are
-    they renamed into place, in the order given (put the manifest last). A failed write, a full disk
-    included, leaves every target as it was and no temporary file, and is said in one line naming its target.
+    Each ``write(tmp)`` fills a temporary file beside its target; only when every one has succeeded, and every
+    one's bytes are fsynced, are they renamed into place, in the order given (put the manifest last), and their
+    folders fsynced after the last rename. A failed write, a full disk included, leaves every target as it was
+    and no temporary file, and is said in one line naming its target.
     """
     stages: list[Staged] = []
     try:
@@ -188,12 +242,22 @@ def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> l
                 if others:
                     failure = KitFileError(failure.path, f"{failure.problem}; {', '.join(others)} unchanged")
                 raise failure from None
+        for stage in stages:
+            try:
+                stage.seal()
+            except OSError as e:
+                raise _write_failure(stage.target, e) from None
         with _uninterrupted():
             for stage in stages:
                 try:
                     stage.commit()
                 except OSError as e:
                     raise _write_failure(stage.target, e) from None
+        for folder in dict.fromkeys(stage.target.parent for stage in stages):
+            try:
+                sync_folder(folder)
+            except OSError as e:
+                raise _write_failure(folder, e) from None
     finally:
         for stage in stages:
             _STAGED.pop(stage.path, None)
@@ -203,13 +267,15 @@ def write_together(writes: list[tuple[str | Path, Callable[[Path], None]]]) -> l
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place (``write_together``
-    with one file): ``path`` must be a plain file or absent, and a failed write leaves it as it was."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, rename it into place and fsync the
+    folder (``write_together`` with one file): ``path`` must be a plain file or absent, and a failed write
+    leaves it as it was. Every file the kit publishes is written here."""
     return write_together([(path, write)])[0]
 
 
 def append_line(path: str | Path, line: str) -> None:
-    """Append one line to a plain file of the kit's own (a live log), never through a link or into a device."""
+    """Append one line to a plain file of the kit's own (a live log), never through a link or into a device.
+    Not synced line by line: the log's owner calls ``sync_log`` at the points it must survive a power cut."""
     path = Path(path)
     refuse_special(path)
     try:
@@ -224,6 +290,21 @@ def append_line(path: str | Path, line: str) -> None:
         raise _write_failure(path, e) from None
     finally:
         os.close(fd)
+
+
+def sync_log(path: str | Path) -> None:
+    """fsync an ``append_line`` log and its folder: every line appended so far survives a power cut (after one,
+    the log is what was synced plus, maybe, a torn or garbled tail that its reader skips)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | NO_FOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sync_folder(path.parent)
+    except OSError as e:
+        raise _write_failure(path, e) from None
 
 
 class _Recorded:
@@ -282,12 +363,16 @@ def json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+def save_bytes(data: bytes, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: write_bytes(tmp, data))
+
+
 def save_text(text: str, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: write_bytes(tmp, text.encode()))
+    return save_bytes(text.encode(), path)
 
 
 def save_json(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: write_bytes(tmp, json_bytes(obj)))
+    return save_bytes(json_bytes(obj), path)
 
 
 def _sort_metadata(path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -27,7 +26,16 @@ from challenge_kit.core.contract import get_spec
 from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.folders import LOCK_FILE, run_lock
 from challenge_kit.core.reading import sha256
-from challenge_kit.core.storage import save_json
+from challenge_kit.core.storage import (
+    atomic_write,
+    make_folders,
+    replace_synced,
+    save_bytes,
+    save_json,
+    save_text,
+    sync_folder,
+    temp_stream,
+)
 from challenge_kit.data.cifar import CIFAR_DIR, cifar_classes, cifar_files, cifar_spec, read_cifar100, read_cifar_pickle
 from challenge_kit.data.folder import image_folder_files, image_folder_root
 from challenge_kit.data.tiny import ANNOTATIONS, read_text, tiny_classes, tiny_root, tiny_train_files, val_annotations
@@ -73,8 +81,12 @@ def first(files: list, count: int | None, where: Path, name: str, option: str) -
 def place(source: Path, target: Path) -> None:
     """A copy of ``source``'s bytes: never a symlink, nor a hardlink (editing the subset must not edit the source,
     and linking changes the source's inode, which a read-only or shared data folder should not see)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+
+    def copy(tmp: Path) -> None:
+        with open(source, "rb") as f, temp_stream(tmp) as out:
+            shutil.copyfileobj(f, out)
+
+    atomic_write(target, copy)
 
 
 def sha256_names(names: list[str]) -> str:
@@ -85,7 +97,7 @@ def sha256_names(names: list[str]) -> str:
 
 def tiny_subset(root: Path, dest: Path, names: list[str], train: int, test: int | None) -> dict[str, list[int]]:
     """wnids.txt, words.txt (as it is), train/<wnid>/{images, boxes} and val/ restricted to ``names``."""
-    (dest / "wnids.txt").write_text("".join(f"{w}\n" for w in names))
+    save_text("".join(f"{w}\n" for w in names), dest / "wnids.txt")
     if (root / "words.txt").is_file():
         place(root / "words.txt", dest / "words.txt")
     counts = {"train": [], "test": []}
@@ -98,7 +110,7 @@ def tiny_subset(root: Path, dest: Path, names: list[str], train: int, test: int 
         if boxes.is_file():
             listed = {f.name for f in chosen}
             lines = [ln for ln in read_text(boxes).splitlines() if ln.split("\t")[0] in listed]
-            (dest / "train" / wnid / boxes.name).write_text("".join(f"{ln}\n" for ln in lines))
+            save_text("".join(f"{ln}\n" for ln in lines), dest / "train" / wnid / boxes.name)
         counts["train"].append(len(chosen))
     rows = val_annotations(root)
     kept = set()
@@ -107,13 +119,13 @@ def tiny_subset(root: Path, dest: Path, names: list[str], train: int, test: int 
                        "--test-per-class")
         kept.update(chosen)
         counts["test"].append(len(chosen))
-    (dest / "val" / "images").mkdir(parents=True)
+    make_folders(dest / "val" / "images")
     for name in sorted(kept):
         source = root / "val" / "images" / name
         if not source.is_file():
             raise KitFileError(source, f"listed in {ANNOTATIONS} but not found")
         place(source, dest / "val" / "images" / name)
-    (dest / ANNOTATIONS).write_text("".join(f"{line}\n" for name, _, line in rows if name in kept))
+    save_text("".join(f"{line}\n" for name, _, line in rows if name in kept), dest / ANNOTATIONS)
     return counts
 
 
@@ -124,7 +136,7 @@ def cifar_subset(root: Path, dest: Path, names: list[str], train: int, test: int
     old = [available.index(n) for n in names]
     new = {c: i for i, c in enumerate(old)}
     folder = dest / CIFAR_DIR
-    folder.mkdir()
+    make_folders(folder)
     counts = {}
     for split, count in (("train", train), ("test", test)):
         path, meta_path = cifar_files(root, split)
@@ -144,10 +156,10 @@ def cifar_subset(root: Path, dest: Path, names: list[str], train: int, test: int
                 out[key] = [value[i] for i in keep]
             else:
                 out[key] = value
-        (folder / path.name).write_bytes(pickle.dumps(out, protocol=2))
+        save_bytes(pickle.dumps(out, protocol=2), folder / path.name)
         counts[split] = [len(rows) for rows in picked]
     meta = read_cifar_pickle(meta_path)
-    (folder / "meta").write_bytes(pickle.dumps({**meta, "fine_label_names": names}, protocol=2))
+    save_bytes(pickle.dumps({**meta, "fine_label_names": names}, protocol=2), folder / "meta")
     return counts
 
 
@@ -222,9 +234,9 @@ def _claim(out: Path, identity: dict, overwrite: bool) -> dict | None:
         if same:
             return manifest
         # this request takes the folder over first, so that a rerun of it recovers from a stop part-way
-        (out / PARTIAL).mkdir()
         save_json(identity, out / PARTIAL / REQUEST)
         (out / MANIFEST).unlink()
+        sync_folder(out)  # the manifest stays gone after a power cut, never naming a subset being cleared
     ours = _read_json(out / PARTIAL / REQUEST) == identity
     for entry in sorted(out.iterdir()):
         if entry.name != LOCK_FILE and not (ours and entry.name in (PARTIAL, *LAYOUT)):
@@ -264,12 +276,11 @@ def write_subset(dataset: str, root: str | Path, out: str | Path, *, classes: in
             return done, False
         partial = out / PARTIAL
         try:
-            partial.mkdir()
             save_json(identity, partial / REQUEST)
             counts = writer(root, partial, chosen, train_per_class, test_per_class)
             for entry in sorted(partial.iterdir()):
                 if entry.name != REQUEST:
-                    os.replace(entry, out / entry.name)
+                    replace_synced(entry, out / entry.name)
         except BaseException:
             _clear(out)  # our own unfinished work: nothing half-written stays
             raise

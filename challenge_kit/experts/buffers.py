@@ -14,10 +14,16 @@ import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError, KitValueError
-from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, infer_model_config, read_expert
+from challenge_kit.core.expert_file import (
+    EXPERT_FORMAT,
+    EXPERT_VERSION,
+    infer_model_config,
+    read_expert,
+    standing_still,
+)
 from challenge_kit.core.models import ConvNet, ModelConfig, param_shapes, unflatten_params
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.storage import save_tensors, save_torch
+from challenge_kit.core.storage import make_folders, save_tensors, save_torch
 from challenge_kit.experts.store import ExpertStore, expert_path
 
 
@@ -25,7 +31,7 @@ def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: Datas
                    model: ModelConfig | None = None) -> list[Path]:
     """Copy DATM/MTT ``replay_buffer_{n}.pt`` trajectories into the store, numbered after its experts; every
     snapshot is checked against the model (inferred unless given)."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    make_folders(out_dir)
     index, written = ExpertStore(out_dir).next_index(), []
     for file in files:
         buffer = load_torch(file)
@@ -52,6 +58,8 @@ def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: Datas
                                 for snap in trajectory])
             if not torch.isfinite(flat).all():
                 raise KitFileError(file, f"trajectory {t} holds non-finite values")
+            if (problem := standing_still(flat)) is not None:
+                raise KitFileError(file, f"trajectory {t}: {problem}")
             k = flat.shape[0] - 1
             meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
                     "model": model.to_dict(), "optimizer": None, "seed": None, "index": index, "epochs": k,

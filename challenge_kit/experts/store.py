@@ -17,7 +17,7 @@ import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.expert_file import Expert, read_expert
+from challenge_kit.core.expert_file import Expert, read_expert, standing_still
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_rows
 
@@ -91,10 +91,13 @@ class Trajectories:
         return len(self.paths)
 
     def snapshots(self, expert: int, epochs: list[int]) -> torch.Tensor:
-        """Rows ``epochs`` of expert ``expert`` (memory-mapped reads), checked finite like a full read."""
+        """Rows ``epochs`` of expert ``expert`` (memory-mapped reads), checked like a full read: finite, and
+        moving from one to the next (a store file written by other means than the kit's checked writers)."""
         rows = load_rows(self.paths[expert], "snapshots", epochs)
         if not torch.isfinite(rows).all():
             raise KitFileError(self.paths[expert], f"snapshots {epochs} hold non-finite values")
+        if (problem := standing_still(rows, epochs)) is not None:
+            raise KitFileError(self.paths[expert], problem)
         return rows
 
     def snapshot(self, expert: int, epoch: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from challenge_kit.core.expert_file import EXPERT_FORMAT, EXPERT_VERSION, _load_
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig, predict
 from challenge_kit.core.reading import load_tensors, read_metadata
 from challenge_kit.core.seeds import expert_generator
-from challenge_kit.core.storage import save_tensors
+from challenge_kit.core.storage import make_folders, save_tensors
 from challenge_kit.experts.store import DIFFICULTY, NOT_TRAJECTORY, data_fingerprint, expert_path
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts.expert_parts import el2n
@@ -297,7 +297,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
         if expert_path(out_dir, i).exists():
             _conflict(expert_path(out_dir, i), _identity(spec, model, config, i, images.shape[0], train_sha256),
                       replace)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    make_folders(out_dir)
     if progress is not None:
         progress({"kind": "plan", "total": planned_steps(out_dir, indices, config, images.shape[0]),
                   "experts": indices})
