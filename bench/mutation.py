@@ -65,8 +65,10 @@ class Target:
 
 # Each module against its own tests: the files that call it on purpose, not every test that passes through it.
 TARGETS = (
+    # the recipe's and the official loop's tests, not the command line's (evaluate.py's), which train rounds too
     Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py",
-                                   "tests/test_scorer_reference.py")),
+                                   "tests/test_scorer_reference.py"),
+           "not invocations and not says_what_verify and not ddkit_evaluate and not python_m"),
     # fast.py's tests without the many-round real-image comparison, and the stacked rounds against the official ones
     Target("evaluator/fast.py", ("tests/test_fast_scorer.py", "tests/test_scorer_reference.py"),
            "test_fast_scorer and not rank_alike or stacked"),
