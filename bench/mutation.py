@@ -76,7 +76,9 @@ TARGETS = (
     Target("challenge_kit/core/contract.py", ("tests/test_contract.py",)),
     Target("challenge_kit/core/models.py", ("tests/test_models.py", "tests/test_scorer_reference.py")),  # its init
     Target("challenge_kit/core/augment.py", ("tests/test_augment.py",)),
-    Target("challenge_kit/core/verify/", ("tests/test_verify.py",)),
+    # its own tests, the hostile files and the zip members it loads (not the baselines, which build sets from data)
+    Target("challenge_kit/core/verify/", ("tests/test_verify.py", "tests/test_untrusted.py", "tests/test_bundle.py"),
+           "not baseline"),
     # the hostile files, the safe loader's own tests, and the export's refusals (not the two whole submissions that
     # distill for minutes on the way to reading their file)
     Target("challenge_kit/core/reading.py", ("tests/test_untrusted.py", "tests/test_storage.py",
