@@ -84,7 +84,22 @@ def test_the_fresh_rounds_decide_and_are_seeded_one_past_the_selections(split):
             assert (decision["export"], decision["reason"]) == (0, f"iteration 30 led the selection rounds but not "
                                                                    f"the fresh ones ({margin}): exporting the "
                                                                    "initialization")
-        assert set(decision["final"]["leader"]) == {"mean", "se", "rounds", "seeds", "per_class"}
+        assert set(decision["final"]["leader"]) == set(decision["final"]["init"]) == {
+            "mean", "se", "rounds", "seeds", "per_class"}
+
+
+def test_one_fresh_round_decides_and_a_tie_on_it_keeps_the_initialization(split):
+    a = _set(0.0, 2)[0]
+    candidates = [{"iteration": 0, "mean": 0.1}, {"iteration": 30, "mean": 0.9}]
+    decision = _selector(split, final_rounds=1).decide(candidates, a, a)  # one set both ways: equal fresh rounds
+    assert decision["final"]["difference"] == {"mean": 0.0, "se": 0.0, "rounds": 1}
+    assert decision["export"] == 0
+
+
+def test_candidates_are_scored_every_so_many_iterations_and_at_the_last(split):
+    assert _selector(split, every=1).enabled and not _selector(split, every=0).enabled
+    assert [i for i in range(26) if _selector(split, every=10).due(i, 25)] == [0, 10, 20, 25]
+    assert not any(_selector(split, every=0).due(i, 25) for i in range(26))
 
 
 def test_when_the_initialization_leads_it_is_exported_without_fresh_rounds(split):
@@ -99,6 +114,9 @@ def test_when_the_initialization_leads_it_is_exported_without_fresh_rounds(split
     assert decision["reason"] == ("no candidate beat the initialization; the best iteration, 20, scored 0.4000 "
                                   "against its 0.4000")
     assert decision["scorer"] == {"mode": "faithful", "precision": "float32", "compiled": False, "stacked": 1}
+    behind = selector.decide([{"iteration": 0, "mean": 0.4}, {"iteration": 10, "mean": 0.3}], unscorable, unscorable)
+    assert behind["reason"] == ("no candidate beat the initialization; the best iteration, 10, scored 0.3000 "
+                                "against its 0.4000")
 
 
 @pytest.mark.parametrize("leader_rounds, weak", [
