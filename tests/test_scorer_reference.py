@@ -223,7 +223,7 @@ def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(d
     monkeypatch.setattr(fast, "native_bfloat16", lambda device: device.type == "cpu")
     monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
     seed = round_seed(SEED, 1)
-    _, reference = official_round(images, labels, SPEC.num_classes, seed, SHORT, autocast=torch.bfloat16)
+    initial, reference = official_round(images, labels, SPEC.num_classes, seed, SHORT, autocast=torch.bfloat16)
     float32 = official_test(official[seed][1], test_images, test_labels)
     assert official_test(reference, test_images, test_labels) != float32, "this seed must tell the two apart"
     kit = scorer.train_round(images, labels, num_classes=SPEC.num_classes, epochs=SHORT, seed=seed, device="cpu",
@@ -232,6 +232,22 @@ def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(d
     accuracy = scorer.train_and_test(images, labels, test_images, test_labels, num_classes=SPEC.num_classes,
                                      epochs=SHORT, seed=seed, device="cpu", mode=fast.FAST)
     assert accuracy == official_test(reference, test_images, test_labels)
+
+    net = ConvNet(ModelConfig(num_classes=SPEC.num_classes, image_size=16))
+    net.load_state_dict(initial)
+    _, on_device, on_cpu = round_streams(seed)
+    scorer.train(net, images, labels, epochs=SHORT, generator=torch.Generator().manual_seed(on_device),
+                 group_generator=torch.Generator().manual_seed(on_cpu),
+                 how=fast.arithmetic(fast.FAST, torch.device("cpu")))
+    _same(net.state_dict(), reference.state_dict(), "train in the fast arithmetic")
+
+
+def test_a_single_epoch_is_a_whole_round(data):
+    images, labels, test_images, test_labels = data
+    _, net = official_round(images, labels, SPEC.num_classes, round_seed(SEED, 0), 1)
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=1, epochs=1, seed=SEED,
+                                    device="cpu", show_progress=False)
+    assert (result["epochs"], result["rounds"]) == (1, [official_test(net, test_images, test_labels)])
 
 
 class _Bar(Progress):
@@ -243,6 +259,10 @@ class _Bar(Progress):
         super().__init__(console=Console(file=io.StringIO()), disable=disable)
         self.statuses = []
         _Bar.made.append(self)
+
+    def add_task(self, description, **kwargs):
+        self.statuses.append(kwargs.get("status"))
+        return super().add_task(description, **kwargs)
 
     def update(self, task_id, **kwargs) -> None:
         super().update(task_id, **kwargs)
@@ -269,7 +289,8 @@ def test_the_progress_bar_counts_every_epoch_and_ends_each_round_on_its_test_acc
     for r, (_, net) in enumerate(official.values()):
         expected += [f"round {r + 1}/{ROUNDS} loss"] * SHORT + [
             f"round {r + 1}/{ROUNDS} test acc {official_test(net, test_images, test_labels):.4f}"]
-    assert [s if "test acc" in s else s[:len(f"round 1/{ROUNDS} loss")] for s in bar.statuses] == expected
+    assert bar.statuses[0] == "", "the bar opens on an empty status (a None would be drawn as 'None')"
+    assert [s if "test acc" in s else s[:len(f"round 1/{ROUNDS} loss")] for s in bar.statuses[1:]] == expected
     assert all(re.fullmatch(r"round \d/3 loss \d+\.\d{3} acc [01]\.\d{3}", s) for s in bar.statuses if "loss" in s)
     assert "per_class" not in result  # only when asked for
 
