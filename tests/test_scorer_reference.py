@@ -140,9 +140,11 @@ def test_stacked_rounds_score_as_the_official_rounds(data, official, monkeypatch
     images, _, test_images, test_labels = data
     monkeypatch.setenv(fast.STACK_ENV, "2")
     monkeypatch.setattr(fast, "native_bfloat16", lambda device: False)
-    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
-                                    device="cpu", show_progress=False, mode=fast.FAST)
+    result, bar = _scored_with_a_bar(monkeypatch, data, mode=fast.FAST)
     assert result["scorer"] == {"mode": fast.FAST, "precision": "float32", "compiled": False, "stacked": 2}
+    (task,) = bar.tasks  # each round trained once: the pair, then the third
+    assert (task.total, task.completed) == (ROUNDS * SHORT, ROUNDS * SHORT)
+    assert [s[:s.index(" test acc")] for s in bar.statuses if "test acc" in s] == ["round 1-2/3", "round 3/3"]
     rounds = [official_test(net, test_images, test_labels) for _, net in official.values()]
     one = 1 / len(test_labels)
     assert min(abs(a - b) for a, b in combinations(rounds, 2)) > one, f"rounds too close to tell apart: {rounds}"
