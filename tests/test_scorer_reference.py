@@ -8,6 +8,7 @@ import copy
 import io
 import re
 import threading
+import time
 from dataclasses import dataclass, replace
 from itertools import combinations
 
@@ -242,6 +243,9 @@ def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(d
                  group_generator=torch.Generator().manual_seed(on_cpu),
                  how=fast.arithmetic(fast.FAST, torch.device("cpu")))
     _same(net.state_dict(), reference.state_dict(), "train in the fast arithmetic")
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=2, epochs=SHORT, seed=SEED,
+                                    device="cpu", show_progress=False, mode=fast.FAST)
+    assert result["rounds"][1] == official_test(reference, test_images, test_labels)  # round 1's seed is this one
 
 
 def test_a_single_epoch_is_a_whole_round(data):
@@ -250,6 +254,26 @@ def test_a_single_epoch_is_a_whole_round(data):
     result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=1, epochs=1, seed=SEED,
                                     device="cpu", show_progress=False)
     assert (result["epochs"], result["rounds"]) == (1, [official_test(net, test_images, test_labels)])
+
+
+def test_the_record_says_official_only_for_the_leaderboards_recipe_and_times_the_run(data, monkeypatch):
+    """A challenge spec at this test's size, its full budget made SHORT epochs here (1001 would take minutes):
+    official with the default labels, every round and the faithful arithmetic, and only then."""
+    images, labels, test_images, test_labels = data
+    monkeypatch.setattr(scorer, "EPOCHS", SHORT)
+    spec = replace(SPEC, challenge=True)
+
+    def scored(**kwargs) -> dict:
+        return scorer.evaluate_images(images, spec, test_images, test_labels, epochs=SHORT, seed=SEED, device="cpu",
+                                      show_progress=False, **kwargs)
+
+    start = time.perf_counter()
+    official = scored(rounds=ROUNDS)
+    elapsed = time.perf_counter() - start
+    assert official["official"] is True
+    assert isinstance(official["seconds"], float) and 0 < official["seconds"] <= elapsed + 5e-4
+    assert official["seconds"] == round(official["seconds"], 3)
+    assert scored(rounds=ROUNDS, labels=labels)["official"] is False
 
 
 class _Bar(Progress):
