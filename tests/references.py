@@ -117,6 +117,7 @@ def official_train(net, images, labels, epochs, shuffle_g, augment_batch, lr=LR,
     """SGD(lr, MOMENTUM, WEIGHT_DECAY), cross-entropy, batches of ``batch`` from a ``randperm`` of ``shuffle_g`` each
     epoch, each augmented by ``augment_batch``; after epoch index Epoch // 2 + 1 (Epoch = epochs - 1) the lr drops
     by LR_DECAY with a fresh optimizer (momentum restarts). The recipe's lr and batch unless told otherwise.
+    Soft labels (N, K) are class probabilities, counted as correct on their largest entry.
     ``record`` gets each epoch's (index, mean loss over its images, accuracy on its augmented batches); ``autocast``
     (a dtype) runs the forward under torch's autocast, the loss in float32 (the fast scorer's arithmetic)."""
     last = epochs - 1
@@ -135,7 +136,7 @@ def official_train(net, images, labels, epochs, shuffle_g, augment_batch, lr=LR,
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(idx)
-            correct += (out.argmax(1) == labels[idx]).sum().item()
+            correct += (out.argmax(1) == (labels[idx].argmax(1) if labels.dim() == 2 else labels[idx])).sum().item()
         if record is not None:
             record.append((ep, loss_sum / len(images), correct / len(images)))
         if ep == last // 2 + 1:

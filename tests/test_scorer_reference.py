@@ -248,6 +248,21 @@ def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(d
     assert result["rounds"][1] == official_test(reference, test_images, test_labels)  # round 1's seed is this one
 
 
+def test_soft_labels_and_float64_images_train_as_the_official_loop(data):
+    """Class probabilities as targets (the loss's soft form, the accuracy on their largest entry), and images in
+    float64: the scorer trains and tests in float32, as the official network computes."""
+    images, labels, test_images, test_labels = data
+    soft = torch.softmax(3 * torch.randn(len(labels), SPEC.num_classes, generator=torch.Generator().manual_seed(2)), 1)
+    seed, record, calls = round_seed(SEED, 2), [], []
+    _, reference = official_round(images, soft, SPEC.num_classes, seed, SHORT, record=record)
+    kit = scorer.train_round(images.double(), soft, num_classes=SPEC.num_classes, epochs=SHORT, seed=seed,
+                             device="cpu", progress=_progress(calls))
+    _same(kit.state_dict(), reference.state_dict(), "soft labels")
+    _as_recorded(calls, record)
+    assert scorer.test_accuracy(kit, test_images.double(), test_labels) == official_test(reference, test_images,
+                                                                                         test_labels)
+
+
 def test_a_single_epoch_is_a_whole_round(data):
     images, labels, test_images, test_labels = data
     _, net = official_round(images, labels, SPEC.num_classes, round_seed(SEED, 0), 1)
