@@ -289,6 +289,7 @@ def test_the_record_says_official_only_for_the_leaderboards_recipe_and_times_the
     assert isinstance(official["seconds"], float) and 0 < official["seconds"] <= elapsed + 5e-4
     assert official["seconds"] == round(official["seconds"], 3)
     assert scored(rounds=ROUNDS, labels=labels)["official"] is False
+    assert scored(rounds=ROUNDS, mode=fast.FAST)["official"] is False
 
 
 class _Bar(Progress):
