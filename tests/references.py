@@ -5,6 +5,7 @@ official training loop, a kit round's seeding, and MTT's unrolled matching loss 
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -111,21 +112,33 @@ def official_dsa(x, g, used=None, group_g=None):
     return x.contiguous()
 
 
-def official_train(net, images, labels, epochs, shuffle_g, augment_batch):
-    """SGD(LR, MOMENTUM, WEIGHT_DECAY), cross-entropy, batches of BATCH from a ``randperm`` of ``shuffle_g`` each
+def official_train(net, images, labels, epochs, shuffle_g, augment_batch, lr=LR, batch=BATCH, record=None,
+                   autocast=None):
+    """SGD(lr, MOMENTUM, WEIGHT_DECAY), cross-entropy, batches of ``batch`` from a ``randperm`` of ``shuffle_g`` each
     epoch, each augmented by ``augment_batch``; after epoch index Epoch // 2 + 1 (Epoch = epochs - 1) the lr drops
-    by LR_DECAY with a fresh optimizer (momentum restarts)."""
-    lr, last = LR, epochs - 1
+    by LR_DECAY with a fresh optimizer (momentum restarts). The recipe's lr and batch unless told otherwise.
+    Soft labels (N, K) are class probabilities, counted as correct on their largest entry.
+    ``record`` gets each epoch's (index, mean loss over its images, accuracy on its augmented batches); ``autocast``
+    (a dtype) runs the forward under torch's autocast, the loss in float32 (the fast scorer's arithmetic)."""
+    last = epochs - 1
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     for ep in range(last + 1):
         net.train()
         perm = torch.randperm(len(images), generator=shuffle_g, device=shuffle_g.device).to(images.device)
-        for i in range(0, len(images), BATCH):
-            idx = perm[i:i + BATCH]
-            loss = nn.CrossEntropyLoss()(net(augment_batch(images[idx])), labels[idx])
+        loss_sum = correct = 0.0
+        for i in range(0, len(images), batch):
+            idx = perm[i:i + batch]
+            x = augment_batch(images[idx])
+            with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+                out = net(x)
+            loss = nn.CrossEntropyLoss()(out.float(), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (out.argmax(1) == (labels[idx].argmax(1) if labels.dim() == 2 else labels[idx])).sum().item()
+        if record is not None:
+            record.append((ep, loss_sum / len(images), correct / len(images)))
         if ep == last // 2 + 1:
             lr *= LR_DECAY
             optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -152,7 +165,8 @@ def round_streams(seed: int) -> tuple[int, int, int]:
     return tuple(int(s) for s in np.random.SeedSequence(seed).generate_state(3))
 
 
-def official_round(images, labels, classes, seed, epochs, device="cpu"):
+def official_round(images, labels, classes, seed, epochs, device="cpu", lr=LR, batch=BATCH, record=None,
+                   autocast=None):
     """One kit-seeded round of the official recipe on the CPU: (the initial state dict, the trained network).
     The device generator lives on ``device``, as the kit's does, so the draws are those of a round there."""
     init, on_device, on_cpu = round_streams(seed)
@@ -162,7 +176,8 @@ def official_round(images, labels, classes, seed, epochs, device="cpu"):
     initial = copy.deepcopy(net.state_dict())
     draws = torch.Generator(device=device).manual_seed(on_device)
     groups = torch.Generator().manual_seed(on_cpu)
-    official_train(net, images, labels, epochs, draws, lambda x: official_dsa(x, draws, group_g=groups))
+    official_train(net, images, labels, epochs, draws, lambda x: official_dsa(x, draws, group_g=groups), lr, batch,
+                   record, autocast)
     return initial, net
 
 
@@ -182,16 +197,49 @@ def mtt_match(module, images, labels, lr, start, target, steps, augment_batch):
     """MTT's matching loss on a list of parameter tensors and its gradients w.r.t. the images and the lr: from theta
     = ``start``, for each (indices, params) of ``steps`` theta <- theta - lr * grad of the mean cross-entropy of the
     augmented batch, then ||theta_N - target||^2 / ||start - target||^2. Returns (loss, d/dimages, d/dlr)."""
+    done = trajectory_match(module, images, labels, lr, start, start, [(len(steps), target)], steps, augment_batch)
+    return done.loss, done.grad_images, done.grad_lr
+
+
+@dataclass
+class Matched:
+    loss: torch.Tensor
+    terms: list[torch.Tensor]  # each target's normalized distance, in the order the student reaches them
+    grad_images: torch.Tensor
+    grad_lr: torch.Tensor
+    grad_labels: torch.Tensor | None  # None unless the labels require grad (DATM's learned soft labels)
+
+
+def trajectory_match(module, images, labels, lr, start, anchor, targets, steps, augment_batch, weights=None):
+    """The trajectory-matching objective with what the later papers add: from theta = ``start``, step k of
+    ``steps`` (indices, params) does theta <- theta - lr * weights[k] * grad of the batch's mean cross-entropy (hard
+    labels; float labels are logits whose softmax is the target, DATM's soft cross-entropy); the loss sums
+    ||theta_n - snapshot||^2 / ||anchor - snapshot||^2 over the (n, snapshot) ``targets`` (n = 0: the start).
+    Gradients by autograd through the loop, zero where the loss does not reach."""
     x = images.detach().requires_grad_(True)
     alpha = lr.detach().requires_grad_(True)
+    learned = labels.requires_grad
+    y = labels.detach().requires_grad_(learned)
     names = [name for name, _ in module.named_parameters()]
+    begins = split_like(anchor, module)
+
+    def distance(theta, snapshot):
+        ends = split_like(snapshot, module)
+        return sum((t - e).pow(2).sum() for t, e in zip(theta, ends, strict=True)) / sum(
+            (b - e).pow(2).sum() for b, e in zip(begins, ends, strict=True))
+
     theta = [t.detach().requires_grad_(True) for t in split_like(start, module)]
-    for indices, params in steps:
+    terms = [distance(theta, snapshot) for n, snapshot in targets if n == 0]
+    for k, (indices, params) in enumerate(steps):
         out = functional_call(module, dict(zip(names, theta, strict=True)), (augment_batch(x[indices], params),))
-        grads = torch.autograd.grad(F.cross_entropy(out, labels[indices]), theta, create_graph=True)
+        if y.is_floating_point():
+            loss = -(F.log_softmax(out, 1) * F.softmax(y[indices], 1)).sum(1).mean()
+        else:
+            loss = F.cross_entropy(out, y[indices])
+        grads = torch.autograd.grad((1.0 if weights is None else weights[k]) * loss, theta, create_graph=True)
         theta = [t - alpha * g for t, g in zip(theta, grads, strict=True)]
-    ends, begins = split_like(target, module), split_like(start, module)
-    loss = sum((t - e).pow(2).sum() for t, e in zip(theta, ends, strict=True)) / sum(
-        (b - e).pow(2).sum() for b, e in zip(begins, ends, strict=True))
-    grad_x, grad_lr = torch.autograd.grad(loss, [x, alpha])
-    return loss.detach(), grad_x, grad_lr
+        terms += [distance(theta, snapshot) for n, snapshot in targets if n == k + 1]
+    loss = sum(terms)
+    grads = torch.autograd.grad(loss, [x, alpha, *([y] if learned else [])], allow_unused=True,
+                                materialize_grads=True)
+    return Matched(loss.detach(), [t.detach() for t in terms], grads[0], grads[1], grads[2] if learned else None)

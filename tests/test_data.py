@@ -178,6 +178,67 @@ def test_cifar_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path, mon
     assert len(list(user_cache.glob("cifar100-train-*.safetensors"))) == 1  # stale entry gone
 
 
+
+class _Served(io.BytesIO):
+    """What ``urllib.request.urlopen`` returns: a response body that knows its URL and length."""
+
+    def __init__(self, url: str, body: bytes):
+        super().__init__(body)
+        self.url, self.length = url, len(body)
+
+
+def _cifar_download_line(root: Path, reason: str) -> str:
+    return (f"{root}: downloading CIFAR-100 failed ({reason}); to place the files by hand, unpack "
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into ROOT so that it holds "
+            "ROOT/cifar-100-python/{train,test,meta} (torchvision's CIFAR-100 python format), and run without "
+            "--download")
+
+
+def test_cifar_download_offline_or_corrupt_is_one_line_from_torchvisions_own_errors(tmp_path, monkeypatch):
+    """torchvision's real download code with the network replaced where it opens URLs: offline, ``urlopen`` raises the
+    URLError a machine without DNS gives; a proxy's page in place of the archive fails torchvision's md5 check."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    def offline(request, *args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(KitFileError) as caught:
+        data.fetch("cifar100", tmp_path / "offline")
+    assert str(caught.value) == _cifar_download_line(tmp_path / "offline",
+                                                     "[Errno -3] Temporary failure in name resolution")
+
+    def proxy(request, *args, **kwargs):  # every request answered, with a page that is not the archive
+        return _Served(request.full_url, b"<html>sign in to the proxy</html>")
+
+    monkeypatch.setattr(urllib.request, "urlopen", proxy)
+    with pytest.raises(KitFileError) as caught:
+        data.fetch("cifar100", tmp_path / "proxy")
+    assert str(caught.value) == _cifar_download_line(tmp_path / "proxy", "File not found or corrupted.")
+
+
+def test_cifar_download_fetches_both_splits_into_the_root_then_reads_them(tmp_path, monkeypatch):
+    """torchvision's ``CIFAR100(root, train, download=True)`` fetches into ``root/cifar-100-python``: here a
+    stand-in that places the real format's files (``fakes.write_cifar``) where the archive unpacks, and records each
+    call."""
+    import torchvision.datasets
+
+    calls = []
+
+    class Download:
+        def __init__(self, root, train=True, transform=None, target_transform=None, download=False):
+            calls.append((root, train, download))
+            if download:
+                write_cifar(Path(root), n_train=4, n_test=3)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", Download)
+    root = tmp_path / "fresh"
+    images, labels, spec = load_split("cifar100", root, "test", download=True, cache_dir=tmp_path / "cache")
+    assert calls == [(str(root), True, True), (str(root), False, True)]  # the train set, then the test set
+    assert spec == CIFAR100 and images.shape == (3, 3, 32, 32) and len(labels) == 3
+
 # ------------------------------------------------------------------------------------------ Tiny ImageNet
 
 def test_tiny_tree_classes_sorted_labels_match_annotations(tmp_path):

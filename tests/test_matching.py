@@ -120,6 +120,9 @@ def test_targets_outside_the_inner_loop_are_refused():
     net, images, labels, lr, problem, plan = _problem(steps=2)
     with pytest.raises(ValueError, match="targets"):
         match(net, images, labels, lr, Matching(problem.start, problem.anchor, [(3, problem.start)]), plan)
+    with pytest.raises(ValueError, match="^1 inner-loss weights for 2 steps$"):
+        match(net, images, labels, lr, Matching(problem.start, problem.anchor, [(2, problem.start)], weights=[1.0]),
+              plan)
 
 
 def test_plan_covers_permutation_chunks_and_is_seeded():

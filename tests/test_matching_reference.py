@@ -5,7 +5,7 @@ mean cross-entropy of each step's augmented batch, and ||theta_N - theta*_{t+M}|
 
 import pytest
 import torch
-from references import mtt_match, official_convnet
+from references import mtt_match, official_convnet, trajectory_match
 
 from challenge_kit.core import augment
 from challenge_kit.core.contract import default_labels
@@ -46,3 +46,58 @@ def test_matching_is_mtts_unrolled_loop(mode):
     assert kit.loss.item() == pytest.approx(loss.item(), rel=1e-12), "matching loss"
     assert _rel(kit.grad_images, grad_images) < 1e-12, f"image gradient off by {_rel(kit.grad_images, grad_images):.3g}"
     assert kit.grad_lr.item() == pytest.approx(grad_lr.item(), rel=1e-12), "lr gradient"
+
+
+def _problem(labels_kind: str):
+    """12 images in steps of 11, 1, 11 (the second step one image), a perturbed start, and labels of a kind."""
+    g = torch.Generator().manual_seed(1)
+    net = FunctionalConvNet(ModelConfig(num_classes=CLASSES, image_size=SIZE, width=WIDTH, depth=DEPTH), dtype=D)
+    images = torch.randn(CLASSES * IPC, 3, SIZE, SIZE, generator=g, dtype=D)
+    labels = default_labels(CLASSES, IPC)
+    if labels_kind != "hard":  # logits whose softmax is the target; DATM learns them
+        labels = torch.randn(len(labels), CLASSES, generator=g, dtype=D).requires_grad_(labels_kind == "learned soft")
+    anchor = net.init_flat(2)
+    start = anchor + 0.001 * torch.randn(anchor.shape, generator=g, dtype=D)
+    snapshots = [anchor + 0.01 * torch.randn(anchor.shape, generator=g, dtype=D) for _ in range(4)]
+    plan = plan_inner_steps(len(images), 11, 3, SIZE, "cpu", generator=torch.Generator().manual_seed(5),
+                            aug_generator=torch.Generator().manual_seed(6), dtype=D)
+    assert [len(step.indices) for step in plan] == [11, 1, 11]
+    assert all(v.dtype in (D, torch.bool, torch.long) for step in plan for v in step.aug.values.values())
+    return net, images, labels, torch.tensor(0.05, dtype=D), anchor, start, snapshots, plan
+
+
+@pytest.mark.parametrize("labels_kind", ["hard", "fixed soft", "learned soft"])
+@pytest.mark.parametrize("mode", ["exact", "unrolled"])
+def test_targets_at_any_step_and_step_weights_sum_as_the_papers_define_them(mode, labels_kind):
+    """Intermediate targets (one at the start, two after the same step, none after the last), the balanced loss's
+    step weights and soft labels, fixed or learned: the loss, each term and every gradient as the plain loop gives."""
+    net, images, labels, lr, anchor, start, snapshots, plan = _problem(labels_kind)
+    targets = [(0, snapshots[0]), (1, snapshots[1]), (1, snapshots[2]), (2, snapshots[3])]
+    weights = [0.5, 2.0, 1.5]
+    reference = trajectory_match(official_convnet(CLASSES, SIZE, width=WIDTH, depth=DEPTH, dtype=D), images, labels,
+                                 lr, start, anchor, targets, [(step.indices, step.aug) for step in plan],
+                                 augment.apply, weights)
+    kit = match(net, images, labels, lr, Matching(start, anchor, targets, weights=weights), plan, mode=mode)
+
+    assert kit.loss.item() == pytest.approx(reference.loss.item(), rel=1e-12), "matching loss"
+    assert [t.item() for t in kit.terms] == pytest.approx([t.item() for t in reference.terms], rel=1e-12), "terms"
+    assert _rel(kit.grad_images, reference.grad_images) < 1e-12, "image gradient"
+    assert kit.grad_lr.item() == pytest.approx(reference.grad_lr.item(), rel=1e-12), "lr gradient"
+    if reference.grad_labels is None:
+        assert kit.grad_labels is None, "labels that do not require grad are not learned"
+    else:
+        assert _rel(kit.grad_labels, reference.grad_labels) < 1e-12, "label gradient"
+
+
+@pytest.mark.parametrize("labels_kind", ["hard", "learned soft"])
+@pytest.mark.parametrize("mode", ["exact", "unrolled"])
+def test_a_target_at_the_start_alone_has_zero_gradients(mode, labels_kind):
+    net, images, labels, lr, anchor, start, snapshots, plan = _problem(labels_kind)
+    kit = match(net, images, labels, lr, Matching(start, anchor, [(0, snapshots[0])]), plan, mode=mode)
+    reference = trajectory_match(official_convnet(CLASSES, SIZE, width=WIDTH, depth=DEPTH, dtype=D), images, labels,
+                                 lr, start, anchor, [(0, snapshots[0])], [(s.indices, s.aug) for s in plan],
+                                 augment.apply)
+    assert kit.loss.item() == pytest.approx(reference.loss.item(), rel=1e-12) and reference.loss > 0
+    assert torch.equal(kit.grad_images, torch.zeros_like(images)) and kit.grad_lr.item() == 0.0
+    if labels_kind == "learned soft":
+        assert torch.equal(kit.grad_labels, torch.zeros_like(labels))

@@ -1,6 +1,7 @@
 """The challenge ConvNet: DC/MTT layout, exact parameter count, and the flat functional view."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from challenge_kit.core.models import (
     load_flat_,
     num_parameters,
     param_shapes,
+    predict,
     unflatten_params,
 )
 
@@ -171,3 +173,94 @@ def test_init_flat_is_reproducible_and_leaves_global_rng_alone():
 def test_unseeded_init_flat_draws_fresh_weights():
     f = FunctionalConvNet(SMALL)
     assert not torch.equal(f.init_flat(), f.init_flat())
+
+
+# The DC/MTT ConvNet's other options, as their code builds them (``get_network``'s norm, activation and pooling).
+DC_NORMS = {"instancenorm": lambda width, size: nn.GroupNorm(width, width, affine=True),
+            "batchnorm": lambda width, size: nn.BatchNorm2d(width),
+            "layernorm": lambda width, size: nn.LayerNorm([width, size, size], elementwise_affine=True),
+            "groupnorm": lambda width, size: nn.GroupNorm(4, width, affine=True), "none": None}
+DC_ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "leakyrelu": lambda: nn.LeakyReLU(negative_slope=0.01),
+                  "sigmoid": nn.Sigmoid}
+DC_POOLINGS = {"avgpooling": lambda: nn.AvgPool2d(kernel_size=2, stride=2),
+               "maxpooling": lambda: nn.MaxPool2d(kernel_size=2, stride=2), "none": None}
+
+
+def dc_features(channels: int, width: int, depth: int, size: int, norm: str, activation: str, pooling: str):
+    """DC's feature stack written out: conv, then norm (at the current size), activation, pooling, per block."""
+    layers = []
+    for _ in range(depth):
+        layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
+        if DC_NORMS[norm] is not None:
+            layers.append(DC_NORMS[norm](width, size))
+        layers.append(DC_ACTIVATIONS[activation]())
+        channels = width
+        if DC_POOLINGS[pooling] is not None:
+            layers.append(DC_POOLINGS[pooling]())
+            size //= 2
+    return nn.Sequential(*layers), channels * size * size
+
+
+@pytest.mark.parametrize("norm,activation,pooling",
+                         [(n, "relu", "avgpooling") for n in NORMS]
+                         + [("instancenorm", a, p) for a, p in itertools.product(ACTIVATIONS, POOLINGS)])
+def test_every_option_is_the_dc_layer_and_computes_like_it(norm, activation, pooling):
+    cfg = ModelConfig(num_classes=4, image_size=8, channels=2, width=8, depth=2, norm=norm, activation=activation,
+                      pooling=pooling)
+    net = ConvNet(cfg)
+    assert net.config == cfg
+    features, flat = dc_features(2, 8, 2, 8, norm, activation, pooling)
+    reference = nn.Sequential(features, nn.Flatten(), nn.Linear(flat, 4))
+    for kit_layer, dc_layer in zip([*net.features, net.classifier], [*features, reference[2]], strict=True):
+        assert type(kit_layer) is type(dc_layer)
+        assert repr(kit_layer).replace("inplace=True", "") == repr(dc_layer).replace("inplace=True", "")
+    assert [p.shape for p in net.parameters()] == [p.shape for p in reference.parameters()]
+    reference.load_state_dict(dict(zip(reference.state_dict(), net.state_dict().values(), strict=True)))
+    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 3  # negatives for LeakyReLU to scale
+    torch.testing.assert_close(net(x), reference(x))
+
+
+def test_config_for_a_spec_takes_its_sizes_and_the_overrides():
+    mono = replace(CIFAR100.subset(7), channels=1, image_size=16)
+    cfg = ModelConfig.for_spec(mono, width=16, norm="batchnorm")
+    assert (cfg.num_classes, cfg.image_size, cfg.channels, cfg.width, cfg.depth, cfg.norm) == (
+        7, 16, 1, 16, 3, "batchnorm")
+    assert cfg.to_dict() == {"num_classes": 7, "image_size": 16, "channels": 1, "width": 16, "depth": 3,
+                             "norm": "batchnorm", "activation": "relu", "pooling": "avgpooling"}
+    assert ConvNet(cfg)(torch.zeros(2, 1, 16, 16)).shape == (2, 7)
+
+
+def test_predict_is_the_plain_forward_in_eval_mode_in_batches_and_restores_the_mode():
+    net = ConvNet(replace(SMALL, norm="batchnorm")).double()  # batch statistics: train and eval mode differ
+    images = torch.randn(7, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return net(x)
+
+    with torch.no_grad():
+        expected = net.eval()(images)
+    for training in (True, False):
+        net.train(training)
+        seen.clear()
+        out = predict(net, forward, images, batch_size=3)
+        assert net.training is training and seen == [3, 3, 1]
+        assert out.dtype == torch.float64 and not out.requires_grad
+        torch.testing.assert_close(out, expected)
+    # with a device, each batch goes there as float32 (a float32 network scoring float64 images)
+    single = ConvNet(replace(SMALL, norm="batchnorm"))
+    single.load_state_dict(net.float().state_dict())
+    out = predict(single, single, images, device=torch.device("cpu"), batch_size=4)
+    with torch.no_grad():
+        torch.testing.assert_close(out, single.eval()(images.float()))
+    assert out.dtype == torch.float32 and single.training is False  # it was in eval mode before
+
+
+def test_the_functional_network_lives_on_its_device_and_inits_there():
+    """``meta`` stands in for a second device here (the CPU is the only real one): the module, and each fresh
+    initialization, are on the device asked for, in the dtype asked for."""
+    f = FunctionalConvNet(SMALL, device="meta", dtype=torch.float64)
+    assert {(p.device.type, p.dtype) for p in f.module.parameters()} == {("meta", torch.float64)}
+    flat = f.init_flat(seed=3)
+    assert (flat.device.type, flat.dtype, flat.shape) == ("meta", torch.float64, (f.num_params,))

@@ -4,7 +4,12 @@ SGD, DiffAugment's DSA) against ``train_round``, ``train_and_test`` and ``evalua
 final weights bit for bit on the CPU, the same test accuracy, the mean ``evaluate_images`` reports, and the same
 scores from the fast scorer's stacked rounds."""
 
-from dataclasses import replace
+import copy
+import io
+import re
+import threading
+import time
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import pytest
@@ -34,11 +39,15 @@ from references import (
     official_round,
     official_test,
     round_seed,
+    round_streams,
 )
+from rich.console import Console
+from rich.progress import Progress
 
 from challenge_kit.core import augment, contract
 from challenge_kit.core.contract import CIFAR100, SPECS, default_labels
 from challenge_kit.core.models import ConvNet, ModelConfig, num_parameters
+from challenge_kit.core.parallel import Shard
 from evaluator import fast, scorer
 
 SPEC = replace(CIFAR100.subset(4, ipc=3), image_size=16)
@@ -132,9 +141,11 @@ def test_stacked_rounds_score_as_the_official_rounds(data, official, monkeypatch
     images, _, test_images, test_labels = data
     monkeypatch.setenv(fast.STACK_ENV, "2")
     monkeypatch.setattr(fast, "native_bfloat16", lambda device: False)
-    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
-                                    device="cpu", show_progress=False, mode=fast.FAST)
+    result, bar = _scored_with_a_bar(monkeypatch, data, mode=fast.FAST)
     assert result["scorer"] == {"mode": fast.FAST, "precision": "float32", "compiled": False, "stacked": 2}
+    (task,) = bar.tasks  # each round trained once: the pair, then the third
+    assert (task.total, task.completed) == (ROUNDS * SHORT, ROUNDS * SHORT)
+    assert [s[:s.index(" test acc")] for s in bar.statuses if "test acc" in s] == ["round 1-2/3", "round 3/3"]
     rounds = [official_test(net, test_images, test_labels) for _, net in official.values()]
     one = 1 / len(test_labels)
     assert min(abs(a - b) for a, b in combinations(rounds, 2)) > one, f"rounds too close to tell apart: {rounds}"
@@ -157,3 +168,275 @@ def test_per_class_accuracy_is_each_classs_share_over_the_official_rounds(data, 
         SPEC.name, SPEC.to_dict(), 120, SHORT, "cpu")
     assert result["official"] is False and result["scorer"] == {"mode": "faithful", "precision": "float32",
                                                                 "compiled": False, "stacked": 1}
+
+
+@pytest.fixture
+def gpu_default(monkeypatch):
+    """A machine whose default device would be a GPU: a device named by the caller (the CPU here) must be the one
+    used, all the way down (a dropped ``device`` would reach for CUDA and fail)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def _progress(calls: list):
+    return lambda epoch, loss, acc: calls.append((epoch, loss, acc))
+
+
+def _as_recorded(calls: list, record: list) -> None:
+    """The kit's per-epoch progress (index, mean loss, accuracy on the augmented batches) is the reference's."""
+    assert [c[0] for c in calls] == [r[0] for r in record] == list(range(SHORT))
+    assert [c[1:] for c in calls] == [pytest.approx(r[1:], rel=1e-5) for r in record]
+
+
+def test_every_entry_point_passes_on_its_lr_batch_size_device_and_progress(data, gpu_default):
+    """Not the recipe's lr and batch (0.05, batches of 5, 5 and 2): each entry point must hand them to the loop."""
+    images, labels, test_images, test_labels = data
+    lr, batch, seed = 0.05, 5, 11
+    record = []
+    initial, reference = official_round(images, labels, SPEC.num_classes, seed, SHORT, lr=lr, batch=batch,
+                                        record=record)
+    calls = []
+    kit = scorer.train_round(images, labels, num_classes=SPEC.num_classes, epochs=SHORT, lr=lr, batch_size=batch,
+                             seed=seed, device="cpu", progress=_progress(calls))
+    _same(kit.state_dict(), reference.state_dict(), "train_round")
+    _as_recorded(calls, record)
+
+    net = ConvNet(ModelConfig(num_classes=SPEC.num_classes, image_size=16))
+    net.load_state_dict(initial)
+    _, on_device, on_cpu = round_streams(seed)
+    calls = []
+    scorer.train(net, images, labels, epochs=SHORT, lr=lr, batch_size=batch, progress=_progress(calls),
+                 generator=torch.Generator().manual_seed(on_device),
+                 group_generator=torch.Generator().manual_seed(on_cpu))
+    _same(net.state_dict(), reference.state_dict(), "train")
+    _as_recorded(calls, record)
+
+    calls = []  # test images in float64: the scorer tests in float32, as the official script's network computes
+    accuracy = scorer.train_and_test(images, labels, test_images.double(), test_labels, num_classes=SPEC.num_classes,
+                                     epochs=SHORT, lr=lr, batch_size=batch, seed=seed, device="cpu",
+                                     progress=_progress(calls))
+    assert accuracy == official_test(reference, test_images, test_labels)
+    _as_recorded(calls, record)
+
+
+def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(data, official, gpu_default,
+                                                                                monkeypatch):
+    """The fast scorer on a CPU that computes bfloat16 natively (said so here; never compiled in this test): the
+    official loop with its forward under bfloat16 autocast and its loss in float32, not the float32 loop."""
+    images, labels, test_images, test_labels = data
+    monkeypatch.setattr(fast, "native_bfloat16", lambda device: device.type == "cpu")
+    monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
+    seed = round_seed(SEED, 1)
+    initial, reference = official_round(images, labels, SPEC.num_classes, seed, SHORT, autocast=torch.bfloat16)
+    float32 = official_test(official[seed][1], test_images, test_labels)
+    assert official_test(reference, test_images, test_labels) != float32, "this seed must tell the two apart"
+    kit = scorer.train_round(images, labels, num_classes=SPEC.num_classes, epochs=SHORT, seed=seed, device="cpu",
+                             mode=fast.FAST)
+    _same(kit.state_dict(), reference.state_dict(), "fast round")
+    accuracy = scorer.train_and_test(images, labels, test_images, test_labels, num_classes=SPEC.num_classes,
+                                     epochs=SHORT, seed=seed, device="cpu", mode=fast.FAST)
+    assert accuracy == official_test(reference, test_images, test_labels)
+
+    net = ConvNet(ModelConfig(num_classes=SPEC.num_classes, image_size=16))
+    net.load_state_dict(initial)
+    _, on_device, on_cpu = round_streams(seed)
+    scorer.train(net, images, labels, epochs=SHORT, generator=torch.Generator().manual_seed(on_device),
+                 group_generator=torch.Generator().manual_seed(on_cpu),
+                 how=fast.arithmetic(fast.FAST, torch.device("cpu")))
+    _same(net.state_dict(), reference.state_dict(), "train in the fast arithmetic")
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=2, epochs=SHORT, seed=SEED,
+                                    device="cpu", show_progress=False, mode=fast.FAST)
+    assert result["rounds"][1] == official_test(reference, test_images, test_labels)  # round 1's seed is this one
+
+
+def test_soft_labels_and_float64_images_train_as_the_official_loop(data):
+    """Class probabilities as targets (the loss's soft form, the accuracy on their largest entry), and images in
+    float64: the scorer trains and tests in float32, as the official network computes."""
+    images, labels, test_images, test_labels = data
+    soft = torch.softmax(3 * torch.randn(len(labels), SPEC.num_classes, generator=torch.Generator().manual_seed(2)), 1)
+    seed, record, calls = round_seed(SEED, 2), [], []
+    _, reference = official_round(images, soft, SPEC.num_classes, seed, SHORT, record=record)
+    kit = scorer.train_round(images.double(), soft, num_classes=SPEC.num_classes, epochs=SHORT, seed=seed,
+                             device="cpu", progress=_progress(calls))
+    _same(kit.state_dict(), reference.state_dict(), "soft labels")
+    _as_recorded(calls, record)
+    assert scorer.test_accuracy(kit, test_images.double(), test_labels) == official_test(reference, test_images,
+                                                                                         test_labels)
+
+
+def test_a_single_epoch_is_a_whole_round(data):
+    images, labels, test_images, test_labels = data
+    _, net = official_round(images, labels, SPEC.num_classes, round_seed(SEED, 0), 1)
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=1, epochs=1, seed=SEED,
+                                    device="cpu", show_progress=False)
+    assert (result["epochs"], result["rounds"]) == (1, [official_test(net, test_images, test_labels)])
+
+
+def test_the_record_says_official_only_for_the_leaderboards_recipe_and_times_the_run(data, monkeypatch):
+    """A challenge spec at this test's size, its full budget made SHORT epochs here (1001 would take minutes):
+    official with the default labels, every round and the faithful arithmetic, and only then."""
+    images, labels, test_images, test_labels = data
+    monkeypatch.setattr(scorer, "EPOCHS", SHORT)
+    spec = replace(SPEC, challenge=True)
+
+    def scored(**kwargs) -> dict:
+        return scorer.evaluate_images(images, spec, test_images, test_labels, epochs=SHORT, seed=SEED, device="cpu",
+                                      show_progress=False, **kwargs)
+
+    start = time.perf_counter()
+    official = scored(rounds=ROUNDS)
+    elapsed = time.perf_counter() - start
+    assert official["official"] is True
+    assert isinstance(official["seconds"], float) and 0 < official["seconds"] <= elapsed + 5e-4
+    assert official["seconds"] == round(official["seconds"], 3)
+    assert scored(rounds=ROUNDS, labels=labels)["official"] is False
+    assert scored(rounds=ROUNDS, mode=fast.FAST)["official"] is False
+
+
+class _Bar(Progress):
+    """rich's own progress bar, drawing into a string, that keeps every status it is given."""
+
+    made: list = []
+
+    def __init__(self, disable: bool = False) -> None:
+        super().__init__(console=Console(file=io.StringIO()), disable=disable)
+        self.statuses = []
+        _Bar.made.append(self)
+
+    def add_task(self, description, **kwargs):
+        self.statuses.append(kwargs.get("status"))
+        return super().add_task(description, **kwargs)
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        self.statuses.append(kwargs.get("status"))
+
+
+def _scored_with_a_bar(monkeypatch, data, **kwargs) -> tuple[dict, _Bar]:
+    images, _, test_images, test_labels = data
+    _Bar.made = []
+    monkeypatch.setattr(scorer, "make_progress", _Bar)
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
+                                    device="cpu", **kwargs)
+    (bar,) = _Bar.made
+    return result, bar
+
+
+def test_the_progress_bar_counts_every_epoch_and_ends_each_round_on_its_test_accuracy(data, official, monkeypatch):
+    result, bar = _scored_with_a_bar(monkeypatch, data)  # progress is shown unless asked not to
+    (task,) = bar.tasks
+    assert not bar.disable and task.description == "scoring cifar100"
+    assert (task.total, task.completed) == (ROUNDS * SHORT, ROUNDS * SHORT)
+    _, _, test_images, test_labels = data
+    expected = []
+    for r, (_, net) in enumerate(official.values()):
+        expected += [f"round {r + 1}/{ROUNDS} loss"] * SHORT + [
+            f"round {r + 1}/{ROUNDS} test acc {official_test(net, test_images, test_labels):.4f}"]
+    assert bar.statuses[0] == "", "the bar opens on an empty status (a None would be drawn as 'None')"
+    assert [s if "test acc" in s else s[:len(f"round 1/{ROUNDS} loss")] for s in bar.statuses[1:]] == expected
+    assert all(re.fullmatch(r"round \d/3 loss \d+\.\d{3} acc [01]\.\d{3}", s) for s in bar.statuses if "loss" in s)
+    assert "per_class" not in result  # only when asked for
+
+    _, bar = _scored_with_a_bar(monkeypatch, data, show_progress=False)
+    assert bar.disable and all("loss" not in s for s in bar.statuses)  # no per-epoch callback either
+
+
+def test_labels_given_are_the_labels_trained_on(data, gpu_default):
+    """Not the default order: image i of class (i // 3 + 1) % 4. Scored on the device asked for."""
+    images, labels, test_images, test_labels = data
+    shifted = (labels + 1) % SPEC.num_classes
+    _, net = official_round(images, shifted, SPEC.num_classes, round_seed(SEED, 0), SHORT)
+    result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=1, epochs=SHORT, seed=SEED,
+                                    device="cpu", labels=shifted, show_progress=False)
+    assert result["rounds"] == [official_test(net, test_images, test_labels)] and result["official"] is False
+
+
+def test_per_class_accuracy_with_a_class_missing_from_the_test_set(data, official):
+    """Class 3 has no test image (its share is 0, not a division by zero) and class 2 has one."""
+    images, _, test_images, test_labels = data
+    keep = (test_labels < 2) | (torch.arange(len(test_labels)) == 2)
+    result = scorer.evaluate_images(images, SPEC, test_images[keep], test_labels[keep], rounds=ROUNDS, epochs=SHORT,
+                                    seed=SEED, device="cpu", show_progress=False, per_class=True)
+    shares = []
+    for _, net in official.values():
+        with torch.no_grad():
+            right = net.eval()(test_images[keep]).argmax(1) == test_labels[keep]
+        shares.append([float(right[test_labels[keep] == c].double().mean()) for c in range(3)] + [0.0])
+    assert result["per_class"] == pytest.approx([sum(s[c] for s in shares) / ROUNDS for c in range(4)], abs=1e-6)
+
+
+@dataclass(frozen=True)
+class _Rank(Shard):
+    """A rank of a job whose ranks are threads of this process, taking turns (``turn``: torch's global RNG, which a
+    round's init seeds, is one per process): ``gather`` is all_gather_object's exchange (every rank's object, in rank
+    order, on every rank); ``sent`` keeps what this rank contributed."""
+
+    turn: object = None  # a threading.Lock
+    meet: threading.Barrier | None = None
+    slots: list | None = None
+    sent: list | None = None
+
+    def gather(self, obj) -> list:
+        self.sent.append(copy.deepcopy(obj))  # as it was sent: the caller may change it after
+        self.slots[self.rank] = obj
+        self.turn.release()
+        try:
+            self.meet.wait()
+            out = list(self.slots)
+            self.meet.wait()
+        finally:
+            self.turn.acquire()
+        return out
+
+
+def _two_ranks(data, seed, show_progress=False):
+    """``evaluate_images`` run as ranks 0 and 1 of a two-rank job: (each rank's result, what each contributed)."""
+    images, _, test_images, test_labels = data
+    turn, meet, slots = threading.Lock(), threading.Barrier(2, timeout=120), [None, None]
+    ranks = [_Rank(r, 2, turn, meet, slots, []) for r in range(2)]
+    results, errors = [None, None], []
+
+    def run(r):
+        with turn:
+            try:
+                results[r] = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS,
+                                                    epochs=SHORT, seed=seed, device="cpu",
+                                                    show_progress=show_progress, shard=ranks[r])
+            except BaseException as e:  # noqa: BLE001 - raised again in the test's thread
+                errors.append(e)
+                meet.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results, [rank.sent for rank in ranks]
+
+
+def test_two_ranks_split_the_rounds_and_report_what_one_process_does(data, official, monkeypatch):
+    """Seeded: each rank trains its rounds (0 and 2, then 1), and both report the official rounds of every seed;
+    only rank 0 shows progress."""
+    _Bar.made = []
+    monkeypatch.setattr(scorer, "make_progress", _Bar)
+    results, sent = _two_ranks(data, SEED, show_progress=True)
+    _, _, test_images, test_labels = data
+    rounds = [official_test(net, test_images, test_labels) for _, net in official.values()]
+    for result in results:
+        assert result["seeds"] == list(official) and result["rounds"] == rounds
+    assert [sorted(part) for part in (sent[0][-1], sent[1][-1])] == [[0, 2], [1]]
+    (leader,) = [bar for bar in _Bar.made if not bar.disable]
+    assert [s for s in leader.statuses if "test acc" in s] == [f"round {r + 1}/3 test acc {rounds[r]:.4f}"
+                                                               for r in (0, 2)]
+
+
+def test_two_unseeded_ranks_run_the_seeds_rank_0_drew(data):
+    results, sent = _two_ranks(data, None)
+    drawn = sent[0][0]  # rank 0's fresh seeds, the first thing it gave
+    assert len(drawn) == ROUNDS and drawn != sent[1][0]
+    images, labels, test_images, test_labels = data
+    rounds = [official_test(official_round(images, labels, SPEC.num_classes, s, SHORT)[1], test_images, test_labels)
+              for s in drawn]
+    for result in results:
+        assert result["seeds"] == drawn and result["rounds"] == rounds
