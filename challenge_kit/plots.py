@@ -48,7 +48,8 @@ def _figure(width: int, height: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    # a quarter pixel over: matplotlib truncates inches x dpi, and older ones let float error cut a pixel (113 to 112)
+    figure = Figure(figsize=((width + 0.25) / DPI, (height + 0.25) / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
@@ -152,7 +153,7 @@ def means_and_differences(path: str | Path, title: str, means: list[tuple[str, f
                        f"paired difference A - B (+- {tells:g} s.e.)"))
     for ax, bars, label in panels:
         names, values, errors, colours = zip(*bars, strict=True)
-        ax.barh(range(len(bars)), values, xerr=errors, color=colours, capsize=4)
+        ax.barh(range(len(bars)), values, xerr=errors, color=list(colours), capsize=4)  # a list: one colour a bar
         ax.set_yticks(range(len(bars)), [n if len(n) <= 48 else n[:45] + "..." for n in names], fontsize=8)
         ax.set_ylim(len(bars) - 0.5, -0.5)  # first row on top, as in the table
         ax.set_xlabel(label)
