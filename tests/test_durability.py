@@ -38,7 +38,8 @@ from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recip
 from challenge_kit.report import build_report
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names descriptors through /proc")
+pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
+                                reason="platform: names descriptors through /proc (Linux)")
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = CIFAR100.subset(5)
