@@ -74,11 +74,13 @@ def test_the_wheel_ships_the_recipes_and_runs_outside_the_checkout(tmp_path):
                    .strip())
     ours = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
     (purelib / "tests-packages.pth").write_text("".join(f"{p}\n" for p in ours))
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--quiet", wheel], cwd=tmp_path)
+    # without PYTHONPATH: a checkout on it (its ddkit.egg-info) would read to pip as ddkit already installed
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index", "--quiet", wheel], cwd=tmp_path,
+        env=env)
 
     away = tmp_path / "elsewhere"
     away.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     methods = {Path(name).stem for name in shipped(REPO / "submissions", "research/*.toml")}
     listing = json.loads(run([venv / "bin" / "ddkit", "methods", "--json"], cwd=away, env=env))
     assert {m["name"] for m in listing["methods"]} == methods
