@@ -203,7 +203,11 @@ def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
     spinner, mostly) goes to ``mutmut.log`` there."""
     env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
     # tests that start `python -m ...` children must import the mutated copy too
-    env.update(PYTHONPATH=str(copy / "mutants"), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    # pytest's own temp folders inside the copy, removed with it: a forked mutant's test session never prunes its
+    # folder (its lock outlives it), and thousands of them filled a 60 GB disk
+    env.update(PYTHONPATH=str(copy / "mutants"), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+               PYTEST_DEBUG_TEMPROOT=str(copy / "pytest-tmp"))
+    (copy / "pytest-tmp").mkdir()
     # made now: a folder missing when Python starts is cached as unimportable, and the checkout's code would be used
     (copy / "mutants").mkdir()
     with open(copy / "mutmut.log", "w") as log:
