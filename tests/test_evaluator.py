@@ -16,10 +16,12 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
+from challenge_kit.core.errors import KitError
 from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
 from evaluator.evaluate import main
-from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_and_test
+from evaluator.fast import FAST, Arithmetic
+from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_rounds
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = CIFAR100.subset(5, ipc=2)  # still named cifar100, so the folder scorer finds cifar100.pt
@@ -58,8 +60,8 @@ def test_optimizer_recreated_at_the_drop(monkeypatch):
 
     monkeypatch.setattr(scorer, "make_optimizer", counting)
     images, labels = coloured(2, 0)
-    train_and_test(images, labels, images, labels, num_classes=5, epochs=6, seed=0, device="cpu",
-                   progress=lambda epoch, loss, acc: completed.append(epoch))
+    train_rounds(images, labels, [0], num_classes=5, epochs=6, device="cpu",
+                 progress=lambda epoch, loss, acc: completed.append(epoch))
     # a fresh SGD at the start, another after epoch index 3 (drop_epoch(6)) finished: momentum restarts
     assert [(lr, n) for lr, n, _ in created] == [(0.01, 0), (pytest.approx(0.001), 4)]
     assert created[0][2] is not created[1][2]
@@ -71,9 +73,9 @@ def test_learnable_task_scores_well_above_chance():
     test_images, test_labels = coloured(10, 1)
     result = evaluate_images(images, TINY, test_images, test_labels, rounds=2, epochs=3, seed=0,
                              device="cpu", show_progress=False)
-    assert result["mean"] > 0.6  # chance is 0.2
-    assert len(result["rounds"]) == len(result["seeds"]) == 2 and result["seeds"][0] != result["seeds"][1]
-    assert result["epochs"] == 3 and result["device"] == "cpu" and result["official"] is False
+    assert result.mean > 0.6  # chance is 0.2
+    assert len(result.rounds) == len(result.seeds) == 2 and result.seeds[0] != result.seeds[1]
+    assert result.epochs == 3 and result.device == "cpu" and result.official is False
 
 
 def test_default_order_is_the_labelling():
@@ -83,7 +85,7 @@ def test_default_order_is_the_labelling():
     shuffled = images[torch.tensor([2, 3, 4, 5, 6, 7, 8, 9, 0, 1])]  # every class shifted by one
     result = evaluate_images(shuffled, TINY, test_images, test_labels, rounds=1, epochs=3, seed=0,
                              device="cpu", show_progress=False)
-    assert result["mean"] < 0.4
+    assert result.mean < 0.4
 
 
 def test_seeded_runs_are_reproducible_on_cpu():
@@ -92,9 +94,9 @@ def test_seeded_runs_are_reproducible_on_cpu():
 
     def run(seed):
         trace = []
-        acc = train_and_test(images, labels, images, labels, num_classes=5, epochs=3, batch_size=4, seed=seed,
-                             device="cpu", progress=lambda e, loss, a: trace.append(loss))
-        return trace, acc
+        (net,) = train_rounds(images, labels, [seed], num_classes=5, epochs=3, batch_size=4, device="cpu",
+                              progress=lambda e, loss, a: trace.append(loss))
+        return trace, scorer.test_accuracy(net, images, labels)
 
     first, again, other = run(7), run(7), run(8)
     assert first == again
@@ -110,14 +112,13 @@ def test_round_init_shuffle_and_augmentation_draw_separate_streams(monkeypatch):
         states["init"] = torch.get_rng_state()
         return real_convnet(config)
 
-    def train(nets, images, labels, streams, **kwargs):
-        (generator, group_generator), = streams
+    def train(net, images, labels, *, generator, group_generator, **kwargs):
         states["data"], states["group"] = generator.get_state(), group_generator.get_state()
 
     monkeypatch.setattr(scorer, "ConvNet", convnet)
-    monkeypatch.setattr(scorer, "train_together", train)
+    monkeypatch.setattr(scorer, "train", train)
     images, labels = coloured(2, 0)
-    train_and_test(images, labels, images, labels, num_classes=5, epochs=1, seed=7, device="cpu")
+    train_rounds(images, labels, [7], num_classes=5, epochs=1, device="cpu")
     draws = {}
     for name, state in states.items():
         g = torch.Generator()
@@ -305,18 +306,19 @@ def test_refused_pickle_is_one_plain_line_without_torchs_advice(tmp_path):
 def test_only_the_leaderboards_recipe_is_official():
     """Official: a challenge spec, the recipe's 3 rounds of 1001 epochs, default labels, the faithful arithmetic."""
     assert scorer.is_official(CIFAR100, 3, 1001)
-    for spec, rounds, epochs, labels, mode in [(TINY, 3, 1001, None, "faithful"), (CIFAR100, 2, 1001, None, "faithful"),
-                                               (CIFAR100, 3, 1000, None, "faithful"),
-                                               (CIFAR100, 3, 1001, default_labels(100, 10), "faithful"),
-                                               (CIFAR100, 3, 1001, None, "fast")]:
-        assert not scorer.is_official(spec, rounds, epochs, labels, mode)
+    for spec, rounds, epochs, labels, how in [(TINY, 3, 1001, None, Arithmetic()),
+                                              (CIFAR100, 2, 1001, None, Arithmetic()),
+                                              (CIFAR100, 3, 1000, None, Arithmetic()),
+                                              (CIFAR100, 3, 1001, default_labels(100, 10), Arithmetic()),
+                                              (CIFAR100, 3, 1001, None, Arithmetic(FAST))]:
+        assert not scorer.is_official(spec, rounds, epochs, labels, how)
 
 
 def test_a_wrong_shape_or_no_rounds_is_refused_before_training():
     test_images, test_labels = coloured(2, seed=1)
-    with pytest.raises(ValueError, match=r"^images have shape \(2, 3, 32, 32\), cifar100 expects \(10, 3, 32, 32\)$"):
+    with pytest.raises(KitError, match=r"^images have shape \(2, 3, 32, 32\), cifar100 expects \(10, 3, 32, 32\)$"):
         evaluate_images(torch.zeros(2, 3, 32, 32), TINY, test_images, test_labels, epochs=1)
     for rounds, epochs in ((0, 1), (1, 0)):
-        with pytest.raises(ValueError, match=rf"^rounds and epochs must be >= 1 \(got rounds={rounds}, "
+        with pytest.raises(KitError, match=rf"^rounds and epochs must be >= 1 \(got rounds={rounds}, "
                                              rf"epochs={epochs}\)$"):
             evaluate_images(torch.zeros(TINY.shape), TINY, test_images, test_labels, rounds=rounds, epochs=epochs)
