@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
@@ -19,7 +20,7 @@ from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
 from challenge_kit.core.errors import KitError
 from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
-from evaluator.evaluate import main
+from evaluator.evaluate import main, parse_args
 from evaluator.fast import FAST, Arithmetic
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_rounds
 
@@ -159,6 +160,52 @@ def test_every_invocation_writes_the_same_scores(tmp_path, capsys, monkeypatch):
     assert float(text.split()[1]) == pytest.approx(cifar["mean"])
 
 
+def test_a_scored_folder_prints_and_writes_the_documented_record(tmp_path, capsys, monkeypatch):
+    """Two datasets, in the specs' order: what is read and what verify finds, then each dataset's rounds, then the
+    final figure, the plain mean of the datasets' means; ``scores.json`` holds the keys docs/scorer.md lists, each
+    dataset's rounds seeded ``seed * 1000 + r``. On a machine whose default device would be a GPU (said so here), the
+    CPU asked for is the one every round runs on; a progress bar per dataset is drawn on stderr."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    small = TINYIMAGENET.subset(5, ipc=2)
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(2, 1))
+    large = F.interpolate(images, size=64)
+    torch.save(large, tmp_path / "in" / "res" / "tinyimagenet.pt")
+    test_images, test_labels = coloured(2, 2)
+    torch.save({"images_val": F.interpolate(test_images, size=64), "labels_val": (test_labels + 1) % 5},  # worse
+               tmp_path / "in" / "ref" / "tinyimagenet_test.pt")
+    assert main([str(tmp_path / "in"), str(tmp_path / "out"), "--epochs", "1", "--rounds", "2", "--seed", "5",
+                 "--device", "cpu"], specs=[TINY, small]) == 0
+    summary = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert (summary["skipped"], summary["partial"], summary["epochs"], summary["rounds"], summary["seed"],
+            summary["device"], summary["official"]) == ([], False, 1, 2, 5, "cpu", False)
+    assert set(summary) == {"correct", "datasets", "skipped", "partial", "epochs", "rounds", "seed", "device",
+                            "official"}
+    assert list(summary["datasets"]) == ["cifar100", "tinyimagenet"]
+    lines = ["shortened run: 1 epochs x 2 rounds instead of the official 1001 x 3; not comparable to the leaderboard"]
+    report = []
+    for name, spec in (("cifar100", TINY), ("tinyimagenet", small)):
+        got, sub, ref = summary["datasets"][name], tmp_path / "in" / "res" / f"{name}.pt", tmp_path / "in" / "ref"
+        assert set(got) == {"dataset", "mean", "rounds", "epochs", "seeds", "device", "official", "scorer", "spec",
+                            "test_images", "seconds", "submission", "reference", "verify"}
+        assert (got["dataset"], got["seeds"], got["epochs"], got["device"], got["official"], got["test_images"]) == (
+            name, [5000, 5001], 1, "cpu", False, 10)
+        assert (got["submission"], got["reference"], got["spec"]) == (str(sub), str(ref / f"{name}_test.pt"),
+                                                                      spec.to_dict())
+        assert got["mean"] == pytest.approx(sum(got["rounds"]) / 2, abs=1e-12)
+        assert any(line.startswith(f"{sub}: WARN spec: ") and "(spec from file name)" in line
+                   for line in got["verify"])
+        lines += [f"{name}: scoring {sub} on {ref / f'{name}_test.pt'}", *got["verify"]]
+        rounds = " ".join(f"{a:.4f}" for a in got["rounds"])
+        report.append(f"{name}: {got['mean']:.4f} (rounds {rounds}; seeds [5000, 5001]; 1 epochs on cpu)")
+    means = [summary["datasets"][name]["mean"] for name in ("cifar100", "tinyimagenet")]
+    assert means[0] != means[1] and summary["correct"] == pytest.approx(sum(means) / 2, abs=1e-12)
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [*lines, *report, f"correct: {summary['correct']}"]
+    assert "scoring cifar100" in printed.err and "scoring tinyimagenet" in printed.err
+    assert (tmp_path / "out" / "scores.txt").read_text() == f"correct: {summary['correct']}"
+
+
 def test_python_m_evaluator_on_the_challenge_shape(tmp_path):
     images = torch.randn(1000, 3, 32, 32)
     g = torch.Generator().manual_seed(0)
@@ -227,6 +274,36 @@ def test_scoring_says_what_verify_finds_before_the_score(tmp_path, capsys, case,
     assert any(says in line for line in scores["datasets"]["cifar100"]["verify"])
 
 
+def test_what_is_missing_is_named_before_anything_is_written(tmp_path, capsys):
+    """Each in one line, exit 1, no output folder: a submission missing (both files named, as the official script
+    reads both), its reference missing (a broken link counts as a submission there: its loader names it), and a
+    folder with neither submission."""
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(2, 1))
+    res, ref, out = tmp_path / "in" / "res", tmp_path / "in" / "ref", tmp_path / "out"
+    specs = [TINY, TINYIMAGENET]
+
+    def refused(*flags: str) -> str:
+        assert main([str(tmp_path / "in"), str(out), "--epochs", "1", *flags], specs=specs) == 1
+        assert not out.exists()
+        (err,) = capsys.readouterr().err.splitlines()
+        return err
+
+    assert refused() == (f"error: {res / 'tinyimagenet.pt'}: no such file; the official evaluate.py reads "
+                         "cifar100.pt and tinyimagenet.pt and crashes without one (leaving an empty scores.txt); "
+                         "--partial scores the others alone")
+    (ref / "cifar100_test.pt").rename(tmp_path / "elsewhere.pt")
+    assert refused("--partial") == (f"error: {ref / 'cifar100_test.pt'}: no such reference file (needed to score "
+                                    f"{res / 'cifar100.pt'})")
+    (tmp_path / "elsewhere.pt").rename(ref / "cifar100_test.pt")
+    (res / "cifar100.pt").unlink()
+    (res / "tinyimagenet.pt").symlink_to(tmp_path / "nowhere.pt")
+    assert refused("--partial") == (f"error: {ref / 'tinyimagenet_test.pt'}: no such reference file (needed to "
+                                    f"score {res / 'tinyimagenet.pt'})")  # a broken link is there: its loader says why
+    (res / "tinyimagenet.pt").unlink()
+    assert refused("--partial") == f"error: {res}: holds no submission (cifar100.pt or tinyimagenet.pt)"
+
+
 def test_python_m_evaluator_exits_nonzero_on_bad_file(tmp_path):
     named = _malformed(tmp_path / "in", "dict")
     dirs = ["--submit_dir", str(tmp_path / "in" / "res"), "--truth_dir", str(tmp_path / "in" / "ref"),
@@ -234,6 +311,47 @@ def test_python_m_evaluator_exits_nonzero_on_bad_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "evaluator", *dirs], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode != 0 and str(named) in proc.stderr and "not a bare tensor" in proc.stderr
+
+
+def test_the_help_is_the_documented_one(monkeypatch, capsys):
+    """``python -m evaluator --help`` at 120 columns prints the block docs/scorer.md shows, word for word."""
+    monkeypatch.setenv("COLUMNS", "120")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--help"])
+    assert exited.value.code == 0
+    doc = (REPO / "docs" / "scorer.md").read_text()
+    block = doc.split("`COLUMNS=120 python -m evaluator --help`", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    assert capsys.readouterr().out == block
+
+
+def test_the_options_default_as_the_official_script_and_refuse_what_it_cannot_run(capsys):
+    """The official script's flag defaults (--truth_dir ./reference_data/, --output_dir ./) and its budget (3 rounds
+    of 1001 epochs); the CodaLab form reads INPUT/res and INPUT/ref. Each refusal is argparse's exit 2 with its line."""
+    flags = vars(parse_args(["--submit_dir", "S"]))
+    assert flags == {"input": None, "output": None, "submit_dir": "S", "truth_dir": "./reference_data/",
+                     "output_dir": "./", "seed": None, "rounds": 3, "epochs": 1001, "device": None, "partial": False}
+    codalab = vars(parse_args(["IN", "OUT", "--seed", "4294967295", "--rounds", "1000", "--epochs", "1",
+                               "--device", "cpu", "--partial"]))
+    assert codalab == {"input": "IN", "output": "OUT", "submit_dir": str(Path("IN") / "res"),
+                       "truth_dir": str(Path("IN") / "ref"), "output_dir": "OUT", "seed": 2**32 - 1, "rounds": 1000,
+                       "epochs": 1, "device": "cpu", "partial": True}
+    assert vars(parse_args(["--submit_dir", "S", "--truth_dir", "T", "--output_dir", "O"]))["truth_dir"] == "T"
+    both = "give either INPUT OUTPUT or --submit_dir [--truth_dir] [--output_dir], not both"
+    for argv, says in [([], "give INPUT OUTPUT, or --submit_dir (with --truth_dir and --output_dir, or their "
+                            "defaults)"),
+                       (["IN"], both), (["IN", "OUT", "--submit_dir", "S"], both),
+                       (["IN", "OUT", "--truth_dir", "T"], both), (["IN", "OUT", "--output_dir", "O"], both),
+                       (["IN", "OUT", "--rounds", "0"], "--rounds and --epochs must be at least 1"),
+                       (["IN", "OUT", "--epochs", "0"], "--rounds and --epochs must be at least 1"),
+                       (["IN", "OUT", "--rounds", "1001"], "--rounds: at most 1000 rounds, got 1001 (the official "
+                                                            "score takes 3; each round trains a network for --epochs "
+                                                            "epochs, and round r of seed s is seeded s * 1000 + r)"),
+                       (["IN", "OUT", "--seed", "-1"], "argument --seed: must be a whole number from 0 to 4294967295 "
+                                                        "(2**32 - 1), got -1")]:
+        with pytest.raises(SystemExit) as exited:
+            parse_args(argv)
+        assert exited.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m evaluator: error: {says}", argv
 
 
 def test_spec_resolution_order():
