@@ -213,6 +213,14 @@ def test_every_entry_point_passes_on_its_lr_batch_size_device_and_progress(data,
     _same(net.state_dict(), reference.state_dict(), "train")
     _as_recorded(calls, record)
 
+    calls = []  # the fast scorer's stacked rounds: one seed twice, so each is the reference and so is their mean
+    pair = scorer.train_rounds(images, labels, [seed, seed], num_classes=SPEC.num_classes, epochs=SHORT, lr=lr,
+                               batch_size=batch, device="cpu", progress=_progress(calls),
+                               how=fast.Arithmetic(fast.FAST, "float32", False, stacked=2))
+    for kit in pair:  # vmap's batched convolutions round differently: close, not bit for bit
+        torch.testing.assert_close(kit.state_dict(), reference.state_dict(), atol=1e-5, rtol=1e-5)
+    _as_recorded(calls, record)
+
 
 def test_the_fast_mode_trains_with_a_bfloat16_forward_where_the_device_has_one(data, official, gpu_default,
                                                                                 monkeypatch):
