@@ -59,11 +59,10 @@ def reference_train(net: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 def bundled(how: Arithmetic):
     def bundled_train(nets: list[torch.nn.Module], images: torch.Tensor, labels: torch.Tensor, epochs: int,
                       device: torch.device) -> None:
-        """The bundled loop, with the per-epoch progress sync it does when drawing a bar."""
-        streams = [(torch.Generator(device=device).manual_seed(r), torch.Generator().manual_seed(100 + r))
-                   for r in range(len(nets))]
-        scorer.train_together(nets, images.to(device), labels.to(device), streams, epochs=epochs,
-                              progress=lambda epoch, loss, acc: None, how=how)
+        """The bundled loop (rounds of its own nets, as many as given), with the per-epoch progress sync it does
+        when drawing a bar."""
+        scorer.train_rounds(images, labels, list(range(len(nets))), num_classes=int(labels.max()) + 1, epochs=epochs,
+                            device=device, progress=lambda epoch, loss, acc: None, how=how)
     return bundled_train
 
 

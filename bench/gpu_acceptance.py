@@ -40,7 +40,7 @@ from challenge_kit.core.storage import save_json
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import load_recipe
 from evaluator.fast import FAST, Arithmetic, arithmetic
-from evaluator.scorer import make_optimizer, train, train_together
+from evaluator.scorer import make_optimizer, train, train_rounds
 
 HERE = Path(__file__).resolve().parent
 STACK_MEASURED = 8  # rounds of the stacked fast scorer's throughput
@@ -79,9 +79,8 @@ def no_syncs(device: torch.device) -> dict:
     torch.cuda.set_sync_debug_mode("error")
     try:
         train(net, images, labels, epochs=2, generator=generator, group_generator=torch.Generator().manual_seed(0))
-        nets = [ConvNet(ModelConfig.for_spec(spec)).to(device) for _ in range(2)]
-        train_together(nets, images, labels, [(generator, None)] * 2, epochs=2,
-                       how=replace(arithmetic(FAST, device), stacked=2))
+        train_rounds(images, labels, [0, 1], num_classes=spec.num_classes, epochs=2, device=device,
+                     how=replace(arithmetic(FAST, device), stacked=2))
         match(fnet, images, labels, lr, problem, plan, "exact")
     except RuntimeError as e:
         return {"ok": False, "summary": f"host sync: {str(e).splitlines()[0]}"}
@@ -108,9 +107,8 @@ def throughput(device: torch.device, tiny: bool) -> dict:
     labels = torch.arange(n) % spec.num_classes
 
     def kit(how: Arithmetic = Arithmetic()) -> None:
-        nets = [ConvNet(ModelConfig.for_spec(spec)).to(device) for _ in range(how.stacked)]
-        streams = [(torch.Generator(device=device).manual_seed(r), None) for r in range(how.stacked)]
-        train_together(nets, images.to(device), labels.to(device), streams, epochs=epochs, how=how)
+        train_rounds(images, labels, list(range(how.stacked)), num_classes=spec.num_classes, epochs=epochs,
+                     device=device, how=how)
 
     fast = arithmetic(FAST, device)
     one = replace(fast, stacked=1)

@@ -68,11 +68,13 @@ TARGETS = (
     # the recipe's and the official loop's tests, not the command line's (evaluate.py's), which train rounds too
     Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py",
                                    "tests/test_scorer_reference.py"),
-           "not invocations and not says_what_verify and not ddkit_evaluate and not python_m"),
+           "not invocations and not says_what_verify and not ddkit_evaluate and not python_m and not scored_folder"),
     # fast.py's tests without the many-round real-image comparison, and the stacked rounds against the official ones
     Target("evaluator/fast.py", ("tests/test_fast_scorer.py", "tests/test_scorer_reference.py"),
            "test_fast_scorer and not rank_alike or stacked"),
-    Target("evaluator/evaluate.py", ("tests/test_evaluator.py",)),
+    # its own tests, and the refusals and unwritable outputs its command shares with ddkit's (in-process)
+    Target("evaluator/evaluate.py", ("tests/test_evaluator.py", "tests/test_messages.py", "tests/test_hardening.py"),
+           "evaluator or scores_txt"),
     Target("challenge_kit/core/contract.py", ("tests/test_contract.py",)),
     Target("challenge_kit/core/models.py", ("tests/test_models.py", "tests/test_scorer_reference.py")),  # its init
     Target("challenge_kit/core/augment.py", ("tests/test_augment.py",)),

@@ -37,6 +37,7 @@ from challenge_kit.recipes.configs import section_dict
 from challenge_kit.recipes.identity import expert_settings
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
 from challenge_kit.stats import mean_se, paired
+from evaluator.fast import arithmetic
 from evaluator.scorer import evaluate_images
 
 RESULT = "ablate.json"
@@ -92,12 +93,13 @@ def run_variant(job: dict) -> dict:
     summary = json.loads((out / "run" / SUMMARY).read_text())
     images = DistilledArtifact.load(out / "run" / BEST).images
     score = evaluate_images(images, splits.spec, *splits.test, rounds=job["rounds"], epochs=job["epochs"],
-                            seed=job["seed"], device=device, show_progress=False, mode=recipe.eval.scorer)
+                            seed=job["seed"], device=device, show_progress=False,
+                            how=arithmetic(recipe.eval.scorer, device))
     result = {"status": "ok", "method": recipe.method, "parts": recipe.parts(), "experts": str(store),
               "expert_seconds": expert_seconds, "seconds_per_iteration": summary["seconds_per_iteration"],
               "iterations": summary["iterations"], "exported_iteration": summary["exported_iteration"],
-              "peak_mb": peak, "rounds": score["rounds"], "seeds": score["seeds"], "epochs": job["epochs"],
-              "scorer": score["scorer"]}
+              "peak_mb": peak, "rounds": score.rounds, "seeds": score.seeds, "epochs": job["epochs"],
+              "scorer": score.scorer.to_dict()}
     save_json(result, out / VARIANT_RESULT)
     return result
 

@@ -34,8 +34,8 @@ from challenge_kit.pipeline import RUN_SUBDIR
 from challenge_kit.plots import means_and_differences
 from challenge_kit.runs import CHECKPOINT
 from challenge_kit.stats import TELLS, judged, mean_se
-from evaluator.fast import FAITHFUL, FAST, arithmetic
-from evaluator.scorer import train_and_test_rounds
+from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic
+from evaluator.scorer import Progress, test_accuracy, train_rounds
 
 ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
 RESULT = "compare.json"
@@ -166,9 +166,19 @@ def _read_rounds(path: Path) -> dict:
         raise KitFileError(path, f"not readable JSON ({e}); remove it to score every round again") from None
 
 
+def round_accuracies(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
+                     *, num_classes: int, seeds: list[int], epochs: int, device: torch.device,
+                     progress: Progress | None, how: Arithmetic) -> list[float]:
+    """The scorer's rounds of ``seeds`` on one set, each tested: their accuracies."""
+    nets = train_rounds(images, labels, seeds, num_classes=num_classes, epochs=epochs, device=device,
+                        progress=progress, how=how)
+    test_images, test_labels = test_images.to(device, torch.float32), test_labels.to(device).long()
+    return [test_accuracy(net, test_images, test_labels) for net in nets]
+
+
 def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, torch.Tensor], *,
                  seeds: list[int], epochs: int, device: torch.device, cache: Path,
-                 show_progress: bool = True, mode: str = FAITHFUL) -> dict[str, list[float]]:
+                 show_progress: bool = True, how: Arithmetic = Arithmetic()) -> dict[str, list[float]]:
     """Each set's accuracy on every seed, training only the (set, seed) pairs ``cache`` lacks.
 
     Rounds are keyed by the set's and test split's content, the epochs, the device, the scorer's arithmetic
@@ -181,8 +191,7 @@ def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tens
     done = _read_rounds(cache)
     labels = default_labels(spec.num_classes, spec.ipc)
     test_key = data_fingerprint(*test)[:16]
-    how = arithmetic(mode, device)
-    arith = "" if mode == FAITHFUL else (f":{how.mode} {how.precision}{' compiled' if how.compiled else ''}"
+    arith = "" if how.mode == FAITHFUL else (f":{how.mode} {how.precision}{' compiled' if how.compiled else ''}"
                                          f"{f' stacked {how.stacked}' if how.stacked > 1 else ''}")
     keys = {e.name: f"{data_fingerprint(e.images, labels)[:16]}:test {test_key}:{epochs} epochs:{device}{arith}"
             for e in entries}
@@ -199,9 +208,9 @@ def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tens
                 bar.update(task, advance=k, status=f"{which} loss {loss:.3f}")
 
             tick = time.perf_counter()
-            accuracies = train_and_test_rounds(entry.images, labels, *test, num_classes=spec.num_classes,
-                                               seeds=[seeds[r] for r in rs], epochs=epochs, device=device,
-                                               progress=report, how=how)
+            accuracies = round_accuracies(entry.images, labels, *test, num_classes=spec.num_classes,
+                                          seeds=[seeds[r] for r in rs], epochs=epochs, device=device,
+                                          progress=report, how=how)
             seconds = round((time.perf_counter() - tick) / len(rs), 1)
             for r, acc in zip(rs, accuracies, strict=True):
                 done.setdefault(keys[entry.name], {})[str(seeds[r])] = {"accuracy": acc, "seconds": seconds}
@@ -254,13 +263,13 @@ def compare(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tensor, t
     """Score every set on the same round seeds (resuming from ``out``), write compare.json and compare.png."""
     check_budget(rounds, epochs)
     out, device = Path(out), resolve_device(device)
-    seeds = round_seeds(seed, rounds)
+    seeds, how = round_seeds(seed, rounds), arithmetic(mode, device)
     with run_lock(out):
         scores = score_rounds(entries, spec, test, seeds=seeds, epochs=epochs, device=device,
-                              cache=out / ROUNDS_FILE, show_progress=show_progress, mode=mode)
+                              cache=out / ROUNDS_FILE, show_progress=show_progress, how=how)
         result = {"dataset": spec.describe(), "spec": spec.to_dict(), "epochs": epochs, "rounds": rounds,
                   "seed": seed, "seeds": seeds, "device": str(device), "test_images": int(test[0].shape[0]),
-                  "scorer": arithmetic(mode, device).to_dict(),
+                  "scorer": how.to_dict(),
                   "labels": "default order (image i is class i // ipc): the scorer's, for every set",
                   "tells": TELLS, "sets": summarize(entries, scores), **(extra or {})}
         save_json(result, out / RESULT)

@@ -14,7 +14,7 @@ from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.errors import NothingDistilled
 from challenge_kit.core.progress import make_progress
 from challenge_kit.runs import DistillState, RunDir
-from challenge_kit.selection import Selector
+from challenge_kit.selection import Candidate, Selector
 from challenge_kit.stats import ema
 from challenge_kit.tracking import Tracker
 
@@ -64,7 +64,7 @@ class Monitor:
         if state.init is None:
             state.init = state.best = syn.snapshot(0)
             if self.selector.enabled:
-                state.candidates.append(self.selector.candidate(0, syn.images))
+                state.candidates.append(self.selector.candidate(0, syn.images).to_dict())
                 self.tracker.selection(state.candidates[-1], syn.images)
             self.save(state, syn)
         self.bar.update(self.task, completed=state.iteration)
@@ -91,7 +91,7 @@ class Monitor:
             self.save(state, syn)  # what the run computed is kept
             raise self.nothing_distilled(state)
         if self.selector.due(state.iteration, self.cfg.iterations):
-            candidate = self.selector.candidate(state.iteration, syn.images)
+            candidate = self.selector.candidate(state.iteration, syn.images).to_dict()
             state.candidates.append(candidate)
             self.tracker.selection(candidate, syn.images)
             if candidate["mean"] > max(c["mean"] for c in state.candidates[:-1]):
@@ -108,7 +108,8 @@ class Monitor:
         """Decide what to export (once: a resumed finished run decides nothing again) and write it."""
         if state.decision is None:
             if self.selector.enabled:
-                state.decision = self.selector.decide(state.candidates, state.init["images"], state.best["images"])
+                state.decision = self.selector.decide([Candidate.from_dict(c) for c in state.candidates],
+                                                      state.init["images"], state.best["images"]).to_dict()
             else:
                 state.decision = {"split": None, "export": state.iteration, "candidates": [], "final": None,
                                   "reason": "selection off (eval.every = 0): the last iteration"}

@@ -92,12 +92,12 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
                 f"images from {reference}")
             for line in checks:
                 log(line)
-        result = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
+        scored = evaluate_images(inputs.images, spec, inputs.test_images, inputs.test_labels, rounds=rounds,
                                  epochs=epochs, seed=seed, device=dev, show_progress=shard.leader, shard=shard,
-                                 mode=FAST if fast else FAITHFUL)
+                                 how=arithmetic(FAST if fast else FAITHFUL, dev))
         if not shard.leader:
             return None
-    result.update(path=str(path), reference=str(reference), spec_source=inputs.spec_source, verify=checks,
-                  ranks=shard.world)
+    result = {**scored.to_dict(), "path": str(path), "reference": str(reference), "spec_source": inputs.spec_source,
+              "verify": checks, "ranks": shard.world}
     report(result)
     return result

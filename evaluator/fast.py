@@ -26,7 +26,7 @@ import torch
 from torch.func import functional_call, stack_module_state
 
 from challenge_kit.core.contract import FAITHFUL, FAST, SCORER_MODES
-from challenge_kit.core.errors import KitValueError
+from challenge_kit.core.errors import KitError
 
 MODES = SCORER_MODES
 COMPILERS = ("g++", "c++", "clang++")  # what inductor's C++ builder calls when $CXX is unset
@@ -77,9 +77,10 @@ def can_compile(device: torch.device) -> bool:
 
 
 def arithmetic(mode: str, device: torch.device) -> Arithmetic:
-    """What ``mode`` means on ``device``: the faithful mode is always float32 eager."""
+    """What ``mode`` (a recipe's or an option's word) means on ``device``: the faithful mode is always float32
+    eager. The one place a mode's name becomes the arithmetic the scorer takes."""
     if mode not in MODES:
-        raise ValueError(f"scorer mode {mode!r} is not one of {', '.join(MODES)}")
+        raise KitError(f"scorer mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == FAITHFUL:
         return Arithmetic()
     return Arithmetic(FAST, "bfloat16" if native_bfloat16(device) else "float32", can_compile(device),
@@ -90,7 +91,7 @@ def stacked_rounds() -> int:
     """``$DDKIT_STACKED_ROUNDS``: how many rounds the fast scorer trains at once (default 1)."""
     value = os.environ.get(STACK_ENV, "1")
     if not value.isdigit() or int(value) < 1:
-        raise KitValueError(f"{STACK_ENV}: must be a whole number >= 1, got {value!r}")
+        raise KitError(f"{STACK_ENV}: must be a whole number >= 1, got {value!r}")
     return int(value)
 
 

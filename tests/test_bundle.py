@@ -17,6 +17,8 @@ from challenge_kit.core.reading import sha256
 from challenge_kit.data import load_split
 from challenge_kit.export import export_images
 from evaluator import evaluate as evaluate_module
+from evaluator.fast import Arithmetic
+from evaluator.scorer import Score
 
 NAMES = ["cifar100.pt", "tinyimagenet.pt"]
 
@@ -182,8 +184,9 @@ def test_evaluate_zip_scores_both_in_order_and_writes_the_mean(exports, tmp_path
 
     def fake(images, spec, test_images, test_labels, **kwargs):
         called.append((spec.name, tuple(images.shape), tuple(test_images.shape)))
-        return {"mean": {"cifar100": 0.25, "tinyimagenet": 0.5}[spec.name], "rounds": [0.0], "seeds": [1],
-                "epochs": kwargs["epochs"], "official": False}
+        return Score(spec.name, mean={"cifar100": 0.25, "tinyimagenet": 0.5}[spec.name], rounds=[0.0],
+                     epochs=kwargs["epochs"], seeds=[1], device="cpu", official=False, scorer=Arithmetic(), spec=spec,
+                     test_images=len(test_images), seconds=0.0)
 
     monkeypatch.setattr(evaluate_module, "evaluate_images", fake)
     ref = tmp_path / "ref"

@@ -29,7 +29,7 @@ TEST = (torch.zeros(4, 3, 32, 32), torch.arange(4))
 
 
 class FakeScorer:
-    """Stands in for ``train_and_test_rounds``: an accuracy from the set and the seed, every round counted;
+    """Stands in for ``round_accuracies``: an accuracy from the set and the seed, every round counted;
     raises KeyboardInterrupt (a Ctrl-C) on round number ``stop``."""
 
     def __init__(self, stop: int | None = None) -> None:
@@ -85,7 +85,7 @@ def test_rounds_to_tell_is_the_fewest_n_with_2_sd_over_root_n_below_the_differen
 
 def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_path, monkeypatch):
     scorer = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
+    monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
     result = _compare(tmp_path / "out")
     assert sorted(s for _, s in scorer.calls) == sorted(round_seeds(7, 4) * 3) and result["seeds"] == round_seeds(7, 4)
     new, old, rand = result["sets"]
@@ -101,17 +101,17 @@ def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_
 def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_same_table(tmp_path, monkeypatch,
                                                                                             capsys):
     whole = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", whole)
+    monkeypatch.setattr(compare_mod, "round_accuracies", whole)
     uninterrupted = _compare(tmp_path / "whole")
 
     cut = FakeScorer(stop=5)
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", cut)
+    monkeypatch.setattr(compare_mod, "round_accuracies", cut)
     with pytest.raises(KeyboardInterrupt):
         _compare(tmp_path / "cut")
     kept = json.loads((tmp_path / "cut" / ROUNDS_FILE).read_text())
     assert sum(len(rounds) for rounds in kept.values()) == 5  # each round was kept as it came
     rest = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", rest)
+    monkeypatch.setattr(compare_mod, "round_accuracies", rest)
     resumed = _compare(tmp_path / "cut")
     assert len(rest.calls) == 12 - 5 and sorted(cut.calls + rest.calls) == sorted(whole.calls)
     assert resumed == uninterrupted
@@ -124,7 +124,7 @@ def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_s
     assert shown == capsys.readouterr().out and "worse" in shown
 
     more = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", more)
+    monkeypatch.setattr(compare_mod, "round_accuracies", more)
     extended = _compare(tmp_path / "cut", rounds=6)
     assert sorted(s for _, s in more.calls) == sorted(round_seeds(7, 6)[4:] * 3)  # only the two new rounds
     assert [r["rounds"][:4] for r in extended["sets"]] == [r["rounds"] for r in uninterrupted["sets"]]
@@ -132,7 +132,7 @@ def test_an_interrupted_compare_resumes_scoring_only_the_missing_rounds_to_the_s
 
 def test_identical_sets_are_trained_once_and_other_conditions_are_not_reused(tmp_path, monkeypatch):
     scorer = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
+    monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
     images = distilled_images(SPEC)
     compare([Entry("a", images, "a.pt"), Entry("a copy", images.clone(), "b.pt")], SPEC, TEST, tmp_path, rounds=3,
             epochs=3, seed=7, device="cpu", show_progress=False)
@@ -153,10 +153,10 @@ def test_stacked_rounds_are_scored_in_blocks_round_major_and_kept_apart(tmp_path
     """Where the fast scorer stacks rounds (a GPU), a set's rounds go to it in blocks; the blocks stay round-major
     across sets, so an interruption leaves the sets paired; a stacked round is not a one-at-a-time round."""
     one_at_a_time = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", one_at_a_time)
+    monkeypatch.setattr(compare_mod, "round_accuracies", one_at_a_time)
     alone = _compare(tmp_path / "alone", rounds=4, mode="fast")
     stacked = FakeScorer()
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", stacked)
+    monkeypatch.setattr(compare_mod, "round_accuracies", stacked)
     monkeypatch.setattr(compare_mod, "arithmetic", lambda mode, device: Arithmetic(mode, stacked=3))
     together = _compare(tmp_path / "together", rounds=4, mode="fast")
     assert one_at_a_time.groups == [1] * 12 and stacked.groups == [3, 3, 3, 1, 1, 1]
@@ -188,7 +188,7 @@ def world(tmp_path):
 def test_the_command_compares_exports_research_sets_and_both_baselines(world, monkeypatch):
     root, data, ref, run = world
     scorer = FakeScorer()  # the scorer's own tests train; a 64x64 round here would cost seconds
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", scorer)
+    monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
     args = ["compare", str(run), str(root / "other" / "tinyimagenet.pt"), str(root / "research.safetensors"),
             "--reference", str(ref), "--out", str(root / "cmp"), "--baseline", "init", "--baseline", "random",
             "--data-root", str(data), "--epochs", "1", "--rounds", "2", "--device", "cpu"]
@@ -211,7 +211,7 @@ def test_the_command_compares_exports_research_sets_and_both_baselines(world, mo
 
 def test_sets_are_named_by_what_tells_their_paths_apart_or_by_their_labels(world, monkeypatch):
     root, _, ref, run = world
-    monkeypatch.setattr(compare_mod, "train_and_test_rounds", FakeScorer())
+    monkeypatch.setattr(compare_mod, "round_accuracies", FakeScorer())
     export = run / "tinyimagenet.pt"
     base = ["compare", str(export), str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref), "--epochs",
             "1", "--rounds", "2", "--json"]

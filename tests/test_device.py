@@ -17,7 +17,7 @@ from challenge_kit.experts.training import train_epoch
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import ExpertConfig
 from evaluator.fast import FAST, Arithmetic
-from evaluator.scorer import train_round, train_rounds
+from evaluator.scorer import train_rounds
 
 pytestmark = pytest.mark.device
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
@@ -91,7 +91,7 @@ def test_augmentation_on_the_device_is_diffaugment_on_the_cpu(device):
 def test_a_seeded_scorer_round_on_the_device_repeats_and_is_the_official_loop(device):
     images = torch.randn(SPEC.shape, generator=torch.Generator().manual_seed(0))
     labels = default_labels(SPEC.num_classes, SPEC.ipc)
-    nets = [train_round(images, labels, num_classes=SPEC.num_classes, epochs=3, seed=5, device=device)
+    nets = [train_rounds(images, labels, [5], num_classes=SPEC.num_classes, epochs=3, device=device)[0]
             for _ in range(2)]
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         assert torch.equal(a, b)

@@ -28,7 +28,7 @@ from challenge_kit.experts.store import ExpertStore, expert_files
 from challenge_kit.experts.training import train_experts
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_checkpoint, read_history
-from challenge_kit.selection import Selector
+from challenge_kit.selection import Candidate, Rounds, Selector
 
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
 
@@ -332,9 +332,9 @@ def test_the_reason_says_whether_the_winning_margin_is_significant(monkeypatch, 
     init, best = torch.zeros(2), torch.ones(2)
     fresh = {0.0: [0.20, 0.21, 0.22], 2.0: leader_rounds}
     monkeypatch.setattr(selector, "score", lambda images, rounds, seed, per_class=False:
-                        {"rounds": fresh[float(images.sum())], "mean": sum(fresh[float(images.sum())]) / 3})
-    candidates = [{"iteration": 0, "mean": 0.20}, {"iteration": 5, "mean": 0.22}]
-    decision = selector.decide(candidates, init, best)
+                        Rounds(sum(fresh[float(images.sum())]) / 3, 0.0, fresh[float(images.sum())], []))
+    candidates = [Candidate(0, Rounds(0.20, 0.0, [], [])), Candidate(5, Rounds(0.22, 0.0, [], []))]
+    decision = selector.decide(candidates, init, best).to_dict()
     assert decision["export"] == 5 and decision["reason"].startswith("iteration 5 beat the initialization by +")
     assert ("not a significant gain" in decision["reason"]) is not significant
 
@@ -349,9 +349,9 @@ def test_without_final_rounds_the_reason_gives_the_paired_margin_of_the_selectio
     the margin is the mean of the per-seed differences and its standard error (stdev / sqrt(3))."""
     selector = Selector(EvalConfig(final_rounds=0), SPEC, torch.zeros(1), torch.zeros(1), torch.device("cpu"))
     init_rounds = [0.1925, 0.195, 0.1875]
-    candidates = [{"iteration": 0, "mean": sum(init_rounds) / 3, "rounds": init_rounds},
-                  {"iteration": 60, "mean": sum(leader_rounds) / 3, "rounds": leader_rounds}]
-    decision = selector.decide(candidates, torch.zeros(2), torch.ones(2))
+    candidates = [Candidate(0, Rounds(sum(init_rounds) / 3, 0.0, init_rounds, [])),
+                  Candidate(60, Rounds(sum(leader_rounds) / 3, 0.0, leader_rounds, []))]
+    decision = selector.decide(candidates, torch.zeros(2), torch.ones(2)).to_dict()
     assert decision["export"] == 60 and decision["final"] is None
     assert f"{margin} over 3 paired selection rounds" in decision["reason"], decision["reason"]
     assert ("not a significant gain" in decision["reason"]) is not significant

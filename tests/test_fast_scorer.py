@@ -13,15 +13,16 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.core.contract import TINYIMAGENET, default_labels
-from challenge_kit.core.errors import KitValueError
+from challenge_kit.core.errors import KitError
 from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.data import load_split
 from challenge_kit.recipes import EvalConfig, load_recipe
 from challenge_kit.recipes.identity import ADDED, run_identity
-from challenge_kit.selection import Selector
+from challenge_kit.selection import Candidate, Rounds, Selector
 from challenge_kit.stats import paired
+from evaluator import scorer
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic, can_compile, native_bfloat16, stacked
-from evaluator.scorer import train_and_test
+from evaluator.scorer import train_rounds
 
 CPU = torch.device("cpu")
 ROUNDS, EPOCHS, CLASSES, IPC = 12, 60, 10, 2
@@ -43,7 +44,7 @@ def test_the_modes_say_what_they_compute(monkeypatch):
     assert arithmetic(FAST, CPU).compiled == can_compile(CPU)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     assert not arithmetic(FAST, CPU).compiled
-    with pytest.raises(ValueError, match="scorer mode 'quick' is not one of faithful, fast"):
+    with pytest.raises(KitError, match="scorer mode 'quick' is not one of faithful, fast"):
         arithmetic("quick", CPU)
     assert "not the leaderboard's" in fast.describe() and "bit-identical" in Arithmetic().describe()
     assert fast.stacked == 1  # stacking is asked for, never assumed
@@ -52,7 +53,7 @@ def test_the_modes_say_what_they_compute(monkeypatch):
     assert "3 rounds at once" in arithmetic(FAST, CPU).describe()
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("DDKIT_STACKED_ROUNDS", bad)
-        with pytest.raises(KitValueError, match=f"DDKIT_STACKED_ROUNDS: must be a whole number >= 1, got '{bad}'"):
+        with pytest.raises(KitError, match=f"DDKIT_STACKED_ROUNDS: must be a whole number >= 1, got '{bad}'"):
             arithmetic(FAST, CPU)
 
 
@@ -71,8 +72,9 @@ def real_sets(tmp_path_factory):
 
 
 def rounds(images: torch.Tensor, test, mode: str) -> list[float]:
-    return [train_and_test(images, default_labels(CLASSES, IPC), *test, num_classes=CLASSES, epochs=EPOCHS,
-                           seed=1000 * 7 + r, device="cpu", mode=mode) for r in range(ROUNDS)]
+    nets = train_rounds(images, default_labels(CLASSES, IPC), [1000 * 7 + r for r in range(ROUNDS)],
+                        num_classes=CLASSES, epochs=EPOCHS, device="cpu", how=arithmetic(mode, CPU))
+    return [scorer.test_accuracy(net, *test) for net in nets]
 
 
 @pytest.mark.slow
@@ -88,9 +90,9 @@ def test_fast_scores_are_the_faithful_ones_within_two_standard_errors_and_rank_a
         d = paired(scores["clean", mode], scores["noisy", mode])
         print(f"{mode}: clean - noisy {d['mean']:+.4f} +- {d['se']:.4f}")
         assert d["mean"] > 2 * d["se"], (mode, d)
-    again = train_and_test(sets["clean"], default_labels(CLASSES, IPC), *test, num_classes=CLASSES, epochs=EPOCHS,
-                           seed=7000, device="cpu", mode=FAST)
-    assert again == scores["clean", FAST][0]  # same seed, same threads: the same score
+    (net,) = train_rounds(sets["clean"], default_labels(CLASSES, IPC), [7000], num_classes=CLASSES, epochs=EPOCHS,
+                          device="cpu", how=arithmetic(FAST, CPU))
+    assert scorer.test_accuracy(net, *test) == scores["clean", FAST][0]  # same seed, same threads: the same score
 
 
 def test_ddkit_evaluate_fast_says_so_and_a_zip_stays_faithful(tmp_path):
@@ -124,10 +126,10 @@ def test_selection_runs_fast_by_default_and_an_older_checkpoint_reads_as_faithfu
 
 
 def test_the_selection_record_names_the_arithmetic_it_was_decided_in():
-    candidates = [{"iteration": 0, "mean": 0.2, "rounds": [0.2]}, {"iteration": 10, "mean": 0.1, "rounds": [0.1]}]
+    candidates = [Candidate(0, Rounds(0.2, 0.0, [0.2], [])), Candidate(10, Rounds(0.1, 0.0, [0.1], []))]
     for mode in (FAST, FAITHFUL):
         selector = Selector(EvalConfig(scorer=mode), TINYIMAGENET, torch.zeros(1), torch.zeros(1), CPU)
-        decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1))
+        decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1)).to_dict()
         assert decision["scorer"] == arithmetic(mode, CPU).to_dict() and decision["export"] == 0
 
 

@@ -24,6 +24,8 @@ from challenge_kit.core import seeds
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.storage import save_json
 from challenge_kit.runs import CHECKPOINT, SUMMARY, RunDir
+from evaluator.fast import Arithmetic
+from evaluator.scorer import Score
 
 EVALUATOR = "python -m evaluator"
 SUBSET = CIFAR100.subset(5)
@@ -242,8 +244,8 @@ def test_a_malformed_checkpoint_is_named_by_report_and_by_a_resumed_run(tmp_path
 # ------------------------------------------------------------------------------------------ scores not lost
 
 def fake_scores(images, spec, test_images, test_labels, **kwargs):
-    return {"mean": 0.25, "rounds": [0.25], "seeds": [1], "epochs": kwargs["epochs"], "device": "cpu",
-            "official": False}
+    return Score(spec.name, mean=0.25, rounds=[0.25], epochs=kwargs["epochs"], seeds=[1], device="cpu", official=False,
+                 scorer=Arithmetic(), spec=spec, test_images=len(test_images), seconds=0.0)
 
 
 def failing_write(monkeypatch, how: str) -> None:

@@ -15,7 +15,7 @@ from evaluator import scorer
 
 
 def test_bundled_loop_is_bit_identical_to_the_official_recipe():
-    size, classes, per_class, epochs = 16, 10, 30, 4  # 2 batches per epoch; the lr drops after epoch index 2
+    size, classes, per_class, epochs = 8, 10, 30, 4  # 2 batches per epoch; the lr drops after epoch index 2
     images = torch.randn(classes * per_class, 3, size, size, generator=torch.Generator().manual_seed(0))
     labels = default_labels(classes, per_class)
     torch.manual_seed(1)

@@ -57,8 +57,8 @@ def test_seeds_7_and_7_plus_2_to_the_28_score_different_rounds():
     test_labels = torch.arange(2).repeat(4)
     near_score, far_score = (evaluate_images(images, spec, test_images, test_labels, rounds=2, epochs=2, seed=s,
                                              show_progress=False) for s in (7, far))
-    assert near_score["seeds"] == [7000, 7001] and far_score["seeds"] == [far * 1000, far * 1000 + 1]
+    assert near_score.seeds == [7000, 7001] and far_score.seeds == [far * 1000, far * 1000 + 1]
     labels = default_labels(2, 3)
-    near, distant = (train_rounds(images, labels, r["seeds"], num_classes=2, epochs=2) for r in (near_score, far_score))
+    near, distant = (train_rounds(images, labels, r.seeds, num_classes=2, epochs=2) for r in (near_score, far_score))
     for a, b in zip(near, distant, strict=True):
         assert not torch.equal(a.classifier.weight, b.classifier.weight)

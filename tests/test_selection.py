@@ -13,7 +13,7 @@ from references import official_round, official_scores, official_test, round_see
 
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.recipes import EvalConfig
-from challenge_kit.selection import Selector
+from challenge_kit.selection import Candidate, Rounds, Selector
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=16)
 EPOCHS = 2
@@ -38,6 +38,11 @@ def _selector(split, **config) -> Selector:
                     torch.device("cpu"))
 
 
+def _candidate(iteration: int, mean: float, rounds: list[float] = ()) -> Candidate:
+    """A candidate as the decision reads it: its iteration, its mean and, where the margin is paired, its rounds."""
+    return Candidate(iteration, Rounds(mean, 0.0, list(rounds), []))
+
+
 def _official(images, split, seed: int, rounds: int) -> list[float]:
     seeds = [round_seed(seed, r) for r in range(rounds)]
     return official_scores(images, default_labels(SPEC.num_classes, SPEC.ipc), SPEC.num_classes, *split, seeds,
@@ -51,10 +56,11 @@ def test_a_score_is_the_official_rounds_with_their_mean_and_standard_error(split
     images, _ = _set(0.0, 2)
     rounds = _official(images, split, 9, 3)
     got = _selector(split).score(images, 3, 9)
-    assert got == {"mean": pytest.approx(sum(rounds) / 3, abs=1e-15), "rounds": rounds,
+    assert got.to_dict() == {"mean": pytest.approx(sum(rounds) / 3, abs=1e-15), "rounds": rounds,
                    "se": pytest.approx(statistics.stdev(rounds) / math.sqrt(3), abs=1e-15),
                    "seeds": [9000, 9001, 9002]}
-    candidate = _selector(split, rounds=2).candidate(7, images)
+    candidate = _selector(split, rounds=2).candidate(7, images).to_dict()  # as a run's checkpoint holds it
+    assert list(candidate) == ["iteration", "mean", "se", "rounds", "seeds", "per_class"]
     assert candidate["iteration"] == 7 and candidate["seeds"] == [round_seed(SEED, r) for r in range(2)]
     assert candidate["rounds"] == _official(images, split, SEED, 2) and len(candidate["per_class"]) == SPEC.num_classes
 
@@ -65,8 +71,8 @@ def test_the_fresh_rounds_decide_and_are_seeded_one_past_the_selections(split):
     fresh = {"a": _official(a, split, SEED + 1, 3), "b": _official(b, split, SEED + 1, 3)}
     assert fresh["a"] != fresh["b"], "the sets must score apart for the decision to mean anything"
     for best, init, (leader, other) in ((a, b, ("a", "b")), (b, a, ("b", "a"))):
-        candidates = [{"iteration": 0, "mean": 0.1}, {"iteration": 30, "mean": 0.9}]
-        decision = _selector(split, final_rounds=3).decide(candidates, init, best)
+        candidates = [_candidate(0, 0.1), _candidate(30, 0.9)]
+        decision = _selector(split, final_rounds=3).decide(candidates, init, best).to_dict()
         assert decision["final"]["leader"]["rounds"] == fresh[leader]
         assert decision["final"]["init"]["rounds"] == fresh[other]
         assert decision["final"]["leader"]["seeds"] == [round_seed(SEED + 1, r) for r in range(3)]
@@ -75,7 +81,8 @@ def test_the_fresh_rounds_decide_and_are_seeded_one_past_the_selections(split):
         assert decision["final"]["difference"] == {"mean": pytest.approx(mean, abs=1e-15),
                                                    "se": pytest.approx(se, abs=1e-15), "rounds": 3}
         margin = f"{mean:+.4f} +- {se:.4f} over 3 fresh paired rounds"
-        assert (decision["leader"], decision["split"], decision["candidates"]) == (30, "holdout", candidates)
+        assert (decision["leader"], decision["split"]) == (30, "holdout")
+        assert decision["candidates"] == [c.to_dict() for c in candidates]
         if mean > 0:
             weak = " (within 2 standard errors: not a significant gain)" if mean <= 2 * se else ""
             assert (decision["export"], decision["reason"]) == (30, f"iteration 30 beat the initialization by "
@@ -90,8 +97,8 @@ def test_the_fresh_rounds_decide_and_are_seeded_one_past_the_selections(split):
 
 def test_one_fresh_round_decides_and_a_tie_on_it_keeps_the_initialization(split):
     a = _set(0.0, 2)[0]
-    candidates = [{"iteration": 0, "mean": 0.1}, {"iteration": 30, "mean": 0.9}]
-    decision = _selector(split, final_rounds=1).decide(candidates, a, a)  # one set both ways: equal fresh rounds
+    candidates = [_candidate(0, 0.1), _candidate(30, 0.9)]
+    decision = _selector(split, final_rounds=1).decide(candidates, a, a).to_dict()  # one set both ways: equal rounds
     assert decision["final"]["difference"] == {"mean": 0.0, "se": 0.0, "rounds": 1}
     assert decision["export"] == 0
 
@@ -105,16 +112,16 @@ def test_candidates_are_scored_every_so_many_iterations_and_at_the_last(split):
 def test_when_the_initialization_leads_it_is_exported_without_fresh_rounds(split):
     selector = _selector(split)
     unscorable = torch.full((1,), float("nan"))  # never trained on: there are no fresh rounds in this case
-    alone = selector.decide([{"iteration": 0, "mean": 0.4}], unscorable, unscorable)
+    alone = selector.decide([_candidate(0, 0.4)], unscorable, unscorable).to_dict()
     assert (alone["export"], alone["leader"], alone["final"]) == (0, 0, None)
     assert alone["reason"] == "no candidate beat the initialization"
-    tied = [{"iteration": 0, "mean": 0.4}, {"iteration": 10, "mean": 0.3}, {"iteration": 20, "mean": 0.4}]
-    decision = selector.decide(tied, unscorable, unscorable)  # a tie keeps the initialization
+    tied = [_candidate(0, 0.4), _candidate(10, 0.3), _candidate(20, 0.4)]
+    decision = selector.decide(tied, unscorable, unscorable).to_dict()  # a tie keeps the initialization
     assert (decision["export"], decision["leader"], decision["final"]) == (0, 0, None)
     assert decision["reason"] == ("no candidate beat the initialization; the best iteration, 20, scored 0.4000 "
                                   "against its 0.4000")
     assert decision["scorer"] == {"mode": "faithful", "precision": "float32", "compiled": False, "stacked": 1}
-    behind = selector.decide([{"iteration": 0, "mean": 0.4}, {"iteration": 10, "mean": 0.3}], unscorable, unscorable)
+    behind = selector.decide([_candidate(0, 0.4), _candidate(10, 0.3)], unscorable, unscorable).to_dict()
     assert behind["reason"] == ("no candidate beat the initialization; the best iteration, 10, scored 0.3000 "
                                 "against its 0.4000")
 
@@ -125,9 +132,8 @@ def test_when_the_initialization_leads_it_is_exported_without_fresh_rounds(split
 ])
 def test_a_margin_counts_only_beyond_two_standard_errors(split, leader_rounds, weak):
     selector = _selector(split, final_rounds=0)
-    candidates = [{"iteration": 0, "mean": 0.0, "rounds": [0.0] * 4},
-                  {"iteration": 8, "mean": sum(leader_rounds) / 4, "rounds": leader_rounds}]
-    decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1))
+    candidates = [_candidate(0, 0.0, [0.0] * 4), _candidate(8, sum(leader_rounds) / 4, leader_rounds)]
+    decision = selector.decide(candidates, torch.zeros(1), torch.zeros(1)).to_dict()
     diffs = leader_rounds
     mean, se = sum(diffs) / 4, statistics.stdev(diffs) / 2
     assert (mean == 2 * se) is weak
@@ -149,4 +155,4 @@ def test_the_per_class_record_is_each_classs_share_over_the_official_rounds(spli
         shares.append([float((predicted[test_labels == c] == c).double().mean()) for c in range(SPEC.num_classes)])
         assert official_test(net, test_images, test_labels) == pytest.approx(sum(shares[-1]) / SPEC.num_classes)
     got = _selector(split, rounds=2).score(images, 2, SEED, per_class=True)
-    assert got["per_class"] == pytest.approx([(s + t) / 2 for s, t in zip(*shares, strict=True)], abs=1e-6)
+    assert got.per_class == pytest.approx([(s + t) / 2 for s, t in zip(*shares, strict=True)], abs=1e-6)
