@@ -158,7 +158,7 @@ def ablate(
         raise KitValueError("--rounds and --epochs must be at least 1, --iterations at least 0")
     if (problem := rounds_problem(rounds)) is not None:
         raise KitValueError(f"--rounds: {problem}")
-    ctx = RunContext.on(device, data=DataSource(data_root, cache_dir=cache_dir), progress=False)
+    ctx = RunContext.on(device, data=DataSource(data_root, cache_dir=cache_dir))
     summary = run_ablation(recipes, ctx, dataset=dataset or detect_dataset(data_root), experts=experts_dir, out=out,
                            profile=profile, overrides=overrides or [], iterations=iterations, rounds=rounds,
                            epochs=epochs or EPOCHS, seed=seed, select=select)
