@@ -24,6 +24,7 @@ from pathlib import Path
 from challenge_kit.baseline import random_real
 from challenge_kit.cli.compare import table
 from challenge_kit.compare import Entry, compare, init_images
+from challenge_kit.context import DataSource, RunContext
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.devices import resolve_device, tune_allocator
 from challenge_kit.core.progress import make_console
@@ -56,13 +57,13 @@ def main() -> None:
     work = Path(args.work)
     tick = time.perf_counter()
     recipe = load_recipe(args.dataset, args.profile, args.overrides)
+    ctx = RunContext.on(args.device, data=DataSource(args.data_root, cache_dir=args.cache_dir))
     if not (work / "manifest.json").is_file():
-        make_submission(recipe, args.data_root, work, device=args.device, cache_dir=args.cache_dir,
-                        resume=(work / RUN_SUBDIR / CHECKPOINT).exists(),
+        make_submission(recipe, work, ctx, resume=(work / RUN_SUBDIR / CHECKPOINT).exists(),
                         command={"dataset": args.dataset, "profile": args.profile, "overrides": args.overrides})
     manifest = json.loads((work / "manifest.json").read_text())
     run_seconds = sum(manifest["timings_s"].values())
-    splits = load_data(recipe, args.data_root, cache_dir=args.cache_dir)
+    splits = load_data(recipe, ctx)
     exported = DistilledArtifact.load(work / RUN_SUBDIR / BEST)
     entries = [Entry(f"(c) exported (iteration {exported.extra['iteration']})", exported.images, str(work)),
                Entry(f"(b) initialization ({recipe.distill.init})", init_images(work), str(work), baseline=True),

@@ -5,7 +5,8 @@ table and its peak memory is its own, then the chosen set is scored with the cha
 (default-order hard labels: what the leaderboard sees) on the test split, with the same round seeds for every
 variant, so differences are paired. Finished variants are skipped on a rerun. Variants whose expert settings
 differ (FIEX, smooth experts) train their experts once into the shared store, in a folder keyed by those
-settings (``recipes.identity.expert_settings``).
+settings (``recipes.identity.expert_settings``). The file is some 310 lines because the variant's process and
+the table that collects it share its types: the job a variant is handed, its result and the table's rows.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from challenge_kit.context import DataSource, RunContext
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.devices import resolve_device, usable_device
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.folders import run_lock
@@ -74,33 +76,140 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run_variant(job: dict) -> dict:
+@dataclass(frozen=True)
+class VariantJob:
+    """One variant's work, as its own process receives it (JSON on its command line)."""
+
+    recipe: str
+    profile: str
+    overrides: list[str]
+    dataset: str
+    device: str
+    out: str
+    data_root: str
+    cache_dir: str | None
+    experts: str
+    rounds: int
+    epochs: int
+    seed: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def context(self) -> RunContext:
+        """The variant's surroundings: the parent's device and data, no progress bars (its output is a log)."""
+        return RunContext(self.device, progress=False, data=DataSource(self.data_root, cache_dir=self.cache_dir))
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """What a finished variant leaves in ``variant.json``: its method, what it cost, its scorer rounds."""
+
+    status: str
+    method: str
+    parts: dict[str, str]
+    experts: str
+    expert_seconds: float
+    seconds_per_iteration: float
+    iterations: int
+    exported_iteration: int
+    peak_mb: float
+    rounds: list[float]
+    seeds: list[int]
+    epochs: int
+    scorer: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> VariantResult | None:
+        """A saved result, or None where there is none to reuse (no file, or one without these fields)."""
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        names = [f.name for f in fields(cls)]
+        return cls(**{k: saved[k] for k in names}) if isinstance(saved, dict) and set(names) <= set(saved) else None
+
+
+@dataclass(frozen=True)
+class VariantFailure:
+    """A variant whose process failed: its last line and exit status (the row of a crash)."""
+
+    error: str
+    exit_code: int
+    status: str = "failed"
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "error": self.error, "exit_code": self.exit_code}
+
+
+@dataclass
+class VariantRow:
+    """One row of ``ablate.json``: the variant, its result, and for a scored one its accuracy and paired
+    difference to the first variant."""
+
+    variant: str
+    recipe: str
+    method: str
+    parts: dict[str, str]
+    result: VariantResult | VariantFailure
+    mean: float | None = None
+    se: float | None = None
+    difference: dict | None = None
+
+    def to_dict(self) -> dict:
+        row = {"variant": self.variant, "recipe": self.recipe, "method": self.method, "parts": self.parts,
+               **self.result.to_dict()}
+        if self.mean is not None:
+            row.update(mean=self.mean, se=self.se)
+        if self.difference is not None:
+            row["difference"] = self.difference
+        return row
+
+
+@dataclass
+class Ablation:
+    """``ablate.json``: the shared settings and one row per variant, the first the reference."""
+
+    dataset: str
+    profile: str
+    overrides: list[str]
+    rounds: int
+    epochs: int
+    seed: int
+    split: str = "test"
+    variants: list[VariantRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "variants"},
+                "variants": [row.to_dict() for row in self.variants]}
+
+
+def run_variant(job: VariantJob) -> VariantResult:
     """One variant, in its own process: experts (if its store lacks them), distillation, scoring."""
-    recipe = load_recipe(job["recipe"], job["profile"], job["overrides"], dataset=job["dataset"])
-    device = resolve_device(job["device"])
-    out = Path(job["out"])
-    splits = load_data(recipe, job["data_root"], cache_dir=job["cache_dir"])
-    store = expert_dir(Path(job["experts"]), recipe.experts)
+    recipe = load_recipe(job.recipe, job.profile, job.overrides, dataset=job.dataset)
+    ctx = job.context()
+    device, out = ctx.device, Path(job.out)
+    splits = load_data(recipe, ctx)
+    store = expert_dir(Path(job.experts), recipe.experts)
     tick = time.perf_counter()
-    train_experts(recipe, splits, store, device, show_progress=False)
+    train_experts(recipe, splits, store, ctx)
     expert_seconds = time.perf_counter() - tick
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if not (out / "run" / SUMMARY).is_file():
-        run_distill(recipe, splits, store, out / "run", device=device, resume=(out / "run" / CHECKPOINT).exists(),
-                    show_progress=False)
+        run_distill(recipe, splits, store, out / "run", ctx, resume=(out / "run" / CHECKPOINT).exists())
     peak = _peak_mb(device)
     summary = json.loads((out / "run" / SUMMARY).read_text())
     images = DistilledArtifact.load(out / "run" / BEST).images
-    score = evaluate_images(images, splits.spec, *splits.test, rounds=job["rounds"], epochs=job["epochs"],
-                            seed=job["seed"], device=device, show_progress=False,
+    score = evaluate_images(images, splits.spec, *splits.test, rounds=job.rounds, epochs=job.epochs,
+                            seed=job.seed, device=device, show_progress=False,
                             how=arithmetic(recipe.eval.scorer, device))
-    result = {"status": "ok", "method": recipe.method, "parts": recipe.parts(), "experts": str(store),
-              "expert_seconds": expert_seconds, "seconds_per_iteration": summary["seconds_per_iteration"],
-              "iterations": summary["iterations"], "exported_iteration": summary["exported_iteration"],
-              "peak_mb": peak, "rounds": score.rounds, "seeds": score.seeds, "epochs": job["epochs"],
-              "scorer": score.scorer.to_dict()}
-    save_json(result, out / VARIANT_RESULT)
+    result = VariantResult("ok", recipe.method, recipe.parts(), str(store), expert_seconds,
+                           summary["seconds_per_iteration"], summary["iterations"], summary["exported_iteration"],
+                           peak, score.rounds, score.seeds, job.epochs, score.scorer.to_dict())
+    save_json(result.to_dict(), out / VARIANT_RESULT)
     return result
 
 
@@ -113,28 +222,24 @@ def _names(recipes: list[str]) -> list[str]:
     return names
 
 
-def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> dict:
+def _variant(name: str, recipe: Recipe, job: VariantJob) -> VariantRow:
     """One row: the variant's saved result, or a fresh run of it in a child process (its crash is the row)."""
-    folder = out / name
+    folder = Path(job.out)
     done = folder / VARIANT_RESULT
-    result = json.loads(done.read_text()) if done.is_file() else None
-    stale = result is None or len(result.get("rounds") or []) != job["rounds"] or \
-        result.get("epochs") != job["epochs"] or (result.get("scorer") or {}).get("mode") != recipe.eval.scorer
+    result = VariantResult.read(done)
+    stale = result is None or len(result.rounds or []) != job.rounds or result.epochs != job.epochs or \
+        (result.scorer or {}).get("mode") != recipe.eval.scorer
     if stale:
         console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
         make_folders(folder)
-        spec = {"recipe": recipe_name, "profile": job["profile"], "overrides": job["extra"], "dataset": job["dataset"],
-                "device": job["device"], "out": str(folder), "data_root": str(job["data_root"]),
-                "cache_dir": None if job["cache_dir"] is None else str(job["cache_dir"]),
-                "experts": str(job["experts"]), "rounds": job["rounds"], "epochs": job["epochs"], "seed": job["seed"]}
-        proc = _run_child([sys.executable, "-m", "challenge_kit.ablate", json.dumps(spec)], folder / "log.txt")
-        if proc.returncode == 0 and done.is_file():
-            result = json.loads(done.read_text())
-        else:
+        proc = _run_child([sys.executable, "-m", "challenge_kit.ablate", json.dumps(job.to_dict())],
+                          folder / "log.txt")
+        result = VariantResult.read(done) if proc.returncode == 0 else None
+        if result is None:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-            result = {"status": "failed", "error": lines[-1][:300], "exit_code": proc.returncode}
-            console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
-    return {"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(), **result}
+            result = VariantFailure(lines[-1][:300], proc.returncode)
+            console.print(f"[red]{name} failed[/red]: {result.error} (log: {folder / 'log.txt'})")
+    return VariantRow(name, job.recipe, recipe.method, recipe.parts(), result)
 
 
 def _run_child(argv: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -157,10 +262,11 @@ def _run_child(argv: list[str], log: Path) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: str | Path, out: str | Path,
+def ablate(recipes: list[str], ctx: RunContext, *, dataset: str, experts: str | Path, out: str | Path,
            profile: str, overrides: list[str], iterations: int | None, rounds: int, epochs: int, seed: int,
-           device: str | None, cache_dir: str | Path | None, select: bool = False) -> dict:
-    """Run every variant (each in a subprocess, skipping finished ones) and compare them with the first.
+           select: bool = False) -> Ablation:
+    """Run every variant (each in a subprocess, skipping finished ones) on ``ctx``'s device and data, and compare
+    them with the first.
 
     Without ``select`` each variant's last iteration is scored (the comparison is of methods, not of model
     selection); with it, each exports what its own held-out selection chose.
@@ -169,25 +275,24 @@ def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: 
     extra = list(overrides) + ([f"distill.iterations={iterations}"] if iterations is not None else []) \
         + ([] if select else ["eval.every=0"])
     loaded: list[Recipe] = [load_recipe(r, profile, extra, dataset=dataset) for r in recipes]  # fail before work
-    usable_device(device)
+    source = ctx.data
+    jobs = [VariantJob(recipe_name, profile, extra, dataset, str(ctx.device), str(out / name), str(source.root),
+                       None if source.cache_dir is None else str(source.cache_dir), str(experts), rounds, epochs, seed)
+            for name, recipe_name in zip(_names(recipes), recipes, strict=True)]
     with run_lock(out), run_lock(experts):
-        rows = [_variant(name, recipe_name, recipe, out, extra=extra, profile=profile, dataset=dataset,
-                         device=device, data_root=data_root, cache_dir=cache_dir, experts=experts, rounds=rounds,
-                         epochs=epochs, seed=seed)
-                for name, recipe_name, recipe in zip(_names(recipes), recipes, loaded, strict=True)]
+        rows = [_variant(name, recipe, job) for name, recipe, job in zip(_names(recipes), loaded, jobs, strict=True)]
     base = rows[0]
     for row in rows:
-        if row["status"] == "ok":
-            row["mean"], row["se"] = mean_se(row["rounds"])
-            if base["status"] == "ok" and row is not base:
-                row["difference"] = paired(row["rounds"], base["rounds"])
-    summary = {"dataset": dataset, "profile": profile, "overrides": extra, "rounds": rounds, "epochs": epochs,
-               "seed": seed, "split": "test", "variants": rows}
-    save_json(summary, out / RESULT)
-    ok = [r for r in rows if r["status"] == "ok"]
+        if isinstance(row.result, VariantResult):
+            row.mean, row.se = mean_se(row.result.rounds)
+            if isinstance(base.result, VariantResult) and row is not base:
+                row.difference = paired(row.result.rounds, base.result.rounds)
+    summary = Ablation(dataset, profile, extra, rounds, epochs, seed, variants=rows)
+    save_json(summary.to_dict(), out / RESULT)
+    ok = [r for r in rows if isinstance(r.result, VariantResult)]
     if ok:
         bar_chart(out / CHART, f"scorer-recipe test accuracy, {epochs} epochs x {rounds} paired rounds (mean +- s.e.)",
-                  "accuracy", [r["variant"] for r in ok], [r["mean"] for r in ok], [r["se"] for r in ok])
+                  "accuracy", [r.variant for r in ok], [r.mean for r in ok], [r.se for r in ok])
     return summary
 
 
@@ -198,7 +303,7 @@ def main() -> None:
     tune_allocator()
     try:
         with sigterm_as_interrupt():
-            run_variant(json.loads(sys.argv[1]))
+            run_variant(VariantJob(**json.loads(sys.argv[1])))
     except BaseException as e:
         if (interrupt := interruption(e)) is None:
             raise

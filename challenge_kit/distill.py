@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit.context import RunContext
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
-from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
@@ -25,16 +25,16 @@ from challenge_kit.recipes import Recipe
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.synthetic import Method, Synthetic, initial_state
-from challenge_kit.tracking import Track, Tracker
+from challenge_kit.tracking import Tracker
 
 
 def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir: str | Path, *,
             real_images: torch.Tensor, real_labels: torch.Tensor, select_images: torch.Tensor | None,
-            select_labels: torch.Tensor | None, device: str | torch.device = "cpu", resume: bool = False,
-            shard: Shard = LOCAL, show_progress: bool = True, track: list[Track] | None = None) -> DistillState:
-    """Run (or resume) distillation into ``run_dir``; selection scores candidates on ``select_*``; ``track``: the
-    sinks that watch it too (rank 0's)."""
-    cfg, device = recipe.distill, torch.device(device)
+            select_labels: torch.Tensor | None, ctx: RunContext = RunContext(), resume: bool = False
+            ) -> DistillState:
+    """Run (or resume) distillation into ``run_dir`` on ``ctx``'s device and shard; selection scores candidates
+    on ``select_*``; ``ctx.track``'s sinks watch it too (rank 0's)."""
+    cfg, device, shard = recipe.distill, ctx.device, ctx.shard
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
                                                     data_fingerprint(real_images, real_labels))
@@ -51,8 +51,8 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     syn = Synthetic(state, device, method.labels.sgd)
     selector = Selector(recipe.eval, spec, select_images, select_labels, device, shard)
 
-    tracker = Tracker.open((track or []) if shard.leader else [], run_dir, spec, recipe.to_dict())
-    with Monitor(run, selector, (gen, aug_gen), show_progress, tracker) as monitor:
+    tracker = Tracker.open(list(ctx.track) if shard.leader else [], run_dir, spec, recipe.to_dict())
+    with Monitor(run, selector, (gen, aug_gen), ctx.progress, tracker) as monitor:
         monitor.begin(state, syn)
         while state.iteration < cfg.iterations:
             tick = time.perf_counter()

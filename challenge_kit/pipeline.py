@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from challenge_kit import data
+from challenge_kit.context import RunContext
 from challenge_kit.core.contract import DatasetSpec, get_spec
-from challenge_kit.core.devices import usable_device
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import inner_folder, run_lock
-from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
+from challenge_kit.core.parallel import LOCAL, RankZero, Shard, rank_indices
 from challenge_kit.core.progress import console, expert_progress, make_progress
 from challenge_kit.core.storage import refuse_replacing
 from challenge_kit.distill import distill
@@ -30,7 +30,6 @@ from challenge_kit.export import export_files, export_run
 from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import RUN_FILES, DistillState
-from challenge_kit.tracking import Track
 
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
@@ -50,21 +49,27 @@ class Splits:
     selection: str  # "holdout", "test" or "none"
 
 
-def load_data(recipe: Recipe, data_root: str | Path, *, download: bool = False,
-              cache_dir: str | Path | None = None, image_folder: bool = False, shard: Shard = LOCAL) -> Splits:
-    """Train and test splits, challenge-normalized, with the selection split the recipe asks for carved out.
+def fetch_data(recipe: Recipe, ctx: RunContext) -> None:
+    """``--download``: rank 0 puts the dataset into the data root before anything reads it."""
+    if ctx.shard.leader and ctx.data.download and not ctx.data.image_folder:
+        data.fetch(recipe.dataset, ctx.data.root)
+
+
+def load_data(recipe: Recipe, ctx: RunContext) -> Splits:
+    """Train and test splits of ``ctx.data``, challenge-normalized, with the selection split the recipe asks for
+    carved out.
 
     ``eval.split = "holdout"`` keeps ``holdout_per_class`` seeded images per class out of the training split
     (experts and distillation never see them, whether or not selection runs, so a store serves both);
     ``"test"`` selects on the test split. Under torchrun, rank 0 decodes first (and fills the cache) while
     the others wait.
     """
-    kw = {"cache_dir": cache_dir, "image_folder": image_folder}
+    source, shard = ctx.data, ctx.shard
+    kw = {"cache_dir": source.cache_dir, "image_folder": source.image_folder}
     if not shard.leader:
         shard.barrier()
-    train_x, train_y, spec = data.load_split(recipe.dataset, data_root, "train", download=download and shard.leader,
-                                             **kw)
-    test_x, test_y, _ = data.load_split(recipe.dataset, data_root, "test", **kw)
+    train_x, train_y, spec = data.load_split(recipe.dataset, source.root, "train", **kw)
+    test_x, test_y, _ = data.load_split(recipe.dataset, source.root, "test", **kw)
     if shard.leader:
         shard.barrier()
     v, holdout = recipe.eval, None
@@ -105,25 +110,24 @@ def announce_plan(recipe: Recipe, layout: data.Layout, device: torch.device, sha
     return bill
 
 
-def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, device: torch.device,
-                  shard: Shard = LOCAL, show_progress: bool = True, replace: bool = False) -> None:
+def train_experts(recipe: Recipe, splits: Splits, experts_dir: str | Path, ctx: RunContext,
+                  replace: bool = False) -> None:
     """This rank's share of the store's experts (rank r trains r, r + K, ...); every rank waits for all."""
-    e = recipe.experts
+    e, shard = recipe.experts, ctx.shard
     indices = rank_indices(e.num_experts, shard.rank, shard.world)
-    with make_progress(disable=not show_progress or not shard.leader) as bar:
+    with make_progress(disable=not ctx.progress or not shard.leader) as bar:
         progress = expert_progress(bar, len(indices), e.epochs)
         expert_training.train_experts(*splits.train, *splits.test, splits.spec, e, experts_dir, indices=indices,
-                                      device=device, progress=progress, replace=replace)
+                                      device=ctx.device, progress=progress, replace=replace)
     shard.barrier()
 
 
-def run_distill(recipe: Recipe, splits: Splits, experts_dir: str | Path, run_dir: str | Path, *,
-                device: torch.device, resume: bool = False, shard: Shard = LOCAL,
-                show_progress: bool = True, track: list[Track] | None = None) -> DistillState:
+def run_distill(recipe: Recipe, splits: Splits, experts_dir: str | Path, run_dir: str | Path, ctx: RunContext, *,
+                resume: bool = False) -> DistillState:
     select_x, select_y = splits.select or (None, None)
     return distill(recipe, splits.spec, experts_dir, run_dir, real_images=splits.train[0],
-                   real_labels=splits.train[1], select_images=select_x, select_labels=select_y, device=device,
-                   resume=resume, shard=shard, show_progress=show_progress, track=track)
+                   real_labels=splits.train[1], select_images=select_x, select_labels=select_y, ctx=ctx,
+                   resume=resume)
 
 
 def leader_lock(folder: str | Path, shard: Shard):
@@ -131,32 +135,29 @@ def leader_lock(folder: str | Path, shard: Shard):
     return run_lock(folder) if shard.leader else nullcontext()
 
 
-def experts_job(recipe: Recipe, data_root: str | Path, out: str | Path, *, device: str | None = None,
-                download: bool = False, cache_dir: str | Path | None = None, image_folder: bool = False,
-                replace: bool = False, show_progress: bool = True) -> DatasetSpec | None:
+def experts_job(recipe: Recipe, out: str | Path, ctx: RunContext, *, replace: bool = False
+                ) -> RankZero[DatasetSpec]:
     """``ddkit experts``: train a store on the recipe's training split (held-out images excluded); returns
-    the spec on rank 0 (or the only process), None elsewhere."""
-    with process_group(usable_device(device)) as (shard, dev), leader_lock(out, shard):
-        splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
-                           shard=shard)
+    the spec (rank 0's)."""
+    with ctx.joined() as ctx, leader_lock(out, ctx.shard):
+        shard = ctx.shard
+        fetch_data(recipe, ctx)
+        splits = load_data(recipe, ctx)
         if shard.leader:
             console.print(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
-                          f"epochs on {dev}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
-        train_experts(recipe, splits, out, dev, shard, show_progress, replace)
-    return splits.spec if shard.leader else None
+                          f"epochs on {ctx.device}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
+        train_experts(recipe, splits, out, ctx, replace)
+    return RankZero.make(shard, lambda: splits.spec)
 
 
-def distill_job(recipe: Recipe, data_root: str | Path, experts_dir: str | Path, run_dir: str | Path, *,
-                device: str | None = None, resume: bool = False, cache_dir: str | Path | None = None,
-                image_folder: bool = False, show_progress: bool = True,
-                track: list[Track] | None = None) -> DistillState:
+def distill_job(recipe: Recipe, experts_dir: str | Path, run_dir: str | Path, ctx: RunContext, *,
+                resume: bool = False) -> DistillState:
     """``ddkit distill``: one run, sharded over the ranks when started by torchrun."""
-    with process_group(usable_device(device)) as (shard, dev), leader_lock(run_dir, shard):
-        if shard.leader and not resume:
+    with ctx.joined() as ctx, leader_lock(run_dir, ctx.shard):
+        if ctx.shard.leader and not resume:
             refuse_replacing([Path(run_dir) / name for name in RUN_FILES], RESUME_HINT)
-        splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
-        return run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
-                           show_progress=show_progress, track=track)
+        splits = load_data(recipe, ctx)
+        return run_distill(recipe, splits, experts_dir, run_dir, ctx, resume=resume)
 
 
 def run_export(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
@@ -179,12 +180,10 @@ def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: b
             inner_folder(out_dir, sub, make=make)
 
 
-def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, *, resume: bool = False,
-                    device: str | None = None, download: bool = False, experts_dir: str | Path | None = None,
-                    cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
-                    drop_labels: bool = False, replace_experts: bool = False, allow_long_run: bool = False,
-                    command: dict | None = None, track: list[Track] | None = None) -> dict | None:
-    """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0.
+def make_submission(recipe: Recipe, out_dir: str | Path, ctx: RunContext, *, resume: bool = False,
+                    experts_dir: str | Path | None = None, drop_labels: bool = False, replace_experts: bool = False,
+                    allow_long_run: bool = False, command: dict | None = None) -> RankZero[dict]:
+    """The whole pipeline on ``ctx.data``; returns the export manifest (with per-stage timings), rank 0's.
 
     ``out_dir`` is this run's own: without ``resume`` it must hold no earlier run or export (refused before any
     work, naming the file); with it, the run continues and its outputs are replaced. The plan comes before the
@@ -194,46 +193,51 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
     default_store = experts_dir is None
     experts_dir = Path(experts_dir) if experts_dir else out_dir / EXPERTS_SUBDIR
     run_dir = out_dir / RUN_SUBDIR
-    dev = usable_device(device)
+    source = ctx.data
     timings: dict[str, float] = {}
-    with process_group(dev) as (shard, dev), leader_lock(out_dir, shard):
-        bill = None
+    with ctx.joined() as ctx, leader_lock(out_dir, ctx.shard):
+        shard, bill = ctx.shard, None
         if shard.leader:
             own_folders(recipe, out_dir, default_store=default_store, resume=resume)
-            if download and not image_folder:
-                data.fetch(recipe.dataset, data_root)
+            fetch_data(recipe, ctx)
             tick = time.perf_counter()
-            bill = announce_plan(recipe, data.data_layout(recipe.dataset, data_root, image_folder=image_folder), dev,
+            bill = announce_plan(recipe, data.data_layout(recipe.dataset, source.root,
+                                                          image_folder=source.image_folder), ctx.device,
                                  shard, allow_long_run)
             timings["plan"] = time.perf_counter() - tick
         shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
         with leader_lock(experts_dir, shard) if shared_store else nullcontext():
             tick = time.perf_counter()
-            splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
+            splits = load_data(recipe, ctx)
             timings["data"] = time.perf_counter() - tick
             if shard.leader:
                 console.print(f"data: {describe(splits)}")
 
             tick = time.perf_counter()
-            train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts)
+            train_experts(recipe, splits, experts_dir, ctx, replace_experts)
             timings["experts"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
-            run_distill(recipe, splits, experts_dir, run_dir, device=dev, resume=resume, shard=shard,
-                        show_progress=show_progress, track=track)
+            run_distill(recipe, splits, experts_dir, run_dir, ctx, resume=resume)
             timings["distill"] = time.perf_counter() - tick
-            if not shard.leader:
-                return None
-            names = data.class_words(recipe.dataset, data_root, image_folder=image_folder)
-            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
-                "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
-                            "experts_dir": str(experts_dir), "world_size": shard.world},
-                "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
-                          "eval": recipe.eval.seed},
-                "timings_s": {k: round(v, 2) for k, v in timings.items()},
-                "plan": {"device": bill["device"], "run_seconds": bill["run_seconds"],
-                         "stages": {st["name"]: {k: st[k] for k in ("units", "total_flops", "total_seconds",
-                                                                     "peak_bytes")} for st in bill["stages"]}},
-            })
-            build_report(run_dir, out_dir / REPORT_DIR, names)
-            return manifest
+            return RankZero.make(shard, lambda: export_submission(recipe, run_dir, out_dir, ctx, experts_dir, bill,
+                                                                  timings, drop_labels, command))
+
+
+def export_submission(recipe: Recipe, run_dir: Path, out_dir: Path, ctx: RunContext, experts_dir: Path, bill: dict,
+                      timings: dict[str, float], drop_labels: bool, command: dict | None) -> dict:
+    """Rank 0's end of the pipeline: the verified export, its manifest (how it was made) and the report."""
+    source = ctx.data
+    names = data.class_words(recipe.dataset, source.root, image_folder=source.image_folder)
+    manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
+        "command": {**(command or {}), "data_root": str(source.root), "device": str(ctx.device),
+                    "experts_dir": str(experts_dir), "world_size": ctx.shard.world},
+        "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,
+                  "eval": recipe.eval.seed},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "plan": {"device": bill["device"], "run_seconds": bill["run_seconds"],
+                 "stages": {st["name"]: {k: st[k] for k in ("units", "total_flops", "total_seconds",
+                                                             "peak_bytes")} for st in bill["stages"]}},
+    })
+    build_report(run_dir, out_dir / REPORT_DIR, names)
+    return manifest

@@ -22,7 +22,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -247,7 +247,7 @@ class Stage:
 
 @dataclass
 class Plan:
-    recipe: dict
+    recipe: Recipe
     spec: dict
     train_images: int
     device: str
@@ -259,12 +259,12 @@ class Plan:
     def too_big(self) -> str | None:
         """Why one distillation iteration in the recipe's gradient mode cannot run here, or None: its counted
         peak alone exceeds the device (allocator overhead comes on top, so passing this is no promise)."""
-        d = self.recipe["distill"]
-        need = self.matching_peak_bytes.get(d["grad"])
+        d = self.recipe.distill
+        need = self.matching_peak_bytes.get(d.grad)
         if self.device_bytes is None or need is None or need <= self.device_bytes:
             return None
-        return (f"one distillation iteration ({d['grad']} gradient, N = {d['syn_steps']}, batch_syn "
-                f"{d['batch_syn']}) holds {binary_size(need)} of tensors at its peak, more than the "
+        return (f"one distillation iteration ({d.grad} gradient, N = {d.syn_steps}, batch_syn "
+                f"{d.batch_syn}) holds {binary_size(need)} of tensors at its peak, more than the "
                 f"{binary_size(self.device_bytes)} this {self.device} has; lower distill.batch_syn or shard the "
                 "batch over more ranks (torchrun)")
 
@@ -281,7 +281,8 @@ class Plan:
         return None if self.run is None else self.run.median
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, recipe=None))
+        d["recipe"] = self.recipe.to_dict()
         for stage, row in zip(self.stages, d["stages"], strict=True):
             row.update(total_flops=stage.total_flops, seconds=stage.seconds, total_seconds=stage.total_seconds,
                        total=None if stage.total is None else asdict(stage.total))
@@ -357,7 +358,7 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
                         f"{ROUNDS} rounds x {EPOCHS} epochs (ddkit evaluate runs it)",
                         f"one scorer step on {batch} images", ROUNDS * EPOCHS * steps_per_round, *scorer,
                         in_run=False))
-    return Plan(recipe.to_dict(), spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device),
+    return Plan(recipe, spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device),
                 source)
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from challenge_kit import distill as distill_mod
 from challenge_kit import parts
 from challenge_kit.cli import app
+from challenge_kit.context import RunContext
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitFileError, NothingDistilled
@@ -83,11 +84,11 @@ FLAT_RECIPE = {
              "seed": 0, "scorer": "fast"}}
 
 
-def _run(recipe, store, run_dir, **kw):
+def _run(recipe, store, run_dir, resume=False, **ctx):
     x, y = _real()
     sx, sy = _real(4, seed=2)
     return distill(recipe, SPEC, store, run_dir, real_images=x, real_labels=y, select_images=sx, select_labels=sy,
-                   show_progress=False, **kw)
+                   ctx=RunContext(progress=False, **ctx), resume=resume)
 
 
 def test_run_updates_images_schedules_T_and_records_every_iteration(store, tmp_path):
@@ -315,7 +316,7 @@ def test_experts_trained_on_other_data_than_the_runs_training_split_are_refused(
     x, y = _real(seed=5)
     with pytest.raises(KitFileError, match="trained on other data than this run's training split"):
         distill(_recipe(), SPEC, store, tmp_path / "run", real_images=x, real_labels=y, select_images=x[:6],
-                select_labels=y[:6], show_progress=False)
+                select_labels=y[:6], ctx=RunContext(progress=False))
 
 
 def test_selection_on_the_test_split_is_recorded_as_such(store, tmp_path):

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from challenge_kit import parts
 from challenge_kit.cli import app
+from challenge_kit.context import RunContext
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_torch
@@ -144,7 +145,7 @@ def test_a_distillation_run_its_checkpoint_history_set_summary_and_report(tmp_pa
     run = tmp_path / "run"
     calls.clear()
     distill(recipe, SMALL, store, run, real_images=x, real_labels=y, select_images=None, select_labels=None,
-            show_progress=False)
+            ctx=RunContext(progress=False))
     checkpoint, history = os.path.realpath(run / CHECKPOINT), os.path.realpath(run / HISTORY)
     for path in (CHECKPOINT, BEST, SUMMARY):
         published(calls, run / path)

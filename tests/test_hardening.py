@@ -48,6 +48,7 @@ import challenge_kit.plan
 import evaluator.evaluate
 from challenge_kit import data
 from challenge_kit.cli import app
+from challenge_kit.context import DataSource, RunContext
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitValueError
@@ -431,12 +432,12 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_o
     recipe = load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"])
     with pytest.raises(KitValueError, match=r"^--profile full: the plan puts this run at .* days on this cpu; .*"
                                             r"--profile mini\), or pass --allow-long-run to go on$"):
-        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False)
+        make_submission(recipe, world.fresh("cpu"), RunContext(progress=False, data=DataSource(world.data)))
     said = console.file.getvalue()
     assert "cifar100 (100 classes), profile full, M-DATM: " in said and "the run: about " in said
     assert "experts: train 100 experts x 30 epochs" in said and "distillation: 10000 iterations, each 40 inner" in said
     with pytest.raises(Stop):  # told to go on, it reaches the experts
-        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False,
+        make_submission(recipe, world.fresh("cpu"), RunContext(progress=False, data=DataSource(world.data)),
                         allow_long_run=True)
     assert "days on this cpu: going on (--allow-long-run)" in console.file.getvalue()
 

@@ -16,7 +16,7 @@ from test_distill import _recipe, _run
 from test_evaluator import TINY, coloured, write_folder
 from test_matching import _problem
 
-from challenge_kit.core.parallel import Shard, process_group
+from challenge_kit.core.parallel import RankZero, Shard, process_group
 from challenge_kit.experts.training import train_experts
 from challenge_kit.matching import match
 from challenge_kit.recipes import ExpertConfig
@@ -141,3 +141,15 @@ def test_the_evaluator_spreads_rounds_over_ranks_and_rank_0_alone_prints_and_wri
                 for name in ("two", "one"))
     assert two["seeds"] == one["seeds"] and len(two["rounds"]) == 3 and two["rounds"] == one["rounds"]
     assert (tmp_path / "two" / "scores.txt").read_text() == (tmp_path / "one" / "scores.txt").read_text()
+
+
+def test_only_rank_zero_makes_its_result_and_only_it_reports():
+    """What a job gives back on every rank: rank 0 makes and reports it; another rank neither, and says so."""
+    made = []
+    mine, theirs = (RankZero.make(Shard(rank, 2), lambda: made.append("export") or {"file": "x.pt"}) for rank in (0, 1))
+    assert made == ["export"] and mine.held and not theirs.held and mine.value == {"file": "x.pt"}
+    mine.report(made.append)
+    theirs.report(made.append)
+    assert made == ["export", {"file": "x.pt"}]
+    with pytest.raises(RuntimeError, match="only rank 0 holds this result"):
+        theirs.value  # noqa: B018

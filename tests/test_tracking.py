@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
+from challenge_kit.context import RunContext
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.distill import distill
 from challenge_kit.experts.training import train_experts
@@ -49,8 +50,8 @@ def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("WANDB_MODE", raising=False)  # the default: offline
         state = distill(recipe, SPEC, root / "experts", root / "run", real_images=x, real_labels=y,
-                        select_images=_real(4, 2)[0], select_labels=_real(4, 2)[1], show_progress=False,
-                        track=[Track(s, str(root / s)) for s in INSTALLED])
+                        select_images=_real(4, 2)[0], select_labels=_real(4, 2)[1],
+                        ctx=RunContext(progress=False, track=tuple(Track(s, str(root / s)) for s in INSTALLED)))
     return root, read_history(root / "run"), state.candidates
 
 

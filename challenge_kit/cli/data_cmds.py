@@ -80,15 +80,14 @@ def experts(
     given = {"experts.num_experts": num, "experts.epochs": epochs, "experts.seed": seed}
     extra = [f"{k}={v}" for k, v in given.items() if v is not None]
     recipe = load_recipe(recipe_name or dataset, profile, [*(overrides or []), *extra], dataset=dataset)
-    from challenge_kit.pipeline import experts_job  # torch: only once the recipe is known to be good
+    from challenge_kit.cli import render
+    from challenge_kit.context import DataSource, RunContext  # torch: only once the recipe is known to be good
+    from challenge_kit.pipeline import experts_job
 
-    spec = experts_job(recipe, data_root, out, device=device, download=download, cache_dir=cache_dir,
-                       image_folder=image_folder, replace=replace_experts)
-    if spec is not None:  # rank 0 (or the only process) reports
-        from challenge_kit.cli import render
-
-        render.show({"store": out, "spec": spec.to_dict(), "experts": store_rows(out)}, as_json,
-                    lambda r: render.experts(r["experts"], f"{out}: {spec.describe()}"))
+    ctx = RunContext.on(device, data=DataSource(data_root, image_folder, download, cache_dir))
+    experts_job(recipe, out, ctx, replace=replace_experts).report(
+        lambda spec: render.show({"store": out, "spec": spec.to_dict(), "experts": store_rows(out)}, as_json,
+                                 lambda r: render.experts(r["experts"], f"{out}: {spec.describe()}")))
 
 
 def experts_import(

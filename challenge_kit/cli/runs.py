@@ -93,10 +93,11 @@ def distill(
 
     recipe, tracks = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset), parse_track(track or [])
     from challenge_kit.cli import render
-    from challenge_kit.pipeline import distill_job  # torch: only once the recipe is known to be good
+    from challenge_kit.context import DataSource, RunContext  # torch: only once the recipe is known to be good
+    from challenge_kit.pipeline import distill_job
 
-    state = distill_job(recipe, data_root, experts_dir, out, device=device, resume=resume, cache_dir=cache_dir,
-                        track=tracks, image_folder=image_folder)
+    ctx = RunContext.on(device, data=DataSource(data_root, image_folder, cache_dir=cache_dir), track=tuple(tracks))
+    state = distill_job(recipe, experts_dir, out, ctx, resume=resume)
     result = {"run": out, "iterations": state.iteration, "skipped": state.skipped, **state.decision}
     render.show(result, as_json, lambda r: typer.echo(f"{out}: {r['iterations']} iterations, {r['skipped']} "
                                                       f"skipped; exported iteration {r['export']}: {r['reason']}",
@@ -148,6 +149,7 @@ def ablate(
     """Compare methods on the same experts, seeds and scoring budget: one table, ablate.json, a bar chart."""
     from challenge_kit.ablate import ablate as run_ablation
     from challenge_kit.cli import render
+    from challenge_kit.context import DataSource, RunContext
     from challenge_kit.core.seeds import rounds_problem
     from challenge_kit.data import detect_dataset
     from evaluator.scorer import EPOCHS
@@ -156,11 +158,11 @@ def ablate(
         raise KitValueError("--rounds and --epochs must be at least 1, --iterations at least 0")
     if (problem := rounds_problem(rounds)) is not None:
         raise KitValueError(f"--rounds: {problem}")
-    summary = run_ablation(recipes, dataset=dataset or detect_dataset(data_root), experts=experts_dir,
-                           data_root=data_root, out=out, profile=profile, overrides=overrides or [],
-                           iterations=iterations, rounds=rounds, epochs=epochs or EPOCHS, seed=seed,
-                           device=device, cache_dir=cache_dir, select=select)
-    render.show(summary, as_json, render.ablation)
+    ctx = RunContext.on(device, data=DataSource(data_root, cache_dir=cache_dir))
+    summary = run_ablation(recipes, ctx, dataset=dataset or detect_dataset(data_root), experts=experts_dir, out=out,
+                           profile=profile, overrides=overrides or [], iterations=iterations, rounds=rounds,
+                           epochs=epochs or EPOCHS, seed=seed, select=select)
+    render.show(summary.to_dict(), as_json, render.ablation)
 
 
 def report(
@@ -212,15 +214,15 @@ def make_submission(
 
     recipe, tracks = load_recipe(recipe_name or dataset, profile, overrides, dataset=dataset), parse_track(track or [])
     from challenge_kit.cli import render
-    from challenge_kit.pipeline import make_submission as run  # torch: only once the recipe is known to be good
+    from challenge_kit.context import DataSource, RunContext  # torch: only once the recipe is known to be good
+    from challenge_kit.pipeline import make_submission as run
 
-    manifest = run(recipe, data_root, out, resume=resume, device=device, download=download, experts_dir=experts_dir,
-                   cache_dir=cache_dir, image_folder=image_folder, drop_labels=drop_labels,
+    ctx = RunContext.on(device, data=DataSource(data_root, image_folder, download, cache_dir), track=tuple(tracks))
+    manifest = run(recipe, out, ctx, resume=resume, experts_dir=experts_dir, drop_labels=drop_labels,
                    replace_experts=replace_experts, allow_long_run=allow_long_run,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
-                            "overrides": list(overrides or [])}, track=tracks)
-    if manifest is not None:  # rank 0 (or the only process) reports
-        render.manifest(manifest, out, as_json)
+                            "overrides": list(overrides or [])})
+    manifest.report(lambda m: render.manifest(m, out, as_json))
 
 
 def baseline(

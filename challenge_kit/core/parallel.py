@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,32 @@ class Shard:
 
 
 LOCAL = Shard()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RankZero(Generic[T]):
+    """What a job run on every rank gives back: rank 0's result (the other ranks of a torchrun job do not make
+    it, and ``held`` says so). Callers show it with ``report`` or read ``value``, never test for None."""
+
+    held: bool
+    _value: T | None = None
+
+    @classmethod
+    def make(cls, shard: Shard, work: Callable[[], T]) -> RankZero[T]:
+        """``work``'s result on rank 0; the other ranks skip it."""
+        return cls(True, work()) if shard.leader else cls(False)
+
+    @property
+    def value(self) -> T:
+        if not self.held:
+            raise RuntimeError("only rank 0 holds this result")
+        return self._value
+
+    def report(self, show: Callable[[T], object]) -> None:
+        """``show`` the result where it is held (rank 0, or the only process)."""
+        if self.held:
+            show(self._value)
 
 
 class _Replicated(torch.autograd.Function):

@@ -7,7 +7,7 @@ exactly where it stopped and gives bitwise the result of an uninterrupted run (s
 Every expert draws all its randomness from one CPU generator seeded by (seed, expert index): experts are
 independent of each other, of the order they are trained in and of how they are split over processes. An
 existing file is continued only when everything that shapes its trajectory matches this run (its identity).
-It is one file of some 300 lines because training, resuming and the identity check all read and write the
+It is one file of some 340 lines because training, resuming and the identity check all read and write the
 same expert file, epoch by epoch.
 """
 
@@ -18,9 +18,10 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -130,8 +131,17 @@ def _conflict(path: Path, identity: dict, replace: bool) -> str | None:
     return f"trained with other settings ({'; '.join(differences)})" if differences else None
 
 
-def _resume(path: Path, identity: dict, momentum: bool, replace: bool):
-    """((snapshots, rng_state, buf, meta) to continue from, or None), and why a file cannot be continued."""
+class Saved(NamedTuple):
+    """An expert file's training so far, to continue from: its snapshots, RNG, momentum buffer and header."""
+
+    snapshots: torch.Tensor
+    rng_state: torch.Tensor
+    buf: torch.Tensor | None
+    meta: dict
+
+
+def _resume(path: Path, identity: dict, momentum: bool, replace: bool) -> tuple[Saved | None, str | None]:
+    """(the training to continue from, or None), and why a file cannot be continued."""
     if not path.exists():
         return None, None
     problem = _conflict(path, identity, replace)
@@ -144,7 +154,7 @@ def _resume(path: Path, identity: dict, momentum: bool, replace: bool):
     no_buf = momentum and meta["completed_epochs"] and "momentum_buffer" not in tensors
     if "rng_state" not in tensors or no_buf:
         return None, "has no saved RNG/optimizer state to continue from"
-    return (tensors["snapshots"], tensors["rng_state"], tensors.get("momentum_buffer"), meta), None
+    return Saved(tensors["snapshots"], tensors["rng_state"], tensors.get("momentum_buffer"), meta), None
 
 
 def _save(path: Path, snapshots: list[torch.Tensor], gen: torch.Generator, buf: torch.Tensor | None,
@@ -160,46 +170,61 @@ def epoch_subset(config: ExpertConfig, order: torch.Tensor | None, n: int, epoch
     return parts.build("schedule", config).indices(order, n, epoch)
 
 
-def train_expert(index: int, images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
-                 test_labels: torch.Tensor, spec: DatasetSpec, config: ExpertConfig, out_dir: str | Path, *,
-                 order: torch.Tensor | None = None, model: ModelConfig | None = None,
-                 progress: Callable[[dict], None] | None = None, replace: bool = False,
-                 train_sha256: str | None = None) -> Path:
-    """Train (or continue, or skip) expert ``index``; data tensors must already be on the training device.
+@dataclass(frozen=True)
+class ExpertJob:
+    """What the experts of one ``train_experts`` call share: the data (on the training device) and its fingerprint,
+    the spec, settings and network, the store, the easiest-first ``order`` for schedules that need it, where
+    progress events go, and whether a file trained with other settings may be replaced."""
 
-    ``order`` ranks the images easiest first for schedules that need it. An existing file trained with other
-    settings is refused unless ``replace``; ``train_sha256`` is ``data_fingerprint(images, labels)`` when the
-    caller has it already."""
-    model = model or ModelConfig.for_spec(spec)
-    path = expert_path(out_dir, index)
+    images: torch.Tensor
+    labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    spec: DatasetSpec
+    config: ExpertConfig
+    model: ModelConfig
+    out_dir: str | Path
+    train_sha256: str
+    order: torch.Tensor | None = None
+    progress: Callable[[dict], None] | None = None
+    replace: bool = False
+
+    def identity(self, index: int) -> dict:
+        return _identity(self.spec, self.model, self.config, index, self.images.shape[0], self.train_sha256)
+
+
+def train_expert(index: int, job: ExpertJob) -> Path:
+    """Train (or continue, or skip) expert ``index`` of ``job``; an existing file trained with other settings is
+    refused unless ``job.replace``."""
+    images, labels, test_images, test_labels = job.images, job.labels, job.test_images, job.test_labels
+    spec, config, model, order = job.spec, job.config, job.model, job.order
+    path = expert_path(job.out_dir, index)
     device = images.device
     f = FunctionalConvNet(model, device=device)
-    train_sha256 = train_sha256 or data_fingerprint(images, labels)
-    identity = _identity(spec, model, config, index, images.shape[0], train_sha256)
-    state, problem = _resume(path, identity, bool(config.momentum), replace)
-    emit = progress or (lambda event: None)
+    saved, problem = _resume(path, job.identity(index), bool(config.momentum), job.replace)
+    emit = job.progress or (lambda event: None)
     if problem:
         warnings.warn(f"{path}: {problem}; retraining it", RuntimeWarning, stacklevel=2)
-    if state is not None and state[3]["completed_epochs"] >= config.epochs:
+    if saved is not None and saved.meta["completed_epochs"] >= config.epochs:
         emit({"kind": "skip", "expert": index})
         return path
-    if state is None:
+    if saved is None:
         gen = expert_generator(config.seed, index)
         p = f.init_flat(int(torch.randint(2**62, (1,), generator=gen)))
         snapshots, buf = [p.detach().cpu()], None
         meta = {"format": EXPERT_FORMAT, "version": EXPERT_VERSION, "spec": spec.to_dict(),
                 "model": model.to_dict(), "config": section_dict(config), "seed": config.seed, "index": index,
-                "num_train": images.shape[0], "train_sha256": train_sha256, "num_test": test_images.shape[0],
+                "num_train": images.shape[0], "train_sha256": job.train_sha256, "num_test": test_images.shape[0],
                 "completed_epochs": 0, "train_loss": [], "test_acc": [], "epoch_seconds": [],
                 "epochs": config.epochs}
         _save(path, snapshots, gen, buf, meta)  # visible, and resumable, from the init on
     else:
-        rows, rng_state, buf, meta = state
+        meta = saved.meta
         gen = torch.Generator()
-        gen.set_state(rng_state)
-        snapshots = list(rows)
-        p = rows[-1].to(device)
-        buf = buf.to(device) if buf is not None else None
+        gen.set_state(saved.rng_state)
+        snapshots = list(saved.snapshots)
+        p = saved.snapshots[-1].to(device)
+        buf = saved.buf.to(device) if saved.buf is not None else None
     meta = {**meta, "epochs": config.epochs, "config": section_dict(config)}
     for epoch in range(meta["completed_epochs"] + 1, config.epochs + 1):
         start = time.perf_counter()
@@ -304,10 +329,9 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
         progress({"kind": "plan", "total": planned_steps(out_dir, indices, config, images.shape[0]),
                   "experts": indices})
     images, labels = images.to(device), labels.to(device)
-    test_images, test_labels = test_images.to(device), test_labels.to(device)
     order = None
     if parts.build("schedule", config).difficulty:
         order = difficulty_order(images, labels, config, out_dir, train_sha256, model)
-    return [train_expert(i, images, labels, test_images, test_labels, spec, config, out_dir, order=order,
-                         model=model, progress=progress, replace=replace, train_sha256=train_sha256)
-            for i in indices]
+    job = ExpertJob(images, labels, test_images.to(device), test_labels.to(device), spec, config, model, out_dir,
+                    train_sha256, order, progress, replace)
+    return [train_expert(i, job) for i in indices]
