@@ -197,6 +197,20 @@ def test_other_datasets_normalization_is_named():
     assert verify_tensor(normalize(pixels, CIFAR100) + noise, CIFAR100).check("normalization").status == PASS
 
 
+def test_nan_and_inf_fail_their_row_and_count_as_zero_in_the_others():
+    """The normalization row judges the finite pixels: the range it prints is theirs (a NaN or inf read as 0)."""
+    pixels = natural(100, 32) / 2  # raw pixels in [0, 0.5]
+    flat = pixels.flatten().clone()
+    flat[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    images = flat.view_as(pixels)
+    finite = torch.where(images.isfinite(), images, torch.zeros(()))
+    report = verify_tensor(images, SMALL)
+    assert report.check("finite").reason == f"1 NaN and 2 inf values (of {images.numel():,})"
+    assert report.check("normalization") == Check("normalization", FAIL, (
+        f"raw [0, 1] pixels (min {float(finite.min()):.3g}, max {float(finite.max()):.3g}, mean "
+        f"{float(finite.mean()):.3g}): no negative values, not normalized with cifar100's mean/std"))
+
+
 @pytest.fixture(scope="module")
 def whitening():
     """Natural-like 16 px images and their ZCA-whitened versions, fit on 3000 images (768 pixels each)."""
