@@ -8,7 +8,9 @@ the rows it reads, the bounds a zip member is held to, every tensor of a file ch
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import zipfile
 
 import pytest
 import torch
@@ -125,3 +127,67 @@ def test_views_are_refused_only_where_they_repeat_values():
 
 def test_a_bare_pickle_is_not_a_torch_file():
     assert refusal(pickle.dumps({"a": 1}, protocol=2), None) == f"{CORRUPT} (Invalid magic number; corrupt file?)"
+
+
+def zip_records(data: bytes) -> list[zipfile.ZipInfo]:
+    return zipfile.ZipFile(io.BytesIO(data)).infolist()
+
+
+def central(data: bytes, name: str, offset: int, value: int, width: int = 4) -> bytes:
+    """``data`` with one field of ``name``'s central directory header (APPNOTE 4.3.12) set to ``value``."""
+    at = data.index(b"PK\x01\x02")
+    while data[at + 46:at + 46 + int.from_bytes(data[at + 28:at + 30], "little")] != name.encode():
+        at = data.index(b"PK\x01\x02", at + 4)
+    return data[:at + offset] + value.to_bytes(width, "little") + data[at + offset + width:]
+
+
+def test_a_zip_is_refused_unread_by_its_directory():
+    """The directory's size as the end record declares it (or the zip64 one, whichever is larger) and its count of
+    records are held to the kind's, before ``zipfile`` builds an object per record."""
+    few = Bounds("a test file", "4 values", max_bytes=100_000, max_values=100, max_records=4)
+    three = saved({f"t{i}": torch.zeros(1) for i in range(3)})
+    assert refusal(three, few) == (f"holds {len(zip_records(three)):,} records; a test file holds a tensor or a dict "
+                                   "of a few (at most 4 records): refused unread")
+    one = Bounds("a test file", "4 values", max_bytes=100_000, max_values=100, max_records=1)
+    many = saved({f"t{i}": torch.zeros(1) for i in range(20)})
+    end = many.rindex(b"PK\x05\x06")
+    declared = int.from_bytes(many[end + 12:end + 16], "little")  # size of the central directory (APPNOTE 4.3.16)
+    assert declared > 1024 and refusal(many, one) == (
+        f"has a zip directory of {declared:,} bytes; a test file holds a tensor or a dict of a few (at most 1 "
+        "records): refused unread")
+    images = saved(torch.zeros(2, 3, 4, 4))
+    zip64 = images.rindex(b"PK\x06\x06")  # torch writes a zip64 end record; its directory size at offset 40
+    claimed = images[:zip64 + 40] + (1 << 20).to_bytes(8, "little") + images[zip64 + 48:]
+    assert refusal(claimed) == ("has a zip directory of 1,048,576 bytes; a challenge submission holds a tensor or a "
+                                "dict of a few (at most 64 records): refused unread")
+
+
+def test_records_that_misstate_their_sizes_are_corrupt():
+    data = saved(torch.arange(4.0))
+    pickle_name = next(i.filename for i in zip_records(data) if i.filename.endswith("data.pkl"))
+    tensor_name = next(i.filename for i in zip_records(data) if i.filename.endswith("data/0"))
+    encrypted = central(data, pickle_name, 8, 1, 2)  # general purpose flag, bit 0
+    assert refusal(encrypted) == f"{CORRUPT} (record {pickle_name!r} is encrypted or its sizes disagree)"
+    inflated = central(data, tensor_name, 24, 1 << 20)  # uncompressed size
+    assert refusal(inflated) == f"{CORRUPT} (record {tensor_name!r} is encrypted or its sizes disagree)"
+    beyond = central(central(data, tensor_name, 20, 1 << 20), tensor_name, 24, 1 << 20)  # both sizes
+    declared = sum(i.compress_size for i in zip_records(beyond))
+    assert refusal(beyond) == f"{CORRUPT} (its records declare {declared:,} bytes, more than the file's {len(data):,})"
+    values = saved(list(range(RECORD_ROOM // 4)))
+    size = next(i.file_size for i in zip_records(values) if i.filename.endswith("data.pkl"))
+    assert size > RECORD_ROOM and refusal(values) == (
+        f"its pickle is {size:,} bytes, a tensor's is a few hundred (a numpy array or a Python list saved instead of "
+        "a tensor?): refused unread")
+
+
+def test_what_is_not_a_file_is_named(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "folder.pt").mkdir()
+    os.mkfifo(tmp_path / "pipe.pt")
+    for name, problem in [("empty.pt", "is empty (0 bytes): truncated or corrupt"),
+                          ("folder.pt", "is a folder, not a file"),
+                          ("pipe.pt", "is not a regular file (a device, a pipe or a socket)"),
+                          ("absent.pt", "no such file")]:
+        with pytest.raises(KitFileError) as info:
+            load_torch(tmp_path / name, SUBMISSION)
+        assert str(info.value) == f"{tmp_path / name}: {problem}"
