@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from challenge_kit.core.contract import RECORD_ROOM, SUBMISSION, Bounds
+from challenge_kit.core.contract import MAX_SUBMISSION_VALUES, RECORD_ROOM, SUBMISSION, Bounds
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.reading import load_rows, load_torch, load_torch_bytes, read_metadata
 
@@ -64,6 +64,8 @@ def test_a_truncated_safetensors_header_names_the_file(tmp_path):
 
 
 def test_a_zip_member_is_held_to_the_bounds_of_its_kind():
+    assert torch.equal(load_torch_bytes(saved(torch.ones(4)), "full.pt", TINY), torch.ones(4))  # at the limit: read
+    assert MAX_SUBMISSION_VALUES == 2000 * 3 * 64 * 64  # the largest submission is exactly at its limit
     two = saved({"images": torch.zeros(3), "labels": torch.zeros(2)})
     assert refusal(two, TINY) == "holds 5 values; a test file holds at most 4 (4 values)"  # counted over all tensors
     small = Bounds("a test file", "4 values", max_bytes=len(two) - 1, max_values=4)
