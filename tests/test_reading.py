@@ -189,7 +189,9 @@ def test_what_is_not_a_file_is_named(tmp_path):
     for name, problem in [("empty.pt", "is empty (0 bytes): truncated or corrupt"),
                           ("folder.pt", "is a folder, not a file"),
                           ("pipe.pt", "is not a regular file (a device, a pipe or a socket)"),
-                          ("absent.pt", "no such file")]:
+                          ("absent.pt", "no such file"),
+                          ("empty.pt/inside.pt", "cannot be read (Not a directory)"),
+                          ("x" * 300 + ".pt", "cannot be read (File name too long)")]:
         with pytest.raises(KitFileError) as info:
             load_torch(tmp_path / name, SUBMISSION)
         assert str(info.value) == f"{tmp_path / name}: {problem}"
