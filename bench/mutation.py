@@ -81,10 +81,11 @@ TARGETS = (
     # its own tests, the hostile files and the zip members it loads (not the baselines, which build sets from data)
     Target("challenge_kit/core/verify/", ("tests/test_verify.py", "tests/test_untrusted.py", "tests/test_bundle.py"),
            "not baseline"),
-    # the hostile files, the safe loader's own tests, and the export's refusals (not the two whole submissions that
-    # distill for minutes on the way to reading their file)
-    Target("challenge_kit/core/reading.py", ("tests/test_untrusted.py", "tests/test_storage.py",
-                                             "tests/test_submission.py"), "not make_submission"),
+    # its own tests, the hostile files, the safe loader's tests in test_storage, and the export's refusals (not the
+    # two whole submissions that distill for minutes on the way to reading their file)
+    Target("challenge_kit/core/reading.py", ("tests/test_reading.py", "tests/test_untrusted.py",
+                                             "tests/test_storage.py", "tests/test_submission.py"),
+           "not make_submission"),
     Target("challenge_kit/matching.py", ("tests/test_matching.py", "tests/test_matching_reference.py")),
     Target("challenge_kit/optim.py", ("tests/test_optim.py",)),
     # its own tests, and test_distill's reasons (not the whole distillation runs, which reach it too)

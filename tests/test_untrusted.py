@@ -100,40 +100,52 @@ def legacy_tar(path: Path) -> Path:
     return path
 
 
-# name: (how the file is made, what the error line says after "PATH: ")
+CONTIGUOUS = ": save tensor.contiguous() if that is meant"
+DENSE = ": the scorer needs dense values; save tensor.to_dense()"
+NO_TYPE = ", a type no challenge file uses (float32 images, integer labels)"
+# name: (how the file is made, the whole error line after "PATH: ": what the user reads, and how to fix it)
 SAVED = {
     "expanded": (lambda: torch.zeros(1).expand(2 ** 31), "holds a tensor of 2,147,483,648 values over 1 stored ones "
-                                                         "(expanded or overlapping strides)"),
+                                                         f"(expanded or overlapping strides){CONTIGUOUS}"),
     "overlapping": (lambda: torch.zeros(5000).as_strided((1000, 3, 32, 32), (1, 1, 1, 1)),
-                    "holds a tensor of 3,072,000 values over 5,000 stored ones"),
-    "sparse": (lambda: torch.sparse_coo_tensor([[0]], [1.0], (2 ** 40,)), "holds a sparse tensor (sparse_coo)"),
-    "sparse csr": (lambda: torch.eye(4).to_sparse_csr(), "holds a sparse tensor (sparse_csr)"),
+                    "holds a tensor of 3,072,000 values over 5,000 stored ones (expanded or overlapping strides)"
+                    f"{CONTIGUOUS}"),
+    "sparse": (lambda: torch.sparse_coo_tensor([[0]], [1.0], (2 ** 40,)),
+               f"holds a sparse tensor (sparse_coo){DENSE}"),
+    "sparse csr": (lambda: torch.eye(4).to_sparse_csr(), f"holds a sparse tensor (sparse_csr){DENSE}"),
     "quantized": (lambda: torch.quantize_per_tensor(torch.randn(10, 3, 32, 32), 0.1, 0, torch.qint8),
-                  "holds a quantized tensor (qint8)"),
-    "meta": (lambda: torch.empty(2 ** 40, device="meta"), "holds a meta tensor: a shape without values"),
+                  "holds a quantized tensor (qint8): the scorer needs float values; save tensor.dequantize()"),
+    "meta": (lambda: torch.empty(2 ** 40, device="meta"),
+             "holds a meta tensor: a shape without values (made on device='meta')"),
     "nested": (lambda: torch.nested.nested_tensor([torch.randn(3, 32, 32), torch.randn(3, 16, 16)]),
-               "holds a nested tensor"),
+               "holds a nested tensor: the scorer needs one dense tensor; save torch.stack(images)"),
     "complex64": (lambda: torch.randn(1000, 3, 32, 32, dtype=torch.complex64) / 4,
-                  "holds a complex64 tensor: images are real numbers"),
-    "uint16": (lambda: torch.zeros(10, 3, 32, 32, dtype=torch.uint16), "holds a uint16 tensor, a type no challenge"),
-    "float8": (lambda: torch.zeros(10, 3, 32, 32, dtype=torch.float8_e4m3fn), "holds a float8_e4m3fn tensor"),
+                  "holds a complex64 tensor: images are real numbers (the scorer's .float() would drop the "
+                  "imaginary part)"),
+    "uint16": (lambda: torch.zeros(10, 3, 32, 32, dtype=torch.uint16), f"holds a uint16 tensor{NO_TYPE}"),
+    "float8": (lambda: torch.zeros(10, 3, 32, 32, dtype=torch.float8_e4m3fn),
+               f"holds a float8_e4m3fn tensor{NO_TYPE}"),
     "too many values": (lambda: torch.zeros(MAX_SUBMISSION_VALUES + 1, dtype=torch.bool),
                         f"holds {MAX_SUBMISSION_VALUES + 1:,} values; a challenge submission holds at most "
                         f"{MAX_SUBMISSION_VALUES:,} (tinyimagenet's 2000x3x64x64 images)"),
 }
 WRITTEN = {
     "inflating record": (inflating, "its record 'archive/data/0' is compressed (method 8); torch.save stores every "
-                                    "record as is"),
+                                    "record as is, and a compressed one can inflate far beyond the file: refused "
+                                    "unread"),
     "unfilled storage": (unfilled, "cannot be read as a torch file, truncated or corrupt (its tensors declare "
-                                   "1,073,741,824 bytes, more than the file's "),
+                                   "1,073,741,824 bytes, more than the file's 300)"),
     "over the size cap": (lambda p: oversized(p, MAX_SUBMISSION_BYTES + 1),
                           f"is {MAX_SUBMISSION_BYTES + 1:,} bytes; a challenge submission is at most "
-                          f"{MAX_SUBMISSION_BYTES:,}"),
+                          f"{MAX_SUBMISSION_BYTES:,} (every value at 8 bytes, and torch's records): refused unread"),
     "zero-filled": (lambda p: p.write_bytes(bytes(4096)) and p, "begins with 512 zero bytes where a torch file has "
-                                                                "its header: not a torch file"),
+                                                                "its header: not a torch file (a copy or download that "
+                                                                "never finished?)"),
     "renamed safetensors": (lambda p: save_file({"x": torch.randn(10)}, str(p)) or p,
-                            "is a safetensors file, not a torch file"),
-    "legacy tar": (legacy_tar, "is a tar archive (torch's format before 2017)"),
+                            "is a safetensors file, not a torch file: torch.load (the scorer's reader) "
+                            "cannot read it; save the tensor with torch.save"),
+    "legacy tar": (legacy_tar, "is a tar archive (torch's format before 2017), which cannot be loaded without "
+                               "running its pickle: refused, nothing loaded"),
     "symlink loop": (lambda p: p.symlink_to(p.name) or p, "a symbolic link that loops (Too many levels of symbolic "
                                                           "links)"),
     "dangling symlink": (lambda p: p.symlink_to("gone.pt") or p, "a symbolic link to gone.pt, which does not exist"),
@@ -222,7 +234,7 @@ def test_hostile_files_are_refused_in_one_line(world, case, command):
     path = folder / "res" / "cifar100.pt"
     line = refused(case, command, argv(command, path, world / "ref.pt"), folder, CASES[case],
                    4 if command.startswith("verify") else 1)
-    assert line.startswith(f"error: {path}: ")
+    assert line == f"error: {path}: {CASES[case]}"
     if command == "verify --json":
         report = json.loads(CliRunner().invoke(app, ["verify", str(path), "--json"]).stdout)
         assert report["exit_code"] == 4 and CASES[case] in report["error"]

@@ -197,6 +197,44 @@ def test_other_datasets_normalization_is_named():
     assert verify_tensor(normalize(pixels, CIFAR100) + noise, CIFAR100).check("normalization").status == PASS
 
 
+def test_values_out_of_a_normalized_range_are_named_by_it():
+    """No negative values: raw pixels, [0, 1] or [0, 255], or something else; values far beyond what a normalized
+    pixel can be (|x| over 10 times the largest, (1 - mean) / std or mean / std): [0, 255] data or a diverged set."""
+    pixels = natural(100, 32)
+    mean, std = torch.tensor(SMALL.mean), torch.tensor(SMALL.std)
+    largest = max(float((mean / std).max()), float(((1 - mean) / std).max()))
+
+    def values(x):
+        return f"(min {float(x.min()):.3g}, max {float(x.max()):.3g}, mean {float(x.mean()):.3g})"
+
+    brighter, raw, diverged = pixels * 1.5, pixels * 255, normalize(pixels, SMALL) * 20
+    top = float(diverged.abs().quantile(0.999))
+    assert 1.05 < float(brighter.abs().quantile(0.999)) < 10 * largest < top
+    for images, reason in [
+        (brighter, f"not mean/std normalized {values(brighter)}: no negative values, but mean/std normalized images "
+                   "are about half negative"),
+        (raw, f"raw [0, 255] pixels {values(raw)}: no negative values, but mean/std normalized images are about half "
+              "negative"),
+        (diverged, f"|values| reach {top:.3g} (99.9th percentile) {values(diverged)}; normalized cifar100 pixels stay "
+                   f"within +-{largest:.2f}: [0, 255] data or a diverged set"),
+    ]:
+        assert verify_tensor(images, SMALL).check("normalization") == Check("normalization", FAIL, reason)
+
+
+def test_nan_and_inf_fail_their_row_and_count_as_zero_in_the_others():
+    """The normalization row judges the finite pixels: the range it prints is theirs (a NaN or inf read as 0)."""
+    pixels = natural(100, 32) / 2  # raw pixels in [0, 0.5]
+    flat = pixels.flatten().clone()
+    flat[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    images = flat.view_as(pixels)
+    finite = torch.where(images.isfinite(), images, torch.zeros(()))
+    report = verify_tensor(images, SMALL)
+    assert report.check("finite").reason == f"1 NaN and 2 inf values (of {images.numel():,})"
+    assert report.check("normalization") == Check("normalization", FAIL, (
+        f"raw [0, 1] pixels (min {float(finite.min()):.3g}, max {float(finite.max()):.3g}, mean "
+        f"{float(finite.mean()):.3g}): no negative values, not normalized with cifar100's mean/std"))
+
+
 @pytest.fixture(scope="module")
 def whitening():
     """Natural-like 16 px images and their ZCA-whitened versions, fit on 3000 images (768 pixels each)."""
