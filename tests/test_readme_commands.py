@@ -1,10 +1,12 @@
-"""Every command line in the README's code blocks is one the kit still takes: a renamed or dropped option, command or
-choice fails here, not in a reader's shell.
+"""Every command line in the code blocks of the README and of docs/research.md (whose commands were run as written on
+the 20-class subset) is one the kit still takes: a renamed or dropped option, command or choice fails here, not in a
+reader's shell.
 
 Each ``ddkit`` line (also inside ``docker run`` and ``torchrun ... -m challenge_kit``) runs with ``--help`` added:
 the command line is parsed (an unknown command or option is refused) and nothing runs. ``python -m evaluator``
 lines are parsed by the scorer's own parser, the GPU acceptance script's by its own (it stops at the missing GPU,
-after parsing). Lines of other tools (pip, pytest, curl, unzip, tar, mkdir, docker build) are not the kit's.
+after parsing). Lines of other tools (pip, pytest, curl, unzip, tar, mkdir, docker build) are not the kit's, nor a
+script the page writes out in a ```python block opening with ``# NAME.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from challenge_kit.cli import app
 from evaluator.evaluate import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
+PAGES = ("README.md", "docs/research.md")
 OTHERS = {"pip", "curl", "unzip", "tar", "mkdir", "cd"}
 
 
@@ -55,15 +58,24 @@ def kit_args(words: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def test_the_readme_lines_are_found():
-    lines = readme_lines((REPO / "README.md").read_text())
+def own_scripts(text: str) -> set[str]:
+    """The scripts a page writes out itself: its ```python blocks that open with ``# NAME.py``."""
+    return set(re.findall(r"^```python\n# (\S+\.py)\b", text, re.M))
+
+
+@pytest.mark.parametrize("page,least", [("README.md", 20), ("docs/research.md", 6)])
+def test_the_readme_lines_are_found(page, least):
+    text = (REPO / page).read_text()
+    lines, mine = readme_lines(text), own_scripts(text)
     kit = [kit_args(w) for w in lines]
-    assert sum(k is not None and k[0] == "ddkit" for k in kit) >= 20
+    assert sum(k is not None and k[0] == "ddkit" for k in kit) >= least
     assert all(k is not None or w[0] in OTHERS or w[:3] == ["python", "-m", "pytest"] or w[:2] == ["docker", "build"]
+               or (w[0] == "python" and w[1:] and w[1] in mine)
                for w, k in zip(lines, kit, strict=True)), [w for w, k in zip(lines, kit, strict=True) if k is None]
 
 
-@pytest.mark.parametrize("words", readme_lines((REPO / "README.md").read_text()), ids=shlex.join)
+@pytest.mark.parametrize("words", [w for page in PAGES for w in readme_lines((REPO / page).read_text())],
+                         ids=shlex.join)
 def test_every_readme_command_line_is_taken(words, monkeypatch):
     found = kit_args(words)
     if found is None:
