@@ -247,3 +247,19 @@ def test_the_random_baseline_is_the_set_ddkit_baseline_draws_with_that_seed(worl
     assert drawn.baseline and torch.equal(drawn.images, load_torch(root / "baseline" / "tinyimagenet.pt"))
     (init,) = baseline_entries(["init"], [str(root / "other"), str(run)], spec, data_root=None, seed=0)
     assert torch.equal(init.images, distilled_images(spec, seed=1))  # the folder's checkpoint, iteration 0
+
+
+def test_the_round_seed_and_the_baseline_seed_are_two_options(world, monkeypatch):
+    """Both once shared the name --seed, and the later option swallowed the round seed the user gave."""
+    root, data, ref, _ = world
+    scorer = FakeScorer()
+    monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
+    done = CliRunner().invoke(app, ["compare", str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref),
+                                    "--out", str(root / "cmp"), "--epochs", "1", "--rounds", "2", "--seed", "7",
+                                    "--baseline", "random", "--data-root", str(data), "--baseline-seed", "3",
+                                    "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["seeds"] == [7 * 1000, 7 * 1000 + 1]  # round r's seed is SEED * 1000 + r, as --help says
+    random_row = next(r for r in result["sets"] if r["baseline"])
+    assert random_row["source"].endswith("per class, seed 3"), random_row["source"]

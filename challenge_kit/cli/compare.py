@@ -31,7 +31,8 @@ def compare(
     seed: Annotated[int, seed_option("round r's seed is SEED * 1000 + r")] = 1000,
     data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT",
                                                   help="real data, for --baseline random")] = None,
-    baseline_seed: Annotated[int, seed_option("which random images (as `ddkit baseline --seed`)")] = 0,
+    baseline_seed: Annotated[int, seed_option("which random images (as `ddkit baseline --seed`)",
+                                              "--baseline-seed")] = 0,
     dataset: DatasetOption = None,
     device: Device = None,
     fast: Annotated[bool, typer.Option("--fast", help="score with the fast scorer (bfloat16, compiled where "

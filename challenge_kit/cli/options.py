@@ -122,7 +122,7 @@ def checked_seed(value: int | None) -> int | None:
     return value
 
 
-def seed_option(help: str):
-    """Every command's ``--seed``: its own help, the one bound."""
-    return typer.Option("--seed", metavar="SEED", help=help, callback=checked_seed)
+def seed_option(help: str, name: str = "--seed"):
+    """Every command's seeds: their own help, the one bound; a second seed of one command needs its own name."""
+    return typer.Option(name, metavar="SEED", help=help, callback=checked_seed)
 
