@@ -8,16 +8,17 @@ from dataclasses import replace
 import pytest
 import torch
 from fakes import cpu_buffer, write_tiny
+from helpers import SMALL as SMALL_ARGS
+from helpers import SPEC, _real, _recipe, _run
 from references import official_scores
 from safetensors.torch import load_file, save_file
-from test_signals import SMALL as SMALL_ARGS
 from typer.testing import CliRunner
 
 from challenge_kit import distill as distill_mod
 from challenge_kit import parts
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.contract import default_labels
 from challenge_kit.core.errors import KitFileError, NothingDistilled
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_torch, read_metadata
@@ -26,21 +27,9 @@ from challenge_kit.distill import distill
 from challenge_kit.experts.buffers import import_buffers
 from challenge_kit.experts.store import ExpertStore, expert_files
 from challenge_kit.experts.training import train_experts
-from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
+from challenge_kit.recipes import EvalConfig, ExpertConfig
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_checkpoint, read_history
 from challenge_kit.selection import Selector
-
-SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)  # small images keep the CPU test fast
-
-
-def _real(n_per_class=12, seed=0):
-    """Learnable class-coloured images with texture, challenge-normalized scale."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(SPEC.num_classes).repeat_interleave(n_per_class)
-    images = torch.randn(len(labels), 3, 16, 16, generator=g) * 0.5
-    for c in range(SPEC.num_classes):
-        images[labels == c, c] += 1.5
-    return images, labels
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +42,6 @@ def store(tmp_path_factory):
 
 
 REAL = parts.choose("init", "real")  # random real images of each class, whatever the experts make of them
-
-
-def _recipe(every=3, **distill):
-    base = DistillConfig(iterations=6, syn_steps=3, expert_epochs=1, min_start_epoch=0, current_max_start_epoch=0,
-                         max_start_epoch=2, interval=2, batch_syn=6, lr_img=100.0, lr_lr=1e-5, checkpoint_every=2,
-                         init=parts.choose("init", "real_correct"), threshold=10.0)
-    return Recipe(dataset="cifar100", profile="test", experts=ExpertConfig(num_experts=2, epochs=3),
-                  distill=replace(base, **distill),
-                  eval=EvalConfig(every=every, epochs=3, rounds=2, final_rounds=2, split="holdout"))
 
 
 # _recipe(iterations=8) as the kit at 8f602a5 saved it in a checkpoint (``asdict``, printed by that version): every
@@ -81,13 +61,6 @@ FLAT_RECIPE = {
                 "terms": "final", "perturb": "none", "perturb_scale": 0.1, "seed": 0, "checkpoint_every": 2},
     "eval": {"every": 3, "epochs": 3, "rounds": 2, "final_rounds": 2, "split": "holdout", "holdout_per_class": 10,
              "seed": 0, "scorer": "fast"}}
-
-
-def _run(recipe, store, run_dir, **kw):
-    x, y = _real()
-    sx, sy = _real(4, seed=2)
-    return distill(recipe, SPEC, store, run_dir, real_images=x, real_labels=y, select_images=sx, select_labels=sy,
-                   show_progress=False, **kw)
 
 
 def test_run_updates_images_schedules_T_and_records_every_iteration(store, tmp_path):

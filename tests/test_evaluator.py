@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import TINY, coloured, write_folder
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
@@ -22,22 +23,6 @@ from evaluator.evaluate import main
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_and_test
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = CIFAR100.subset(5, ipc=2)  # still named cifar100, so the folder scorer finds cifar100.pt
-COLORS = torch.tensor([[2, -2, -2], [-2, 2, -2], [-2, -2, 2], [2, 2, -2], [-2, 2, 2]], dtype=torch.float32)
-
-
-def coloured(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable task: each class is a flat colour plus noise, in default (class-major) order."""
-    g = torch.Generator().manual_seed(seed)
-    labels = default_labels(5, per_class)
-    return COLORS[labels].view(-1, 3, 1, 1) + 0.3 * torch.randn(len(labels), 3, 32, 32, generator=g), labels
-
-
-def write_folder(root: Path, images, test_images, test_labels) -> None:
-    (root / "res").mkdir(parents=True)
-    (root / "ref").mkdir(parents=True)
-    torch.save(images, root / "res" / "cifar100.pt")
-    torch.save({"images_val": test_images, "labels_val": test_labels}, root / "ref" / "cifar100_test.pt")
 
 
 def test_lr_schedule_drops_after_epoch_501():

@@ -3,26 +3,9 @@ labels) and every method term (masks, per-step weights, intermediate targets), p
 
 import pytest
 import torch
+from helpers import D, _problem
 
-from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.matching import Matching, inner_loss, match, normalized_distance, plan_inner_steps
-
-D = torch.float64
-
-
-def _problem(steps=6, batch_syn=5, seed=3, soft=False):
-    torch.manual_seed(0)
-    net = FunctionalConvNet(ModelConfig(num_classes=4, image_size=16, width=8, depth=2), dtype=D)
-    images = torch.randn(12, 3, 16, 16, dtype=D)
-    labels = torch.arange(4).repeat_interleave(3)
-    if soft:
-        labels = (torch.nn.functional.one_hot(labels, 4) * 3 + torch.randn(12, 4, dtype=D)).requires_grad_(True)
-    start = net.init_flat(1)
-    target = start + 0.01 * torch.randn_like(start)
-    lr = torch.tensor(0.05, dtype=D)
-    plan = plan_inner_steps(12, batch_syn, steps, 16, "cpu", generator=torch.Generator().manual_seed(seed),
-                            aug_generator=torch.Generator().manual_seed(seed + 1), dtype=D)
-    return net, images, labels, lr, Matching(start, start, [(steps, target)]), plan
 
 
 def _rel(a, b):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import distilled_images, write_tiny
+from helpers import SPEC as SMALL
+from helpers import _real, _recipe, _run
 from PIL import Image
-from test_distill import SPEC as SMALL
-from test_distill import _real, _recipe, _run
 from typer.testing import CliRunner
 
 from challenge_kit.ablate import expert_dir

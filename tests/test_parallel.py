@@ -9,12 +9,10 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import pytest
-import test_distill
 import torch
 import torch.multiprocessing as mp
-from test_distill import _recipe, _run
-from test_evaluator import TINY, coloured, write_folder
-from test_matching import _problem
+from fakes import TINY, coloured, write_folder
+from helpers import SPEC, _problem, _real, _recipe, _run
 
 from challenge_kit.core.parallel import Shard, process_group
 from challenge_kit.experts.training import train_experts
@@ -93,9 +91,9 @@ def _distill_worker(rank, world, port, logs, store, out, mode):
 def test_two_gloo_ranks_distill_like_one_process(tmp_path, mode):
     """Uneven shards (5 images per step over 2 ranks), selection rounds split over ranks, rank 0 writes."""
     experts = tmp_path / "experts"
-    x, y = test_distill._real()
-    tx, ty = test_distill._real(4, seed=1)
-    train_experts(x, y, tx, ty, test_distill.SPEC, ExpertConfig(num_experts=2, epochs=3, batch_size=16), experts)
+    x, y = _real()
+    tx, ty = _real(4, seed=1)
+    train_experts(x, y, tx, ty, SPEC, ExpertConfig(num_experts=2, epochs=3, batch_size=16), experts)
     _spawn(_distill_worker, tmp_path, experts, tmp_path / "two", mode)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' thread count: the same reduction order

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import distilled_images, write_run, write_tiny
+from helpers import SMALL
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -38,15 +39,6 @@ from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = CIFAR100.subset(5)
-# the quick profile cut to a single 2-epoch expert and 1-step matching on 3 images: seconds on a CPU; a small
-# lr_lr, as the quick one sends the learned lr from 0.01 to 0.09 in two steps with experts this short, and every
-# match after diverges (a run that distills nothing, which stops after 10 such iterations)
-SMALL = ["--profile", "quick", "--device", "cpu", "--set", "eval.every=0", "--set", "eval.holdout_per_class=0",
-         "--set", "experts.num_experts=1", "--set", "experts.epochs=2", "--set", "experts.batch_size=30",
-         "--set", "distill.expert_epochs=1", "--set", "distill.max_start_epoch=0",
-         "--set", "distill.current_max_start_epoch=0", "--set", "distill.iterations=4",
-         "--set", "distill.checkpoint_every=1", "--set", "distill.syn_steps=1", "--set", "distill.batch_syn=3",
-         "--set", "distill.init=real", "--set", "distill.threshold=100", "--set", "distill.lr_lr=1e-7"]
 WALL_CLOCK = {"epoch_seconds", "seconds"}  # the README's exceptions to same content, same bytes
 
 HOLD = textwrap.dedent("""
