@@ -16,7 +16,7 @@ import challenge_kit.recipes
 from challenge_kit.cli import app
 from challenge_kit.core.errors import KitError, KitValueError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUG = """
 import challenge_kit.recipes
 

@@ -22,7 +22,7 @@ from challenge_kit.cli import app
 from challenge_kit.core import errors
 from challenge_kit.core.contract import CIFAR100
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def table() -> dict[int, str]:

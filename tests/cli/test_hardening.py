@@ -61,7 +61,7 @@ from challenge_kit.pipeline import make_submission
 from challenge_kit.plan import Timing
 from challenge_kit.recipes import ExpertConfig, load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVALUATOR = "python -m evaluator"
 OVERRIDES = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
 SUBSET = CIFAR100.subset(5)

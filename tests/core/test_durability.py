@@ -41,7 +41,7 @@ from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_history
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
                                 reason="platform: names descriptors through /proc (Linux)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBSET = CIFAR100.subset(5)
 SMALL = replace(CIFAR100.subset(3, ipc=2), image_size=16)  # a distillation of seconds
 

@@ -37,7 +37,7 @@ from challenge_kit.experts.store import expert_files
 from challenge_kit.export import export_images
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, read_history
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBSET = CIFAR100.subset(5)
 WALL_CLOCK = {"epoch_seconds", "seconds"}  # the README's exceptions to same content, same bytes
 

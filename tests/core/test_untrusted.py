@@ -32,7 +32,7 @@ import evaluator.evaluate
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, MAX_REFERENCE_BYTES, MAX_SUBMISSION_BYTES, MAX_SUBMISSION_VALUES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVALUATOR = "python -m evaluator"
 COMMANDS = ["verify", "verify --json", "evaluate", "evaluate --json", EVALUATOR]
 GROWTH = 100 << 20  # the most memory one refusal may add; every hostile file below would take 1 GB or more

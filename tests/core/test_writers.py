@@ -38,7 +38,7 @@ from challenge_kit.core.folders import LOCK_FILE, run_lock
 from challenge_kit.core.storage import atomic_write, save_json, save_tensors, save_torch, write_together
 from challenge_kit.runs import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBSET = CIFAR100.subset(5)
 FULL = "cannot be written: No space left on device"
 

@@ -22,7 +22,7 @@ from evaluator import scorer
 from evaluator.evaluate import main
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_and_test
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_lr_schedule_drops_after_epoch_501():

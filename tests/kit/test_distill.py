@@ -45,7 +45,7 @@ REAL = parts.choose("init", "real")  # random real images of each class, whateve
 
 
 # _recipe(iterations=8) as the kit at 8f602a5 saved it in a checkpoint (``asdict``, printed by that version): every
-# part's parameters flat in its section, chosen or not (tests/test_identity.py).
+# part's parameters flat in its section, chosen or not (tests/kit/recipes/test_identity.py).
 FLAT_RECIPE = {
     "dataset": "cifar100", "profile": "test", "method": "M-DATM", "description": "",
     "experts": {"num_experts": 2, "epochs": 3, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 256,

@@ -39,7 +39,7 @@ from challenge_kit.recipes import load_recipe
 from challenge_kit.selection import Selector
 
 SPEC = replace(CIFAR100.subset(2, ipc=4), image_size=16)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SUBMISSIONS = REPO / "submissions"
 
 

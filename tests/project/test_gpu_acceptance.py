@@ -9,7 +9,7 @@ import pytest
 import torch
 from fakes import write_tiny
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_acceptance.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_acceptance.py"
 # the quick profile cut to seconds: one expert, two iterations of two inner steps, one selection point; threshold
 # 100, as the matches of experts this short are above 1, and a run that skips all its iterations stops
 SMALL = [a for o in ("eval.holdout_per_class=2", "experts.num_experts=1", "distill.iterations=2", "distill.syn_steps=2",

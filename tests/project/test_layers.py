@@ -1,6 +1,6 @@
 """The three layers: ``challenge_kit.core`` at the bottom, ``evaluator`` on it, the kit on top; imports run down.
 
-``python tests/test_layers.py`` prints the import graph by layer (every module, what it imports of the project).
+``python tests/project/test_layers.py`` prints the import graph by layer (every module, what it imports of the project).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("challenge_kit", "evaluator")
 LAYERS = ("core", "evaluator", "kit")  # bottom first
 

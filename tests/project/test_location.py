@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from skip_policy import PLATFORM
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COPIED = ("challenge_kit", "evaluator", "submissions", "tests", "pyproject.toml")  # what is there of them
-CASES = ["tests/test_hardening.py::test_read_only_output[make-submission]",  # reads the recipe, then is refused
-         "tests/test_hardening.py::test_unreadable_input[distill]"]
+CASES = ["tests/cli/test_hardening.py::test_read_only_output[make-submission]",  # reads the recipe, then is refused
+         "tests/cli/test_hardening.py::test_unreadable_input[distill]"]
 # pytest on the copy, once the kit is known to be imported from there
 RUN = ("import sys, challenge_kit, pytest\n"
        "assert challenge_kit.__file__.startswith(sys.argv[1]), challenge_kit.__file__\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "mutation.py"
 spec = importlib.util.spec_from_file_location("mutation_bench", SCRIPT)
 bench = sys.modules["mutation_bench"] = importlib.util.module_from_spec(spec)  # dataclasses look their module up

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from evaluator.evaluate import parse_args
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OTHERS = {"pip", "curl", "unzip", "tar", "mkdir", "cd"}
 
 

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.reading import load_torch
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 MARKER = "<!-- cpu-path -->"
 DOWNLOADS = ("curl", "wget", "unzip", "tar")
 AS_WRITTEN = bool(os.environ.get("DDKIT_README_AS_WRITTEN"))

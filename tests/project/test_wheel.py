@@ -21,7 +21,7 @@ import pytest
 
 from challenge_kit.recipes import read_toml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "challenge_kit", "evaluator", "submissions")
 
 # In the venv, away from the checkout: where the kit and its recipes come from, and every shipped recipe in every

@@ -33,7 +33,7 @@ from challenge_kit.recipes import ExpertConfig
 SPEC = CIFAR100.subset(4)
 MODEL = ModelConfig.for_spec(SPEC, width=8)
 CONFIG = ExpertConfig(num_experts=2, epochs=2, batch_size=16, seed=3)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -212,7 +212,7 @@ def test_more_epochs_extend_a_complete_expert_exactly(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import sys, torch
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = {tests!r}  # this file's folder, and the tests' for fakes.py
     torch.set_num_threads(1)
     from dataclasses import replace
     import test_experts as t
@@ -223,7 +223,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     out = tmp_path / "killed"
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    script = KILL_SCRIPT.format(tests=[str(Path(__file__).parent), str(Path(__file__).parents[2])], out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     first = expert_path(out, 0)
     deadline = time.time() + 120

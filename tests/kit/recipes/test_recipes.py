@@ -156,7 +156,7 @@ def test_experts_must_cover_the_matching_range():
 
 # ------------------------------------------------------------------------------------------ part tables
 
-GOLDEN = json.loads((Path(__file__).parent / "recipes_identity.json").read_text())
+GOLDEN = json.loads((Path(__file__).parents[2] / "recipes_identity.json").read_text())
 
 
 @pytest.mark.parametrize("key", sorted(GOLDEN["recipes"]))
