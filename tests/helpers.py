@@ -1,17 +1,54 @@
-"""What test files share besides fake data (``fakes.py``) and the official references (``references.py``): a
-small distillation and its command-line form, and a matching problem. Shared from here, not imported from another
-test file: a test module is importable only from its own folder."""
+"""What test files share besides fake data (``fakes.py``) and the official references (``references.py``): commands
+run in this process, a small distillation and its command-line form, and a matching problem. Shared from here, not
+imported from another test file: a test module is importable only from its own folder."""
 
+import contextlib
+import io
 from dataclasses import replace
 
 import torch
+from typer.testing import CliRunner, Result
 
+import evaluator.evaluate
 from challenge_kit import parts
+from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.distill import distill
 from challenge_kit.matching import Matching, plan_inner_steps
 from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recipe
+
+EVALUATOR = "python -m evaluator"  # the first word of an ``invoke`` that runs the scorer's own command line
+
+
+def ddkit(*args, env: dict | None = None) -> Result:
+    """A ddkit command run in this process; a crash (an exception that is not the command's exit) fails the test."""
+    result = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def ddkit_ok(*args) -> Result:
+    """A ddkit command that must succeed."""
+    result = ddkit(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def invoke(argv: list) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a ddkit command, or of ``python -m evaluator`` (same process)."""
+    argv = [str(a) for a in argv]
+    if argv[0] == EVALUATOR:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = evaluator.evaluate.main(argv[1:])
+            except SystemExit as e:  # argparse's refusals
+                code = e.code
+        return code, out.getvalue(), err.getvalue()
+    result = ddkit(*argv)
+    return result.exit_code, result.stdout, result.stderr
+
 
 # the quick profile cut to a single 2-epoch expert and 1-step matching on 3 images: seconds on a CPU; a small
 # lr_lr, as the quick one sends the learned lr from 0.01 to 0.09 in two steps with experts this short, and every

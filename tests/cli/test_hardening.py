@@ -38,16 +38,14 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 from fakes import distilled_images, write_cifar, write_run
+from helpers import EVALUATOR, invoke
 from rich.console import Console
 from rich.table import Table
-from typer.testing import CliRunner
 
 import challenge_kit.cli.render
 import challenge_kit.pipeline
 import challenge_kit.plan
 import evaluator.evaluate
-from challenge_kit import data
-from challenge_kit.cli import app
 from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitValueError
@@ -62,7 +60,6 @@ from challenge_kit.plan import Timing
 from challenge_kit.recipes import ExpertConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-EVALUATOR = "python -m evaluator"
 OVERRIDES = (1 << 1) | (1 << 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
 SUBSET = CIFAR100.subset(5)
 STORE_MODEL = ModelConfig.for_spec(CIFAR100, width=8)  # the challenge's classes, a narrow net: quick to train
@@ -147,29 +144,6 @@ def world(tmp_path_factory):
     finally:
         for row in ROWS:
             print(" | ".join(map(str, row)))
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Reading data or scoring fails the test: the case must be refused before either."""
-    def work(*args, **kwargs):
-        raise AssertionError("work started before the check")
-
-    monkeypatch.setattr(data, "load_split", work)
-    monkeypatch.setattr(evaluator.evaluate, "evaluate_images", work)
-
-
-def invoke(argv: list) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of a ddkit command, or of ``python -m evaluator`` (same process)."""
-    argv = [str(a) for a in argv]
-    if argv[0] == EVALUATOR:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = evaluator.evaluate.main(argv[1:])
-        return code, out.getvalue(), err.getvalue()
-    result = CliRunner().invoke(app, argv)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_line(case: str, argv: list, code: int, expected: str) -> str:

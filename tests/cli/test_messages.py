@@ -5,9 +5,7 @@ cannot be written is still shown.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -15,35 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import distilled_images, write_cifar, write_run
-from typer.testing import CliRunner
+from helpers import EVALUATOR, invoke
 
 import evaluator.evaluate
-from challenge_kit import data
-from challenge_kit.cli import app
 from challenge_kit.core import seeds
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.storage import save_json
 from challenge_kit.runs import CHECKPOINT, SUMMARY, RunDir
 
-EVALUATOR = "python -m evaluator"
 SUBSET = CIFAR100.subset(5)
 HUGE = 10**30
-
-
-def invoke(argv: list) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of a ddkit command, or of ``python -m evaluator`` (same process)."""
-    argv = [str(a) for a in argv]
-    if argv[0] == EVALUATOR:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = evaluator.evaluate.main(argv[1:])
-            except SystemExit as e:  # argparse's refusals
-                code = e.code
-        return code, out.getvalue(), err.getvalue()
-    result = CliRunner().invoke(app, argv)
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def refused(argv: list, code: int, line: str) -> None:
@@ -52,16 +31,6 @@ def refused(argv: list, code: int, line: str) -> None:
     lines = err.strip().splitlines()
     assert "Traceback" not in err and lines and lines[-1] == line, err
     assert got == code, (got, err)
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Reading data or scoring fails the test: the case must be refused before either."""
-    def work(*args, **kwargs):
-        raise AssertionError("work started before the check")
-
-    monkeypatch.setattr(data, "load_split", work)
-    monkeypatch.setattr(evaluator.evaluate, "evaluate_images", work)
 
 
 @pytest.fixture(scope="module")

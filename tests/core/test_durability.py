@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import write_cifar, write_run, write_tiny
-from typer.testing import CliRunner
+from helpers import ddkit_ok
 
 from challenge_kit import parts
-from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_torch
@@ -44,11 +43,6 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(),
 REPO = Path(__file__).resolve().parents[2]
 SUBSET = CIFAR100.subset(5)
 SMALL = replace(CIFAR100.subset(3, ipc=2), image_size=16)  # a distillation of seconds
-
-
-def ddkit(*args) -> None:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture
@@ -102,18 +96,18 @@ def published(seen: list[tuple[str, ...]], *targets: Path) -> tuple[int, int]:
 
 def test_an_export_its_preview_and_manifest_are_synced_then_renamed_then_their_folder(tmp_path, calls):
     run = write_run(tmp_path / "run", SUBSET)
-    ddkit("export", run, "--out", tmp_path / "out")
+    ddkit_ok("export", run, "--out", tmp_path / "out")
     published(calls, *export_files(SUBSET, tmp_path / "out"))
 
 
 def test_the_upload_zip_and_its_manifest(tmp_path, small_exports, calls):
-    ddkit("bundle", *small_exports, "--out-file", tmp_path / "up" / "submission.zip")
+    ddkit_ok("bundle", *small_exports, "--out-file", tmp_path / "up" / "submission.zip")
     published(calls, tmp_path / "up" / "submission.zip", tmp_path / "up" / "submission.manifest.json")
 
 
 def test_a_reference_file(tmp_path, calls):
     write_cifar(tmp_path / "data", n_train=2, n_test=2, per_class=True, smooth=True)
-    ddkit("reference", "cifar100", "--data-root", tmp_path / "data", "--out-file", tmp_path / "ref" / "ref.pt")
+    ddkit_ok("reference", "cifar100", "--data-root", tmp_path / "data", "--out-file", tmp_path / "ref" / "ref.pt")
     published(calls, tmp_path / "ref" / "ref.pt")
     assert ("fsync", str(tmp_path)) in calls  # the new folder itself, in its parent
 
@@ -162,8 +156,8 @@ def test_a_distillation_run_its_checkpoint_history_set_summary_and_report(tmp_pa
 
 def test_a_subset_is_synced_before_its_manifest_names_it(tmp_path, calls):
     write_tiny(tmp_path / "src", per_class=2)
-    ddkit("subset", "tinyimagenet", "--data-root", tmp_path / "src", "--out", tmp_path / "sub", "--classes", "2",
-          "--train-per-class", "1")
+    ddkit_ok("subset", "tinyimagenet", "--data-root", tmp_path / "src", "--out", tmp_path / "sub", "--classes", "2",
+             "--train-per-class", "1")
     manifest = published(calls, tmp_path / "sub" / SUBSET_MANIFEST)[0]
     partial = [e for e in calls if e[0] == "rename" and Path(e[1]).name == "train"]
     (moved,) = partial  # the train folder, moved out of the unfinished one: the folder synced before the manifest

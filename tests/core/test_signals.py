@@ -25,11 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import distilled_images, write_run, write_tiny
-from helpers import SMALL
+from helpers import SMALL, ddkit_ok
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET
 from challenge_kit.core.folders import LOCK_FILE
 from challenge_kit.core.reading import read_metadata
@@ -107,19 +105,7 @@ HOLD = textwrap.dedent("""
     from challenge_kit.cli import app
     app()
 """)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def ddkit(*args) -> None:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def default_sigint() -> None:
@@ -175,8 +161,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("signals")
     write_tiny(root / "data", per_class=10)
     torch.set_num_threads(1)
-    ddkit("experts", "tinyimagenet", "--data-root", root / "data", "--out", root / "store", "--cache-dir",
-          root / "cache", *SMALL)
+    ddkit_ok("experts", "tinyimagenet", "--data-root", root / "data", "--out", root / "store", "--cache-dir",
+             root / "cache", *SMALL)
     return root
 
 
@@ -188,7 +174,7 @@ def test_sigterm_during_experts_keeps_the_saved_epochs_and_continues_to_the_same
     assert_stopped(code, lines, "experts", "run the same command again to continue: finished experts and saved "
                                            "epochs are kept", store)
     assert read_metadata(store / "expert_0000.safetensors")["completed_epochs"] == 1  # epoch 1, whole
-    ddkit(*argv)
+    ddkit_ok(*argv)
     (mine,), (clean,) = expert_files(store), expert_files(tiny / "store")
     assert load_file(str(mine)).keys() == load_file(str(clean)).keys()
     for key, tensor in load_file(str(mine)).items():
@@ -207,8 +193,8 @@ def test_sigterm_during_distill_resumes_to_the_bytes_of_an_uninterrupted_run(tin
     assert_stopped(code, lines, "distill", "run the same command with --resume to continue from the last "
                                            "checkpoint", run)
     assert not (run / BEST).exists() and len(read_history(run)) == 2
-    ddkit(*argv(run), "--resume")
-    ddkit(*argv(tmp_path / "clean"))
+    ddkit_ok(*argv(run), "--resume")
+    ddkit_ok(*argv(tmp_path / "clean"))
     assert digests(run, [BEST]) == digests(tmp_path / "clean", [BEST])
     strip = lambda rows: [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]  # noqa: E731
     assert strip(read_history(run)) == strip(read_history(tmp_path / "clean"))
@@ -220,13 +206,13 @@ def test_a_signal_during_export_leaves_no_file_and_a_rerun_writes_the_same_bytes
     run = write_run(tmp_path / "run", SUBSET)
     out = tmp_path / "export"
     names = ["cifar100.pt", "manifest.json", "preview.png"]
-    ddkit("export", run, "--out", out)  # uninterrupted, into the same folder: the manifest names the file's path
+    ddkit_ok("export", run, "--out", out)  # uninterrupted, into the same folder: the manifest names the file's path
     clean = digests(out, names)
     shutil.rmtree(out)
     code, lines = interrupt(tmp_path, "cifar100.pt", 1, ["export", run, "--out", out], sig, where)
     assert_stopped(code, lines, "export", "run the same command again", out, sig)
     assert list(out.iterdir()) == []
-    ddkit("export", run, "--out", out)
+    ddkit_ok("export", run, "--out", out)
     assert digests(out, names) == clean
 
 
@@ -243,14 +229,14 @@ def test_sigterm_during_bundle_leaves_no_zip_and_a_rerun_writes_the_same_bytes(e
     out = tmp_path / "upload"
     argv = ["bundle", exports / "cifar100", exports / "tinyimagenet", "--out-file", out / "submission.zip"]
     names = ["submission.zip", "submission.manifest.json"]
-    ddkit(*argv)  # uninterrupted
+    ddkit_ok(*argv)  # uninterrupted
     clean = digests(out, names)
     shutil.rmtree(out)
     out.mkdir()
     code, lines = interrupt(tmp_path, "submission.zip", 1, argv)
     assert_stopped(code, lines, "bundle", "run the same command again", out)
     assert list(out.iterdir()) == []  # neither the zip nor its manifest
-    ddkit(*argv)
+    ddkit_ok(*argv)
     assert digests(out, names) == clean
 
 
@@ -306,7 +292,7 @@ def test_sigterm_to_ablate_stops_its_variant_cleanly_and_a_rerun_continues_it(ti
     log = (out / "m-datm" / "log.txt").read_text().strip().splitlines()
     assert log[-1] == "interrupted by SIGTERM: this variant stopped; run ddkit ablate again to continue it", log
     assert not (out / "m-datm" / "variant.json").exists()
-    ddkit(*argv)
+    ddkit_ok(*argv)
     row, = json.loads((out / "ablate.json").read_text())["variants"]
     assert row["status"] == "ok" and row["iterations"] == 400, row
 
@@ -314,5 +300,5 @@ def test_sigterm_to_ablate_stops_its_variant_cleanly_and_a_rerun_continues_it(ti
 def test_the_handler_is_the_one_before_after_a_command(tmp_path):
     """In-process callers (tests, notebooks) get their own SIGTERM handling back once a command ends."""
     before = signal.getsignal(signal.SIGTERM)
-    ddkit("methods", "--json")
+    ddkit_ok("methods", "--json")
     assert signal.getsignal(signal.SIGTERM) is before

@@ -9,7 +9,6 @@ files that are not torch files at all.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import pickle
@@ -23,17 +22,17 @@ import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from helpers import EVALUATOR
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-import evaluator.evaluate
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, MAX_REFERENCE_BYTES, MAX_SUBMISSION_BYTES, MAX_SUBMISSION_VALUES
 
 REPO = Path(__file__).resolve().parents[2]
-EVALUATOR = "python -m evaluator"
 COMMANDS = ["verify", "verify --json", "evaluate", "evaluate --json", EVALUATOR]
 GROWTH = 100 << 20  # the most memory one refusal may add; every hostile file below would take 1 GB or more
 
@@ -178,17 +177,8 @@ def argv(command: str, path: Path, reference: Path) -> list[str]:
 
 def invoke(args: list) -> tuple[int, str, str, int]:
     """(exit code, stdout, stderr, growth of the peak RSS in bytes) of a ddkit command or ``python -m evaluator``."""
-    args = [str(a) for a in args]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args[0] == EVALUATOR:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = evaluator.evaluate.main(args[1:])
-        result = code, out.getvalue(), err.getvalue()
-    else:
-        run = CliRunner().invoke(app, args)
-        assert run.exception is None or isinstance(run.exception, SystemExit), run.exception
-        result = run.exit_code, run.stdout, run.stderr
+    result = helpers.invoke(args)
     return (*result, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) << 10)
 
 

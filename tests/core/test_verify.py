@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fakes import MINI, needs_mini
-from typer.testing import CliRunner
+from helpers import ddkit
 
-from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
 from challenge_kit.core.errors import KitFileError
@@ -41,16 +40,9 @@ from challenge_kit.core.verify import (
 
 SMALL = CIFAR100.subset(10)  # 100 images of 3x32x32
 SMALL16 = replace(SMALL, image_size=16)  # ZCA needs many more images than pixels to fit: keep pixels few
-runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions run far faster on one thread than on two contended ones (CI has two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def natural(n: int, size: int, spec=CIFAR100, seed: int = 0) -> torch.Tensor:
@@ -94,7 +86,7 @@ def zca(images: torch.Tensor, fit: torch.Tensor, eps: float = 0.1) -> torch.Tens
 
 
 def cli(*args):
-    result = runner.invoke(app, ["verify", *map(str, args), "--json"])
+    result = ddkit("verify", *args, "--json")
     return result, (json.loads(result.stdout) if result.stdout.strip() else None)
 
 
@@ -119,7 +111,7 @@ def test_valid_submission_at_the_real_cifar100_shape(tmp_path):
     assert report["exit_code"] == 0 and report["ok"] and report["challenge"] is True
     assert report["spec"]["name"] == "cifar100" and report["spec_source"] == "shape"
     assert {c["status"] for c in report["checks"]} == {PASS}
-    table = runner.invoke(app, ["verify", str(path)])
+    table = ddkit("verify", path)
     assert table.exit_code == 0 and "normalization" in table.stdout and "FAIL" not in table.stdout
 
 
@@ -325,7 +317,7 @@ def test_permuted_class_order_is_found(tmp_path, trained_reference):
     permuted = images.view(REF.num_classes, REF.ipc, 3, 16, 16)[perm].reshape(images.shape)
     path = with_manifest(tmp_path, REF, permuted)
     ckpt = save_torch({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
-    result = runner.invoke(app, ["verify", str(path), "--reference-model", str(ckpt), "--json"])
+    result = ddkit("verify", path, "--reference-model", ckpt, "--json")
     assert result.exit_code == 3
     report = json.loads(result.stdout)
     got, reason = status(report, "reference")

@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pytest
 from fakes import distilled_images, write_cifar, write_run
+from helpers import ddkit
 from safetensors import SafetensorError
-from typer.testing import CliRunner
 
 import challenge_kit.baseline  # noqa: F401  (imported now: it binds data.load_split, which no_work replaces)
 from challenge_kit import bundle as bundle_module
-from challenge_kit import data
 from challenge_kit import export as export_module
-from challenge_kit.cli import app
 from challenge_kit.core import storage
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitFileError
@@ -43,16 +41,10 @@ SUBSET = CIFAR100.subset(5)
 FULL = "cannot be written: No space left on device"
 
 
-def ddkit(*args) -> tuple[int, str]:
-    """(exit code, stderr) of a command run in this process."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stderr
-
-
 def refused(args: list, expected: str) -> None:
     """The command fails with exactly one ``error:`` line that starts with ``expected``."""
-    code, err = ddkit(*args)
+    result = ddkit(*args)
+    code, err = result.exit_code, result.stderr
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and len(lines) == 1, err
     assert lines[0].startswith(f"error: {expected}"), (lines[0], expected)
@@ -77,15 +69,6 @@ def victim(tmp_path):
     yield path
     assert path.read_text() == "precious\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["victim.txt"]
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Reading data fails the test: the case must be refused before it."""
-    def work(*args, **kwargs):
-        raise AssertionError("work started before the check")
-
-    monkeypatch.setattr(data, "load_split", work)
 
 
 @pytest.fixture
@@ -204,12 +187,12 @@ def test_reference_refuses_such_an_out_before_reading_the_data(tmp_path, victim,
 
 def test_export_refuses_to_replace_an_earlier_export_unless_told(tmp_path):
     run, out = write_run(tmp_path / "run", SUBSET), tmp_path / "out"
-    assert ddkit("export", run, "--out", out)[0] == 0
+    assert ddkit("export", run, "--out", out).exit_code == 0
     before = contents(out)
     refused(["export", run, "--out", out], f"{out / 'cifar100.pt'}: already exists (an earlier export, or another "
                                            "file); pass --overwrite to replace it, or choose another --out")
     assert contents(out) == before
-    assert ddkit("export", run, "--out", out, "--overwrite")[0] == 0
+    assert ddkit("export", run, "--out", out, "--overwrite").exit_code == 0
     assert contents(out) == before  # the same set: the same bytes
 
 
@@ -277,7 +260,7 @@ def test_a_run_may_work_inside_a_folder_it_holds_itself(tmp_path):
 
 def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path, monkeypatch):
     run, out = write_run(tmp_path / "run", SUBSET), tmp_path / "out"
-    assert ddkit("export", run, "--out", out)[0] == 0
+    assert ddkit("export", run, "--out", out).exit_code == 0
     before = contents(out)
     write_run(run, SUBSET, images=distilled_images(SUBSET, seed=1))  # another set: new bytes, had they gone out
 
@@ -293,7 +276,7 @@ def test_an_export_whose_preview_fails_leaves_the_earlier_export_whole(tmp_path,
 
 def test_a_bundle_whose_manifest_fails_leaves_no_zip_without_it(tmp_path, small_exports, full_disk):
     upload = tmp_path / "up" / "submission.zip"
-    assert ddkit("bundle", *small_exports, "--out-file", upload)[0] == 0
+    assert ddkit("bundle", *small_exports, "--out-file", upload).exit_code == 0
     before = contents(upload.parent)
     full_disk(only=".manifest.json.")
     for args in ([upload.with_name("fresh.zip")], [upload, "--overwrite"]):

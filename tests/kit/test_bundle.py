@@ -8,10 +8,9 @@ import zipfile
 import pytest
 import torch
 from fakes import MINI, needs_mini, write_cifar, write_tiny
-from typer.testing import CliRunner
+from helpers import ddkit
 
 from challenge_kit import bundle as bundle_module
-from challenge_kit.cli import app
 from challenge_kit.core.contract import TINYIMAGENET
 from challenge_kit.core.reading import sha256
 from challenge_kit.data import load_split
@@ -19,10 +18,6 @@ from challenge_kit.export import export_images
 from evaluator import evaluate as evaluate_module
 
 NAMES = ["cifar100.pt", "tinyimagenet.pt"]
-
-
-def ddkit(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

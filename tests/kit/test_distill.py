@@ -5,6 +5,7 @@ labels, experts whose snapshots do not move."""
 import json
 from dataclasses import replace
 
+import helpers
 import pytest
 import torch
 from fakes import cpu_buffer, write_tiny
@@ -12,11 +13,9 @@ from helpers import SMALL as SMALL_ARGS
 from helpers import SPEC, _real, _recipe, _run
 from references import official_scores
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from challenge_kit import distill as distill_mod
 from challenge_kit import parts
-from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import default_labels
 from challenge_kit.core.errors import KitFileError, NothingDistilled
@@ -132,7 +131,7 @@ def test_the_command_that_distilled_nothing_says_why_in_one_line_and_exits_1(tmp
     common = ["--data-root", tmp_path / "data", "--cache-dir", tmp_path / "cache", *SMALL_ARGS]
 
     def ddkit(*args, then=()):
-        return CliRunner().invoke(app, [str(a) for a in (*args, *common, *then)])
+        return helpers.ddkit(*args, *common, *then)
 
     assert ddkit("experts", "tinyimagenet", "--out", tmp_path / "store").exit_code == 0
     run = tmp_path / "run"

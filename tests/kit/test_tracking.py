@@ -4,15 +4,13 @@ checked against ``history.jsonl``; a missing package is one line naming the extr
 import importlib.util
 import json
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import SPEC, _real
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
-from challenge_kit.core.contract import CIFAR100
 from challenge_kit.distill import distill
 from challenge_kit.experts.training import train_experts
 from challenge_kit.parts import Choice
@@ -20,18 +18,8 @@ from challenge_kit.recipes import DistillConfig, EvalConfig, ExpertConfig, Recip
 from challenge_kit.runs import read_history
 from challenge_kit.tracking import TENSORBOARD_DIR, Track, Tracker, history_scalars
 
-SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
 INSTALLED = [s for s in ("tensorboard", "wandb") if importlib.util.find_spec(s) is not None]
 BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of (crc32, length, type) chunks
-
-
-def _real(n_per_class, seed):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(SPEC.num_classes).repeat_interleave(n_per_class)
-    images = torch.randn(len(labels), 3, 16, 16, generator=g) * 0.5
-    for c in range(SPEC.num_classes):
-        images[labels == c, c] += 1.5
-    return images, labels
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 from fakes import MINI, needs_mini, write_cifar, write_tiny
+from helpers import ddkit
 from PIL import Image
-from typer.testing import CliRunner
 
-from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.data import dataset_spec, load_split, read_cifar_pickle, tiny_classes, tiny_files
 from challenge_kit.data import subset as subset_module
 from challenge_kit.data.subset import MANIFEST, PARTIAL, spread
 
 WNIDS = tuple(f"n{i:08d}" for i in range(9, 0, -1))  # odd: write_tiny then gives every class val images
-
-
-def ddkit(*args) -> object:
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def tree(root: Path) -> dict:

@@ -36,13 +36,7 @@ CONFIG = ExpertConfig(num_experts=2, epochs=2, batch_size=16, seed=3)
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons need the same thread count everywhere; one also suits the shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_data(n: int = 48, seed: int = 0):
