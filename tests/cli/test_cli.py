@@ -142,3 +142,13 @@ def test_the_shell_completes_commands_and_choices():
                "COMP_CWORD": str(len(words.split()) - 1)}
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
         assert done.stdout.split() == [expected], (words, done.stdout, done.stderr)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``ddkit reference --help | head -20``: no 'Broken pipe' error line, no traceback (the pipe closes at a
+    different moment each time, so a few tries)."""
+    command = f"{sys.executable} -m challenge_kit reference --help | head -20 > /dev/null"
+    for _ in range(3):
+        proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "80"})
+        assert proc.stderr == ""

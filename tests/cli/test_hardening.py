@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import textwrap
@@ -40,13 +39,10 @@ import torchvision.datasets.cifar
 from fakes import distilled_images, write_cifar, write_run
 from helpers import EVALUATOR, invoke
 from rich.console import Console
-from rich.table import Table
 
 import challenge_kit.cli.render
 import challenge_kit.pipeline
 import challenge_kit.plan
-import evaluator.evaluate
-from challenge_kit.core import progress
 from challenge_kit.core.contract import CIFAR100
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import LOCK_FILE
@@ -54,7 +50,6 @@ from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import read_metadata
 from challenge_kit.experts import buffers, training
 from challenge_kit.experts.store import expert_path
-from challenge_kit.export import export_run
 from challenge_kit.pipeline import make_submission
 from challenge_kit.plan import Timing
 from challenge_kit.recipes import ExpertConfig, load_recipe
@@ -388,7 +383,7 @@ def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
     assert read_metadata(expert)["seed"] == 1
 
 
-# ------------------------------------------------------------------------------------------ item 4: CPU notice, logs
+# ------------------------------------------------------------------------------------------ item 4: CPU notice
 
 def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_on(world, monkeypatch):
     class Stop(Exception):
@@ -413,97 +408,3 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_o
         make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False,
                         allow_long_run=True)
     assert "days on this cpu: going on (--allow-long-run)" in console.file.getvalue()
-
-
-@pytest.mark.parametrize("columns", [None, "80"])
-def test_off_a_terminal_a_table_keeps_its_width_unless_columns_says(monkeypatch, columns):
-    """A log is not cut at rich's 80 columns: whole stage names and numbers, unless $COLUMNS asks."""
-    if columns is None:
-        monkeypatch.delenv("COLUMNS", raising=False)
-    else:
-        monkeypatch.setenv("COLUMNS", columns)
-    table = Table()
-    for column in ("stage", "units", "FLOP / unit", "FLOP", "peak memory", "time / unit", "time"):
-        table.add_column(column)
-    table.add_row("distillation", "10,000", "47.8 TFLOP", "477.6 PFLOP", "5.1 GiB", "25.9 min", "179.7 d")
-    out = progress.make_console(file=io.StringIO())
-    out.print(table)
-    widest = max(map(len, out.file.getvalue().splitlines()))
-    assert ("distillation" in out.file.getvalue() and widest > 80) == (columns is None), out.file.getvalue()
-
-
-def test_progress_without_a_terminal_is_plain_lines_at_a_steady_interval(monkeypatch):
-    file = io.StringIO()
-    monkeypatch.setattr(progress, "console", Console(file=file, width=200))
-    now = [0.0]
-    bar = progress.make_progress()
-    assert isinstance(bar, progress.LogProgress)
-    bar.get_time = lambda: now[0]
-    with bar:
-        task = bar.add_task("distill", total=100, status="")
-        for i in range(1, 101):
-            now[0] = float(i)
-            bar.update(task, completed=i, status=f"loss {i}")
-    lines = file.getvalue().splitlines()
-    assert lines[:3] == ["distill 30/100 (30%) loss 30 elapsed 0:00:30 eta 0:01:10",
-                         "distill 60/100 (60%) loss 60 elapsed 0:01:00 eta 0:00:40",
-                         "distill 90/100 (90%) loss 90 elapsed 0:01:30 eta 0:00:10"]
-    assert "\x1b" not in file.getvalue()
-
-
-def test_messages_stay_one_line_in_a_log(monkeypatch):
-    file = io.StringIO()
-    # rich's private _file: patching the ``file`` property would pin the console to today's sys.stderr for
-    # every later test (undo sets the property to what it returned), hiding their output from CliRunner
-    monkeypatch.setattr(progress.console, "_file", file)
-    progress.console.print("a long message " * 20)
-    assert file.getvalue().count("\n") == 1
-
-
-def test_a_closed_pipe_ends_quietly():
-    """``ddkit reference --help | head -20``: no 'Broken pipe' error line, no traceback (the pipe closes at a
-    different moment each time, so a few tries)."""
-    command = f"{sys.executable} -m challenge_kit reference --help | head -20 > /dev/null"
-    for _ in range(3):
-        proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "COLUMNS": "80"})
-        assert proc.stderr == ""
-
-
-# ------------------------------------------------------------------------------------------ item 8: file modes
-
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
-    old = os.umask(umask)
-    try:
-        export_run(write_run(tmp_path / "run", SUBSET), tmp_path / "out")
-        images = torch.randn(8, 3, 32, 32)
-        training.train_experts(images, torch.arange(8), images, torch.arange(8), CIFAR100,
-                         ExpertConfig(num_experts=1, epochs=1, batch_size=8), tmp_path / "store", model=STORE_MODEL)
-        small = CIFAR100.subset(5, ipc=2)
-        (tmp_path / "in" / "res").mkdir(parents=True)
-        (tmp_path / "in" / "ref").mkdir()
-        torch.save(torch.randn(small.shape), tmp_path / "in" / "res" / "cifar100.pt")
-        torch.save({"images_val": torch.randn(10, 3, 32, 32), "labels_val": torch.arange(10) % 5},
-                   tmp_path / "in" / "ref" / "cifar100_test.pt")
-        assert evaluator.evaluate.main([str(tmp_path / "in"), str(tmp_path / "scores"), "--epochs", "1",
-                                        "--rounds", "1", "--device", "cpu"], specs=[small]) == 0
-    finally:
-        os.umask(old)
-    written = [tmp_path / "out" / n for n in ("cifar100.pt", "manifest.json", "preview.png")] + \
-        [expert_path(tmp_path / "store", 0), tmp_path / "scores" / "scores.txt", tmp_path / "scores" / "scores.json"]
-    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == \
-        {p.name: oct(0o666 & ~umask) for p in written}
-
-
-# ------------------------------------------------------------------------------------------ item 9: same bytes
-
-def test_identical_content_gives_identical_bytes(tmp_path):
-    names = ("run/best.safetensors", "out/cifar100.pt", "out/manifest.json", "out/preview.png")
-    first = {}
-    for _ in range(2):
-        write_run(tmp_path / "run", SUBSET)  # best.safetensors: several metadata keys
-        export_run(tmp_path / "run", tmp_path / "out")
-        for name in names:
-            first.setdefault(name, (tmp_path / name).read_bytes())
-            assert (tmp_path / name).read_bytes() == first[name], name
