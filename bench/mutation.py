@@ -66,32 +66,33 @@ class Target:
 # Each module against its own tests: the files that call it on purpose, not every test that passes through it.
 TARGETS = (
     # the recipe's and the official loop's tests, not the command line's (evaluate.py's), which train rounds too
-    Target("evaluator/scorer.py", ("tests/test_evaluator.py", "tests/test_scorer_fidelity.py",
-                                   "tests/test_scorer_reference.py"),
+    Target("evaluator/scorer.py", ("tests/evaluator/test_evaluator.py", "tests/evaluator/test_scorer_fidelity.py",
+                                   "tests/evaluator/test_scorer_reference.py"),
            "not invocations and not says_what_verify and not ddkit_evaluate and not python_m and not scored_folder"),
     # fast.py's tests without the many-round real-image comparison, and the stacked rounds against the official ones
-    Target("evaluator/fast.py", ("tests/test_fast_scorer.py", "tests/test_scorer_reference.py"),
+    Target("evaluator/fast.py", ("tests/evaluator/test_fast_scorer.py", "tests/evaluator/test_scorer_reference.py"),
            "test_fast_scorer and not rank_alike or stacked"),
     # its own tests, and the refusals and unwritable outputs its command shares with ddkit's (in-process)
-    Target("evaluator/evaluate.py", ("tests/test_evaluator.py", "tests/test_messages.py", "tests/test_hardening.py"),
-           "evaluator or scores_txt"),
-    Target("challenge_kit/core/contract.py", ("tests/test_contract.py",)),
-    Target("challenge_kit/core/models.py", ("tests/test_models.py", "tests/test_scorer_reference.py")),  # its init
-    Target("challenge_kit/core/augment.py", ("tests/test_augment.py",)),
+    Target("evaluator/evaluate.py", ("tests/evaluator/test_evaluator.py", "tests/cli/test_messages.py",
+                                     "tests/cli/test_hardening.py"), "evaluator or scores_txt"),
+    Target("challenge_kit/core/contract.py", ("tests/core/test_contract.py",)),
+    Target("challenge_kit/core/models.py", ("tests/core/test_models.py",
+                                            "tests/evaluator/test_scorer_reference.py")),  # its init
+    Target("challenge_kit/core/augment.py", ("tests/core/test_augment.py",)),
     # its own tests, the hostile files and the zip members it loads (not the baselines, which build sets from data)
-    Target("challenge_kit/core/verify/", ("tests/test_verify.py", "tests/test_untrusted.py", "tests/test_bundle.py"),
-           "not baseline"),
+    Target("challenge_kit/core/verify/", ("tests/core/test_verify.py", "tests/core/test_untrusted.py",
+                                          "tests/kit/test_bundle.py"), "not baseline"),
     # its own tests, the hostile files, the safe loader's tests in test_storage, and the export's refusals (not the
     # two whole submissions that distill for minutes on the way to reading their file)
-    Target("challenge_kit/core/reading.py", ("tests/test_reading.py", "tests/test_untrusted.py",
-                                             "tests/test_storage.py", "tests/test_submission.py"),
+    Target("challenge_kit/core/reading.py", ("tests/core/test_reading.py", "tests/core/test_untrusted.py",
+                                             "tests/core/test_storage.py", "tests/kit/test_submission.py"),
            "not make_submission"),
-    Target("challenge_kit/matching.py", ("tests/test_matching.py", "tests/test_matching_reference.py")),
-    Target("challenge_kit/optim.py", ("tests/test_optim.py",)),
+    Target("challenge_kit/matching.py", ("tests/kit/test_matching.py", "tests/kit/test_matching_reference.py")),
+    Target("challenge_kit/optim.py", ("tests/kit/test_optim.py",)),
     # its own tests, and test_distill's reasons (not the whole distillation runs, which reach it too)
-    Target("challenge_kit/selection.py", ("tests/test_selection.py", "tests/test_distill.py"),
+    Target("challenge_kit/selection.py", ("tests/kit/test_selection.py", "tests/kit/test_distill.py"),
            "not test_distill or reason"),
-    Target("challenge_kit/data/cifar.py", ("tests/test_data.py",), "cifar"),  # the rest reads Tiny ImageNet
+    Target("challenge_kit/data/cifar.py", ("tests/kit/data/test_data.py",), "cifar"),  # the rest reads Tiny ImageNet
 )
 NOT_MUTATED = ("module constants and dataclass fields (mutmut mutates inside functions only): tests state them as "
                "facts; decorated functions other than classmethod/staticmethod, except " + ", ".join(

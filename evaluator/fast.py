@@ -8,8 +8,8 @@ passes over hundreds of MB), and the compiled graph fuses them. Losses and the o
 Asked to (``$DDKIT_STACKED_ROUNDS``), the fast mode also trains several rounds at once: one network per round,
 their parameters stacked and run by ``torch.vmap`` (each round keeps its own init, shuffles and augmentation
 draws), meant for a GPU that one small ConvNet leaves mostly idle. Fast scores are not bit-identical to the
-official script's; ``tests/test_fast_scorer.py`` shows they decide the same (paired rounds on real images), and
-every result names the mode it was scored in.
+official script's; ``tests/evaluator/test_fast_scorer.py`` shows they decide the same (paired rounds on real
+images), and every result names the mode it was scored in.
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 of each test's own instead of the user's ~/.cache/ddkit, the fast scorer uncompiled (compiling costs
 12-24 s per new shape; ``test_fast_scorer.py`` compiles), the plan calibrated in one pass, not three (every
 make-submission plans first; ``test_plan.py`` asks for more where the range is its subject), exports a bundle takes
-as they are; under CI, only a platform may skip a test (``skip_policy.py``)."""
+as they are; under CI, only a platform may skip a test (``skip_policy.py``). Helpers a test imports are in
+``helpers.py`` (commands, a small distillation), ``fakes.py`` (data) and ``references.py`` (the official recipe)."""
 
 import pytest
+import torch
 from skip_policy import pytest_runtest_makereport  # noqa: F401  (a hook: under CI only platform skips)
 
+import evaluator.evaluate
 from challenge_kit import bundle as bundle_module
+from challenge_kit import data
 from challenge_kit.core.contract import SPECS
 from challenge_kit.core.devices import tune_allocator
 from challenge_kit.core.verify.report import Report
@@ -20,6 +24,27 @@ def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
     monkeypatch.setenv("DDKIT_CALIBRATION_PASSES", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``), its module fixtures too:
+    bitwise comparisons need the same thread count everywhere, and small convolutions run far faster on one thread
+    than on two contended ones (CI has two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Reading data or scoring fails the test: the case must be refused before either."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the check")
+
+    monkeypatch.setattr(data, "load_split", work)
+    monkeypatch.setattr(evaluator.evaluate, "evaluate_images", work)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-# How every command ends, one code per cause (docs/cli.md has the table; tests/test_exit_codes.py holds it), so a
+# How every command ends, one code per cause (docs/cli.md has the table; tests/cli/test_exit_codes.py holds it), so a
 # script can tell a typo from a bad file from a failed check. An interruption is 128 + the signal (interrupts).
 DONE = 0
 BAD_INPUT = 1  # a file, folder or value the kit refuses: a KitError
