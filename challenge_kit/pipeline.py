@@ -10,6 +10,7 @@ distillation step's batch is sharded; rank 0 locks, writes and reports.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,17 +85,18 @@ CPU_PATH = "ddkit make-submission tinyimagenet --data-root data/tiny-20 --out ou
 
 
 def announce_plan(recipe: Recipe, layout: data.Layout, device: torch.device, shard: Shard = LOCAL,
-                  allow_long_run: bool = False) -> dict:
-    """The bill (``ddkit plan``'s table, calibrated here on the images counted in the data root) opens the log,
-    before any image is decoded. A distillation iteration that cannot fit in one process's device is refused,
-    and so is a run the plan puts at more than a day here unless ``allow_long_run``: both before any work."""
-    from challenge_kit.cli import render
+                  allow_long_run: bool = False, show_plan: Callable[[dict], None] | None = None) -> dict:
+    """The bill (``ddkit plan``'s, calibrated here on the images counted in the data root) goes to ``show_plan``
+    (the CLI's table opens the log) before any image is decoded. A distillation iteration that cannot fit in one
+    process's device is refused, and so is a run the plan puts at more than a day here unless ``allow_long_run``:
+    both before any work."""
     from challenge_kit.plan import make_plan, too_long, train_images
 
     plan = make_plan(recipe, layout.spec, train_images(recipe, layout.spec, counted=layout.train_images), device,
                      source=layout.root)
     bill = plan.to_dict()
-    render.plan_table(bill)
+    if show_plan is not None:
+        show_plan(bill)
     if shard.world == 1 and (problem := plan.too_big()):  # ranks split the batch: the count is one process's
         raise KitValueError(f"--device {device}: {problem}")
     if (problem := too_long(plan)) is not None:
@@ -183,7 +185,8 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                     device: str | None = None, download: bool = False, experts_dir: str | Path | None = None,
                     cache_dir: str | Path | None = None, image_folder: bool = False, show_progress: bool = True,
                     drop_labels: bool = False, replace_experts: bool = False, allow_long_run: bool = False,
-                    command: dict | None = None, track: list[Track] | None = None) -> dict | None:
+                    command: dict | None = None, track: list[Track] | None = None,
+                    show_plan: Callable[[dict], None] | None = None) -> dict | None:
     """The whole pipeline; returns the export manifest (with per-stage timings), None on ranks other than 0.
 
     ``out_dir`` is this run's own: without ``resume`` it must hold no earlier run or export (refused before any
@@ -204,7 +207,7 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
                 data.fetch(recipe.dataset, data_root)
             tick = time.perf_counter()
             bill = announce_plan(recipe, data.data_layout(recipe.dataset, data_root, image_folder=image_folder), dev,
-                                 shard, allow_long_run)
+                                 shard, allow_long_run, show_plan)
             timings["plan"] = time.perf_counter() - tick
         shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
         with leader_lock(experts_dir, shard) if shared_store else nullcontext():

@@ -431,7 +431,8 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_o
     recipe = load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"])
     with pytest.raises(KitValueError, match=r"^--profile full: the plan puts this run at .* days on this cpu; .*"
                                             r"--profile mini\), or pass --allow-long-run to go on$"):
-        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False)
+        make_submission(recipe, world.data, world.fresh("cpu"), device="cpu", show_progress=False,
+                        show_plan=challenge_kit.cli.render.plan_table)
     said = console.file.getvalue()
     assert "cifar100 (100 classes), profile full, M-DATM: " in said and "the run: about " in said
     assert "experts: train 100 experts x 30 epochs" in said and "distillation: 10000 iterations, each 40 inner" in said

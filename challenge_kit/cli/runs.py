@@ -218,7 +218,8 @@ def make_submission(
                    cache_dir=cache_dir, image_folder=image_folder, drop_labels=drop_labels,
                    replace_experts=replace_experts, allow_long_run=allow_long_run,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
-                            "overrides": list(overrides or [])}, track=tracks)
+                            "overrides": list(overrides or [])}, track=tracks,
+               show_plan=render.plan_table)
     if manifest is not None:  # rank 0 (or the only process) reports
         render.manifest(manifest, out, as_json)
 
