@@ -22,7 +22,7 @@ import torch
 
 from challenge_kit.core.contract import SPECS, DatasetSpec
 from challenge_kit.core.devices import tune_allocator, usable_device
-from challenge_kit.core.errors import KitFileError, file_errors
+from challenge_kit.core.errors import KitError, KitFileError, file_errors
 from challenge_kit.core.folders import output_folder
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
 from challenge_kit.core.parallel import LOCAL, Shard, process_group
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None, specs: Iterable[DatasetSpec] = tuple(SPE
                 print(interrupted_line(interrupt, "python -m evaluator", "run the same command again"),
                       file=sys.stderr)
             return exit_code(interrupt)
-        if not isinstance(e, (KitFileError, ValueError)):
+        if not isinstance(e, (KitError, ValueError)):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
