@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import resource
 import subprocess
@@ -27,7 +28,6 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.folders import run_lock
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt
-from challenge_kit.core.progress import console
 from challenge_kit.core.storage import make_folders, save_json, save_text
 from challenge_kit.experts.store import expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
@@ -39,6 +39,7 @@ from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY
 from challenge_kit.stats import mean_se, paired
 from evaluator.scorer import evaluate_images
 
+log = logging.getLogger(__name__)
 RESULT = "ablate.json"
 CHILD_GRACE = 60.0  # seconds a variant gets to stop cleanly once an interruption is passed on to it
 CHART = "ablate.png"
@@ -119,7 +120,7 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
     stale = result is None or len(result.get("rounds") or []) != job["rounds"] or \
         result.get("epochs") != job["epochs"] or (result.get("scorer") or {}).get("mode") != recipe.eval.scorer
     if stale:
-        console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
+        log.info(f"{name} ({recipe.method}): distilling and scoring")
         make_folders(folder)
         spec = {"recipe": recipe_name, "profile": job["profile"], "overrides": job["extra"], "dataset": job["dataset"],
                 "device": job["device"], "out": str(folder), "data_root": str(job["data_root"]),
@@ -131,7 +132,7 @@ def _variant(name: str, recipe_name: str, recipe: Recipe, out: Path, **job) -> d
         else:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
             result = {"status": "failed", "error": lines[-1][:300], "exit_code": proc.returncode}
-            console.print(f"[red]{name} failed[/red]: {result['error']} (log: {folder / 'log.txt'})")
+            log.error(f"{name} failed: {result['error']} (log: {folder / 'log.txt'})")
     return {"variant": name, "recipe": recipe_name, "method": recipe.method, "parts": recipe.parts(), **result}
 
 
@@ -190,9 +191,12 @@ def ablate(recipes: list[str], *, dataset: str, experts: str | Path, data_root: 
 
 
 def main() -> None:
-    """A variant's process: SIGTERM (from an interrupted ``ablate``) stops it as Ctrl-C does, with one line."""
+    """A variant's process (its entry point: its log records are shown, and its last word is its own line, as the
+    command line's): SIGTERM (from an interrupted ``ablate``) stops it as Ctrl-C does, with one line."""
     from challenge_kit.core.devices import tune_allocator
+    from challenge_kit.core.logs import show_logs
 
+    show_logs()
     tune_allocator()
     try:
         with sigterm_as_interrupt():

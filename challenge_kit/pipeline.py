@@ -9,6 +9,7 @@ distillation step's batch is sharded; rank 0 locks, writes and reports.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from challenge_kit.core.devices import usable_device
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import inner_folder, run_lock
 from challenge_kit.core.parallel import LOCAL, Shard, process_group, rank_indices
-from challenge_kit.core.progress import console, expert_progress, make_progress
+from challenge_kit.core.progress import expert_progress, make_progress
 from challenge_kit.core.storage import refuse_replacing
 from challenge_kit.distill import distill
 from challenge_kit.experts import training as expert_training
@@ -33,6 +34,7 @@ from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import RUN_FILES, DistillState
 from challenge_kit.tracking import Track
 
+log = logging.getLogger(__name__)
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
 RESUME_HINT = "a run already exists here; pass --resume to continue it or choose another --out"
@@ -103,7 +105,7 @@ def announce_plan(recipe: Recipe, layout: data.Layout, device: torch.device, sha
         if not allow_long_run:
             raise KitValueError(f"--profile {recipe.profile}: {problem}; on a CPU take the README's CPU path "
                                 f"({CPU_PATH}), or pass --allow-long-run to go on")
-        console.print(f"{problem}: going on (--allow-long-run)", soft_wrap=True)
+        log.warning(f"{problem}: going on (--allow-long-run)")
     return bill
 
 
@@ -142,8 +144,8 @@ def experts_job(recipe: Recipe, data_root: str | Path, out: str | Path, *, devic
         splits = load_data(recipe, data_root, download=download, cache_dir=cache_dir, image_folder=image_folder,
                            shard=shard)
         if shard.leader:
-            console.print(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
-                          f"epochs on {dev}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
+            log.info(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} epochs on "
+                     f"{dev}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
         train_experts(recipe, splits, out, dev, shard, show_progress, replace)
     return splits.spec if shard.leader else None
 
@@ -215,7 +217,7 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             splits = load_data(recipe, data_root, cache_dir=cache_dir, image_folder=image_folder, shard=shard)
             timings["data"] = time.perf_counter() - tick
             if shard.leader:
-                console.print(f"data: {describe(splits)}")
+                log.info(f"data: {describe(splits)}")
 
             tick = time.perf_counter()
             train_experts(recipe, splits, experts_dir, dev, shard, show_progress, replace_experts)
