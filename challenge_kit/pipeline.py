@@ -230,7 +230,8 @@ def make_submission(recipe: Recipe, data_root: str | Path, out_dir: str | Path, 
             if not shard.leader:
                 return None
             names = data.class_words(recipe.dataset, data_root, image_folder=image_folder)
-            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
+            # own_folders refused an earlier export unless resume, which replaces it
+            manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, overwrite=True, extra={
                 "command": {**(command or {}), "data_root": str(data_root), "device": str(dev),
                             "experts_dir": str(experts_dir), "world_size": shard.world},
                 "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,

@@ -60,7 +60,7 @@ def output_folder(path: str | Path) -> Path:
     return path
 
 
-def output_file(path: str | Path, *, overwrite: bool = True) -> Path:
+def output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     """Check, before the work, that ``path`` can be written as a file: a plain file or new (new unless
     ``overwrite``), in a writable folder no other live run holds."""
     path = Path(path)
