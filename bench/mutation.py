@@ -18,6 +18,8 @@ same object under the same name) so that mutmut reaches them.
 Each module runs in a copy of the checkout (its tracked and untracked files, not the ignored ones) in a temporary
 folder, where mutmut writes its ``mutants/``; nothing is written into the checkout, and nothing needs the network.
 Runs are ``nice -n 10``, ``--jobs`` forks at a time, one torch thread each.
+One file of some 370 lines: the copy, the lifted decorators, the runs and the equivalents all serve one
+measured run, and a reader holds them together.
 
     python bench/mutation.py                                   # every module, one after the other
     python bench/mutation.py --module contract --json mutation.json

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import resource
 import subprocess
@@ -29,7 +30,6 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import read_expert
 from challenge_kit.core.folders import run_lock
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt
-from challenge_kit.core.progress import console
 from challenge_kit.core.storage import make_folders, save_json, save_text
 from challenge_kit.experts.store import expert_files
 from challenge_kit.pipeline import load_data, run_distill, train_experts
@@ -42,6 +42,7 @@ from challenge_kit.stats import mean_se, paired
 from evaluator.fast import arithmetic
 from evaluator.scorer import evaluate_images
 
+log = logging.getLogger(__name__)
 RESULT = "ablate.json"
 CHILD_GRACE = 60.0  # seconds a variant gets to stop cleanly once an interruption is passed on to it
 CHART = "ablate.png"
@@ -230,7 +231,7 @@ def _variant(name: str, recipe: Recipe, job: VariantJob) -> VariantRow:
     stale = result is None or len(result.rounds or []) != job.rounds or result.epochs != job.epochs or \
         (result.scorer or {}).get("mode") != recipe.eval.scorer
     if stale:
-        console.print(f"[bold]{name}[/bold] ({recipe.method}): distilling and scoring")
+        log.info(f"{name} ({recipe.method}): distilling and scoring")
         make_folders(folder)
         proc = _run_child([sys.executable, "-m", "challenge_kit.ablate", json.dumps(job.to_dict())],
                           folder / "log.txt")
@@ -238,7 +239,7 @@ def _variant(name: str, recipe: Recipe, job: VariantJob) -> VariantRow:
         if result is None:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
             result = VariantFailure(lines[-1][:300], proc.returncode)
-            console.print(f"[red]{name} failed[/red]: {result.error} (log: {folder / 'log.txt'})")
+            log.error(f"{name} failed: {result.error} (log: {folder / 'log.txt'})")
     return VariantRow(name, job.recipe, recipe.method, recipe.parts(), result)
 
 
@@ -297,9 +298,12 @@ def ablate(recipes: list[str], ctx: RunContext, *, dataset: str, experts: str | 
 
 
 def main() -> None:
-    """A variant's process: SIGTERM (from an interrupted ``ablate``) stops it as Ctrl-C does, with one line."""
+    """A variant's process (its entry point: its log records are shown, and its last word is its own line, as the
+    command line's): SIGTERM (from an interrupted ``ablate``) stops it as Ctrl-C does, with one line."""
     from challenge_kit.core.devices import tune_allocator
+    from challenge_kit.core.logs import show_logs
 
+    show_logs()
     tune_allocator()
     try:
         with sigterm_as_interrupt():

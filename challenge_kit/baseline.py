@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.folders import output_folder
+from challenge_kit.core.contract import DatasetSpec, get_spec
+from challenge_kit.core.folders import run_lock
 from challenge_kit.core.seeds import generator
 from challenge_kit.data import load_split
-from challenge_kit.export import export_images
+from challenge_kit.export import claim_export, export_images
 from challenge_kit.parts.initializations import InitContext, real
 
 
@@ -25,13 +25,15 @@ def random_real(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, s
 
 def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, seed: int = 0,
                   download: bool = False, cache_dir: str | Path | None = None,
-                  image_folder: bool = False) -> dict:
-    """Draw the set from the training split and export it; returns the manifest."""
-    output_folder(out_dir)  # before the data is decoded (minutes for Tiny ImageNet), not after
-    images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
-                                      image_folder=image_folder)
-    return export_images(random_real(images, labels, spec, seed), spec, out_dir,
-                         source=f"{dataset} baseline from {data_root}", extra={
-                             "baseline": {"method": f"random real training images, {spec.ipc} per class, "
-                                                    "default order", "seed": seed, "data_root": str(data_root)},
-                         })
+                  image_folder: bool = False, overwrite: bool = False) -> dict:
+    """Draw the set from the training split and export it into the held ``out_dir``; returns the manifest. An
+    earlier export there is refused unless ``overwrite``, before the data is decoded (minutes for Tiny ImageNet)."""
+    with run_lock(out_dir):
+        claim_export(get_spec(dataset), out_dir, overwrite)
+        images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
+                                          image_folder=image_folder)
+        return export_images(random_real(images, labels, spec, seed), spec, out_dir,
+                             source=f"{dataset} baseline from {data_root}", extra={
+                                 "baseline": {"method": f"random real training images, {spec.ipc} per class, "
+                                                        "default order", "seed": seed, "data_root": str(data_root)},
+                             })

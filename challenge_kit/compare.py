@@ -12,6 +12,7 @@ improvement over random of DD-Ranking (Li et al., 2025), under the scorer's reci
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.folders import run_lock
-from challenge_kit.core.progress import console, make_progress
+from challenge_kit.core.progress import make_progress
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.seeds import round_seeds, rounds_problem
 from challenge_kit.core.storage import save_json
@@ -37,6 +38,7 @@ from challenge_kit.stats import TELLS, judged, mean_se
 from evaluator.fast import FAITHFUL, FAST, Arithmetic, arithmetic
 from evaluator.scorer import Progress, test_accuracy, train_rounds
 
+log = logging.getLogger(__name__)
 ROUNDS_FILE = "rounds.json"  # every (set, round) scored so far: the resume cache
 RESULT = "compare.json"
 CHART = "compare.png"
@@ -215,7 +217,7 @@ def score_rounds(entries: list[Entry], spec: DatasetSpec, test: tuple[torch.Tens
             for r, acc in zip(rs, accuracies, strict=True):
                 done.setdefault(keys[entry.name], {})[str(seeds[r])] = {"accuracy": acc, "seconds": seconds}
                 if show_progress:
-                    console.print(f"{entry.name} round {r + 1}: {acc:.4f}")
+                    log.info(f"{entry.name} round {r + 1}: {acc:.4f}")
             save_json(done, cache)
     return {e.name: [done[keys[e.name]][str(s)]["accuracy"] for s in seeds] for e in entries}
 

@@ -115,7 +115,7 @@ def selection_record(selection: dict) -> dict:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, reference_model: str | Path | None = None,
-               extra: dict | None = None, drop_labels: bool = False, overwrite: bool = True,
+               extra: dict | None = None, drop_labels: bool = False, overwrite: bool = False,
                names: list[str] | None = None) -> dict:
     """Export the run's chosen set (``export_images``), its manifest also describing the run; without
     ``overwrite``, an earlier export in ``out_dir`` is refused (``claim_export``) before anything is written.

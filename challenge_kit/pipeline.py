@@ -9,7 +9,9 @@ distillation step's batch is sharded; rank 0 locks, writes and reports.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.folders import inner_folder, run_lock
 from challenge_kit.core.parallel import LOCAL, RankZero, Shard, rank_indices
-from challenge_kit.core.progress import console, expert_progress, make_progress
+from challenge_kit.core.progress import expert_progress, make_progress
 from challenge_kit.core.storage import refuse_replacing
 from challenge_kit.distill import distill
 from challenge_kit.experts import training as expert_training
@@ -31,6 +33,7 @@ from challenge_kit.recipes import Recipe
 from challenge_kit.report import REPORT_DIR, build_report
 from challenge_kit.runs import RUN_FILES, DistillState
 
+log = logging.getLogger(__name__)
 EXPERTS_SUBDIR = "work/experts"
 RUN_SUBDIR = "work/distill"
 RESUME_HINT = "a run already exists here; pass --resume to continue it or choose another --out"
@@ -89,24 +92,25 @@ CPU_PATH = "ddkit make-submission tinyimagenet --data-root data/tiny-20 --out ou
 
 
 def announce_plan(recipe: Recipe, layout: data.Layout, device: torch.device, shard: Shard = LOCAL,
-                  allow_long_run: bool = False) -> dict:
-    """The bill (``ddkit plan``'s table, calibrated here on the images counted in the data root) opens the log,
-    before any image is decoded. A distillation iteration that cannot fit in one process's device is refused,
-    and so is a run the plan puts at more than a day here unless ``allow_long_run``: both before any work."""
-    from challenge_kit.cli import render
+                  allow_long_run: bool = False, show_plan: Callable[[dict], None] | None = None) -> dict:
+    """The bill (``ddkit plan``'s, calibrated here on the images counted in the data root) goes to ``show_plan``
+    (the CLI's table opens the log) before any image is decoded. A distillation iteration that cannot fit in one
+    process's device is refused, and so is a run the plan puts at more than a day here unless ``allow_long_run``:
+    both before any work."""
     from challenge_kit.plan import make_plan, too_long, train_images
 
     plan = make_plan(recipe, layout.spec, train_images(recipe, layout.spec, counted=layout.train_images), device,
                      source=layout.root)
     bill = plan.to_dict()
-    render.plan_table(bill)
+    if show_plan is not None:
+        show_plan(bill)
     if shard.world == 1 and (problem := plan.too_big()):  # ranks split the batch: the count is one process's
         raise KitValueError(f"--device {device}: {problem}")
     if (problem := too_long(plan)) is not None:
         if not allow_long_run:
             raise KitValueError(f"--profile {recipe.profile}: {problem}; on a CPU take the README's CPU path "
                                 f"({CPU_PATH}), or pass --allow-long-run to go on")
-        console.print(f"{problem}: going on (--allow-long-run)", soft_wrap=True)
+        log.warning(f"{problem}: going on (--allow-long-run)")
     return bill
 
 
@@ -144,8 +148,8 @@ def experts_job(recipe: Recipe, out: str | Path, ctx: RunContext, *, replace: bo
         fetch_data(recipe, ctx)
         splits = load_data(recipe, ctx)
         if shard.leader:
-            console.print(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} "
-                          f"epochs on {ctx.device}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
+            log.info(f"{describe(splits)}; {recipe.experts.num_experts} experts x {recipe.experts.epochs} epochs on "
+                     f"{ctx.device}" + (f" over {shard.world} processes" if shard.world > 1 else ""))
         train_experts(recipe, splits, out, ctx, replace)
     return RankZero.make(shard, lambda: splits.spec)
 
@@ -182,7 +186,8 @@ def own_folders(recipe: Recipe, out_dir: Path, *, default_store: bool, resume: b
 
 def make_submission(recipe: Recipe, out_dir: str | Path, ctx: RunContext, *, resume: bool = False,
                     experts_dir: str | Path | None = None, drop_labels: bool = False, replace_experts: bool = False,
-                    allow_long_run: bool = False, command: dict | None = None) -> RankZero[dict]:
+                    allow_long_run: bool = False, command: dict | None = None,
+                    show_plan: Callable[[dict], None] | None = None) -> RankZero[dict]:
     """The whole pipeline on ``ctx.data``; returns the export manifest (with per-stage timings), rank 0's.
 
     ``out_dir`` is this run's own: without ``resume`` it must hold no earlier run or export (refused before any
@@ -203,7 +208,7 @@ def make_submission(recipe: Recipe, out_dir: str | Path, ctx: RunContext, *, res
             tick = time.perf_counter()
             bill = announce_plan(recipe, data.data_layout(recipe.dataset, source.root,
                                                           image_folder=source.image_folder), ctx.device,
-                                 shard, allow_long_run)
+                                 shard, allow_long_run, show_plan)
             timings["plan"] = time.perf_counter() - tick
         shared_store = not experts_dir.resolve().is_relative_to(out_dir.resolve())
         with leader_lock(experts_dir, shard) if shared_store else nullcontext():
@@ -211,7 +216,7 @@ def make_submission(recipe: Recipe, out_dir: str | Path, ctx: RunContext, *, res
             splits = load_data(recipe, ctx)
             timings["data"] = time.perf_counter() - tick
             if shard.leader:
-                console.print(f"data: {describe(splits)}")
+                log.info(f"data: {describe(splits)}")
 
             tick = time.perf_counter()
             train_experts(recipe, splits, experts_dir, ctx, replace_experts)
@@ -229,7 +234,8 @@ def export_submission(recipe: Recipe, run_dir: Path, out_dir: Path, ctx: RunCont
     """Rank 0's end of the pipeline: the verified export, its manifest (how it was made) and the report."""
     source = ctx.data
     names = data.class_words(recipe.dataset, source.root, image_folder=source.image_folder)
-    manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, extra={
+    # own_folders refused an earlier export unless resume, which replaces it
+    manifest = export_run(run_dir, out_dir, drop_labels=drop_labels, names=names, overwrite=True, extra={
         "command": {**(command or {}), "data_root": str(source.root), "device": str(ctx.device),
                     "experts_dir": str(experts_dir), "world_size": ctx.shard.world},
         "seeds": {"experts": recipe.experts.seed, "distill": recipe.distill.seed,

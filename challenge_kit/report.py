@@ -11,6 +11,7 @@ from pathlib import Path
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.folders import inner_folder
 from challenge_kit.core.storage import save_text
 from challenge_kit.plots import Series, bar_chart, line_chart, write_preview
 from challenge_kit.runs import BEST, CHECKPOINT, SUMMARY, read_checkpoint, read_history, read_summary, run_spec
@@ -59,10 +60,11 @@ def run_words(run_dir: str | Path, data_root: str | Path, *, image_folder: bool 
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, names: list[str] | None = None) -> dict:
-    """Write the figures and ``summary.txt`` into ``out_dir`` (default RUN_DIR/report); returns what was written.
+    """Write the figures and ``summary.txt`` into ``out_dir`` (default RUN_DIR/report, a real folder made there,
+    never a link); returns what was written.
     ``names``: the classes in words (``data.class_words``), else the spec's names."""
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / REPORT_DIR
+    out = Path(out_dir) if out_dir else inner_folder(run_dir, REPORT_DIR)
     summary, artifact, spec = _run_state(run_dir)
     history = read_history(run_dir)
     selection = summary.get("selection") or {}

@@ -17,7 +17,7 @@ import torch
 
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.parallel import LOCAL, Shard
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.storage import append_line, make_folders, save_json, save_text, save_torch, sync_log
@@ -145,7 +145,7 @@ def run_spec(d, path: Path) -> DatasetSpec:
         raise KitFileError(path, "records no dataset spec ('spec' is missing or not an object)")
     try:
         return DatasetSpec.from_dict(d)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, KitValueError) as e:
         what = f"no {e.args[0]!r}" if isinstance(e, KeyError) else type(e).__name__
         raise KitFileError(path, f"records no valid dataset spec ({what}); not written by `ddkit distill`, or "
                                  "edited since") from None

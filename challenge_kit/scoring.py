@@ -6,16 +6,14 @@ files read are logged before any training, so a broken set is named before it sc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
-
-from rich.markup import escape
 
 from challenge_kit.bundle import zip_entries
 from challenge_kit.core.devices import usable_device
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.parallel import process_group
-from challenge_kit.core.progress import console
 from challenge_kit.core.seeds import rounds_problem
 from challenge_kit.core.submission import load_inputs
 from challenge_kit.core.verify import findings, verify_tensor
@@ -23,16 +21,18 @@ from evaluator.evaluate import score_entries
 from evaluator.fast import FAITHFUL, FAST, arithmetic
 from evaluator.scorer import EPOCHS, ROUNDS, evaluate_images
 
+logger = logging.getLogger(__name__)
+
 
 def log(line: str) -> None:
-    console.print(escape(line), soft_wrap=True)
+    logger.info(line)
 
 
 def budget_note(epochs: int, rounds: int) -> None:
     """Said after the inputs load, so that an error stays the only line."""
     if (epochs, rounds) != (EPOCHS, ROUNDS):
-        console.print(f"[yellow]shortened run:[/yellow] {epochs} epochs x {rounds} rounds, not the official "
-                      f"{EPOCHS} x {ROUNDS}; not comparable to the leaderboard", soft_wrap=True)
+        logger.warning(f"shortened run: {epochs} epochs x {rounds} rounds, not the official {EPOCHS} x {ROUNDS}; "
+                       "not comparable to the leaderboard")
 
 
 def check_options(path: str, reference: str | None, reference_dir: str | None, output_dir: str | None,
@@ -87,7 +87,7 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
         if shard.leader:
             budget_note(epochs, rounds)
             if fast:
-                console.print(f"[yellow]{arithmetic(FAST, dev).describe()}[/yellow]", soft_wrap=True)
+                logger.warning(arithmetic(FAST, dev).describe())
             log(f"{path}: {spec.describe()} (spec from {inputs.spec_source}); {inputs.test_images.shape[0]} test "
                 f"images from {reference}")
             for line in checks:

@@ -10,6 +10,7 @@ packages are optional extras, imported only when their sink is asked for (and th
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from challenge_kit.core.errors import KitValueError
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
 SINKS = ("tensorboard", "wandb")  # each the name of its extra and of the module it needs
 TENSORBOARD_DIR = "tensorboard"  # default folder of the event files, inside the run folder
 IMAGES = "images"
@@ -78,15 +80,13 @@ class WandbSink:
     def __init__(self, folder: Path, name: str, config: dict) -> None:
         import wandb
 
-        from challenge_kit.core.progress import console
-
         self.wandb = wandb
         folder.mkdir(parents=True, exist_ok=True)  # else wandb warns that it finds no git root there
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ddkit"), name=name, dir=str(folder),
                               config=config, mode=os.environ.get("WANDB_MODE", "offline"),
                               settings=wandb.Settings(console="off", silent=True))  # the kit's bars stay intact
-        console.print(f"wandb: run in {self.run.dir}" + (f" (offline: `wandb sync {Path(self.run.dir).parent}` "
-                                                          "uploads it)" if self.run.offline else ""))
+        log.info(f"wandb: run in {self.run.dir}" + (f" (offline: `wandb sync {Path(self.run.dir).parent}` uploads "
+                                                     "it)" if self.run.offline else ""))
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log(values, step=step)

@@ -32,9 +32,12 @@ def show_version(value: bool) -> None:
 @app.callback()
 def main(_: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
                                          help="print the kit's version and exit")] = False) -> None:
-    """Set the process up once, before any command (``Typer(help=...)`` is what ``ddkit --help`` shows)."""
+    """Set the process up once, before any command (``Typer(help=...)`` is what ``ddkit --help`` shows): the
+    library's log records shown on stderr, rich on a terminal, plain lines elsewhere."""
     from challenge_kit.core.devices import tune_allocator
+    from challenge_kit.core.logs import show_logs
 
+    show_logs()
     tune_allocator()
 
 

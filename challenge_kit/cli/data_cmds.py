@@ -46,11 +46,10 @@ def reference(
 ) -> None:
     """Build the scorer's reference file {images_val, labels_val} from the real test split."""
     from challenge_kit.cli import render
-    from challenge_kit.core.folders import output_file
     from challenge_kit.data import build_reference
 
-    output_file(out, overwrite=overwrite)
-    spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir, image_folder=image_folder)
+    spec = build_reference(dataset, data_root, out, download=download, cache_dir=cache_dir, image_folder=image_folder,
+                           overwrite=overwrite)
     render.show({"file": out, "spec": spec.to_dict()}, as_json,
                 lambda r: typer.echo(f"{out}: reference test set for {spec.describe()}"))
 
@@ -102,13 +101,11 @@ def experts_import(
     """Import DATM/MTT replay buffers into a ddkit expert store (shapes checked against the ConvNet)."""
     from challenge_kit.cli import render
     from challenge_kit.core.contract import get_spec
-    from challenge_kit.core.folders import run_lock
     from challenge_kit.data import dataset_spec
     from challenge_kit.experts.buffers import import_buffers
 
     spec = dataset_spec(dataset, data_root) if data_root else get_spec(dataset)
-    with run_lock(out):
-        written = import_buffers(buffers, out, spec)
+    written = import_buffers(buffers, out, spec)
     render.show({"store": out, "spec": spec.to_dict(), "imported": [str(w) for w in written]}, as_json,
                 lambda r: typer.echo(f"imported {len(written)} experts into {out} ({spec.describe()})"))
 
@@ -122,14 +119,9 @@ def experts_export(
 ) -> None:
     """Export complete experts as DATM/MTT replay_buffer_{n}.pt files."""
     from challenge_kit.cli import render
-    from challenge_kit.core.folders import run_lock
-    from challenge_kit.core.storage import refuse_replacing
     from challenge_kit.experts.buffers import export_buffers
 
-    with run_lock(out) as folder:
-        if not overwrite:  # an earlier export's files, replaced or left beside the new ones: refused unless asked
-            refuse_replacing(sorted(folder.glob("replay_buffer_*.pt")))
-        written = export_buffers(directory, out, per_file)
+    written = export_buffers(directory, out, per_file, overwrite=overwrite)
     render.show({"folder": out, "written": [str(w) for w in written]}, as_json,
                 lambda r: typer.echo(f"wrote {len(written)} buffer files to {out}"))
 

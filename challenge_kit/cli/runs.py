@@ -176,11 +176,10 @@ def report(
 ) -> None:
     """Figures of a run (loss, lr, selection accuracy, image change, per-class accuracy, images) and a summary."""
     from challenge_kit.cli import render
-    from challenge_kit.core.folders import inner_folder
-    from challenge_kit.report import REPORT_DIR, build_report, run_words
+    from challenge_kit.report import build_report, run_words
 
     names = None if data_root is None else run_words(run_dir, data_root, image_folder=image_folder)
-    render.show(build_report(run_dir, out or inner_folder(run_dir, REPORT_DIR), names), as_json, render.report)
+    render.show(build_report(run_dir, out, names), as_json, render.report)
 
 
 def make_submission(
@@ -221,7 +220,7 @@ def make_submission(
     manifest = run(recipe, out, ctx, resume=resume, experts_dir=experts_dir, drop_labels=drop_labels,
                    replace_experts=replace_experts, allow_long_run=allow_long_run,
                    command={"dataset": dataset, "profile": profile, "method": recipe.method,
-                            "overrides": list(overrides or [])})
+                            "overrides": list(overrides or [])}, show_plan=render.plan_table)
     manifest.report(lambda m: render.manifest(m, out, as_json))
 
 
@@ -239,12 +238,7 @@ def baseline(
     """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
     from challenge_kit.baseline import make_baseline
     from challenge_kit.cli import render
-    from challenge_kit.core.contract import get_spec
-    from challenge_kit.core.folders import run_lock
-    from challenge_kit.export import claim_export
 
-    with run_lock(out):  # before the data is read: a held folder or an earlier export fails in the first second
-        claim_export(get_spec(dataset), out, overwrite)
-        manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
-                                 image_folder=image_folder)
+    manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
+                             image_folder=image_folder, overwrite=overwrite)
     render.manifest(manifest, out, as_json)

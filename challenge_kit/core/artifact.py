@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.reading import load_tensors
 from challenge_kit.core.storage import save_tensors
 
@@ -49,7 +49,7 @@ class DistilledArtifact:
         extra = {k: v for k, v in meta.items() if k not in ("format", "version", "spec", "labels")}
         try:
             spec = DatasetSpec.from_dict(meta["spec"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, KitValueError) as e:
             raise KitFileError(path, f"artifact metadata has no valid spec ({e!r})") from None
         lr = float(tensors["lr"].item()) if "lr" in tensors else None
         return cls(tensors["images"], tensors["labels"], spec, lr, extra)

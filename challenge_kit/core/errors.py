@@ -34,8 +34,8 @@ class KitFileError(KitError):
         self.path, self.problem = str(path), problem
 
 
-class KitValueError(KitError, ValueError):
-    """An option, recipe, dataset or device that cannot be used; also a ValueError, as such errors were before."""
+class KitValueError(KitError):
+    """An option, recipe, dataset or device that cannot be used; the message names it and what is wrong."""
 
 
 class ExportRefused(KitError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import errno
 import json
+import logging
 import os
 import socket
 import stat
@@ -35,6 +36,7 @@ try:
 except ImportError:  # Windows: no flock; runs go unlocked, saying so
     fcntl = None
 
+log = logging.getLogger(__name__)
 LOCK_FILE = ".ddkit-lock"
 # flock is not offered by every filesystem (some FUSE and network mounts): a run there goes on unlocked.
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
@@ -58,7 +60,7 @@ def output_folder(path: str | Path) -> Path:
     return path
 
 
-def output_file(path: str | Path, *, overwrite: bool = True) -> Path:
+def output_file(path: str | Path, *, overwrite: bool = False) -> Path:
     """Check, before the work, that ``path`` can be written as a file: a plain file or new (new unless
     ``overwrite``), in a writable folder no other live run holds."""
     path = Path(path)
@@ -216,16 +218,14 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
     path = folder / LOCK_FILE
     fd, previous = _lock(path)
     if fd is None:
-        print(f"note: {folder}: no file locks here (filesystem or system); make sure no other run writes here",
-              file=sys.stderr)
+        log.warning(f"{folder}: no file locks here (filesystem or system); make sure no other run writes here")
         yield folder
         return
     held = _identity(folder)
     _HELD.add(held)
     try:
         if previous.strip():
-            print(f"note: {path}: taking over the lock of a run that is no longer running ({_holder(previous)})",
-                  file=sys.stderr)
+            log.warning(f"{path}: taking over the lock of a run that is no longer running ({_holder(previous)})")
         record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
                   "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
         try:

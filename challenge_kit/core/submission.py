@@ -122,7 +122,7 @@ def manifest_spec(path: str | Path) -> DatasetSpec | None:
         return None
     try:
         return DatasetSpec.from_dict(data["spec"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, KitValueError) as e:
         raise KitFileError(Path(path).parent / MANIFEST, f"'spec' is not a dataset spec ({e!r})") from None
 
 

@@ -20,6 +20,7 @@ import torch
 from challenge_kit.core import seeds
 from challenge_kit.core.contract import DatasetSpec, get_spec, normalize
 from challenge_kit.core.errors import KitFileError, KitValueError
+from challenge_kit.core.folders import output_file
 from challenge_kit.core.storage import save_torch
 from challenge_kit.data.cache import (
     cache_key,
@@ -218,8 +219,11 @@ def split_holdout(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torc
 
 
 def build_reference(dataset: str, root: str | Path, out: str | Path, *, download: bool = False,
-                    cache_dir: str | Path | None = None, image_folder: bool = False) -> DatasetSpec:
-    """The scorer's reference file ``{images_val, labels_val}`` from the real test split (atomic write)."""
+                    cache_dir: str | Path | None = None, image_folder: bool = False,
+                    overwrite: bool = False) -> DatasetSpec:
+    """The scorer's reference file ``{images_val, labels_val}`` from the real test split (atomic write); ``out``
+    is checked writable before the data is read, and an existing file is replaced only with ``overwrite``."""
+    output_file(out, overwrite=overwrite)
     images, labels, spec = load_split(dataset, root, "test", download=download, cache_dir=cache_dir,
                                       image_folder=image_folder)
     save_torch({"images_val": images, "labels_val": labels}, out)

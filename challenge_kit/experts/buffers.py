@@ -21,16 +21,23 @@ from challenge_kit.core.expert_file import (
     read_expert,
     standing_still,
 )
+from challenge_kit.core.folders import run_lock
 from challenge_kit.core.models import ConvNet, ModelConfig, param_shapes, unflatten_params
 from challenge_kit.core.reading import load_torch
-from challenge_kit.core.storage import make_folders, save_tensors, save_torch
+from challenge_kit.core.storage import make_folders, refuse_replacing, save_tensors, save_torch
 from challenge_kit.experts.store import ExpertStore, expert_path
 
 
 def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: DatasetSpec,
                    model: ModelConfig | None = None) -> list[Path]:
     """Copy DATM/MTT ``replay_buffer_{n}.pt`` trajectories into the store, numbered after its experts; every
-    snapshot is checked against the model (inferred unless given)."""
+    snapshot is checked against the model (inferred unless given). The store is held (``run_lock``) meanwhile."""
+    with run_lock(out_dir):
+        return _import(files, out_dir, spec, model)
+
+
+def _import(files: Iterable[str | Path], out_dir: str | Path, spec: DatasetSpec,
+            model: ModelConfig | None) -> list[Path]:
     make_folders(out_dir)
     index, written = ExpertStore(out_dir).next_index(), []
     for file in files:
@@ -70,19 +77,25 @@ def import_buffers(files: Iterable[str | Path], out_dir: str | Path, spec: Datas
     return written
 
 
-def export_buffers(store_dir: str | Path, out_dir: str | Path, per_file: int = 10) -> list[Path]:
-    """Write the store's complete experts as DATM/MTT ``replay_buffer_{n}.pt`` files, ``per_file`` each."""
+def export_buffers(store_dir: str | Path, out_dir: str | Path, per_file: int = 10, *,
+                   overwrite: bool = False) -> list[Path]:
+    """Write the store's complete experts as DATM/MTT ``replay_buffer_{n}.pt`` files, ``per_file`` each, in the
+    held ``out_dir``; an earlier export's files there (replaced, or left beside the new ones) are refused before
+    any work unless ``overwrite``."""
     if per_file < 1:
         raise KitValueError(f"--per-file: experts per file must be at least 1, got {per_file}")
-    experts = ExpertStore(store_dir).complete()
-    if not experts:
-        raise KitFileError(store_dir, "no complete experts to export")
-    written = []
-    for n, first in enumerate(range(0, len(experts), per_file)):
-        buffer = []
-        for e in experts[first:first + per_file]:
-            shapes = param_shapes(ConvNet(e.model_config))
-            rows = read_expert(e.path).snapshots
-            buffer.append([[v.clone() for v in unflatten_params(row, shapes).values()] for row in rows])
-        written.append(save_torch(buffer, Path(out_dir) / f"replay_buffer_{n}.pt"))
-    return written
+    with run_lock(out_dir) as folder:
+        if not overwrite:
+            refuse_replacing(sorted(folder.glob("replay_buffer_*.pt")))
+        experts = ExpertStore(store_dir).complete()
+        if not experts:
+            raise KitFileError(store_dir, "no complete experts to export")
+        written = []
+        for n, first in enumerate(range(0, len(experts), per_file)):
+            buffer = []
+            for e in experts[first:first + per_file]:
+                shapes = param_shapes(ConvNet(e.model_config))
+                rows = read_expert(e.path).snapshots
+                buffer.append([[v.clone() for v in unflatten_params(row, shapes).values()] for row in rows])
+            written.append(save_torch(buffer, folder / f"replay_buffer_{n}.pt"))
+        return written

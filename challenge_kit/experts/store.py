@@ -8,8 +8,8 @@ by older versions of the kit read the same: the format lives in ``challenge_kit.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from challenge_kit.core.expert_file import Expert, read_expert, standing_still
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_rows
 
+log = logging.getLogger(__name__)
 DIFFICULTY = "difficulty.safetensors"
 EXPERT_NAME = re.compile(r"expert_[0-9]{4}\.safetensors")
 
@@ -123,7 +124,7 @@ class ExpertStore:
             try:
                 expert = read_expert(path, snapshots=False)
             except KitFileError as e:
-                warnings.warn(f"skipping {e}", RuntimeWarning, stacklevel=2)
+                log.warning(f"skipping {e}")
                 continue
             if expert.complete:
                 experts.append(expert)

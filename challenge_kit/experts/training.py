@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -42,6 +42,7 @@ from challenge_kit.recipes import ExpertConfig
 from challenge_kit.recipes.configs import section_dict
 from challenge_kit.recipes.identity import differences, expert_settings
 
+log = logging.getLogger(__name__)
 EL2N_BATCH = 1024  # EL2N logits: the batch size the cached difficulty orders were computed with
 # test accuracy after each epoch, a progress figure: at 64 px a batch of 1024 holds 2 GB per activation and on
 # 2 CPU cores that pass took as long as the mini profile's training epoch (10.7-16.7 s against 2.7-3.3 s at 256)
@@ -204,7 +205,7 @@ def train_expert(index: int, job: ExpertJob) -> Path:
     saved, problem = _resume(path, job.identity(index), bool(config.momentum), job.replace)
     emit = job.progress or (lambda event: None)
     if problem:
-        warnings.warn(f"{path}: {problem}; retraining it", RuntimeWarning, stacklevel=2)
+        log.warning(f"{path}: {problem}; retraining it")
     if saved is not None and saved.meta["completed_epochs"] >= config.epochs:
         emit({"kind": "skip", "expert": index})
         return path

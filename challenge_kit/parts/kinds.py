@@ -11,9 +11,24 @@ if TYPE_CHECKING:
     import torch
 
     from challenge_kit.core.models import FunctionalConvNet
-    from challenge_kit.experts.store import Trajectories
     from challenge_kit.parts.initializations import InitContext
     from challenge_kit.parts.labels import LabelContext
+
+
+class Experts(Protocol):
+    """What a part reads of a store's complete experts (``experts.store.Trajectories`` is them; the parts sit
+    below the store and name only this)."""
+
+    epochs: int
+
+    @property
+    def count(self) -> int: ...
+
+    def snapshots(self, expert: int, epochs: list[int]) -> torch.Tensor: ...
+
+    def snapshot(self, expert: int, epoch: int) -> torch.Tensor: ...
+
+    def last(self, expert: int = 0) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -57,7 +72,7 @@ class Weights(Protocol):
 class Terms(Protocol):
     """The start snapshot theta*_t and the (inner steps, expert snapshot) pairs the student is matched against."""
 
-    def __call__(self, experts: Trajectories, expert: int, start_epoch: int, steps: int,
+    def __call__(self, experts: Experts, expert: int, start_epoch: int, steps: int,
                  expert_epochs: int) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]: ...
 
 

@@ -8,7 +8,7 @@ labels are explicitly dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,11 +16,14 @@ from challenge_kit.core.contract import DatasetSpec, default_labels
 from challenge_kit.core.models import FunctionalConvNet, predict
 from challenge_kit.parts.catalogue import AssignedSoftParams, LearnedSoftParams
 
+if TYPE_CHECKING:
+    from challenge_kit.parts.kinds import Experts
+
 
 @dataclass
 class LabelContext:
     spec: DatasetSpec
-    experts: Any  # experts.store.Trajectories
+    experts: Experts
     net: FunctionalConvNet
     device: torch.device
 

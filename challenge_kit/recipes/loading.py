@@ -139,7 +139,7 @@ def load_recipe(name_or_path: str, profile: str = "full", overrides: list[str] |
         raise KitValueError(f"{path}: a recipe for {name}, not {dataset}")
     try:
         get_spec(name)
-    except ValueError as e:
+    except KitValueError as e:
         raise KitValueError(f"{layers[0][0]}: {e}") from None
 
     available = set(layers[0][1].get("profiles", {}))  # the dataset's: a method adjusts them, it adds none

@@ -43,8 +43,9 @@ def test_a_kit_error_is_one_error_line_and_exit_1(monkeypatch):
     assert result.stdout == ""
 
 
-def test_a_bad_value_is_a_kit_error_and_still_a_value_error():
-    assert issubclass(KitValueError, KitError) and issubclass(KitValueError, ValueError)
+def test_a_bad_value_is_a_kit_error_and_not_a_value_error():
+    """One error policy: what the user can fix is a KitError; a ValueError is a bug (a traceback, below)."""
+    assert issubclass(KitValueError, KitError) and not issubclass(KitValueError, ValueError)
     result = CliRunner().invoke(app, ["evaluate", "x.pt", "--reference", "r.pt", "--epochs", "0"])
     assert result.exit_code == 1 and result.stderr == "error: --epochs and --rounds must be at least 1\n"
 

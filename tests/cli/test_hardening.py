@@ -356,7 +356,7 @@ def test_a_stale_lock_is_taken_over_saying_so(world, command):
     code, _, err = invoke(writers(world, out)[command])
     ROWS.append(("stale lock (dead run)", command, code, err.strip().splitlines()[0]))
     assert code == 0, err
-    assert err.startswith(f"note: {out / LOCK_FILE}: taking over the lock of a run that is no longer running "
+    assert err.startswith(f"warning: {out / LOCK_FILE}: taking over the lock of a run that is no longer running "
                           f"(pid {record['pid']} on ")
     assert not (out / LOCK_FILE).exists()
 
@@ -378,15 +378,15 @@ def test_an_expert_store_trained_otherwise_is_refused_unless_replaced(world):
         assert err.strip().splitlines()[-1] == (f"error: {expert}: was trained with other settings ({named}); pass "
                                                 "--replace-experts to train it again, or choose another --out")
         assert expert.read_bytes() == before
-    with pytest.warns(RuntimeWarning, match=r"trained with other settings \(experts\.seed 0 -> 1\); retraining it"):
-        code, _, err = invoke([*argv, "--seed", "1", "--replace-experts"])
+    code, _, err = invoke([*argv, "--seed", "1", "--replace-experts"])
     assert code == 0, err
+    assert f"warning: {expert}: trained with other settings (experts.seed 0 -> 1); retraining it\n" in err
     assert read_metadata(expert)["seed"] == 1
 
 
 # ------------------------------------------------------------------------------------------ item 4: CPU notice
 
-def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_on(world, monkeypatch):
+def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_on(world, monkeypatch, caplog):
     class Stop(Exception):
         pass
 
@@ -396,16 +396,16 @@ def test_full_profile_on_a_cpu_opens_with_the_plan_and_stops_unless_told_to_go_o
     monkeypatch.setattr(training, "train_experts", first_steps)
     monkeypatch.setattr(challenge_kit.plan, "timed", lambda build, device: Timing(3.0, 3.5, 4.0))  # a CPU's seconds
     console = Console(file=io.StringIO(), width=400)
-    monkeypatch.setattr(challenge_kit.pipeline, "console", console)
     monkeypatch.setattr(challenge_kit.cli.render, "console", console)
     recipe = load_recipe("cifar100", overrides=["eval.every=0", "eval.holdout_per_class=0"])
     with pytest.raises(KitValueError, match=r"^--profile full: the plan puts this run at .* days on this cpu; .*"
                                             r"--profile mini\), or pass --allow-long-run to go on$"):
-        make_submission(recipe, world.fresh("cpu"), RunContext(progress=False, data=DataSource(world.data)))
+        make_submission(recipe, world.fresh("cpu"), RunContext(progress=False, data=DataSource(world.data)),
+                        show_plan=challenge_kit.cli.render.plan_table)
     said = console.file.getvalue()
     assert "cifar100 (100 classes), profile full, M-DATM: " in said and "the run: about " in said
     assert "experts: train 100 experts x 30 epochs" in said and "distillation: 10000 iterations, each 40 inner" in said
     with pytest.raises(Stop):  # told to go on, it reaches the experts
         make_submission(recipe, world.fresh("cpu"), RunContext(progress=False, data=DataSource(world.data)),
                         allow_long_run=True)
-    assert "days on this cpu: going on (--allow-long-run)" in console.file.getvalue()
+    assert caplog.messages[0].endswith("days on this cpu: going on (--allow-long-run)"), caplog.messages

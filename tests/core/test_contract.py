@@ -16,6 +16,7 @@ from challenge_kit.core.contract import (
     normalize,
     spec_for_shape,
 )
+from challenge_kit.core.errors import KitValueError
 
 
 def test_cifar100_spec_matches_spec_table():
@@ -41,7 +42,7 @@ def test_tinyimagenet_spec_matches_spec_table():
 def test_registry_and_get_spec():
     assert set(SPECS) == {"cifar100", "tinyimagenet"}
     assert get_spec("cifar100") is CIFAR100 and get_spec("tinyimagenet") is TINYIMAGENET
-    with pytest.raises(ValueError, match="^unknown dataset 'cifar10'; expected one of cifar100, tinyimagenet$"):
+    with pytest.raises(KitValueError, match="^unknown dataset 'cifar10'; expected one of cifar100, tinyimagenet$"):
         get_spec("cifar10")
 
 
@@ -129,13 +130,13 @@ def test_subset_takes_any_class_count_from_one(n):
 
 @pytest.mark.parametrize("n", [0, -1, 101])
 def test_subset_rejects_bad_class_counts(n):
-    with pytest.raises(ValueError, match="1..100"):
+    with pytest.raises(KitValueError, match="1..100"):
         CIFAR100.subset(n)
 
 
 @pytest.mark.parametrize("ipc", [0, -3])
 def test_subset_rejects_bad_ipc(ipc):
-    with pytest.raises(ValueError, match="ipc"):
+    with pytest.raises(KitValueError, match="ipc"):
         CIFAR100.subset(10, ipc=ipc)
 
 
@@ -173,7 +174,7 @@ def test_from_dict_refuses_a_size_of_zero(field):
     d = {**CIFAR100.to_dict(), "challenge": False, field: 0}
     if field == "channels":
         d.update(mean=[], std=[])
-    with pytest.raises(ValueError, match="not a valid dataset spec"):
+    with pytest.raises(KitValueError, match="not a valid dataset spec"):
         DatasetSpec.from_dict(d)
 
 
@@ -195,7 +196,7 @@ def test_spec_for_shape():
     ({"name": "cifar10"}, "claims to be the 'cifar10' challenge spec"),
 ])
 def test_from_dict_refuses_invalid_or_fake_challenge_specs(change, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(KitValueError, match=match):
         DatasetSpec.from_dict({**CIFAR100.to_dict(), **change})
     with pytest.raises(KeyError):
         DatasetSpec.from_dict({"name": "cifar100"})

@@ -267,19 +267,18 @@ def test_run_lock_refuses_a_live_holder_and_is_gone_after_the_run(tmp_path):
     assert not (tmp_path / "out" / LOCK_FILE).exists()
 
 
-def test_a_lock_left_by_a_dead_run_is_taken_over_saying_so(tmp_path, capsys):
+def test_a_lock_left_by_a_dead_run_is_taken_over_saying_so(tmp_path, caplog):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": "box", "started": "noon",
                                                   "command": "ddkit distill"}))
     with run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-    err = capsys.readouterr().err
-    assert f"taking over the lock of a run that is no longer running (pid {int(dead.stdout)} on box since noon: " \
-           "ddkit distill)" in err and len(err.strip().splitlines()) == 1
+    assert caplog.messages == [f"{tmp_path / LOCK_FILE}: taking over the lock of a run that is no longer running "
+                               f"(pid {int(dead.stdout)} on box since noon: ddkit distill)"]
 
 
 @pytest.mark.parametrize("where", ["filesystem", "system"])
-def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch, capsys, where):
+def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch, caplog, where):
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
@@ -289,4 +288,5 @@ def test_without_file_locks_a_run_goes_unlocked_saying_so(tmp_path, monkeypatch,
         monkeypatch.setattr(folders, "fcntl", None)
     with run_lock(tmp_path) as folder:
         assert folder == tmp_path
-    assert "no file locks here" in capsys.readouterr().err
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{tmp_path}: no file locks here (filesystem or system); make sure no other run writes here")]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from challenge_kit.cli import app
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
-from challenge_kit.core.errors import KitError
+from challenge_kit.core.errors import KitError, KitValueError
 from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
 from evaluator.evaluate import main, parse_args
@@ -347,7 +347,7 @@ def test_spec_resolution_order():
     assert source == "reference labels" and (spec.name, spec.num_classes, spec.ipc) == ("tinyimagenet", 20, 2)
     # nothing fits: the named dataset, whose shape asserts then fail with the expected shape
     assert resolve_spec((999, 3, 32, 32), dataset="cifar100") == (CIFAR100, "--dataset")
-    with pytest.raises(ValueError, match="--dataset"):
+    with pytest.raises(KitValueError, match="--dataset"):
         resolve_spec((7, 3, 48, 48))
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.core.contract import TINYIMAGENET, default_labels
-from challenge_kit.core.errors import KitError
+from challenge_kit.core.errors import KitError, KitValueError
 from challenge_kit.core.models import ConvNet, ModelConfig
 from challenge_kit.data import load_split
 from challenge_kit.recipes import EvalConfig, load_recipe
@@ -117,7 +117,7 @@ def test_selection_runs_fast_by_default_and_an_older_checkpoint_reads_as_faithfu
     recipe = load_recipe("tinyimagenet", "mini")
     assert recipe.eval.scorer == FAST
     assert load_recipe("tinyimagenet", "mini", ["eval.scorer=faithful"]).eval.scorer == FAITHFUL
-    with pytest.raises(ValueError, match="eval.scorer must be one of faithful, fast, got 'fastest'"):
+    with pytest.raises(KitValueError, match="eval.scorer must be one of faithful, fast, got 'fastest'"):
         load_recipe("tinyimagenet", "mini", ["eval.scorer=fastest"])
     before = recipe.to_dict()
     del before["eval"]["scorer"]  # what a checkpoint of the code before the fast scorer holds

@@ -13,7 +13,7 @@ def test_identical_content_gives_identical_bytes(tmp_path):
     first = {}
     for _ in range(2):
         write_run(tmp_path / "run", SUBSET)  # best.safetensors: several metadata keys
-        export_run(tmp_path / "run", tmp_path / "out")
+        export_run(tmp_path / "run", tmp_path / "out", overwrite=True)  # the second export replaces the first
         for name in names:
             first.setdefault(name, (tmp_path / name).read_bytes())
             assert (tmp_path / name).read_bytes() == first[name], name

@@ -1,4 +1,5 @@
-"""The three layers: ``challenge_kit.core`` at the bottom, ``evaluator`` on it, the kit on top; imports run down.
+"""The layers: ``challenge_kit.core`` at the bottom, ``evaluator`` on it, the parts, the kit, and the command line
+(``challenge_kit.cli`` and ``python -m challenge_kit``) on top; imports run down, deferred and TYPE_CHECKING ones too.
 
 ``python tests/project/test_layers.py`` prints the import graph by layer (every module, what it imports of the project).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("challenge_kit", "evaluator")
-LAYERS = ("core", "evaluator", "kit")  # bottom first
+LAYERS = ("core", "evaluator", "parts", "kit", "cli")  # bottom first
 
 
 def module_name(path: Path) -> str:
@@ -20,22 +21,36 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def layer(module: str) -> str:
-    if module == "challenge_kit.core" or module.startswith("challenge_kit.core."):
+    if within(module, "challenge_kit.core"):
         return "core"
-    if module == "evaluator" or module.startswith("evaluator."):
+    if within(module, "evaluator"):
         return "evaluator"
+    if within(module, "challenge_kit.parts"):
+        return "parts"
+    if within(module, "challenge_kit.cli") or module == "challenge_kit.__main__":
+        return "cli"
     return "kit"
 
 
 def project_imports(path: Path) -> set[str]:
-    """The project modules a file imports, anywhere in it (deferred imports inside functions included)."""
+    """The project modules a file imports, anywhere in it: every import statement the parser sees, those inside
+    functions and under ``if TYPE_CHECKING`` included, relative ones resolved."""
     found: set[str] = set()
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join([*package[:len(package) - node.level + 1], *([node.module] if node.module else [])]) \
+                if node.level else node.module
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         found.update(n for n in names if n.split(".")[0] in PACKAGES)

@@ -12,7 +12,7 @@ from torch import nn
 
 from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import SUBMISSION, DatasetSpec, get_spec
-from challenge_kit.core.errors import KitFileError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.reading import Refused, load_torch, load_torch_bytes, within
 from challenge_kit.core.submission import (
     MANIFEST,
@@ -87,7 +87,7 @@ def verify_path(path: str | Path, dataset: str = "auto", reference_model: nn.Mod
                   if s is not None and (problem := declared_problem(s))]
         try:
             spec, source = resolve_spec(tuple(obj.shape), declared=(manifest, declared))
-        except ValueError:
+        except KitValueError:
             spec = None
     report = _report(obj, spec, source, path, labels, lr, reference_model)
     report.checks += notes

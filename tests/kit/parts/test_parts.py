@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from challenge_kit import parts
 from challenge_kit.core.contract import CIFAR100, default_labels
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.store import ExpertStore
 from challenge_kit.experts.training import difficulty_order, expert_lr, train_experts
@@ -52,7 +53,7 @@ def test_every_kind_has_its_parts_and_unknown_names_are_refused_naming_the_known
     assert names["mask"] == {"all", "deep"} and names["weights"] == {"uniform", "balanced"}
     assert names["terms"] == {"final", "intermediate"} and names["perturb"] == {"none", "filter_noise"}
     assert names["objective"] == {"gsam", "sgd", "smooth"} and names["schedule"] == {"full", "easy_first"}
-    with pytest.raises(ValueError, match="unknown mask part 'shallow'; known: all, deep"):
+    with pytest.raises(KitValueError, match="unknown mask part 'shallow'; known: all, deep"):
         parts.get("mask", "shallow")
 
 
@@ -60,7 +61,7 @@ def test_a_misspelt_part_in_a_recipe_fails_at_load_in_under_two_seconds_naming_t
     path = tmp_path / "typo.toml"
     path.write_text('method = "typo"\n[distill]\ninit = "k-means"\n')
     tick = time.perf_counter()
-    with pytest.raises(ValueError, match=r"distill.init: unknown init part 'k-means'; known: real, real_correct, "
+    with pytest.raises(KitValueError, match=r"distill.init: unknown init part 'k-means'; known: real, real_correct, "
                                          r"noise, kmeans"):
         load_recipe(str(path), dataset="tinyimagenet")
     assert time.perf_counter() - tick < 2
@@ -68,7 +69,7 @@ def test_a_misspelt_part_in_a_recipe_fails_at_load_in_under_two_seconds_naming_t
                         ('[experts]\nobjective = "adam"\n', "experts.objective: unknown objective part 'adam'"),
                         ('[eval]\nsplit = "val"\n', "eval.split must be one of holdout, test")):
         path.write_text(bad)
-        with pytest.raises(ValueError, match=match_):
+        with pytest.raises(KitValueError, match=match_):
             load_recipe(str(path), dataset="cifar100")
 
 
@@ -129,7 +130,7 @@ def test_method_recipes_lay_over_the_dataset_recipe_and_name_their_parts():
     assert pad.method == "PAD" and pad.parts()["mask"] == "deep" and pad.parts()["schedule"] == "easy_first"
     assert pad.distill.syn_steps == base.distill.syn_steps == 40  # M-DATM table 1 underneath
     assert load_recipe("smooth", "quick", dataset="tinyimagenet").experts.epochs == 3
-    with pytest.raises(ValueError, match="needs the dataset"):
+    with pytest.raises(KitValueError, match="needs the dataset"):
         load_recipe("pad")
 
 

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.recipes import RECIPE_DIR, load_recipe
 from challenge_kit.recipes.identity import flatten
 
@@ -66,7 +67,7 @@ def test_the_shipped_methods_are_the_ones_listed_here():
 def test_a_profile_the_dataset_lacks_is_refused_even_when_a_method_adjusts_it(dataset, method, profile):
     """pad.toml and smooth.toml adjust the mini profile; CIFAR-100 has none, so none is made (it used to run the
     full job under the name mini)."""
-    with pytest.raises(ValueError, match=rf"{dataset}\.toml: no profile '{profile}'; available: full, quick"):
+    with pytest.raises(KitValueError, match=rf"{dataset}\.toml: no profile '{profile}'; available: full, quick"):
         load(dataset, method, profile)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from challenge_kit import parts
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.parts import Choice, DeepParams, GsamParams
 from challenge_kit.recipes import (
     RECIPE_DIR,
@@ -91,12 +92,12 @@ def test_set_overrides_apply_last_with_type_coercion():
     ("distill.max_start_epoch=10", "min_start_epoch <= current_max_start_epoch <= max_start_epoch"),
 ])
 def test_bad_overrides_are_refused_clearly(item, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(KitValueError, match=match):
         load_recipe("cifar100", overrides=[item])
 
 
 def test_value_errors_after_overrides_name_the_recipe_file():
-    with pytest.raises(ValueError, match=r"cifar100\.toml profile full with --set distill\.interval=0"):
+    with pytest.raises(KitValueError, match=r"cifar100\.toml profile full with --set distill\.interval=0"):
         load_recipe("cifar100", overrides=["distill.interval=0"])
 
 
@@ -126,17 +127,17 @@ def write(tmp_path, text, name="r.toml"):
 ])
 def test_bad_recipe_files_are_refused_naming_the_file(tmp_path, body, match):
     path = write(tmp_path, body)
-    with pytest.raises(ValueError, match=match) as info:
+    with pytest.raises(KitValueError, match=match) as info:
         load_recipe(path)
     assert str(info.value).startswith(path)
 
 
 def test_missing_recipe_and_missing_profile(tmp_path):
-    with pytest.raises(ValueError, match="recipe not found"):
+    with pytest.raises(KitValueError, match="recipe not found"):
         load_recipe(str(tmp_path / "nope.toml"))
-    with pytest.raises(ValueError, match=r"nope\.toml: recipe not found"):
+    with pytest.raises(KitValueError, match=r"nope\.toml: recipe not found"):
         load_recipe("nope", recipe_dir=tmp_path)
-    with pytest.raises(ValueError, match="no profile 'fast'; available: full, quick"):
+    with pytest.raises(KitValueError, match="no profile 'fast'; available: full, quick"):
         load_recipe("cifar100", "fast")
 
 
@@ -148,8 +149,8 @@ def test_a_minimal_recipe_uses_the_defaults(tmp_path):
 
 
 def test_experts_must_cover_the_matching_range():
-    with pytest.raises(ValueError, match=r"quick with --set experts\.epochs=2: experts\.epochs \(2\) must be at least "
-                                         r"distill\.max_start_epoch \+ distill\.expert_epochs \(1 \+ 2\)"):
+    with pytest.raises(KitValueError, match=r"quick with --set experts\.epochs=2: experts\.epochs \(2\) must be at "
+                                            r"least distill\.max_start_epoch \+ distill\.expert_epochs \(1 \+ 2\)"):
         load_recipe("tinyimagenet", "quick", ["experts.epochs=2"])
     assert load_recipe("tinyimagenet", "quick", ["experts.epochs=2", "distill.max_start_epoch=0"]).experts.epochs == 2
 
@@ -211,14 +212,15 @@ def test_a_part_table_names_the_part_and_sets_its_parameters(tmp_path):
     (["distill.mask.name=deeep"], "distill.mask: unknown mask part 'deeep'; known: all, deep"),
 ])
 def test_part_parameters_that_no_chosen_part_takes_are_refused_naming_it(item, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(KitValueError, match=match):
         load_recipe("cifar100", overrides=item)
 
 
 def test_a_misspelt_part_in_a_part_table_fails_before_torch_is_imported(tmp_path):
     path = write(tmp_path, 'method = "typo"\n[experts.schedule]\nname = "easy-first"\ninitial_ratio = 0.5\n')
-    code = ("import sys\nfrom challenge_kit.recipes import load_recipe\ntry:\n    load_recipe(sys.argv[1], "
-            "dataset='cifar100')\nexcept ValueError as e:\n    print(e, 'torch' in sys.modules)\n")
+    code = ("import sys\nfrom challenge_kit.core.errors import KitValueError\nfrom challenge_kit.recipes import "
+            "load_recipe\ntry:\n    load_recipe(sys.argv[1], dataset='cifar100')\nexcept KitValueError as e:\n"
+            "    print(e, 'torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().endswith("unknown schedule part 'easy-first'; known: full, easy_first False"), \
         done.stdout + done.stderr
@@ -269,7 +271,7 @@ def test_each_field_carries_its_own_constraint():
 ])
 def test_every_seed_is_bounded_when_the_recipe_loads(item, match):
     """A seed too large for a generator is refused before any data is read, not when distillation starts."""
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(KitValueError, match=match):
         load_recipe("cifar100", overrides=[item])
 
 
@@ -294,8 +296,8 @@ def test_a_dataset_profile_keeps_its_part_parameters_but_not_its_choice_over_a_m
     assert gsam.objective == Choice("gsam", GsamParams(rho=0.05))
     sgd = load_recipe(str(tmp_path / "sgd.toml"), dataset="cifar100", recipe_dir=tmp_path).experts
     assert sgd.objective == Choice("sgd")  # the dataset's rho stays behind, for a later choice of gsam
-    with pytest.raises(ValueError, match=r"profile quick: experts\.objective\.rho is a parameter of gsam, not of the "
-                                         r"objective part 'sgd'"):
+    with pytest.raises(KitValueError, match=r"profile quick: experts\.objective\.rho is a parameter of gsam, not of "
+                                            r"the objective part 'sgd'"):
         load_recipe(str(tmp_path / "sgd.toml"), "quick", dataset="cifar100", recipe_dir=tmp_path)
 
 
