@@ -15,7 +15,8 @@ from challenge_kit.core.folders import run_lock
 from challenge_kit.core.seeds import generator
 from challenge_kit.data import load_split
 from challenge_kit.export import claim_export, export_images
-from challenge_kit.parts.initializations import InitContext, real
+from challenge_kit.parts.initializations import real
+from challenge_kit.parts.kinds import InitContext
 
 
 def random_real(images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, seed: int) -> torch.Tensor:

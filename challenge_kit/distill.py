@@ -20,7 +20,7 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
-from challenge_kit.parts.labels import LabelContext
+from challenge_kit.parts.kinds import LabelContext
 from challenge_kit.recipes import Recipe
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector

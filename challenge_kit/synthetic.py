@@ -17,9 +17,7 @@ from challenge_kit.core.seeds import distill_generators
 from challenge_kit.experts.store import Trajectories
 from challenge_kit.matching import MatchResult
 from challenge_kit.optim import sgd_step
-from challenge_kit.parts.initializations import InitContext
-from challenge_kit.parts.kinds import Init, Labels, Perturb, Terms, Weights
-from challenge_kit.parts.labels import LabelContext
+from challenge_kit.parts.kinds import Init, InitContext, LabelContext, Labels, Perturb, Terms, Weights
 from challenge_kit.recipes import DistillConfig, Recipe
 from challenge_kit.runs import DistillState
 

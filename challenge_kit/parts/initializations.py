@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
-from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_, predict
-
-if TYPE_CHECKING:
-    from challenge_kit.parts.kinds import Experts
+from challenge_kit.core.models import ConvNet, load_flat_, predict
+from challenge_kit.parts.kinds import InitContext
 
 KMEANS_ITERATIONS = 50
 CORRECT_EXPERTS = 3  # experts asked in turn for correctly classified images before falling back to any
-
-
-@dataclass
-class InitContext:
-    """What an initialization may use: the real training pool, the experts, the seeded generator."""
-
-    spec: DatasetSpec
-    images: torch.Tensor  # challenge-normalized real training images (the pool; held-out images excluded)
-    labels: torch.Tensor
-    experts: Experts
-    model: ModelConfig
-    generator: torch.Generator
-    device: torch.device
 
 
 @torch.no_grad()

@@ -5,14 +5,14 @@ checked against its kind's protocol when the recipe loads (``misfit``)."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
-    from challenge_kit.core.models import FunctionalConvNet
-    from challenge_kit.parts.initializations import InitContext
-    from challenge_kit.parts.labels import LabelContext
+    from challenge_kit.core.contract import DatasetSpec
+    from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 
 
 class Experts(Protocol):
@@ -29,6 +29,29 @@ class Experts(Protocol):
     def snapshot(self, expert: int, epoch: int) -> torch.Tensor: ...
 
     def last(self, expert: int = 0) -> torch.Tensor: ...
+
+
+@dataclass
+class InitContext:
+    """What an initialization may use: the real training pool, the experts, the seeded generator."""
+
+    spec: DatasetSpec
+    images: torch.Tensor  # challenge-normalized real training images (the pool; held-out images excluded)
+    labels: torch.Tensor
+    experts: Experts
+    model: ModelConfig
+    generator: torch.Generator
+    device: torch.device
+
+
+@dataclass
+class LabelContext:
+    """What a label part may use: the experts and a functional network to run their snapshots."""
+
+    spec: DatasetSpec
+    experts: Experts
+    net: FunctionalConvNet
+    device: torch.device
 
 
 @runtime_checkable

@@ -7,25 +7,12 @@ labels are explicitly dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 
-from challenge_kit.core.contract import DatasetSpec, default_labels
+from challenge_kit.core.contract import default_labels
 from challenge_kit.core.models import FunctionalConvNet, predict
 from challenge_kit.parts.catalogue import AssignedSoftParams, LearnedSoftParams
-
-if TYPE_CHECKING:
-    from challenge_kit.parts.kinds import Experts
-
-
-@dataclass
-class LabelContext:
-    spec: DatasetSpec
-    experts: Experts
-    net: FunctionalConvNet
-    device: torch.device
+from challenge_kit.parts.kinds import LabelContext
 
 
 def logits(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
