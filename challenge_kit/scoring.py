@@ -13,7 +13,7 @@ from pathlib import Path
 from challenge_kit.bundle import zip_entries
 from challenge_kit.core.devices import usable_device
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.core.parallel import process_group
+from challenge_kit.core.parallel import RankZero, process_group
 from challenge_kit.core.seeds import rounds_problem
 from challenge_kit.core.submission import load_inputs
 from challenge_kit.core.verify import findings, verify_tensor
@@ -58,12 +58,12 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
           output_dir: str | None = None, partial: bool = False, dataset: str | None = None,
           epochs: int | None = None, rounds: int | None = None, seed: int | None = None,
           device: str | None = None, report: Callable[[dict], None] | None = None, fast: bool = False
-          ) -> dict | None:
+          ) -> RankZero[dict]:
     """The score as one JSON-ready dict: a .zip's summary (``datasets``, ``correct``) or one set's rounds.
 
     ``report`` gets it before ``scores.txt`` and ``scores.json`` are written: a failing write loses no score.
     Under torchrun the rounds run on separate ranks (each with its own seed): rank 0 gets the result (and
-    reports it), the other ranks ``None``.
+    reports it); the other ranks hold none.
     """
     report = report or (lambda result: None)
     epochs, rounds = EPOCHS if epochs is None else epochs, ROUNDS if rounds is None else rounds
@@ -79,7 +79,7 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
                                     show_progress=shard.leader, log=log if shard.leader else None,
                                     report=(lambda summary: report({"path": path, **summary})) if shard.leader
                                     else None, shard=shard)
-            return {"path": path, **summary} if shard.leader else None
+            return RankZero.make(shard, lambda: {"path": path, **summary})
         inputs = load_inputs(path, reference, dataset)
         spec = inputs.spec
         checks = findings(verify_tensor(inputs.images, spec, inputs.labels, inputs.lr,
@@ -96,8 +96,8 @@ def score(path: str, *, reference: str | None = None, reference_dir: str | None 
                                  epochs=epochs, seed=seed, device=dev, show_progress=shard.leader, shard=shard,
                                  how=arithmetic(FAST if fast else FAITHFUL, dev))
         if not shard.leader:
-            return None
+            return RankZero(False)
     result = {**scored.to_dict(), "path": str(path), "reference": str(reference), "spec_source": inputs.spec_source,
               "verify": checks, "ranks": shard.world}
     report(result)
-    return result
+    return RankZero(True, result)

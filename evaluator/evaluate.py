@@ -25,7 +25,7 @@ from challenge_kit.core.devices import tune_allocator, usable_device
 from challenge_kit.core.errors import KitError, KitFileError, file_errors
 from challenge_kit.core.folders import output_folder
 from challenge_kit.core.interrupts import exit_code, interrupted_line, interruption, sigterm_as_interrupt, speaks
-from challenge_kit.core.parallel import LOCAL, Shard, process_group
+from challenge_kit.core.parallel import LOCAL, RankZero, Shard, process_group
 from challenge_kit.core.seeds import rounds_problem, seed_problem
 from challenge_kit.core.storage import atomic_write, save_json
 from challenge_kit.core.submission import load_reference, load_submission
@@ -150,12 +150,12 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                     epochs: int = EPOCHS, seed: int | None = None, device: str | None = None,
                     show_progress: bool = True, partial: bool = False, log: Callable[[str], None] | None = None,
                     report: Callable[[dict], None] | None = None,
-                    before: Callable[[], None] | None = None) -> dict | None:
+                    before: Callable[[], None] | None = None) -> RankZero[dict]:
     """Validate every dataset first (fail before any training), score each, write the outputs.
 
     Missing inputs are reported before the output folder is probed, so a typo creates nothing. Started by
     torchrun, each dataset's rounds are spread over the ranks; rank 0 alone calls ``before`` (once the inputs
-    are found), logs, reports and writes, and gets the summary (the other ranks ``None``).
+    are found), logs, reports and writes, and holds the summary.
     """
     present, skipped = find_datasets(Path(submit_dir), Path(truth_dir), specs, partial)
     device = ready(device, output_dir)
@@ -167,7 +167,7 @@ def score_directory(submit_dir: str | Path, truth_dir: str | Path, output_dir: s
                                 epochs=epochs, seed=seed, device=str(dev), show_progress=show_progress and shard.leader,
                                 log=log if shard.leader else None, report=report if shard.leader else None,
                                 shard=shard)
-    return summary if shard.leader else None
+    return RankZero.make(shard, lambda: summary)
 
 
 def report_lines(summary: dict, where: str) -> list[str]:

@@ -21,7 +21,7 @@ from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
 from challenge_kit.core.errors import KitError, KitValueError
 from challenge_kit.core.submission import resolve_spec
 from evaluator import scorer
-from evaluator.evaluate import main, parse_args
+from evaluator.evaluate import main, parse_args, score_directory
 from evaluator.fast import FAST, Arithmetic
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_rounds
 
@@ -425,3 +425,12 @@ def test_a_wrong_shape_or_no_rounds_is_refused_before_training():
         with pytest.raises(KitError, match=rf"^rounds and epochs must be >= 1 \(got rounds={rounds}, "
                                              rf"epochs={epochs}\)$"):
             evaluate_images(torch.zeros(TINY.shape), TINY, test_images, test_labels, rounds=rounds, epochs=epochs)
+
+
+def test_the_folder_scorer_hands_back_what_it_wrote_held_by_the_only_rank(tmp_path):
+    """One process is rank 0: it holds the summary, and the summary is what scores.json says."""
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(4, 1))
+    held = score_directory(tmp_path / "in" / "res", tmp_path / "in" / "ref", tmp_path / "out", specs=[TINY],
+                           rounds=1, epochs=1, seed=0, device="cpu", show_progress=False, partial=True)
+    assert held.held and held.value == json.loads((tmp_path / "out" / "scores.json").read_text())
