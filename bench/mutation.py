@@ -316,9 +316,8 @@ def run_target(target: Target, equivalents: list[dict], jobs: int, minutes: floa
 
 
 def show(rows: list[Row]) -> None:
+    from rich.console import Console
     from rich.table import Table
-
-    from challenge_kit.core.progress import make_console
 
     table = Table(title="mutation testing: each module against its own tests (mutmut 3)")
     for column in ("module", "mutants", "killed", "survived", "timeout/suspicious", "equivalent", "not run",
@@ -327,7 +326,7 @@ def show(rows: list[Row]) -> None:
     for r in rows:
         table.add_row(r.module, str(r.mutants), str(r.killed), str(r.survived), str(r.timeout_or_suspicious),
                       str(r.equivalent), str(r.unchecked), f"{r.percent:.1f}", f"{r.seconds / 60:.1f} min")
-    console = make_console()
+    console = Console()  # not the kit's: the table must not depend on which checkout is installed
     console.print(table)
     console.print(f"notes: timeouts and crashes count as killed (the tests did not pass); not run: left when --minutes "
                   f"ran out (the % is of those run); not mutated: {NOT_MUTATED}")
@@ -370,12 +369,12 @@ def main() -> None:
         r = rows[-1]
         print(f"{r.module}: {r.mutants} mutants, {r.survived} survived, {r.unchecked} not run, {r.percent:.1f}% "
               f"killed of non-equivalent ({r.seconds / 60:.1f} min)", file=sys.stderr)
-    show(rows)
-    if args.json is not None:
+    if args.json is not None:  # first: an hour's survivors must outlive a failure to draw the table
         args.json.write_text(json.dumps({"jobs": args.jobs, "not_mutated": NOT_MUTATED,
                                          "modules": [{**asdict(r), "percent": None if math.isnan(r.percent)
                                                       else round(r.percent, 1)} for r in rows]},
                                         indent=2) + "\n")
+    show(rows)
 
 
 if __name__ == "__main__":
