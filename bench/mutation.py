@@ -4,7 +4,11 @@ A mutation tool changes one thing at a time in a module (an operator, a number, 
 value) and runs the tests that reach the changed function. A change that no test fails on (a survivor) is a bug
 the suite would let through, unless it changes nothing a caller can observe: such equivalent mutants are listed,
 each with its reason, in ``bench/mutation_equivalents.toml`` (keyed by file, function and changed lines, which do
-not move when mutmut renumbers), so that a rerun reports them as equivalent and not as survivors.
+not move when mutmut renumbers), so that a rerun reports them as equivalent and not as survivors. The same file
+lists, as ``[[cuda_only]]``, mutants that only move a tensor, a network or a generator to another device (or leave
+it where it is): on a CPU-only machine the run is the same, on CUDA the first mixed-device operation fails (the
+CUDA cases of ``tests/core/test_device.py``). They are counted in their own column, not as killed and not as
+equivalent, and the percentage is of the mutants this machine can tell apart.
 
 The tool is mutmut 3 (``pip install -e ".[mutation]"``), not cosmic-ray. mutmut writes every mutant of a module
 into one copy of it behind a switch, forks each run from a process that has already imported torch and the tests,
@@ -48,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
 SOURCES = ("challenge_kit", "evaluator")  # the packages copied into mutants/ (only the target is mutated)
+KINDS = ("equivalent", "cuda_only")  # the tables of the equivalents file
 LIFTED = ("property", "torch.no_grad()")  # decorators rewritten as a call after the def, so mutmut mutates the body
 
 
@@ -111,7 +116,7 @@ class Mutant:
     status: str  # mutmut's: survived, no tests, timeout, suspicious, segfault, ...
     before: str  # the changed lines, as in the source
     after: str
-    reason: str = ""  # why it is equivalent (from the equivalents file)
+    reason: str = ""  # why it is equivalent, or why only CUDA tells it apart (from the equivalents file)
 
 
 @dataclass
@@ -125,16 +130,19 @@ class Row:
     survived: int = 0
     timeout_or_suspicious: int = 0  # the tests did not pass: counted as caught
     equivalent: int = 0
+    cuda_only: int = 0  # a device move: the same run on the CPU (listed as [[cuda_only]])
     unchecked: int = 0  # not run before --minutes ran out
     seconds: float = 0.0
     survivors: list[Mutant] = field(default_factory=list)
     equivalents: list[Mutant] = field(default_factory=list)
+    cuda: list[Mutant] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # equivalents file entries that matched no surviving mutant
 
     @property
     def percent(self) -> float:
-        """Caught (killed, timed out or crashed) of the checked mutants that are not equivalent (NaN: none ran)."""
-        real = self.mutants - self.equivalent - self.unchecked
+        """Caught (killed, timed out or crashed) of the checked mutants that are neither equivalent nor a device move
+        this machine cannot see (NaN: none ran)."""
+        real = self.mutants - self.equivalent - self.cuda_only - self.unchecked
         return 100.0 * (self.killed + self.timeout_or_suspicious) / real if real else math.nan
 
 
@@ -235,13 +243,16 @@ def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
 
 
 def load_equivalents() -> list[dict]:
+    """Both kinds of entry, each marked with its ``kind`` (``equivalent`` or ``cuda_only``)."""
     try:
-        entries = tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", [])
+        listed = tomllib.loads(EQUIVALENTS.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
-        fail(str(EQUIVALENTS), f"not a list of [[equivalent]] entries ({e})")
-    seen = set()
+        fail(str(EQUIVALENTS), f"not a list of [[equivalent]] and [[cuda_only]] entries ({e})")
+    if set(listed) - set(KINDS):
+        fail(str(EQUIVALENTS), f"unknown tables {sorted(set(listed) - set(KINDS))}; only {', '.join(KINDS)}")
+    entries, seen = [{**e, "kind": kind} for kind in KINDS for e in listed.get(kind, [])], set()
     for entry in entries:
-        if set(entry) != {"file", "function", "before", "after", "reason"} or not entry["reason"].strip():
+        if set(entry) != {"file", "function", "before", "after", "reason", "kind"} or not entry["reason"].strip():
             fail(str(EQUIVALENTS), f"an entry needs file, function, before, after and a reason: {entry}")
         found = key(entry["file"], entry["function"], entry["before"], entry["after"])
         if found in seen:
@@ -260,7 +271,7 @@ def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: f
     from mutmut.stats import status_by_exit_code
     from mutmut.utils.format_utils import orig_function_and_class_names_from_key
 
-    listed = {key(e["file"], e["function"], e["before"], e["after"]): e["reason"] for e in equivalents
+    listed = {key(e["file"], e["function"], e["before"], e["after"]): e for e in equivalents
               if e["file"].startswith(target.path)}
     row, used = Row(target.path, target.selection(), seconds=round(seconds, 1)), set()
     metas = sorted((copy / "mutants").glob(f"{target.path}*.py.meta" if target.path.endswith("/")
@@ -288,8 +299,13 @@ def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: f
                 before = "\n".join(line[1:].strip() for line in diff if line.startswith("-"))
                 after = "\n".join(line[1:].strip() for line in diff if line.startswith("+"))
                 found = key(file, function, before, after)
-                mutant = Mutant(name, file, function, status, before, after, listed.get(found, ""))
-                if found in listed:
+                entry = listed.get(found, {})
+                mutant = Mutant(name, file, function, status, before, after, entry.get("reason", ""))
+                if entry.get("kind") == "cuda_only":
+                    row.cuda_only += 1
+                    row.cuda.append(mutant)
+                    used.add(found)
+                elif entry:
                     row.equivalent += 1
                     row.equivalents.append(mutant)
                     used.add(found)
@@ -320,12 +336,13 @@ def show(rows: list[Row]) -> None:
     from rich.table import Table
 
     table = Table(title="mutation testing: each module against its own tests (mutmut 3)")
-    for column in ("module", "mutants", "killed", "survived", "timeout/suspicious", "equivalent", "not run",
-                   "% killed of non-equivalent", "wall time"):
+    for column in ("module", "mutants", "killed", "survived", "timeout/suspicious", "equivalent", "CUDA only",
+                   "not run", "% killed of non-equivalent", "wall time"):
         table.add_column(column, justify="left" if column == "module" else "right")
     for r in rows:
         table.add_row(r.module, str(r.mutants), str(r.killed), str(r.survived), str(r.timeout_or_suspicious),
-                      str(r.equivalent), str(r.unchecked), f"{r.percent:.1f}", f"{r.seconds / 60:.1f} min")
+                      str(r.equivalent), str(r.cuda_only), str(r.unchecked), f"{r.percent:.1f}",
+                      f"{r.seconds / 60:.1f} min")
     console = Console()  # not the kit's: the table must not depend on which checkout is installed
     console.print(table)
     console.print(f"notes: timeouts and crashes count as killed (the tests did not pass); not run: left when --minutes "

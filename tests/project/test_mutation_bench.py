@@ -74,3 +74,11 @@ def test_an_unknown_module_is_one_line_before_any_work():
     done = subprocess.run([sys.executable, SCRIPT, "--module", "nonesuch"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert done.stderr.startswith("error: --module: 'nonesuch' names 0 modules; one of evaluator/scorer.py")
+
+
+def test_cuda_only_entries_are_device_moves_and_leave_the_percentage():
+    moves = [e for e in bench.load_equivalents() if e["kind"] == "cuda_only"]
+    for e in moves:  # the category holds placements only: a mutant that changes a value is no device move
+        assert "device" in e["before"] + e["after"] or ".to(" in e["before"], e
+    row = bench.Row("m.py", [], mutants=10, killed=6, survived=1, equivalent=1, cuda_only=2)
+    assert row.percent == 100.0 * 6 / 7  # of the 7 this machine can tell apart
