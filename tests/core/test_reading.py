@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import zipfile
 
 import pytest
@@ -85,6 +86,26 @@ def test_a_pickle_stream_file_is_scanned_within_its_bounds():
         "instead of a tensor?): refused unread")
     assert load_torch_bytes(saved(values, legacy=True), "old.pt", None) == values  # unbounded: loaded
     assert refusal(saved({"a": images}, legacy=True)[:200]) == f"{CORRUPT} (not enough data in stream to read uint1)"
+
+
+def test_the_pickle_bound_is_the_last_opcode_of_the_leading_four_pickles():
+    """The pickle-stream layout's four leading pickles are scanned op by op (``pickletools.genops``, written out
+    here over the bytes): a bound at the furthest opcode's offset passes, one byte less is refused; and a file of
+    pickle protocol 0 (no PROTO opcode to skip) is scanned from its first byte, then refused by the loader."""
+    images = torch.randn(2, 3, 4, 4)
+    data = saved(images, legacy=True)
+    stream, furthest = io.BytesIO(data), 0
+    for _ in range(4):
+        furthest = max(at for _op, _arg, at in pickletools.genops(stream))
+    at_bound = Bounds("a test file", "a tensor", max_bytes=100_000, max_values=100, max_pickle=furthest)
+    assert torch.equal(load_torch_bytes(data, "old.pt", at_bound), images)
+    below = Bounds("a test file", "a tensor", max_bytes=100_000, max_values=100, max_pickle=furthest - 1)
+    assert refusal(data, below) == (f"its pickle is over {furthest - 1:,} bytes, a tensor's is a few hundred (a numpy "
+                                    "array or a Python list saved instead of a tensor?): refused unread")
+    buffer = io.BytesIO()
+    torch.save(images, buffer, _use_new_zipfile_serialization=False, pickle_protocol=0)
+    assert buffer.getvalue()[:1] == b"L"  # the magic number as a protocol-0 LONG: no PROTO opcode first
+    assert refusal(buffer.getvalue()) == "refused: holds objects that are not plain tensors (unsafe content)"
 
 
 @pytest.mark.parametrize("keep, detail", [(10, "EOFError"),
