@@ -4,7 +4,10 @@ imported from another test file: a test module is importable only from its own f
 
 import contextlib
 import io
+import pickle
+from collections import OrderedDict
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from typer.testing import CliRunner, Result
@@ -106,3 +109,36 @@ def _problem(steps=6, batch_syn=5, seed=3, soft=False):
     plan = plan_inner_steps(12, batch_syn, steps, 16, "cpu", generator=torch.Generator().manual_seed(seed),
                             aug_generator=torch.Generator().manual_seed(seed + 1), dtype=D)
     return net, images, labels, lr, Matching(start, start, [(steps, target)]), plan
+
+
+class _Storage:
+    """Stands for a storage in the hand-made pickle below."""
+
+
+class _Tensor:
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, (_Storage(), 0, (self.numel,), (1,), False, OrderedDict())
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, f, numel: int) -> None:
+        super().__init__(f, protocol=2)
+        self.numel = numel
+
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", self.numel, None) if isinstance(obj, _Storage) else None
+
+
+def unfilled(path: Path, numel: int = 1 << 28) -> Path:
+    """A pickle-stream torch file (the pre-1.6 format) of 300 bytes declaring a 1 GiB storage it never fills."""
+    f = io.BytesIO()
+    for header in (torch.serialization.MAGIC_NUMBER, torch.serialization.PROTOCOL_VERSION,
+                   {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(header, f, protocol=2)
+    _Pickler(f, numel).dump(_Tensor(numel))
+    pickle.dump([], f, protocol=2)  # the storages to fill: none
+    path.write_bytes(f.getvalue())
+    return path

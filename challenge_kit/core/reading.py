@@ -211,6 +211,8 @@ def _check_archive(f, name: str | Path, size: int, bounds: Bounds | None) -> Non
         infos = zipfile.ZipFile(f).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise corrupt(name, first_line(e)) from None
+    if not infos:  # torch.load would call it unsafe content
+        raise corrupt(name, "a zip with no records")
     if bounds is not None and len(infos) > bounds.max_records:
         raise KitFileError(name, f"holds {len(infos):,} records; {bounds.what} holds a tensor or a dict of a few "
                                  f"(at most {bounds.max_records} records): refused unread")
@@ -292,7 +294,7 @@ def _check_contents(obj, name: str | Path, size: int, bounds: Bounds | None) -> 
                 item = item.untyped_storage()
             elif isinstance(item, torch.TypedStorage):
                 item = item.untyped()
-            storages[item.data_ptr()] = max(storages.get(item.data_ptr(), 0), item.nbytes())
+            storages[item.data_ptr()] = max(storages.get(item.data_ptr(), item.nbytes()), item.nbytes())
     stored = sum(storages.values())
     if stored > size:  # a pickle-stream file can declare storages it never fills
         raise corrupt(name, f"its tensors declare {stored:,} bytes, more than the file's {size:,}")

@@ -13,6 +13,7 @@ import pickle
 import pickletools
 import zipfile
 
+import helpers
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -183,6 +184,37 @@ def test_a_zip_is_refused_unread_by_its_directory():
     claimed = images[:zip64 + 40] + (1 << 20).to_bytes(8, "little") + images[zip64 + 48:]
     assert refusal(claimed) == ("has a zip directory of 1,048,576 bytes; a challenge submission holds a tensor or a "
                                 "dict of a few (at most 64 records): refused unread")
+
+
+def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
+    """A zip ends with its end record and a comment of at most 65,535 bytes: the record is found behind the longest
+    comment (here refused by its directory, before torch reads it), and nowhere further back."""
+    commented = io.BytesIO(saved(torch.arange(4.0)))
+    with zipfile.ZipFile(commented, "a") as z:
+        z.comment = b"c" * 65535
+    data = commented.getvalue()
+    end = data.rindex(b"PK\x05\x06")
+    assert len(data) - end == 22 + 65535
+    none = Bounds("a test file", "4 values", max_bytes=200_000, max_values=100, max_records=0)
+    assert refusal(data, none) == (f"has a zip directory of {int.from_bytes(data[end + 12:end + 16], 'little'):,} "
+                                   "bytes; a test file holds a tensor or a dict of a few (at most 0 records): refused "
+                                   "unread")
+    too_far = b"PK\x03\x04" + b"PK\x05\x06" + bytes(18) + bytes(70_000)  # a signature 70 KB before the end
+    assert refusal(too_far) == f"{CORRUPT} (no zip end record)"
+    assert refusal(b"PK\x05\x06" + bytes(18)) == f"{CORRUPT} (a zip with no records)"  # the end record alone
+
+
+def test_storages_may_take_the_whole_file_and_not_a_byte_more(tmp_path):
+    """A pickle-stream file can declare storages it never fills: what they declare is held to the file's size."""
+    for numel, fits in ((80, True), (81, False)):  # float32: 320 and 324 bytes, in a file padded to 320
+        path = helpers.unfilled(tmp_path / f"{numel}.pt", numel)
+        path.write_bytes(path.read_bytes().ljust(320, b"\0"))
+        if fits:
+            assert load_torch(path, SUBMISSION).shape == (numel,)
+        else:
+            with pytest.raises(KitFileError) as info:
+                load_torch(path, SUBMISSION)
+            assert info.value.problem == f"{CORRUPT} (its tensors declare 324 bytes, more than the file's 320)"
 
 
 def test_records_that_misstate_their_sizes_are_corrupt():

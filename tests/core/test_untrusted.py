@@ -19,7 +19,6 @@ import tarfile
 import textwrap
 import warnings
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import helpers
@@ -45,39 +44,6 @@ def inflating(path: Path, megabytes: int = 256) -> Path:
         for info in src.infolist():
             method = zipfile.ZIP_DEFLATED if info.filename.endswith("data/0") else zipfile.ZIP_STORED
             dst.writestr(info.filename, src.read(info.filename), compress_type=method)
-    return path
-
-
-class _Storage:
-    """Stands for a storage in the hand-made pickle below."""
-
-
-class _Tensor:
-    def __init__(self, numel: int) -> None:
-        self.numel = numel
-
-    def __reduce__(self):
-        return torch._utils._rebuild_tensor_v2, (_Storage(), 0, (self.numel,), (1,), False, OrderedDict())
-
-
-class _Pickler(pickle.Pickler):
-    def __init__(self, f, numel: int) -> None:
-        super().__init__(f, protocol=2)
-        self.numel = numel
-
-    def persistent_id(self, obj):
-        return ("storage", torch.FloatStorage, "0", "cpu", self.numel, None) if isinstance(obj, _Storage) else None
-
-
-def unfilled(path: Path, numel: int = 1 << 28) -> Path:
-    """A pickle-stream torch file (the pre-1.6 format) of 300 bytes declaring a 1 GiB storage it never fills."""
-    f = io.BytesIO()
-    for header in (torch.serialization.MAGIC_NUMBER, torch.serialization.PROTOCOL_VERSION,
-                   {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
-        pickle.dump(header, f, protocol=2)
-    _Pickler(f, numel).dump(_Tensor(numel))
-    pickle.dump([], f, protocol=2)  # the storages to fill: none
-    path.write_bytes(f.getvalue())
     return path
 
 
@@ -132,7 +98,7 @@ WRITTEN = {
     "inflating record": (inflating, "its record 'archive/data/0' is compressed (method 8); torch.save stores every "
                                     "record as is, and a compressed one can inflate far beyond the file: refused "
                                     "unread"),
-    "unfilled storage": (unfilled, "cannot be read as a torch file, truncated or corrupt (its tensors declare "
+    "unfilled storage": (helpers.unfilled, "cannot be read as a torch file, truncated or corrupt (its tensors declare "
                                    "1,073,741,824 bytes, more than the file's 300)"),
     "over the size cap": (lambda p: oversized(p, MAX_SUBMISSION_BYTES + 1),
                           f"is {MAX_SUBMISSION_BYTES + 1:,} bytes; a challenge submission is at most "

@@ -151,6 +151,13 @@ def test_stacked_rounds_score_as_the_official_rounds(data, official, monkeypatch
     assert result.rounds == pytest.approx(rounds, abs=one), f"stacked {result.rounds}, official {rounds}"
 
 
+def test_a_stack_of_three_rounds_is_named_by_its_first_and_last(data, monkeypatch):
+    monkeypatch.setenv(fast.STACK_ENV, "3")
+    monkeypatch.setattr(fast, "native_bfloat16", lambda device: False)
+    _, bar = _scored_with_a_bar(monkeypatch, data, how=fast.arithmetic(fast.FAST, torch.device("cpu")))
+    assert [s[:s.index(" test acc")] for s in bar.statuses if "test acc" in s] == ["round 1-3/3"]
+
+
 def test_per_class_accuracy_is_each_classs_share_over_the_official_rounds(data, official):
     images, _, test_images, test_labels = data
     result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
