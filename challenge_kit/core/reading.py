@@ -36,6 +36,7 @@ DIRECTORY_ENTRY = 1 << 10  # a torch record's zip directory entry is about 100 b
 TAR = ("is a tar archive (torch's format before 2017), which cannot be loaded without running its pickle: refused, "
        "nothing loaded")
 HEAD = 512  # enough to tell a zip, a pickle, a safetensors header and a tar header apart
+ZIP_COMMENT = 0xFFFF  # the longest comment after a zip's 22-byte end record (APPNOTE 4.3.16)
 
 
 class Refused(KitFileError):
@@ -185,7 +186,7 @@ def _check_layout(f, name: str | Path, size: int, bounds: Bounds | None) -> None
 def _directory_bytes(f, size: int) -> int:
     """The size of the zip's central directory as ``zipfile`` reads it (from the end record, or the zip64 one just
     before it), or -1 without an end record: ``zipfile`` builds an object per entry, so it is bounded first."""
-    start = max(0, size - (1 << 16) - 22)
+    start = max(0, size - ZIP_COMMENT - 22)
     f.seek(start)
     tail = f.read()
     end = len(tail) - 22 if tail[-22:-18] == b"PK\x05\x06" else tail.rfind(b"PK\x05\x06")

@@ -188,7 +188,7 @@ def test_a_zip_is_refused_unread_by_its_directory():
 
 def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
     """A zip ends with its end record and a comment of at most 65,535 bytes: the record is found behind the longest
-    comment (here refused by its directory, before torch reads it), and nowhere further back."""
+    comment (here refused by its directory, before torch reads it), and not a byte further back."""
     commented = io.BytesIO(saved(torch.arange(4.0)))
     with zipfile.ZipFile(commented, "a") as z:
         z.comment = b"c" * 65535
@@ -199,8 +199,14 @@ def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
     assert refusal(data, none) == (f"has a zip directory of {int.from_bytes(data[end + 12:end + 16], 'little'):,} "
                                    "bytes; a test file holds a tensor or a dict of a few (at most 0 records): refused "
                                    "unread")
-    too_far = b"PK\x03\x04" + b"PK\x05\x06" + bytes(18) + bytes(70_000)  # a signature 70 KB before the end
+    too_far = b"PK\x03\x04" + b"PK\x05\x06" + bytes(18) + bytes(65536)  # a comment one byte too long
     assert refusal(too_far) == f"{CORRUPT} (no zip end record)"
+    plain = saved(torch.arange(4.0))
+    end = plain.rindex(b"PK\x05\x06")  # its directory offset forged into a second signature: the record is last
+    forged = plain[:end + 16] + b"PK\x05\x06" + plain[end + 20:]
+    assert refusal(forged, none) == (f"has a zip directory of {int.from_bytes(plain[end + 12:end + 16], 'little'):,} "
+                                     "bytes; a test file holds a tensor or a dict of a few (at most 0 records): "
+                                     "refused unread")
     assert refusal(b"PK\x05\x06" + bytes(18)) == f"{CORRUPT} (a zip with no records)"  # the end record alone
 
 
