@@ -208,6 +208,15 @@ def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
                                      "bytes; a test file holds a tensor or a dict of a few (at most 0 records): "
                                      "refused unread")
     assert refusal(b"PK\x05\x06" + bytes(18)) == f"{CORRUPT} (a zip with no records)"  # the end record alone
+    assert refusal(plain[:-5]) == f"{CORRUPT} (no zip end record)"  # its last 5 bytes cut: the record is short
+    inside = io.BytesIO(saved(torch.tensor(list(b"PK\x05\x06" * 8), dtype=torch.uint8)))  # signatures in a record
+    with zipfile.ZipFile(inside, "a") as z:
+        z.comment = b"after the end record"
+    data = inside.getvalue()
+    end = data.rindex(b"PK\x05\x06")  # the last signature is the end record's
+    assert data.index(b"PK\x05\x06") < end and refusal(data, none) == (
+        f"has a zip directory of {int.from_bytes(data[end + 12:end + 16], 'little'):,} bytes; a test file holds a "
+        "tensor or a dict of a few (at most 0 records): refused unread")
 
 
 def test_storages_may_take_the_whole_file_and_not_a_byte_more(tmp_path):
