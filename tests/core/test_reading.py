@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import pickletools
+import struct
 import zipfile
 
 import helpers
@@ -207,7 +208,10 @@ def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
     assert refusal(forged, none) == (f"has a zip directory of {int.from_bytes(plain[end + 12:end + 16], 'little'):,} "
                                      "bytes; a test file holds a tensor or a dict of a few (at most 0 records): "
                                      "refused unread")
-    assert refusal(b"PK\x05\x06" + bytes(18)) == f"{CORRUPT} (a zip with no records)"  # the end record alone
+    assert refusal(b"PK\x05\x06" + bytes(18), none) == f"{CORRUPT} (a zip with no records)"  # the record alone
+    # an end record that points at a directory that is not there: zipfile's own words, after the file's name
+    assert refusal(b"PK\x03\x04" + bytes(200) + b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, 100, 4, 0)) == (
+        f"{CORRUPT} (Bad magic number for central directory)")
     assert refusal(plain[:-5]) == f"{CORRUPT} (no zip end record)"  # its last 5 bytes cut: the record is short
     inside = io.BytesIO(saved(torch.tensor(list(b"PK\x05\x06" * 8), dtype=torch.uint8)))  # signatures in a record
     with zipfile.ZipFile(inside, "a") as z:

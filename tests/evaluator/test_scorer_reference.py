@@ -116,7 +116,9 @@ def test_a_seeded_round_starts_and_ends_where_the_official_recipe_does(data, off
     _same(start.state_dict(), initial, "initial weights")
     (kit,) = scorer.train_rounds(images, labels, [seed], num_classes=SPEC.num_classes, epochs=SHORT, device="cpu")
     _same(kit.state_dict(), trained.state_dict(), "trained weights")
-    assert scorer.test_accuracy(kit, test_images, test_labels) == official_test(trained, test_images, test_labels)
+    expected = official_test(trained, test_images, test_labels)
+    assert scorer.test_accuracy(kit, test_images, test_labels) == expected
+    assert scorer.test_accuracy(kit, test_images, test_labels, batch_size=7) == expected  # many batches, one count
 
 
 def test_evaluate_images_reports_the_official_rounds_and_their_plain_mean(data, official):
