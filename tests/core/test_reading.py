@@ -254,6 +254,23 @@ def test_records_that_misstate_their_sizes_are_corrupt():
         "a tensor?): refused unread")
 
 
+def test_a_zips_bounds_are_inclusive():
+    """A zip with exactly as many records as its kind allows, and a pickle exactly as long, is read; and records
+    whose sizes sum to the file's exactly pass that check (torch then finds the file corrupt)."""
+    data = saved({f"t{i}": torch.zeros(1) for i in range(3)})
+    records = zip_records(data)
+    pickle_size = next(i.file_size for i in records if i.filename.endswith("data.pkl"))
+    exact = Bounds("a test file", "4 values", max_bytes=100_000, max_values=100, max_records=len(records),
+                   max_pickle=pickle_size)
+    assert set(load_torch_bytes(data, "three.pt", exact)) == {"t0", "t1", "t2"}
+    tensor = next(i for i in records if i.filename.endswith("data/0"))
+    filled = len(data) - sum(i.compress_size for i in records) + tensor.compress_size
+    whole = central(central(data, tensor.filename, 20, filled), tensor.filename, 24, filled)
+    assert sum(i.compress_size for i in zip_records(whole)) == len(whole)
+    problem = refusal(whole)
+    assert problem.startswith(CORRUPT) and "its records declare" not in problem, problem
+
+
 def test_what_is_not_a_file_is_named(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "folder.pt").mkdir()
