@@ -12,7 +12,10 @@ import os
 import pickle
 import pickletools
 import struct
+import tarfile
+import warnings
 import zipfile
+from pathlib import Path
 
 import helpers
 import pytest
@@ -21,7 +24,7 @@ from safetensors.torch import save_file
 
 from challenge_kit.core.contract import MAX_SUBMISSION_VALUES, RECORD_ROOM, SUBMISSION, Bounds
 from challenge_kit.core.errors import KitFileError
-from challenge_kit.core.reading import load_rows, load_torch, load_torch_bytes, read_metadata
+from challenge_kit.core.reading import TAR, load_rows, load_torch, load_torch_bytes, read_metadata
 
 CORRUPT = "cannot be read as a torch file, truncated or corrupt"
 # a kind of file with small limits, so that a few values are over them
@@ -269,6 +272,68 @@ def test_a_zips_bounds_are_inclusive():
     assert sum(i.compress_size for i in zip_records(whole)) == len(whole)
     problem = refusal(whole)
     assert problem.startswith(CORRUPT) and "its records declare" not in problem, problem
+
+
+class _Opens:
+    """Unpickling this would create ``marker`` (it calls ``open(marker, "w")``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_no_setting_of_torchs_turns_the_restricted_load_off(tmp_path, monkeypatch):
+    """``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` makes torch.load unpickle anything where ``weights_only`` is not
+    passed: the loader still refuses the payload unrun, as torch.load left alone would not."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker, path = tmp_path / "ran", tmp_path / "payload.pt"
+    torch.save(_Opens(marker), path)
+    with pytest.raises(KitFileError, match="refused: holds objects that are not plain tensors"):
+        load_torch(path, SUBMISSION)
+    assert not marker.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own warning that the setting is in force
+        torch.load(path)  # the setting is real: torch's default load runs the payload
+    assert marker.exists()
+
+
+def test_a_tensor_saved_on_a_gpu_loads_on_the_cpu():
+    """A user's submission saved from CUDA names ``cuda:0`` for its storage: read onto the CPU on any machine."""
+    plain = zipfile.ZipFile(io.BytesIO(saved(torch.arange(4.0))))
+    cuda = io.BytesIO()
+    with zipfile.ZipFile(cuda, "w") as z:  # the same records, the storage's location rewritten as torch.save writes it
+        for info in plain.infolist():
+            body = plain.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in body
+                body = body.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            z.writestr(info.filename, body)
+    loaded = load_torch_bytes(cuda.getvalue(), "gpu.pt", SUBMISSION)
+    assert loaded.device.type == "cpu" and torch.equal(loaded, torch.arange(4.0))
+
+
+def test_a_tar_without_the_ustar_mark_is_named_by_torch_and_refused(tmp_path):
+    """Tars of the oldest (v7) layout have no ``ustar`` mark for the header test to see; torch still knows one."""
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name in ("storages", "tensors", "pickle"):
+            info = tarfile.TarInfo(name)
+            info.size = len(pickle.dumps(0))
+            archive.addfile(info, io.BytesIO(pickle.dumps(0)))
+    raw = bytearray(tar.getvalue())
+    for at in range(0, len(raw), 512):  # each header: the mark blanked, the checksum (POSIX, octal) made again
+        if raw[at + 257:at + 262] == b"ustar":
+            raw[at + 257:at + 265] = bytes(8)
+            raw[at + 148:at + 156] = b" " * 8
+            raw[at + 148:at + 156] = b"%06o\x00 " % sum(raw[at:at + 512])
+    path = tmp_path / "old.pt"
+    path.write_bytes(bytes(raw))
+    assert tarfile.open(path).getnames() == ["storages", "tensors", "pickle"]
+    with pytest.raises(KitFileError) as info:
+        load_torch(path)
+    assert str(info.value) == f"{path}: {TAR}"
 
 
 def test_what_is_not_a_file_is_named(tmp_path):
