@@ -37,5 +37,6 @@ def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, s
         chosen = select(method, images, labels, spec, seed=seed, score_epochs=score_epochs,
                         score_models=score_models, device=device)
         return export_images(chosen.images, spec, out_dir, source=f"{dataset} baseline from {data_root}", extra={
-            "baseline": {"description": describe(method, spec.ipc), **chosen.record(), "data_root": str(data_root)},
+            "baseline": {"description": f"{describe(method)}, {spec.ipc} per class, default order",
+                         **chosen.record(), "data_root": str(data_root)},
         })

@@ -132,9 +132,11 @@ def select(method: str, images: torch.Tensor, labels: torch.Tensor, spec: Datase
     return Selection(images[chosen].clone(), method, seed, parameters, time.perf_counter() - start)
 
 
-def describe(method: str, ipc: int) -> str:
+def describe(method: str) -> str:
     """The method in words, for the manifest and the compare table."""
-    return {"random": "random real training images", "herding": "herding in the proxy's features",
-            "kcenter": "k-center greedy in the proxy's features"}.get(method) or (
-        f"{dict(easy='easiest', hard='hardest', band='band past the easiest')[method.split('_')[1]]} by "
-        f"{'EL2N' if method.startswith('el2n') else 'forgetting events'}") + f", {ipc} per class, default order"
+    if method in ("random", "herding", "kcenter"):
+        return {"random": "random real training images", "herding": "herding in the proxy's features",
+                "kcenter": "k-center greedy in the proxy's features"}[method]
+    score, pick = method.split("_")
+    return (f"{dict(easy='easiest', hard='hardest', band='band past the easiest')[pick]} by "
+            f"{'EL2N' if score == 'el2n' else 'forgetting events'}")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from challenge_kit.core import augment
 from challenge_kit.core.contract import (
     BATCH_SIZE,
+    CHALLENGE_NET,
     EPOCHS,
     LR,
     LR_DECAY,
@@ -34,7 +35,7 @@ from challenge_kit.core.contract import (
 )
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitError
-from challenge_kit.core.models import CHALLENGE_NET, ModelConfig, build_network
+from challenge_kit.core.models import ModelConfig, build_network
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import round_seeds, stream_seeds
@@ -172,7 +173,7 @@ def train_rounds(images: torch.Tensor, labels: torch.Tensor, seeds: list[int], *
                  device: torch.device | str | None = None, progress: Progress | None = None,
                  how: Arithmetic = Arithmetic(), arch: str = CHALLENGE_NET) -> list[torch.nn.Module]:
     """The scorer's rounds of ``seeds``: per seed a fresh network (the challenge ConvNet unless ``arch`` names
-    another, ``core.models.ARCHITECTURES``) trained on (images, labels); the trained nets.
+    another, ``core.contract.ARCHITECTURES``) trained on (images, labels); the trained nets.
 
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order. A seed
     fixes init, shuffling and augmentation, each its own stream (bit-reproducible on CPU). Rounds train one at

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
-from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.contract import ARCHITECTURES, CONVNET_VARIANTS, DatasetSpec
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")
@@ -123,14 +123,6 @@ def unflatten_params(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -
         out[name] = flat[offset:offset + n].view(shape)
         offset += n
     return out
-
-
-CHALLENGE_NET = "convnet"  # the scorer's network: the only one whose score is the official one
-# The ConvNet variants: the challenge ConvNet with one setting changed.
-CONVNET_VARIANTS = {CHALLENGE_NET: {}, "convnet-w64": {"width": 64}, "convnet-d4": {"depth": 4},
-                    "convnet-bn": {"norm": "batchnorm"}, "convnet-ln": {"norm": "layernorm"},
-                    "convnet-nonorm": {"norm": "none"}}
-ARCHITECTURES = (*CONVNET_VARIANTS, "resnet18", "vgg11")
 
 
 def _instance_norm(channels: int) -> nn.Module:

@@ -151,25 +151,16 @@ def _by_difficulty(ctx: InitContext, scores: torch.Tensor, pick: str) -> torch.T
                                                                       ctx.generator))].clone()
 
 
-def el2n_easy(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_el2n(ctx), "easy")
+def _difficulty_part(score: str, pick: str):
+    """The init part that keeps each class's ``pick`` images by ``score`` (``el2n`` or ``forgetting``)."""
+    scores = expert_el2n if score == "el2n" else expert_forgetting
+
+    def part(ctx: InitContext) -> torch.Tensor:
+        return _by_difficulty(ctx, scores(ctx), pick)
+
+    part.__name__ = part.__qualname__ = f"{score}_{pick}"
+    return part
 
 
-def el2n_hard(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_el2n(ctx), "hard")
-
-
-def el2n_band(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_el2n(ctx), "band")
-
-
-def forgetting_easy(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_forgetting(ctx), "easy")
-
-
-def forgetting_hard(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_forgetting(ctx), "hard")
-
-
-def forgetting_band(ctx: InitContext) -> torch.Tensor:
-    return _by_difficulty(ctx, expert_forgetting(ctx), "band")
+el2n_easy, el2n_hard, el2n_band = (_difficulty_part("el2n", pick) for pick in coresets.PICKS)
+forgetting_easy, forgetting_hard, forgetting_band = (_difficulty_part("forgetting", pick) for pick in coresets.PICKS)
