@@ -35,7 +35,7 @@ from challenge_kit.core.contract import (
 )
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitError
-from challenge_kit.core.models import ModelConfig, build_network
+from challenge_kit.core.models import ConvNet, ModelConfig, build_network
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import round_seeds, stream_seeds
@@ -151,7 +151,7 @@ def _init_net(config: ModelConfig, seed: int, device: torch.device, arch: str = 
     stream: the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seeds(seed)[0])
-        net = build_network(arch, config)
+        net = ConvNet(config) if arch == CHALLENGE_NET else build_network(arch, config)
     return net.to(device)
 
 
