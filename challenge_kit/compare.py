@@ -8,7 +8,9 @@ more rounds scores only the (set, round) pairs it lacks. Baselines join the tabl
 drawn like the organizers' sample submission, a coreset of real images, or a run's initialization), with every
 set's gain over them: the improvement over random of DD-Ranking (Li et al., 2025), under the scorer's recipe.
 Other networks (``--arch``) train every set with the scorer's recipe otherwise unchanged, each its own table,
-labelled as not the challenge's network: the official score is the challenge ConvNet's alone.
+labelled as not the challenge's network: the official score is the challenge ConvNet's alone. The file is one job,
+sets and baselines in, paired rounds out, kept whole (past 300 lines) so that what keys a cached round and what
+the rows report are read together.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ augmented on the device, and losses and correct counts stay on the device until 
 
 Read ``train`` beside the official script: it is the whole loop for one network. ``train_rounds`` trains
 seeded rounds (stacked ones through ``_train_stacked``, the fast scorer's variant) and ``evaluate_images``
-scores a set as the leaderboard does; both take the arithmetic as one ``Arithmetic`` (``evaluator.fast``).
+scores a set as the leaderboard does; both take the arithmetic as one ``Arithmetic`` (``evaluator.fast``). The
+recipe is kept in one file (past 300 lines) so that it reads beside the official script as a whole.
 """
 
 from __future__ import annotations
