@@ -91,6 +91,7 @@ def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_
     monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
     result = _compare(tmp_path / "out")
     assert sorted(s for _, s in scorer.calls) == sorted(round_seeds(7, 4) * 3) and result["seeds"] == round_seeds(7, 4)
+    assert set(scorer.archs) == {"convnet"} and result["arch"] == "convnet" and result["architectures"] == []
     new, old, rand = result["sets"]
     assert new["difference"] is None and old["difference"]["mean"] == pytest.approx(old["mean"] - new["mean"])
     assert old["difference"]["verdict"] == WORSE and rand["baseline"]
