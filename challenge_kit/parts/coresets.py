@@ -21,10 +21,10 @@ def herding(features: torch.Tensor, k: int) -> torch.Tensor:
     """Herding (Welling 2009, as iCaRL picks exemplars): add, one at a time, the point that brings the mean of the
     chosen points closest to the mean of all; ``k`` distinct indices in the order chosen."""
     x = features.double()
-    target, total = x.mean(0), torch.zeros_like(x[0])
+    target, total, squares = x.mean(0), torch.zeros_like(x[0]), (x * x).sum(1)
     chosen: list[int] = []
-    for t in range(1, k + 1):
-        gaps = ((total + x) / t - target).norm(dim=1)
+    for t in range(1, k + 1):  # |(total + x) / t - target|^2 less the term all points share: one product a step
+        gaps = squares / t ** 2 + 2 / t * (x @ (total / t - target))
         gaps[chosen] = float("inf")
         chosen.append(int(gaps.argmin()))
         total += x[chosen[-1]]
