@@ -268,17 +268,21 @@ def summarize(entries: list[Entry], scores: dict[str, list[float]]) -> list[dict
 
 def chart(result: dict, path: Path) -> Path:
     """Means with their standard errors beside the paired differences with 2 s.e.: each set's to the first, then
-    the gains over the baselines not drawn yet (the first set's gain is its baseline's difference, negated)."""
-    rows = result["sets"]
-    diffs = [(f"{r['name']} - {rows[0]['name']}", r["difference"]) for r in rows[1:]]
-    order = {r["name"]: i for i, r in enumerate(rows)}
-    diffs += [(f"{r['name']} - {b}", gain) for r in rows[1:] for b, gain in r["gains"].items()
-              if order[b] > order[r["name"]]]  # one direction of each pair
+    the gains over the baselines not drawn yet (the first set's gain is its baseline's difference, negated); each
+    other network's the same, its names marked with the network."""
+    means, diffs = [], []
+    for arch, rows in [(None, result["sets"]), *((a["arch"], a["sets"]) for a in result.get("architectures", []))]:
+        mark = "" if arch is None else f" [{arch}]"
+        order = {r["name"]: i for i, r in enumerate(rows)}
+        means += [(r["name"] + mark, r["mean"], r["se"]) for r in rows]
+        diffs += [(f"{r['name']} - {rows[0]['name']}{mark}", r["difference"]) for r in rows[1:]]
+        diffs += [(f"{r['name']} - {b}{mark}", gain) for r in rows[1:] for b, gain in r["gains"].items()
+                  if order[b] > order[r["name"]]]  # one direction of each pair
     return means_and_differences(
         path, f"{result['dataset']}: {'fast ' if result['scorer']['mode'] == FAST else ''}scorer recipe, "
-              f"{result['epochs']} epochs x {result['rounds']} paired rounds",
-        [(r["name"], r["mean"], r["se"]) for r in rows],
-        [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs], TELLS)
+              f"{result['epochs']} epochs x {result['rounds']} paired rounds"
+              + ("\n[network]: trained on that network, not the official score" if result.get("architectures") else ""),
+        means, [(name, d["mean"], TELLS * d["se"], d["verdict"]) for name, d in diffs], TELLS)
 
 
 def check_budget(rounds: int, epochs: int) -> None:

@@ -270,7 +270,7 @@ def test_other_networks_get_their_own_rows_labelled_unofficial_with_gains_over_e
     assert others[0]["sets"][0]["mean"] == pytest.approx(result["sets"][0]["mean"] - 0.1)  # the fake's other net
     shown = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert shown.exit_code == 0 and len(scorer.archs) == 18  # every round was kept: nothing trained again
-    assert shown.stdout.count("gain over kcenter coreset") == 3
+    assert shown.stdout.count("gain over kcenter coreset") == 3 and (root / "cmp" / CHART).is_file()
     assert "resnet18: not the challenge's network: not the official score" in shown.stdout
     unknown = CliRunner().invoke(app, [*args[:6], "--arch", "resnet50"])
     assert unknown.exit_code == 2 and unknown.stderr.startswith("error: --arch: unknown architecture 'resnet50'; "
