@@ -3,23 +3,26 @@ best real subset at its budget (DD-Ranking's question, and the difficulty-matche
 
 The features and difficulty scores come from networks trained the scorer's way on the training pool (``proxy``:
 the challenge ConvNet, the scorer's SGD, DSA and schedule, shortened to a few epochs, with the scorer's seeded
-streams), looked at after every epoch; the picking rules are ``parts.coresets``, shared with the init parts.
+streams), looked at after every epoch, or from an expert store (``expert_select``: the init parts themselves);
+the picking rules are ``parts.coresets``, shared with the init parts.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.devices import resolve_device
-from challenge_kit.core.errors import KitValueError
+from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.models import ModelConfig, predict
 from challenge_kit.core.seeds import generator, round_seeds
+from challenge_kit.experts.store import ExpertStore
 from challenge_kit.parts import coresets
-from challenge_kit.parts.catalogue import CORESETS
+from challenge_kit.parts.catalogue import CORESETS, REGISTRY
 from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.parts.initializations import real
 from challenge_kit.parts.kinds import InitContext
@@ -130,6 +133,24 @@ def select(method: str, images: torch.Tensor, labels: torch.Tensor, spec: Datase
         "proxy_seconds": round(scores.seconds, 3),
         **({"band_skip": coresets.BAND_SKIP} if method.endswith("_band") else {})}
     return Selection(images[chosen].clone(), method, seed, parameters, time.perf_counter() - start)
+
+
+def expert_select(method: str, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, *, seed: int,
+                  experts_dir: str | Path, device: torch.device | str | None = None) -> Selection:
+    """``method``'s pick with the features and scores of the store's experts instead of a proxy: the init part
+    of that name, run on the whole training split (timed, the store read included)."""
+    check_method(method)
+    start, store = time.perf_counter(), ExpertStore(experts_dir)
+    complete = store.complete()
+    if not complete:
+        raise KitFileError(experts_dir, "no complete experts in this store; train them with `ddkit experts` first")
+    model = complete[0].model_config
+    ctx = InitContext(spec, images, labels, store.trajectories(spec, model, 1), model, generator(seed),
+                      resolve_device(device))
+    chosen = REGISTRY["init"]["real" if method == "random" else method].impl(ctx)
+    return Selection(chosen, method, seed, {} if method == "random" else {
+        "scores": f"the {len(complete)} complete experts of {experts_dir}", "experts": str(experts_dir)},
+        time.perf_counter() - start)
 
 
 def describe(method: str) -> str:

@@ -239,6 +239,9 @@ def baseline(
     seed: Annotated[int, seed_option("which random images; the coresets' proxy networks and tie-breaks")] = 0,
     score_epochs: ScoreEpochs = 10,
     score_models: ScoreModels = 2,
+    experts_dir: Annotated[str | None, typer.Option("--experts", metavar="STORE", help="pick the coresets with this "
+                                                    "expert store's features and scores (as the init parts do) "
+                                                    "instead of training networks for them")] = None,
     device: Device = None,
     download: Download = False,
     cache_dir: CacheDir = None,
@@ -252,6 +255,6 @@ def baseline(
     from challenge_kit.core.devices import usable_device
 
     manifest = make_baseline(dataset, data_root, out, seed=seed, method=method, score_epochs=score_epochs,
-                             score_models=score_models, device=usable_device(device), download=download,
-                             cache_dir=cache_dir, image_folder=image_folder, overwrite=overwrite)
+                             score_models=score_models, experts_dir=experts_dir, device=usable_device(device),
+                             download=download, cache_dir=cache_dir, image_folder=image_folder, overwrite=overwrite)
     render.manifest(manifest, out, as_json)

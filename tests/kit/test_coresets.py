@@ -14,12 +14,15 @@ from typer.testing import CliRunner
 
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, default_labels
-from challenge_kit.core.models import ConvNet, ModelConfig, predict
+from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_, predict
 from challenge_kit.core.reading import load_torch
 from challenge_kit.core.seeds import round_seeds, stream_seeds
 from challenge_kit.coresets import METHODS, proxy, select
 from challenge_kit.data import load_split
+from challenge_kit.experts.store import ExpertStore
+from challenge_kit.experts.training import train_experts
 from challenge_kit.parts import coresets
+from challenge_kit.recipes import ExpertConfig
 from evaluator.scorer import train
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=16)
@@ -138,3 +141,24 @@ def test_an_unknown_method_or_an_empty_proxy_is_one_error_line_before_any_work(t
     empty = CliRunner().invoke(app, ["baseline", "tinyimagenet", "--data-root", str(tiny / "nowhere"), "--out",
                                      str(tiny / "y"), "--method", "herding", "--score-epochs", "0"])
     assert empty.exit_code == 1 and empty.stderr == "error: --score-epochs and --score-models must be at least 1\n"
+
+
+def test_with_an_expert_store_the_coresets_read_its_experts_as_the_init_parts_do(tiny):
+    images, labels, spec = load_split("tinyimagenet", tiny / "data", "train")
+    model = ModelConfig.for_spec(spec, width=8, depth=1)
+    train_experts(images, labels, images, labels, spec, ExpertConfig(num_experts=1, epochs=2, batch_size=12, lr=0.05),
+                  tiny / "experts", model=model)
+    done = CliRunner().invoke(app, ["baseline", "tinyimagenet", "--data-root", str(tiny / "data"), "--out",
+                                    str(tiny / "from-experts"), "--method", "herding", "--experts",
+                                    str(tiny / "experts"), "--device", "cpu", "--json"])
+    assert done.exit_code == 0, done.output
+    net = load_flat_(ConvNet(model), ExpertStore(tiny / "experts").trajectories(spec, model, 1).last(0)).eval()
+    with torch.no_grad():
+        features = net.embed(images)
+    rows = torch.cat([torch.nonzero(labels == c).flatten()[coresets.herding(features[labels == c], spec.ipc)]
+                      if (labels == c).sum() > spec.ipc else None for c in range(spec.num_classes)])
+    assert torch.equal(load_torch(tiny / "from-experts" / "tinyimagenet.pt"), images[rows])
+    assert json.loads(done.stdout)["baseline"]["parameters"]["experts"] == str(tiny / "experts")
+    missing = CliRunner().invoke(app, ["baseline", "tinyimagenet", "--data-root", str(tiny / "data"), "--out",
+                                       str(tiny / "none"), "--method", "herding", "--experts", str(tiny / "nowhere")])
+    assert missing.exit_code == 1 and missing.stderr.startswith(f"error: {tiny / 'nowhere'}: no expert store here")
