@@ -8,7 +8,8 @@ augmented on the device, and losses and correct counts stay on the device until 
 
 Read ``train`` beside the official script: it is the whole loop for one network. ``train_rounds`` trains
 seeded rounds (stacked ones through ``_train_stacked``, the fast scorer's variant) and ``evaluate_images``
-scores a set as the leaderboard does; both take the arithmetic as one ``Arithmetic`` (``evaluator.fast``).
+scores a set as the leaderboard does; both take the arithmetic as one ``Arithmetic`` (``evaluator.fast``). The
+recipe is kept in one file (past 300 lines) so that it reads beside the official script as a whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from challenge_kit.core import augment
 from challenge_kit.core.contract import (
     BATCH_SIZE,
+    CHALLENGE_NET,
     EPOCHS,
     LR,
     LR_DECAY,
@@ -34,7 +36,7 @@ from challenge_kit.core.contract import (
 )
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitError
-from challenge_kit.core.models import ConvNet, ModelConfig
+from challenge_kit.core.models import ConvNet, ModelConfig, build_network
 from challenge_kit.core.parallel import LOCAL, Shard, rank_indices
 from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import round_seeds, stream_seeds
@@ -145,10 +147,12 @@ def _train_stacked(nets: list[torch.nn.Module], images: torch.Tensor, labels: to
     unstack()
 
 
-def _init_net(config: ModelConfig, seed: int, device: torch.device) -> ConvNet:
+def _init_net(config: ModelConfig, seed: int, device: torch.device, arch: str = CHALLENGE_NET) -> torch.nn.Module:
+    """Round ``seed``'s fresh network (the challenge ConvNet unless ``arch`` names another), drawn from its own
+    stream: the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seeds(seed)[0])
-        net = ConvNet(config)
+        net = ConvNet(config) if arch == CHALLENGE_NET else build_network(arch, config)
     return net.to(device)
 
 
@@ -158,25 +162,35 @@ def _generators(seed: int, device: torch.device) -> Streams:
     return torch.Generator(device=device).manual_seed(on_device), torch.Generator().manual_seed(on_cpu)
 
 
+def fresh_round(config: ModelConfig, seed: int, device: torch.device, arch: str = CHALLENGE_NET
+                ) -> tuple[torch.nn.Module, Streams]:
+    """Round ``seed``'s fresh network and its streams, for a caller that drives ``train`` itself (to look at the
+    network between epochs) and still trains the round as ``train_rounds`` would."""
+    return _init_net(config, seed, device, arch), _generators(seed, device)
+
+
 def train_rounds(images: torch.Tensor, labels: torch.Tensor, seeds: list[int], *, num_classes: int,
                  epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE,
                  device: torch.device | str | None = None, progress: Progress | None = None,
-                 how: Arithmetic = Arithmetic()) -> list[torch.nn.Module]:
-    """The scorer's rounds of ``seeds``: per seed a fresh ConvNet trained on (images, labels); the trained nets.
+                 how: Arithmetic = Arithmetic(), arch: str = CHALLENGE_NET) -> list[torch.nn.Module]:
+    """The scorer's rounds of ``seeds``: per seed a fresh network (the challenge ConvNet unless ``arch`` names
+    another, ``core.contract.ARCHITECTURES``) trained on (images, labels); the trained nets.
 
     ``labels`` are class indices (N,) or soft targets (N, K); the challenge always uses default order. A seed
     fixes init, shuffling and augmentation, each its own stream (bit-reproducible on CPU). Rounds train one at
-    a time, or ``how.stacked`` at once, each as it would alone.
+    a time, or ``how.stacked`` at once, each as it would alone (one at a time for a network with buffers: batch
+    norm's running statistics cannot be stacked).
     """
     device = resolve_device(device)
     config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
-    nets = [_init_net(config, seed, device) for seed in seeds]
+    nets = [_init_net(config, seed, device, arch) for seed in seeds]
     images = images.detach().to(device, torch.float32)
     labels = labels.detach().to(device)
     labels = labels.float() if labels.is_floating_point() else labels.long()
-    for b in range(0, len(seeds), how.stacked):
-        group = nets[b:b + how.stacked]
-        streams = [_generators(seed, device) for seed in seeds[b:b + how.stacked]]
+    together = 1 if any(True for _ in nets[0].buffers()) else how.stacked
+    for b in range(0, len(seeds), together):
+        group = nets[b:b + together]
+        streams = [_generators(seed, device) for seed in seeds[b:b + together]]
         if len(group) == 1:
             train(group[0], images, labels, epochs=epochs, lr=lr, batch_size=batch_size, generator=streams[0][0],
                   group_generator=streams[0][1], progress=progress, how=how)

@@ -6,7 +6,22 @@ from typing import Annotated
 
 import typer
 
-from challenge_kit.cli.options import CacheDir, DatasetOption, Device, JsonObject, choice, out_folder, seed_option
+from challenge_kit.cli.options import (
+    BASELINE_METHODS,
+    CacheDir,
+    DatasetOption,
+    Device,
+    JsonObject,
+    ScoreEpochs,
+    ScoreModels,
+    choice,
+    completion,
+    out_folder,
+    seed_option,
+)
+from challenge_kit.core.contract import ARCHITECTURES, CHALLENGE_NET
+
+BASELINES = ("random", "init", *BASELINE_METHODS[1:])
 
 
 def compare(
@@ -21,18 +36,27 @@ def compare(
         "--label", metavar="NAME", help="a short name for each set, in order, for the table and the figure "
                                         "(default: the shortest part of each path that tells them apart)")] = None,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", metavar="random|init", parser=choice("baseline", ("random", "init")),
-        help="random (random real training images, needs --data-root) or init (the initialization of a "
-             "make-submission folder among the sets); repeatable")] = None,
+        "--baseline", metavar="NAME", parser=choice("baseline", BASELINES), autocompletion=completion(BASELINES),
+        help="random (random real training images, needs --data-root), init (the initialization of a "
+             "make-submission folder among the sets) or a coreset of real images, as `ddkit baseline --method` "
+             "picks it (herding, kcenter, el2n_easy|hard|band, forgetting_easy|hard|band; needs --data-root); "
+             "repeatable")] = None,
+    archs: Annotated[list[str] | None, typer.Option(
+        "--arch", metavar="NET", parser=choice("architecture", ARCHITECTURES), autocompletion=completion(ARCHITECTURES),
+        help="also train every set on this network with the scorer's recipe otherwise unchanged: "
+             f"{', '.join(a for a in ARCHITECTURES if a != CHALLENGE_NET)} (docs/baselines.md); its table is not "
+             "the official score, which is the challenge ConvNet's; repeatable")] = None,
     rounds: Annotated[int, typer.Option("--rounds", metavar="R", help="paired rounds, the same seeds for every set")
                       ] = 5,
     epochs: Annotated[int | None, typer.Option("--epochs", metavar="E", help="epochs per round (default: the "
                                                                              "scorer's 1001)")] = None,
     seed: Annotated[int, seed_option("round r's seed is SEED * 1000 + r")] = 1000,
     data_root: Annotated[str | None, typer.Option("--data-root", metavar="ROOT",
-                                                  help="real data, for --baseline random")] = None,
-    baseline_seed: Annotated[int, seed_option("which random images (as `ddkit baseline --seed`)",
-                                              "--baseline-seed")] = 0,
+                                                  help="real data, for every baseline but init")] = None,
+    baseline_seed: Annotated[int, seed_option("which random images, the coresets' proxy networks (as `ddkit "
+                                              "baseline --seed`)", "--baseline-seed")] = 0,
+    score_epochs: ScoreEpochs = 10,
+    score_models: ScoreModels = 2,
     dataset: DatasetOption = None,
     device: Device = None,
     fast: Annotated[bool, typer.Option("--fast", help="score with the fast scorer (bfloat16, compiled where "
@@ -41,24 +65,26 @@ def compare(
     cache_dir: CacheDir = None,
     as_json: JsonObject = False,
 ) -> None:
-    """Is a set better than another, and than random real images? Paired rounds, mean +- s.e. and a verdict."""
+    """Is a set better than another, than real images, on other networks? Paired rounds, mean +- s.e., a verdict."""
     from challenge_kit.cli import render
     from challenge_kit.compare import baseline_entries, check_baselines, check_budget, load_sets
     from challenge_kit.compare import compare as run
     from challenge_kit.core.devices import usable_device
     from challenge_kit.core.folders import output_folder
+    from challenge_kit.coresets import check_method
     from evaluator.scorer import EPOCHS
 
     epochs = EPOCHS if epochs is None else epochs
     check_budget(rounds, epochs)
     check_baselines(baseline or [], data_root)
+    check_method("random", epochs=score_epochs, models=score_models)
     output_folder(out)
     dev = usable_device(device)
     entries, spec, test = load_sets(sets, reference, dataset, labels)
     entries += baseline_entries(baseline or [], sets, spec, data_root=data_root, seed=baseline_seed,
-                                cache_dir=cache_dir)
-    result = run(entries, spec, test, out, rounds=rounds, epochs=epochs, seed=seed,
-                 device=dev, extra={"reference": reference}, mode="fast" if fast else "faithful")
+                                cache_dir=cache_dir, score_epochs=score_epochs, score_models=score_models, device=dev)
+    result = run(entries, spec, test, out, rounds=rounds, epochs=epochs, seed=seed, device=dev,
+                 extra={"reference": reference}, mode="fast" if fast else "faithful", archs=archs or [])
     render.show(result, as_json, table)
 
 
@@ -78,16 +104,24 @@ def rounds_needed(d: dict | None, rounds: int) -> str:
 
 
 def table(result: dict) -> None:
+    """The challenge ConvNet's table, then one per other network (``--arch``), each titled as such."""
+    from challenge_kit.core.progress import make_console
+
+    console = make_console()
+    console.print(_table(result, result["sets"], ""))
+    for other in result.get("architectures") or []:
+        console.print(_table(result, other["sets"], f"{other['label']}\n"))
+
+
+def _table(result: dict, rows: list[dict], network: str):
     from rich.markup import escape
     from rich.table import Table
 
-    from challenge_kit.core.progress import make_console
-
-    rows, rounds = result["sets"], result["rounds"]
+    rounds = result["rounds"]
     baselines = [r["name"] for r in rows if r["baseline"]]
     fast = (result.get("scorer") or {}).get("mode") == "fast"
-    table = Table(title=f"{result['dataset']}\n{'fast ' if fast else ''}scorer recipe on {result['test_images']} "
-                        "test images, "
+    table = Table(title=f"{escape(network)}{result['dataset']}\n{'fast ' if fast else ''}scorer recipe on "
+                        f"{result['test_images']} test images, "
                         f"{result['epochs']} epochs x {rounds} paired rounds (seeds {result['seeds'][0]}..), "
                         f"{result['device']}",
                   caption=f"every set trained with default-order hard labels, as the scorer does; differences are "
@@ -101,4 +135,4 @@ def table(result: dict) -> None:
         d = r["difference"]
         table.add_row(name, f"{r['mean']:.4f} +- {r['se']:.4f}", judgement(d), "-" if d is None else d["verdict"],
                       rounds_needed(d, rounds), *(judgement(r["gains"].get(b)) for b in baselines))
-    make_console().print(table)
+    return table

@@ -16,6 +16,7 @@ import typer
 from challenge_kit.core.contract import SPECS
 from challenge_kit.core.devices import DEVICES, known_device
 from challenge_kit.core.errors import KitValueError
+from challenge_kit.parts.catalogue import CORESETS
 from challenge_kit.recipes import method_names, profile_names, shipped_names
 from challenge_kit.tracking import SINKS
 
@@ -120,6 +121,13 @@ def checked_seed(value: int | None) -> int | None:
     if problem is not None:
         raise KitValueError(f"--seed: {problem}")
     return value
+
+
+BASELINE_METHODS = ("random", *CORESETS)  # `ddkit baseline --method`, also `ddkit compare --baseline`
+ScoreEpochs = Annotated[int, typer.Option("--score-epochs", metavar="E", help="epochs of the scorer-trained networks "
+                                          "whose features and difficulty scores pick the coresets")]
+ScoreModels = Annotated[int, typer.Option("--score-models", metavar="M", help="those networks: EL2N averaged and "
+                                          "forgetting events summed over them")]
 
 
 def seed_option(help: str, name: str = "--seed"):

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from challenge_kit.cli.options import (
+    BASELINE_METHODS,
     RECIPES,
     SET_HELP,
     CacheDir,
@@ -29,6 +30,8 @@ from challenge_kit.cli.options import (
     Profile,
     Recipe,
     ReplaceExperts,
+    ScoreEpochs,
+    ScoreModels,
     Track,
     choice,
     completion,
@@ -228,17 +231,30 @@ def baseline(
     dataset: DatasetOrSubset,
     data_root: DataRoot,
     out: Annotated[str, out_folder("output folder for <name>.pt, manifest.json, preview.png")],
-    seed: Annotated[int, seed_option("which random images")] = 0,
+    method: Annotated[str, typer.Option(
+        "--method", metavar="METHOD", parser=choice("method", BASELINE_METHODS),
+        autocompletion=completion(BASELINE_METHODS),
+        help="random (the organizers' sample submission) or a coreset: herding, kcenter, el2n_easy|hard|band, "
+             "forgetting_easy|hard|band (docs/baselines.md)")] = "random",
+    seed: Annotated[int, seed_option("which random images; the coresets' proxy networks and tie-breaks")] = 0,
+    score_epochs: ScoreEpochs = 10,
+    score_models: ScoreModels = 2,
+    experts_dir: Annotated[str | None, typer.Option("--experts", metavar="STORE", help="pick the coresets with this "
+                                                    "expert store's features and scores (as the init parts do) "
+                                                    "instead of training networks for them")] = None,
+    device: Device = None,
     download: Download = False,
     cache_dir: CacheDir = None,
     image_folder: ImageFolder = False,
     as_json: JsonManifest = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """The organizers' sample submission: random real images, IPC per class in default order; a floor to beat."""
+    """Real images, IPC per class in default order: the organizers' random sample or a coreset; a floor to beat."""
     from challenge_kit.baseline import make_baseline
     from challenge_kit.cli import render
+    from challenge_kit.core.devices import usable_device
 
-    manifest = make_baseline(dataset, data_root, out, seed=seed, download=download, cache_dir=cache_dir,
-                             image_folder=image_folder, overwrite=overwrite)
+    manifest = make_baseline(dataset, data_root, out, seed=seed, method=method, score_epochs=score_epochs,
+                             score_models=score_models, experts_dir=experts_dir, device=usable_device(device),
+                             download=download, cache_dir=cache_dir, image_folder=image_folder, overwrite=overwrite)
     render.manifest(manifest, out, as_json)

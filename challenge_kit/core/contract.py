@@ -144,6 +144,13 @@ BATCH_SIZE = 256
 # cheaper one for its own decisions (evaluator/fast.py). Named here so that recipes name them before torch loads.
 FAITHFUL, FAST = "faithful", "fast"
 SCORER_MODES = (FAITHFUL, FAST)
+# The networks a set can be trained on with that recipe (core/models.py builds them): the challenge ConvNet, whose
+# score alone is official, its variants, and ResNet-18 and VGG-11 as DD papers adapt them. Named here for the CLI.
+CHALLENGE_NET = "convnet"
+CONVNET_VARIANTS = {CHALLENGE_NET: {}, "convnet-w64": {"width": 64}, "convnet-d4": {"depth": 4},
+                    "convnet-bn": {"norm": "batchnorm"}, "convnet-ln": {"norm": "layernorm"},
+                    "convnet-nonorm": {"norm": "none"}}
+ARCHITECTURES = (*CONVNET_VARIANTS, "resnet18", "vgg11")
 
 # Training images per class in the real downloads (CIFAR-100's train split, Tiny ImageNet's train folders).
 TRAIN_PER_CLASS = {"cifar100": 500, "tinyimagenet": 500}

@@ -1,21 +1,23 @@
-"""The challenge ConvNet (DC/MTT layout) and a functional view of it on one flat parameter vector.
+"""The challenge ConvNet (DC/MTT layout), a functional view of it on one flat parameter vector, and the other
+networks a set is scored on across architectures.
 
 The layout (``features.0`` conv, ``features.1`` norm, ..., ``classifier``) matches the DC/MTT/DATM code,
 so their checkpoints and replay buffers load unchanged. Trajectory matching runs the same network on a
-flat vector of parameters, which is what experts store and what the matching loss compares.
+flat vector of parameters, which is what experts store and what the matching loss compares. The
+cross-architecture networks (``build_network``) live here because the scorer trains them (docs/scorer.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import parameters_to_vector
 
-from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.contract import ARCHITECTURES, CONVNET_VARIANTS, DatasetSpec
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid")
@@ -121,6 +123,54 @@ def unflatten_params(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -
         out[name] = flat[offset:offset + n].view(shape)
         offset += n
     return out
+
+
+def _instance_norm(channels: int) -> nn.Module:
+    """The DC/MTT networks' default norm: instance norm with affine parameters, written as GroupNorm(C, C)."""
+    return nn.GroupNorm(channels, channels, affine=True)
+
+
+def resnet18(config: ModelConfig) -> nn.Module:
+    """torchvision's ResNet-18 as DD papers train it at 32/64 px: a 3x3 stride-1 stem, no max-pool, instance norm;
+    its global average pool then a linear classifier on 512 features."""
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    net = torchvision_resnet18(num_classes=config.num_classes, norm_layer=_instance_norm)
+    net.conv1 = nn.Conv2d(config.channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def vgg11(config: ModelConfig) -> nn.Module:
+    """torchvision's VGG-11 (configuration A) as DD papers train it: instance norm after every conv, global average
+    pooling of the last 512 channels and one linear classifier instead of the 4096-wide head."""
+    from torchvision.models import vgg11 as torchvision_vgg11
+    from torchvision.models.vgg import cfgs, make_layers
+
+    net = torchvision_vgg11(num_classes=config.num_classes)
+    net.features = make_layers(cfgs["A"], batch_norm=True)
+    for i, layer in enumerate(net.features):
+        if isinstance(layer, nn.BatchNorm2d):
+            net.features[i] = _instance_norm(layer.num_features)
+    net.avgpool = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Linear(512, config.num_classes)
+    return net
+
+
+def build_network(arch: str, config: ModelConfig) -> nn.Module:
+    """The network ``arch`` names (``ARCHITECTURES``) for ``config``'s classes and image size, every layer with
+    PyTorch's default initialization (the DC/MTT networks'); ``convnet`` is the scorer's ConvNet itself."""
+    if arch in CONVNET_VARIANTS:
+        return ConvNet(replace(config, **CONVNET_VARIANTS[arch]))
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} not in {ARCHITECTURES}")
+    if config.channels != 3:
+        raise ValueError(f"{arch} takes 3-channel images, not {config.channels}")
+    net = resnet18(config) if arch == "resnet18" else vgg11(config)
+    for module in net.modules():
+        if module is not net and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return net
 
 
 INFERENCE_BATCH = 512  # images per forward pass wherever the kit only predicts (eval mode, no gradient)

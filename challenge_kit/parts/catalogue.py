@@ -130,6 +130,17 @@ PARTS = (
     Part("init", "noise", "standard Gaussian noise", "MTT", "initializations.noise"),
     Part("init", "kmeans", "per class, the real images nearest the K-means centroids (K = IPC) of the first "
          "expert's penultimate features", "smooth experts", "initializations.representative"),
+    Part("init", "herding", "per class, herding in the first expert's penultimate features: each image added "
+         "brings the chosen images' mean closest to the class mean", "herding (iCaRL)", "initializations.herding"),
+    Part("init", "kcenter", "per class, k-center greedy in the first expert's penultimate features: a seeded first "
+         "image, then always the one farthest from those chosen", "k-center coreset", "initializations.kcenter"),
+    *(Part("init", f"{score}_{pick}", f"per class, the {what} by {label} ({source})", source,
+           f"initializations.{score}_{pick}")
+      for score, label, source in (("el2n", "EL2N of the experts' snapshots a tenth of the way through, averaged",
+                                    "EL2N"),
+                                   ("forgetting", "forgetting events over the first expert's epochs", "forgetting"))
+      for pick, what in (("easy", "IPC easiest"), ("hard", "IPC hardest"),
+                         ("band", "IPC next-easiest after skipping the IPC easiest"))),
     Part("labels", "hard", "default-order hard labels, image i is class i // IPC (what the scorer uses)", "M-DATM",
          "labels.Hard", challenge=True),
     Part("labels", "learned_soft", "soft labels initialized from the experts' logits on the images they classify "
@@ -160,6 +171,9 @@ PARTS = (
          "epoch add_end_epoch, then drop the easiest drop_easy in one step (FIEX)", "PAD", "expert_parts.EasyFirst",
          EasyFirstParams),
 )
+# The init parts that are coreset selections: each is also a `ddkit baseline --method` and `compare --baseline`.
+CORESETS = ("herding", "kcenter", *(f"{score}_{pick}" for score in ("el2n", "forgetting")
+                                    for pick in ("easy", "hard", "band")))
 REGISTRY: dict[str, dict[str, Part]] = {kind: {p.name: p for p in PARTS if p.kind == kind} for kind in KINDS}
 
 

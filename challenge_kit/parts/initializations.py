@@ -1,4 +1,8 @@
-"""Initializations: the IPC real (or noise) images per class, in default order, that distillation starts from."""
+"""Initializations: the IPC real (or noise) images per class, in default order, that distillation starts from.
+
+The coreset ones (herding, k-center, EL2N and forgetting picks) read features and scores off the experts; the
+same rules pick ``ddkit baseline``'s sets from networks trained the scorer's way (``parts.coresets``).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,20 @@ import torch
 
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, load_flat_, predict
+from challenge_kit.parts import coresets
+from challenge_kit.parts.expert_parts import el2n
 from challenge_kit.parts.kinds import InitContext
 
 KMEANS_ITERATIONS = 50
 CORRECT_EXPERTS = 3  # experts asked in turn for correctly classified images before falling back to any
+SCORE_EXPERTS = 3  # experts whose early snapshots' EL2N is averaged (Paul et al. average over several inits)
 
 
 @torch.no_grad()
-def expert_model(ctx: InitContext, expert: int = 0) -> ConvNet:
-    """An expert's last snapshot as an eval-mode ConvNet on the run's device."""
-    return load_flat_(ConvNet(ctx.model).to(ctx.device), ctx.experts.last(expert)).eval()
+def expert_model(ctx: InitContext, expert: int = 0, epoch: int | None = None) -> ConvNet:
+    """An expert's snapshot (its last by default) as an eval-mode ConvNet on the run's device."""
+    flat = ctx.experts.last(expert) if epoch is None else ctx.experts.snapshot(expert, epoch)
+    return load_flat_(ConvNet(ctx.model).to(ctx.device), flat).eval()
 
 
 def _pools(ctx: InitContext) -> list[torch.Tensor]:
@@ -100,3 +108,59 @@ def representative(ctx: InitContext) -> torch.Tensor:
         centroids = kmeans(features, ctx.spec.ipc, ctx.generator)
         chosen.append(pool[nearest_distinct(features, centroids)])
     return ctx.images[torch.cat(chosen)].clone()
+
+
+def _features(ctx: InitContext) -> torch.Tensor:
+    model = expert_model(ctx)
+    return predict(model, model.embed, ctx.images, ctx.device)
+
+
+def herding(ctx: InitContext) -> torch.Tensor:
+    features = _features(ctx)
+    return ctx.images[coresets.per_class(ctx.labels, ctx.spec.num_classes, ctx.spec.ipc, ctx.generator,
+                                         lambda pool: coresets.herding(features[pool], ctx.spec.ipc))].clone()
+
+
+def kcenter(ctx: InitContext) -> torch.Tensor:
+    features = _features(ctx)
+    return ctx.images[coresets.per_class(ctx.labels, ctx.spec.num_classes, ctx.spec.ipc, ctx.generator,
+                                         lambda pool: coresets.kcenter(features[pool], ctx.spec.ipc, ctx.generator)
+                                         )].clone()
+
+
+def expert_el2n(ctx: InitContext) -> torch.Tensor:
+    """EL2N early in training: the experts' snapshots a tenth of the way through, averaged over experts."""
+    epoch, experts = max(1, ctx.experts.epochs // 10), min(SCORE_EXPERTS, ctx.experts.count)
+    labels = ctx.labels.to(ctx.device)
+    return sum(el2n(predict(m, m, ctx.images, ctx.device).to(ctx.device), labels).cpu()
+               for m in (expert_model(ctx, e, epoch) for e in range(experts))) / experts
+
+
+def expert_forgetting(ctx: InitContext) -> torch.Tensor:
+    """Forgetting events of the first expert, looking at its snapshot after every epoch."""
+    looks = []
+    for epoch in range(1, ctx.experts.epochs + 1):
+        model = expert_model(ctx, 0, epoch)
+        looks.append(predict(model, model, ctx.images, ctx.device).argmax(1).cpu() == ctx.labels.cpu())
+    return coresets.forgetting_counts(torch.stack(looks))
+
+
+def _by_difficulty(ctx: InitContext, scores: torch.Tensor, pick: str) -> torch.Tensor:
+    return ctx.images[coresets.per_class(ctx.labels, ctx.spec.num_classes, ctx.spec.ipc, ctx.generator,
+                                         lambda pool: coresets.ranked(scores[pool], ctx.spec.ipc, pick,
+                                                                      ctx.generator))].clone()
+
+
+def _difficulty_part(score: str, pick: str):
+    """The init part that keeps each class's ``pick`` images by ``score`` (``el2n`` or ``forgetting``)."""
+    scores = expert_el2n if score == "el2n" else expert_forgetting
+
+    def part(ctx: InitContext) -> torch.Tensor:
+        return _by_difficulty(ctx, scores(ctx), pick)
+
+    part.__name__ = part.__qualname__ = f"{score}_{pick}"
+    return part
+
+
+el2n_easy, el2n_hard, el2n_band = (_difficulty_part("el2n", pick) for pick in coresets.PICKS)
+forgetting_easy, forgetting_hard, forgetting_band = (_difficulty_part("forgetting", pick) for pick in coresets.PICKS)

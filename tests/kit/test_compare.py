@@ -36,11 +36,13 @@ class FakeScorer:
         self.calls: list[tuple[float, int]] = []
         self.modes: set[str] = set()
         self.groups: list[int] = []  # rounds per call
+        self.archs: list[str] = []  # the network of each call
         self.stop = stop
 
     def __call__(self, images, labels, test_images, test_labels, *, num_classes, seeds, epochs, device, progress,
-                 how):
+                 how, arch="convnet"):
         self.modes.add(how.mode)
+        self.archs.append(arch)
         self.groups.append(len(seeds))
         assert images.dtype == torch.float32 and torch.equal(labels, default_labels(num_classes, len(images) //
                                                                                     num_classes))
@@ -49,7 +51,8 @@ class FakeScorer:
             if len(self.calls) == self.stop:
                 raise KeyboardInterrupt
             self.calls.append((round(float(images.sum()), 3), seed))
-            accuracies.append(0.3 + 0.05 * float(images.mean()) + 0.01 * ((seed * 7919) % 13) / 13 + 0.002 * (seed % 3))
+            accuracies.append(0.3 + 0.05 * float(images.mean()) + 0.01 * ((seed * 7919) % 13) / 13 + 0.002 * (seed % 3)
+                              - 0.1 * (arch != "convnet"))
         return accuracies
 
 
@@ -88,6 +91,7 @@ def test_every_set_is_scored_on_the_same_seeds_and_judged_against_the_first(tmp_
     monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
     result = _compare(tmp_path / "out")
     assert sorted(s for _, s in scorer.calls) == sorted(round_seeds(7, 4) * 3) and result["seeds"] == round_seeds(7, 4)
+    assert set(scorer.archs) == {"convnet"} and result["arch"] == "convnet" and result["architectures"] == []
     new, old, rand = result["sets"]
     assert new["difference"] is None and old["difference"]["mean"] == pytest.approx(old["mean"] - new["mean"])
     assert old["difference"]["verdict"] == WORSE and rand["baseline"]
@@ -226,6 +230,7 @@ def test_sets_are_named_by_what_tells_their_paths_apart_or_by_their_labels(world
 
 @pytest.mark.parametrize("extra, message", [
     (["--baseline", "random"], "error: --baseline random: needs --data-root"),
+    (["--baseline", "init", "--baseline", "herding"], "error: --baseline herding: needs --data-root"),
     (["--baseline", "init"], "error: --baseline init: none of the sets is a make-submission folder"),
 ])
 def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
@@ -235,8 +240,41 @@ def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
     assert done.exit_code == 1 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1
     unknown = CliRunner().invoke(app, ["compare", str(root / "other" / "tinyimagenet.pt"), "--reference", str(ref),
                                        "--out", str(root / "cmp"), "--baseline", "best"])
-    assert unknown.exit_code == 2 and unknown.stderr == "error: --baseline: unknown baseline 'best'; choose random " \
-                                                        "or init\n"
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: --baseline: unknown baseline 'best'; choose "
+                                                                "random, init, herding, kcenter, el2n_easy")
+
+
+def test_other_networks_get_their_own_rows_labelled_unofficial_with_gains_over_every_baseline(world, monkeypatch):
+    root, data, ref, run = world
+    scorer = FakeScorer()
+    monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
+    args = ["compare", str(run), "--reference", str(ref), "--out", str(root / "cmp"), "--baseline", "random",
+            "--baseline", "kcenter", "--data-root", str(data), "--score-epochs", "1", "--score-models", "1",
+            "--arch", "resnet18", "--arch", "convnet-bn", "--epochs", "1", "--rounds", "2", "--device", "cpu"]
+    done = CliRunner().invoke(app, [*args, "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert scorer.archs == ["convnet"] * 6 + ["resnet18"] * 6 + ["convnet-bn"] * 6  # 3 sets x 2 rounds each
+    assert result["arch"] == "convnet" and [r["name"] for r in result["sets"]] == ["run", "random real images",
+                                                                                    "kcenter coreset"]
+    others = result["architectures"]
+    assert [(a["arch"], a["official"]) for a in others] == [("resnet18", False), ("convnet-bn", False)]
+    assert all("not the official score" in a["label"] for a in others)
+    for table_rows in (result["sets"], *(a["sets"] for a in others)):
+        first = table_rows[0]
+        assert set(first["gains"]) == {"random real images", "kcenter coreset"}
+        for b in table_rows[1:]:  # paired: the mean of the round differences on that network
+            gain = first["gains"][b["name"]]
+            assert gain["mean"] == pytest.approx(sum(x - y for x, y in zip(first["rounds"], b["rounds"],
+                                                                           strict=True)) / 2)
+    assert others[0]["sets"][0]["mean"] == pytest.approx(result["sets"][0]["mean"] - 0.1)  # the fake's other net
+    shown = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert shown.exit_code == 0 and len(scorer.archs) == 18  # every round was kept: nothing trained again
+    assert shown.stdout.count("gain over kcenter coreset") == 3 and (root / "cmp" / CHART).is_file()
+    assert "resnet18: not the challenge's network: not the official score" in shown.stdout
+    unknown = CliRunner().invoke(app, [*args[:6], "--arch", "resnet50"])
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: --arch: unknown architecture 'resnet50'; "
+                                                                "choose convnet, convnet-w64")
 
 
 def test_the_random_baseline_is_the_set_ddkit_baseline_draws_with_that_seed(world):

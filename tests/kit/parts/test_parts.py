@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from challenge_kit import parts
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.errors import KitValueError
-from challenge_kit.core.models import FunctionalConvNet, ModelConfig
+from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, load_flat_
 from challenge_kit.experts.store import ExpertStore
 from challenge_kit.experts.training import difficulty_order, expert_lr, train_experts
 from challenge_kit.matching import Matching, match, plan_inner_steps
-from challenge_kit.parts import expert_parts, initializations, kinds, labels, matching_parts
+from challenge_kit.parts import coresets, expert_parts, initializations, kinds, labels, matching_parts
+from challenge_kit.parts.catalogue import CORESETS
 from challenge_kit.recipes import DistillConfig, ExpertConfig, load_recipe
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=8)
@@ -48,7 +49,8 @@ def store(tmp_path_factory):
 
 def test_every_kind_has_its_parts_and_unknown_names_are_refused_naming_the_known_ones():
     names = {kind: set(parts.REGISTRY[kind]) for kind in parts.KINDS}
-    assert names["init"] == {"real", "real_correct", "noise", "kmeans"}
+    assert names["init"] == {"real", "real_correct", "noise", "kmeans", "herding", "kcenter", "el2n_easy",
+                             "el2n_hard", "el2n_band", "forgetting_easy", "forgetting_hard", "forgetting_band"}
     assert names["labels"] == {"hard", "learned_soft", "assigned_soft"}
     assert names["mask"] == {"all", "deep"} and names["weights"] == {"uniform", "balanced"}
     assert names["terms"] == {"final", "intermediate"} and names["perturb"] == {"none", "filter_noise"}
@@ -267,6 +269,32 @@ def test_representative_init_picks_ipc_distinct_images_of_each_class_in_default_
     for i, c in enumerate(default_labels(3, 2).tolist()):
         assert any(torch.equal(got[i], x[j]) for j in torch.nonzero(y == c).flatten())
     assert len({tuple(img.flatten()[:5].tolist()) for img in got}) == 6
+
+
+def test_coreset_inits_pick_by_the_experts_features_and_scores_as_the_baselines_do(store):
+    """Herding on the first expert's last features; EL2N of the experts' early snapshots; forgetting over the first
+    expert's epochs: each written out here from the snapshots, then picked by the same rule as ``ddkit baseline``."""
+    x, y = _data()
+    ctx = lambda: initializations.InitContext(SPEC, x, y, store, MODEL, torch.Generator().manual_seed(0),  # noqa: E731
+                                              torch.device("cpu"))
+
+    def net(expert, epoch):
+        return load_flat_(ConvNet(MODEL), store.snapshot(expert, epoch)).eval()
+
+    with torch.no_grad():
+        features = net(0, store.epochs).embed(x)
+        early = max(1, store.epochs // 10)
+        el2n = sum((F.softmax(net(e, early)(x), 1) - F.one_hot(y, 3)).norm(dim=1) for e in range(3)) / 3
+        looks = torch.stack([net(0, e)(x).argmax(1) == y for e in range(1, store.epochs + 1)])
+    herded = torch.cat([torch.nonzero(y == c).flatten()[coresets.herding(features[y == c], 2)] for c in range(3)])
+    assert torch.equal(initializations.herding(ctx()), x[herded])
+    assert torch.allclose(initializations.expert_el2n(ctx()), el2n, atol=1e-6)
+    assert torch.equal(initializations.expert_forgetting(ctx()), coresets.forgetting_counts(looks))
+    for name in CORESETS:
+        got = parts.get("init", name)(ctx())
+        assert got.shape == SPEC.shape and torch.equal(got, parts.get("init", name)(ctx())), name
+        for i, c in enumerate(default_labels(3, 2).tolist()):
+            assert any(torch.equal(got[i], x[j]) for j in torch.nonzero(y == c).flatten()), name
 
 
 def test_balanced_loss_coefficient_and_its_effect_equal_a_scaled_inner_lr():
