@@ -16,8 +16,9 @@ from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.training import train_epoch
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import ExpertConfig
+from evaluator import scorer
 from evaluator.fast import FAST, Arithmetic
-from evaluator.scorer import test_accuracy, train_rounds
+from evaluator.scorer import train_rounds
 
 pytestmark = pytest.mark.device
 SPEC = replace(CIFAR100.subset(3, ipc=4), image_size=16)
@@ -100,7 +101,7 @@ def test_a_seeded_scorer_round_on_the_device_repeats_and_is_the_official_loop(de
     with torch.no_grad():  # the test pass on the device, from images on the CPU: the reference's count, or one off
         right = int((reference.cpu().eval()(images).argmax(1) == labels).sum())
     off = 0 if device.type == "cpu" else 1
-    assert abs(round(test_accuracy(nets[0], images, labels, batch_size=5) * len(labels)) - right) <= off
+    assert abs(round(scorer.test_accuracy(nets[0], images, labels, batch_size=5) * len(labels)) - right) <= off
 
 
 def test_an_expert_epoch_runs_on_the_device(device):
