@@ -212,13 +212,21 @@ def configure(copy: Path, target: Target) -> None:
         f.write("\n".join(lines))
 
 
+def prune_sessions(temp: Path, keep: int) -> None:
+    """All but the newest ``keep`` pytest session folders removed: a forked mutant's session never prunes its own
+    (its lock outlives it), and a module whose tests write files (the hostile ones) leaves 100 MB or more a mutant."""
+    sessions = [p for p in temp.glob("pytest-of-*/pytest-*") if p.name.removeprefix("pytest-").isdigit()]
+    for old in sorted(sessions, key=lambda p: int(p.name.removeprefix("pytest-")))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
     """``mutmut run`` in the copy, interrupted (as Ctrl-C does: what ran is kept) after ``minutes``; its output (a
     spinner, mostly) goes to ``mutmut.log`` there."""
     env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
     # tests that start `python -m ...` children must import the mutated copy too
-    # pytest's own temp folders inside the copy, removed with it: a forked mutant's test session never prunes its
-    # folder (its lock outlives it), and thousands of them filled a 60 GB disk
+    # pytest's own temp folders inside the copy, pruned as the run goes and removed with it: thousands of forked
+    # sessions' folders filled a 60 GB disk
     env.update(PYTHONPATH=str(copy / "mutants"), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                PYTEST_DEBUG_TEMPROOT=str(copy / "pytest-tmp"))
     (copy / "pytest-tmp").mkdir()
@@ -229,12 +237,14 @@ def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
         done = subprocess.Popen(["nice", "-n", "10", shutil.which("mutmut"), "run", "--max-children", str(jobs)],
                                 cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        try:
-            done.wait(None if minutes is None else minutes * 60)
-        except subprocess.TimeoutExpired:
-            done.send_signal(signal.SIGINT)
-            done.wait()
-            return
+        deadline = None if minutes is None else time.monotonic() + minutes * 60
+        while done.poll() is None:
+            prune_sessions(copy / "pytest-tmp", keep=2 * jobs + 2)
+            if deadline is not None and time.monotonic() > deadline:
+                done.send_signal(signal.SIGINT)
+                done.wait()
+                return
+            time.sleep(10)
     text = (copy / "mutmut.log").read_text(errors="replace")
     if done.returncode != 0:
         tail = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and "⠋" not in line][-15:]

@@ -82,3 +82,12 @@ def test_cuda_only_entries_are_device_moves_and_leave_the_percentage():
         assert "device" in e["before"] + e["after"] or ".to(" in e["before"], e
     row = bench.Row("m.py", [], mutants=10, killed=6, survived=1, equivalent=1, cuda_only=2)
     assert row.percent == 100.0 * 6 / 7  # of the 7 this machine can tell apart
+
+
+def test_old_pytest_sessions_are_pruned_and_the_newest_kept(tmp_path):
+    root = tmp_path / "pytest-of-someone"
+    for n in (1, 2, 10, 11):
+        (root / f"pytest-{n}" / "case").mkdir(parents=True)
+    (root / "pytest-current").symlink_to(root / "pytest-11")
+    bench.prune_sessions(tmp_path, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["pytest-10", "pytest-11", "pytest-current"]
