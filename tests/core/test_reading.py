@@ -155,6 +155,15 @@ def test_views_are_refused_only_where_they_repeat_values():
 
 def test_a_bare_pickle_is_not_a_torch_file():
     assert refusal(pickle.dumps({"a": 1}, protocol=2), None) == f"{CORRUPT} (Invalid magic number; corrupt file?)"
+    brace = pickle.dumps("a{", protocol=2)  # a pickle whose ninth byte is a safetensors header's opening brace
+    assert brace[8:9] == b"{" and refusal(brace, None) == f"{CORRUPT} (Invalid magic number; corrupt file?)"
+
+
+def test_a_safetensors_file_is_named_from_its_first_nine_bytes():
+    """Eight bytes of header length, then the header's ``{``: the shortest start of a safetensors file."""
+    assert refusal((2).to_bytes(8, "little") + b"{") == (
+        "is a safetensors file, not a torch file: torch.load (the scorer's reader) cannot read it; save the tensor "
+        "with torch.save")
 
 
 def zip_records(data: bytes) -> list[zipfile.ZipInfo]:
