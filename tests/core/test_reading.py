@@ -159,6 +159,12 @@ def test_a_bare_pickle_is_not_a_torch_file():
     assert brace[8:9] == b"{" and refusal(brace, None) == f"{CORRUPT} (Invalid magic number; corrupt file?)"
 
 
+def test_only_zero_bytes_make_an_empty_header():
+    problem = refusal(b"X" * 600, None)
+    assert problem.startswith(CORRUPT) and "zero bytes" not in problem, problem
+    assert refusal(bytes(600), None).startswith("begins with 512 zero bytes")
+
+
 def test_a_safetensors_file_is_named_from_its_first_nine_bytes():
     """Eight bytes of header length, then the header's ``{``: the shortest start of a safetensors file."""
     assert refusal((2).to_bytes(8, "little") + b"{") == (
@@ -195,8 +201,17 @@ def test_a_zip_is_refused_unread_by_its_directory():
     images = saved(torch.zeros(2, 3, 4, 4))
     zip64 = images.rindex(b"PK\x06\x06")  # torch writes a zip64 end record; its directory size at offset 40
     claimed = images[:zip64 + 40] + (1 << 20).to_bytes(8, "little") + images[zip64 + 48:]
-    assert refusal(claimed) == ("has a zip directory of 1,048,576 bytes; a challenge submission holds a tensor or a "
-                                "dict of a few (at most 64 records): refused unread")
+    over = ("has a zip directory of 1,048,576 bytes; a challenge submission holds a tensor or a dict of a few (at most "
+            "64 records): refused unread")
+    assert refusal(claimed) == over
+    highest = images[:zip64 + 40] + (1 << 56).to_bytes(8, "little") + images[zip64 + 48:]  # all 8 bytes are read
+    assert refusal(highest).startswith("has a zip directory of 72,057,594,037,927,936 bytes")
+    end = claimed.rindex(b"PK\x05\x06")  # a comment that puts the zip64 record first in the window: still read
+    first = claimed[:end + 20] + (65535 + 22 - 76 - 22).to_bytes(2, "little") + claimed[end + 22:] + b"c" * 65459
+    assert len(first) - 65535 - 22 == zip64 and refusal(first) == over
+    locator = claimed.rindex(b"PK\x06\x07")  # without its locator the zip64 record is not zipfile's: nor ours
+    unlocated = claimed[:locator] + b"XXXX" + claimed[locator + 4:]
+    assert refusal(unlocated) == f"{CORRUPT} (Bad magic number for central directory)"
 
 
 def test_the_end_record_is_looked_for_where_a_zip_can_have_it():
@@ -272,7 +287,7 @@ def test_a_zips_bounds_are_inclusive():
     data = saved({f"t{i}": torch.zeros(1) for i in range(3)})
     records = zip_records(data)
     pickle_size = next(i.file_size for i in records if i.filename.endswith("data.pkl"))
-    exact = Bounds("a test file", "4 values", max_bytes=100_000, max_values=100, max_records=len(records),
+    exact = Bounds("a test file", "4 values", max_bytes=len(data), max_values=100, max_records=len(records),
                    max_pickle=pickle_size)
     assert set(load_torch_bytes(data, "three.pt", exact)) == {"t0", "t1", "t2"}
     tensor = next(i for i in records if i.filename.endswith("data/0"))
