@@ -18,7 +18,7 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
 from challenge_kit.experts.store import ExpertStore, data_fingerprint
-from challenge_kit.matching import Matching, match, plan_inner_steps
+from challenge_kit.matching import Matching, inner_precision, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
 from challenge_kit.parts.kinds import LabelContext
 from challenge_kit.recipes import Recipe
@@ -39,6 +39,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
                                                     data_fingerprint(real_images, real_labels))
     method = Method.bind(recipe, net, device)
+    autocast = inner_precision(cfg.arithmetic, device)
     run = RunDir(run_dir, recipe, spec, shard)
     if run.checkpoint.exists() and not resume:
         raise KitFileError(run.checkpoint, "a run already exists here; pass --resume to continue it or choose "
@@ -73,7 +74,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
 
             # 4. match: the loss and its gradient w.r.t. the images, the lr (and learned labels)
             inner_targets = method.labels.targets(syn.labels, syn.images, net, problem.targets[-1][1])
-            result = match(net, syn.images, inner_targets, syn.lr, problem, plan, cfg.grad, shard)
+            result = match(net, syn.images, inner_targets, syn.lr, problem, plan, cfg.grad, shard, autocast)
             loss, grad_norm, *terms = torch.stack([result.loss, result.grad_images.norm(), *result.terms]).tolist()
 
             # 5. update, unless DATM's threshold skips a diverging (or non-finite) match

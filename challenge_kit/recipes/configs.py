@@ -47,6 +47,7 @@ class DistillConfig:
     momentum: float = below_one(0.5)
     threshold: float = positive(1.0)
     grad: str = one_of("exact", parts.GRAD_MODES, "gradient mode")
+    arithmetic: str = one_of("float32", parts.ARITHMETICS)  # the inner steps' (docs/mdatm.md)
     init: Choice = Choice("real_correct")
     labels: Choice = Choice("hard")
     mask: Choice = Choice("all")

@@ -79,6 +79,10 @@ def test_a_checkpoint_resumes_unless_a_setting_that_changes_the_result_differs()
     assert resume_differences(rho, gsam, 1) == [("experts.objective.rho", 0.05, 0.01)]
     unscored = {**now, "eval": {k: v for k, v in now["eval"].items() if k != "scorer"}}  # before eval.scorer
     assert resume_differences(unscored, now, 1) == [("eval.scorer", "faithful", "fast")]
+    fast = {**now, "distill": {**now["distill"], "arithmetic": "fast"}}
+    before = {**now, "distill": {k: v for k, v in now["distill"].items() if k != "arithmetic"}}  # before it
+    assert resume_differences(before, now, 1) == []  # a run saved before the setting was a float32 one
+    assert resume_differences(before, fast, 1) == [("distill.arithmetic", "float32", "fast")]
 
 
 def _data():
