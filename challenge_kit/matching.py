@@ -24,17 +24,16 @@ the full batch's), and the image and label gradients of each rank's rows are sum
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from challenge_kit.arithmetic import autocast_context
 from challenge_kit.core import augment
 from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.core.parallel import LOCAL, Shard, replicated, summed
-from challenge_kit.parts import ARITHMETICS, GRAD_MODES
-from evaluator.fast import native_bfloat16
+from challenge_kit.parts import GRAD_MODES
 
 
 @dataclass
@@ -106,18 +105,6 @@ def inner_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def inner_precision(arithmetic: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the inner steps for ``distill.arithmetic`` on ``device``: bfloat16 where "fast" and
-    the device computes it natively (emulated it is slower than float32), else None (the tensors' own dtype)."""
-    if arithmetic not in ARITHMETICS:
-        raise ValueError(f"unknown arithmetic {arithmetic!r}; expected one of {ARITHMETICS}")
-    return torch.bfloat16 if arithmetic == "fast" and native_bfloat16(torch.device(device)) else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 def _step_grad(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
                step: InnerStep, weight: float, shard: Shard, create_graph: bool,
                autocast: torch.dtype | None = None) -> torch.Tensor:
@@ -129,7 +116,7 @@ def _step_grad(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor
     if len(idx) == 0:  # more ranks than images in this step
         return torch.zeros_like(theta)
     x = augment.apply(images[idx], step.aug.take(rows))
-    with _autocast(theta.device, autocast):
+    with autocast_context(theta.device, autocast):
         logits = net(theta, x)
     loss = inner_loss(logits.to(theta.dtype), labels[idx]) * (weight / len(step.indices))
     return torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
@@ -222,7 +209,7 @@ def match(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tensor, lr
           problem: Matching, plan: list[InnerStep], mode: str = "exact", shard: Shard = LOCAL,
           autocast: torch.dtype | None = None) -> MatchResult:
     """The matching loss and its gradients w.r.t. images, lr and (learned soft) labels, the inner steps run
-    under ``autocast`` if given (``inner_precision``).
+    under ``autocast`` if given (``arithmetic.autocast_dtype``).
 
     ``labels`` are class indices, soft-label logits (learned when they require grad) or fixed soft targets.
     """

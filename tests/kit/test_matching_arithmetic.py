@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from challenge_kit.arithmetic import autocast_dtype
 from challenge_kit.core.contract import default_labels
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
-from challenge_kit.matching import Matching, inner_precision, match, plan_inner_steps
+from challenge_kit.matching import Matching, match, plan_inner_steps
 from evaluator.fast import native_bfloat16
 
 CPU = torch.device("cpu")
@@ -45,8 +46,8 @@ def test_fast_inner_steps_agree_with_float32_at_the_mini_profiles_shape():
 
 
 def test_the_fast_word_means_bfloat16_only_where_the_device_computes_it_natively():
-    assert inner_precision("float32", CPU) is None
-    assert inner_precision("fast", CPU) == (torch.bfloat16 if native_bfloat16(CPU) else None)
-    assert inner_precision("fast", torch.device("meta")) is None
+    assert autocast_dtype("float32", CPU) is None
+    assert autocast_dtype("fast", CPU) == (torch.bfloat16 if native_bfloat16(CPU) else None)
+    assert autocast_dtype("fast", torch.device("meta")) is None
     with pytest.raises(ValueError, match="unknown arithmetic 'bf16'"):
-        inner_precision("bf16", CPU)
+        autocast_dtype("bf16", CPU)
