@@ -27,6 +27,7 @@ class ExpertConfig:
     objective: Choice = Choice("gsam", GsamParams())
     schedule: Choice = Choice("full")
     seed: int = random_seed(0)
+    arithmetic: str = one_of("float32", parts.ARITHMETICS)  # the training steps' (docs/experts.md)
 
 
 @dataclass(frozen=True)
