@@ -37,6 +37,7 @@ from challenge_kit.plan import (
 )
 from challenge_kit.recipes import load_recipe
 from challenge_kit.selection import Selector
+from evaluator.fast import native_bfloat16
 
 SPEC = replace(CIFAR100.subset(2, ipc=4), image_size=16)
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +83,17 @@ def test_counts_follow_the_recipe():
     assert stages["distillation"].units == recipe.distill.iterations
     assert stages["official score"].units == 3 * 1001 * 1 and not stages["official score"].in_run
     assert plan.run_seconds is None and set(plan.matching_peak_bytes) == {"exact", "unrolled"}
+
+
+def test_the_plan_times_and_names_the_arithmetic_the_run_will_use():
+    """Experts' steps and matching's inner steps are calibrated in the recipe's arithmetic and the stage says it:
+    bfloat16 autocast where the CPU computes it natively (compiled where a compiler is: the tests run without)."""
+    cpu = torch.device("cpu")
+    fast = load_recipe("tinyimagenet", "mini", ["experts.arithmetic=fast", "distill.arithmetic=fast"])
+    words = "bfloat16 autocast" if native_bfloat16(cpu) else "float32"
+    for recipe, said in ((load_recipe("tinyimagenet", "mini"), "float32"), (fast, words)):
+        stages = {s.name: s.what for s in make_plan(recipe, SPEC, 64, cpu, calibrate=False).stages}
+        assert f"(sgd objective, {said})" in stages["experts"] and f"(exact gradient, {said})" in stages["distillation"]
 
 
 def test_plan_command_calibrates_on_the_device(capsys, monkeypatch):
