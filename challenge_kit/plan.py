@@ -6,8 +6,9 @@ dominates) and peak tensor memory (a counter of live storages) come from running
 than three inner steps is counted at two and three and extended linearly: every inner step adds the same work
 and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
 short calibration of each unit on the run's device (one call per DSA group, averaged), at a small batch on a
-CPU, scaled by images; selection's scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled
-step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses). The
+CPU, scaled by images; each stage is timed in the arithmetic the run will use: an expert step in
+``experts.arithmetic``, a matching iteration in ``distill.arithmetic``, selection's scorer step in ``eval.scorer``
+(a compiled step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses). The
 calibration runs ``CALIBRATION_PASSES`` times and the plan says the median with the range: on a shared machine
 two plans once differed fivefold. The images counted are the user's (``data.data_layout``) when a data root is
 given. ``make-submission`` opens with this plan, and stops before any work where even its fastest reading is
