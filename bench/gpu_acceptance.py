@@ -9,7 +9,11 @@ Steps (each one's outcome is kept even when a later one fails):
 3. scorer throughput: the kit's device-resident loop (faithful, fast, fast with its rounds stacked) against a
    plain DataLoader loop of the official recipe;
 4. one distillation iteration at the paper's shapes (N and batch of each dataset's full recipe): time, peak memory;
-5. a quick-profile ``make-submission`` on ``--data-root`` and ``verify`` on its export.
+5. a quick-profile ``make-submission`` on ``--data-root`` and ``verify`` on its export;
+6. the matching iteration at the paper's shapes in each arithmetic: strict float32 (no TF32 anywhere), TF32
+   (cuDNN's and cuBLAS's), and the kit's fast one (bfloat16 autocast, ``distill.arithmetic = "fast"``): time,
+   peak memory, and the image and lr gradients against strict float32's (the fast one is usable where the
+   image-gradient cosine is at least 0.99).
 
 It writes ``OUT/acceptance.json`` and prints a table. Without CUDA it says so in one line and exits 2;
 ``--device cpu --tiny`` runs the same steps at tiny sizes (the test suite does), so a first GPU run fails only on
@@ -32,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
+from challenge_kit.arithmetic import autocast_dtype
 from challenge_kit.core import augment
 from challenge_kit.core.contract import BATCH_SIZE, default_labels, get_spec
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
@@ -157,6 +162,69 @@ def full_shapes(device: torch.device, tiny: bool) -> dict:
     return {"ok": ok, "rows": rows, "summary": summary}
 
 
+def _tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def matching_arithmetic(device: torch.device, tiny: bool) -> dict:
+    """One exact match per dataset at its full recipe's N and batch, on the same draws in each arithmetic: seconds
+    (after a warm-up), peak memory, and the fast gradients' agreement with strict float32's."""
+    fast = autocast_dtype("fast", device)
+    cuda = device.type == "cuda"
+    arithmetics = {"float32": (False, None), **({"tf32": (True, None)} if cuda else {}),
+                   **({"bfloat16": (False, fast)} if fast is not None else {})}
+    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    rows = []
+    try:
+        for dataset in ("cifar100", "tinyimagenet"):
+            spec, d = get_spec(dataset), load_recipe(dataset).distill
+            steps, batch = (2, 10) if tiny else (d.syn_steps, d.batch_syn)
+            net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
+            g = torch.Generator(device=device).manual_seed(0)
+            images = torch.randn(spec.shape, device=device, generator=g)
+            labels = default_labels(spec.num_classes, spec.ipc, device)
+            start = net.init_flat(0)
+            problem = Matching(start, start, [(steps, start + 0.01 * torch.randn(start.shape, device=device,
+                                                                                 generator=g))])
+            plan = plan_inner_steps(spec.num_images, batch, steps, spec.image_size, device,
+                                    generator=torch.Generator().manual_seed(1),
+                                    aug_generator=torch.Generator(device=device).manual_seed(2))
+            lr = torch.tensor(d.lr_init, device=device)
+            results = {}
+            for name, (tf32, dtype) in arithmetics.items():
+                if cuda:
+                    _tf32(tf32)
+                    torch.cuda.reset_peak_memory_stats(device)
+                match(net, images, labels, lr, problem, plan, "exact", autocast=dtype)  # warm-up
+                synchronize(device)
+                tick = time.perf_counter()
+                result = match(net, images, labels, lr, problem, plan, "exact", autocast=dtype)
+                synchronize(device)
+                seconds = time.perf_counter() - tick
+                results[name] = result
+                exact = results["float32"]
+                rows.append({"dataset": dataset, "steps": steps, "batch": batch, "arithmetic": name,
+                             "seconds": seconds, "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda
+                             else None,
+                             "cos_images": F.cosine_similarity(result.grad_images.flatten(),
+                                                               exact.grad_images.flatten(), 0).item(),
+                             "norm_images": (result.grad_images.norm() / exact.grad_images.norm()).item(),
+                             "lr_rel": ((result.grad_lr - exact.grad_lr).abs() / exact.grad_lr.abs()).item()})
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+    base = {r["dataset"]: r["seconds"] for r in rows if r["arithmetic"] == "float32"}
+
+    def said(r: dict) -> str:
+        memory = "" if r["peak_mb"] is None else f", {r['peak_mb']:.0f} MiB"
+        return (f"{r['dataset']} {r['arithmetic']} {r['seconds']:.2f} s ({base[r['dataset']] / r['seconds']:.2f}x"
+                f"{memory}, cos {r['cos_images']:.4f})")
+
+    summary = "; ".join(said(r) for r in rows)
+    ok = all(r["cos_images"] >= 0.99 for r in rows)
+    return {"ok": ok, "rows": rows, "summary": summary}
+
+
 def make_submission(device: torch.device, tiny: bool, data_root: Path, out: Path, overrides: list[str]) -> dict:
     """A quick-profile run on ``data_root`` and ``verify`` on what it exported."""
     run = out / "quick"
@@ -193,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
              "scorer throughput": lambda: throughput(device, args.tiny),
              "full-shape iteration": lambda: full_shapes(device, args.tiny),
              "quick make-submission": lambda: make_submission(device, args.tiny, args.data_root, args.out,
-                                                              args.overrides)}
+                                                              args.overrides),
+             "matching arithmetic": lambda: matching_arithmetic(device, args.tiny)}
     results = {}
     for name, step in steps.items():
         tick = time.perf_counter()

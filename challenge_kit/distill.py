@@ -13,19 +13,38 @@ from pathlib import Path
 
 import torch
 
+from challenge_kit.arithmetic import autocast_dtype
 from challenge_kit.context import RunContext
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
-from challenge_kit.experts.store import ExpertStore, data_fingerprint
-from challenge_kit.matching import Matching, match, plan_inner_steps
+from challenge_kit.experts.store import ExpertStore, Trajectories, data_fingerprint
+from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
 from challenge_kit.parts.kinds import LabelContext
-from challenge_kit.recipes import Recipe
+from challenge_kit.recipes import DistillConfig, Recipe
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.synthetic import Method, Synthetic, initial_state
 from challenge_kit.tracking import Tracker
+
+
+def draw(cfg: DistillConfig, spec: DatasetSpec, upper: int, experts: Trajectories, method: Method,
+         net: FunctionalConvNet, gen: torch.Generator, aug_gen: torch.Generator, device: torch.device
+         ) -> tuple[int, int, Matching, list[InnerStep]]:
+    """An iteration's draws, in the order a run makes them: (expert, start epoch, what to match, the inner steps).
+
+    1. an expert and a start epoch t in [T-, T]; 2. what the student must match: expert snapshots after t, the
+    mask, per-step loss weights; 3. the inner steps: which images each step trains on, augmented how."""
+    start_epoch = int(torch.randint(cfg.min_start_epoch, upper + 1, (1,), generator=gen))
+    expert = int(torch.randint(experts.count, (1,), generator=gen))
+    anchor, targets = method.terms(experts, expert, start_epoch, cfg.syn_steps, cfg.expert_epochs)
+    start = method.perturb(anchor, net, gen)
+    problem = Matching(start.to(device), anchor.to(device), [(n, t.to(device)) for n, t in targets],
+                       method.mask, method.weights(start_epoch, cfg.syn_steps, cfg.max_start_epoch))
+    plan = plan_inner_steps(spec.num_images, cfg.batch_syn, cfg.syn_steps, spec.image_size, device,
+                            generator=gen, aug_generator=aug_gen)
+    return expert, start_epoch, problem, plan
 
 
 def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir: str | Path, *,
@@ -39,6 +58,7 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
                                                     data_fingerprint(real_images, real_labels))
     method = Method.bind(recipe, net, device)
+    autocast = autocast_dtype(cfg.arithmetic, device)
     run = RunDir(run_dir, recipe, spec, shard)
     if run.checkpoint.exists() and not resume:
         raise KitFileError(run.checkpoint, "a run already exists here; pass --resume to continue it or choose "
@@ -57,23 +77,13 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
         while state.iteration < cfg.iterations:
             tick = time.perf_counter()
 
-            # 1. draw an expert and a start epoch t in [T-, T]
-            start_epoch = int(torch.randint(cfg.min_start_epoch, state.upper + 1, (1,), generator=gen))
-            expert = int(torch.randint(experts.count, (1,), generator=gen))
-
-            # 2. what the student must match: expert snapshots after t, the mask, per-step loss weights
-            anchor, targets = method.terms(experts, expert, start_epoch, cfg.syn_steps, cfg.expert_epochs)
-            start = method.perturb(anchor, net, gen)
-            problem = Matching(start.to(device), anchor.to(device), [(n, t.to(device)) for n, t in targets],
-                               method.mask, method.weights(start_epoch, cfg.syn_steps, cfg.max_start_epoch))
-
-            # 3. plan the inner steps: which images each step trains on, augmented how
-            plan = plan_inner_steps(spec.num_images, cfg.batch_syn, cfg.syn_steps, spec.image_size, device,
-                                    generator=gen, aug_generator=aug_gen)
+            # 1-3. an expert and a start epoch, what the student must match, the inner steps
+            expert, start_epoch, problem, plan = draw(cfg, spec, state.upper, experts, method, net, gen, aug_gen,
+                                                      device)
 
             # 4. match: the loss and its gradient w.r.t. the images, the lr (and learned labels)
             inner_targets = method.labels.targets(syn.labels, syn.images, net, problem.targets[-1][1])
-            result = match(net, syn.images, inner_targets, syn.lr, problem, plan, cfg.grad, shard)
+            result = match(net, syn.images, inner_targets, syn.lr, problem, plan, cfg.grad, shard, autocast)
             loss, grad_norm, *terms = torch.stack([result.loss, result.grad_images.norm(), *result.terms]).tolist()
 
             # 5. update, unless DATM's threshold skips a diverging (or non-finite) match

@@ -13,6 +13,10 @@ Two ways to get dL/dx, dL/dalpha and dL/dlabels, which agree to rounding:
   indices and augmentation parameters, and recomputes one step at a time on the way back (one
   double-backward per step), so peak memory does not depend on N.
 
+The inner steps' forward and backward (the recomputation and double-backward of ``exact`` too) may run under
+bfloat16 autocast (``distill.arithmetic = "fast"`` on a device that computes it natively); the parameters, the
+adjoint, the matching distance and the image, lr and label gradients stay float32 either way.
+
 Both shard each step's batch over the ranks of a ``torchrun`` job (``parallel.Shard``): a rank runs its
 contiguous part of the batch, the step's gradient is summed over ranks (weighted by shard size, so it is
 the full batch's), and the image and label gradients of each rank's rows are summed at the end.
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from challenge_kit.arithmetic import autocast_context
 from challenge_kit.core import augment
 from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.core.parallel import LOCAL, Shard, replicated, summed
@@ -101,14 +106,19 @@ def inner_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _step_grad(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-               step: InnerStep, weight: float, shard: Shard, create_graph: bool) -> torch.Tensor:
-    """This rank's share of the gradient of the step's mean inner loss (the ranks' shares sum to it)."""
+               step: InnerStep, weight: float, shard: Shard, create_graph: bool,
+               autocast: torch.dtype | None = None) -> torch.Tensor:
+    """This rank's share of the gradient of the step's mean inner loss (the ranks' shares sum to it). Under
+    ``autocast`` the network's forward runs in that dtype, and so (following it) its backward; the logits are
+    taken back to the parameters' dtype for the loss, and the gradient comes back in it."""
     rows = shard.part(len(step.indices))
     idx = step.indices[rows]
     if len(idx) == 0:  # more ranks than images in this step
         return torch.zeros_like(theta)
     x = augment.apply(images[idx], step.aug.take(rows))
-    loss = inner_loss(net(theta, x), labels[idx]) * (weight / len(step.indices))
+    with autocast_context(theta.device, autocast):
+        logits = net(theta, x)
+    loss = inner_loss(logits.to(theta.dtype), labels[idx]) * (weight / len(step.indices))
     return torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
 
@@ -125,7 +135,8 @@ def _check(problem: Matching, steps: int) -> None:
 
 
 def match_unrolled(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                   problem: Matching, plan: list[InnerStep], shard: Shard = LOCAL) -> MatchResult:
+                   problem: Matching, plan: list[InnerStep], shard: Shard = LOCAL,
+                   autocast: torch.dtype | None = None) -> MatchResult:
     """Reference gradient: differentiate through the whole unrolled inner loop."""
     _check(problem, len(plan))
     x = images.detach().requires_grad_(True)
@@ -135,7 +146,7 @@ def match_unrolled(net: FunctionalConvNet, images: torch.Tensor, labels: torch.T
     theta = problem.start.detach().requires_grad_(True)
     terms = [normalized_distance(theta, problem.anchor, t, problem.mask) for n, t in problem.targets if n == 0]
     for k, (step, weight) in enumerate(zip(plan, _weights(problem, len(plan)), strict=True), 1):
-        mine = _step_grad(net, replicated(theta, shard), x, y, step, weight, shard, create_graph=True)
+        mine = _step_grad(net, replicated(theta, shard), x, y, step, weight, shard, True, autocast)
         theta = theta - alpha * summed(mine, shard)
         terms += [normalized_distance(theta, problem.anchor, t, problem.mask) for n, t in problem.targets if n == k]
     loss = torch.stack(terms).sum()
@@ -148,7 +159,8 @@ def match_unrolled(net: FunctionalConvNet, images: torch.Tensor, labels: torch.T
 
 
 def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-                problem: Matching, plan: list[InnerStep], shard: Shard = LOCAL) -> MatchResult:
+                problem: Matching, plan: list[InnerStep], shard: Shard = LOCAL,
+                autocast: torch.dtype | None = None) -> MatchResult:
     """Exact gradient with memory independent of N (adjoint walk over the inner steps)."""
     _check(problem, len(plan))
     weights = _weights(problem, len(plan))
@@ -157,7 +169,7 @@ def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tens
     thetas = [problem.start.detach()]
     for step, weight in zip(plan, weights, strict=True):
         theta = thetas[-1].detach().requires_grad_(True)
-        g = shard.sum(_step_grad(net, theta, x, labels.detach(), step, weight, shard, create_graph=False))
+        g = shard.sum(_step_grad(net, theta, x, labels.detach(), step, weight, shard, False, autocast))
         thetas.append((theta - alpha * g).detach())
 
     # dL/dtheta_k for the terms matched after k steps, added to the adjoint as the walk passes step k
@@ -177,7 +189,7 @@ def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tens
     grad_y = torch.zeros_like(yg) if learned else None
     for k in range(len(plan) - 1, -1, -1):
         theta_k = thetas[k].detach().requires_grad_(True)
-        g = _step_grad(net, theta_k, xg, yg, plan[k], weights[k], shard, create_graph=True)
+        g = _step_grad(net, theta_k, xg, yg, plan[k], weights[k], shard, True, autocast)
         gl = torch.dot(g, adjoint)
         leaves = [theta_k, xg] + ([yg] if learned else [])
         grads = torch.autograd.grad(gl, leaves, allow_unused=True) if gl.requires_grad else [None] * len(leaves)
@@ -194,13 +206,15 @@ def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tens
 
 
 def match(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor,
-          problem: Matching, plan: list[InnerStep], mode: str = "exact", shard: Shard = LOCAL) -> MatchResult:
-    """The matching loss and its gradients w.r.t. images, lr and (learned soft) labels.
+          problem: Matching, plan: list[InnerStep], mode: str = "exact", shard: Shard = LOCAL,
+          autocast: torch.dtype | None = None) -> MatchResult:
+    """The matching loss and its gradients w.r.t. images, lr and (learned soft) labels, the inner steps run
+    under ``autocast`` if given (``arithmetic.autocast_dtype``).
 
     ``labels`` are class indices, soft-label logits (learned when they require grad) or fixed soft targets.
     """
     if mode == "exact":
-        return match_exact(net, images, labels, lr, problem, plan, shard)
+        return match_exact(net, images, labels, lr, problem, plan, shard, autocast)
     if mode == "unrolled":
-        return match_unrolled(net, images, labels, lr, problem, plan, shard)
+        return match_unrolled(net, images, labels, lr, problem, plan, shard, autocast)
     raise ValueError(f"unknown gradient mode {mode!r}; expected one of {GRAD_MODES}")

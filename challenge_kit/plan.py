@@ -6,8 +6,9 @@ dominates) and peak tensor memory (a counter of live storages) come from running
 than three inner steps is counted at two and three and extended linearly: every inner step adds the same work
 and memory (the first one differs: its graph is what the walk back holds at its peak). Time comes from a
 short calibration of each unit on the run's device (one call per DSA group, averaged), at a small batch on a
-CPU, scaled by images; selection's scorer step is timed in the recipe's ``eval.scorer`` arithmetic (a compiled
-step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses). The
+CPU, scaled by images; each stage is timed in the arithmetic the run will use: an expert step in
+``experts.arithmetic``, a matching iteration in ``distill.arithmetic``, selection's scorer step in ``eval.scorer``
+(a compiled step at its own batch: compiled kernels are shape-specific, and these are the ones the run reuses). The
 calibration runs ``CALIBRATION_PASSES`` times and the plan says the median with the range: on a shared machine
 two plans once differed fivefold. The images counted are the user's (``data.data_layout``) when a data root is
 given. ``make-submission`` opens with this plan, and stops before any work where even its fastest reading is
@@ -31,6 +32,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from challenge_kit import parts
+from challenge_kit.arithmetic import autocast_dtype, precision_name
 from challenge_kit.core import augment
 from challenge_kit.core.contract import (
     BATCH_SIZE,
@@ -45,7 +47,7 @@ from challenge_kit.core.devices import device_memory
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig
 from challenge_kit.core.progress import binary_size
-from challenge_kit.experts.training import schedule_steps
+from challenge_kit.experts.training import schedule_steps, step_network
 from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts import GRAD_MODES
@@ -146,17 +148,19 @@ def calibration_batch(batch: int, device: torch.device) -> int:
 
 def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: int, group: str | None = None
                 ) -> Callable[[], object]:
-    """One expert optimizer step: DSA (from ``group``, else a random one), the recipe's objective part, SGD."""
+    """One expert optimizer step in the recipe's ``experts.arithmetic``: DSA (from ``group``, else a random one),
+    the recipe's objective part, SGD."""
     e = recipe.experts
-    net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
+    model = ModelConfig.for_spec(spec)
+    network, _ = step_network(model, e, device)  # in the recipe's arithmetic (float32 on the meta device)
     objective = parts.build("objective", e)
-    p = torch.zeros(net.num_params, device=device)
+    p = torch.zeros(FunctionalConvNet(model, device=META).num_params, device=device)
     x = torch.zeros(batch, spec.channels, spec.image_size, spec.image_size, device=device)
     y = torch.arange(batch, device=device) % spec.num_classes
 
     def work():
         params = augment.sample(batch, spec.image_size, "cpu", group=group)
-        _, grad = objective(net, p, augment.apply(x, params.to(device)), y, 0)
+        _, grad = objective(network, p, augment.apply(x, params.to(device)), y, 0)
         return sgd_step(p, grad, e.lr, e.momentum, e.weight_decay)
 
     return work
@@ -164,8 +168,9 @@ def expert_step(recipe: Recipe, spec: DatasetSpec, device: torch.device, batch: 
 
 def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, steps: int, batch: int,
                        mode: str, group: str | None = None) -> Callable[[], object]:
-    """One distillation iteration's match (hard labels, the final snapshot) at ``steps`` inner steps, every
-    step's augmentation drawn from ``group`` if given (else at random, as a run draws them)."""
+    """One distillation iteration's match (hard labels, the final snapshot) at ``steps`` inner steps in the recipe's
+    ``distill.arithmetic``, every step's augmentation drawn from ``group`` if given (else at random, as a run
+    draws them)."""
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     images = torch.zeros(spec.shape, device=device)
     labels = default_labels(spec.num_classes, spec.ipc, device)
@@ -175,7 +180,8 @@ def matching_iteration(recipe: Recipe, spec: DatasetSpec, device: torch.device, 
                       if group else s.aug.to(device))
             for s in plan_inner_steps(spec.num_images, batch, steps, spec.image_size, "cpu")]
     lr = torch.tensor(recipe.distill.lr_init, device=device)
-    return lambda: match(net, images, labels, lr, problem, plan, mode)
+    autocast = autocast_dtype(recipe.distill.arithmetic, device)  # None on the meta device: the work is counted
+    return lambda: match(net, images, labels, lr, problem, plan, mode, autocast=autocast)
 
 
 def scorer_step(spec: DatasetSpec, device: torch.device, batch: int, mode: str = FAITHFUL,
@@ -327,11 +333,13 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
         return timed(lambda group: build(device, small, group), device) * (batch / small)
 
     expert_steps = e.num_experts * schedule_steps(e, train_images)
+    _, how = step_network(ModelConfig.for_spec(spec), e, device)  # a compiled step is timed at its own batch
     stages = [Stage("experts", f"train {e.num_experts} experts x {e.epochs} epochs on the {train_images:,} training "
-                    f"images ({e.objective.name} objective)",
+                    f"images ({e.objective.name} objective, {arithmetic_words(how['precision'], how['compiled'])})",
                     f"one step on {e.batch_size} images", expert_steps,
                     *count(expert_step(recipe, spec, META, e.batch_size)),
-                    seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size))]
+                    seconds(lambda dev, bs, g: expert_step(recipe, spec, dev, bs, g), e.batch_size,
+                            scaled=not how["compiled"]))]
 
     counted = {mode: iteration_count(recipe, spec, n, b, mode) for mode in GRAD_MODES}
     peaks = {mode: peak for mode, (_, peak) in counted.items()}
@@ -341,7 +349,8 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
         per_iteration = timed(lambda g: matching_iteration(recipe, spec, device, 2, small, d.grad, g),
                               device) * (n * b / small / 2)
     stages.append(Stage("distillation", f"{d.iterations} iterations, each {n} inner steps of a student on the "
-                        f"{spec.num_images} synthetic images matched to an expert ({d.grad} gradient)",
+                        f"{spec.num_images} synthetic images matched to an expert ({d.grad} gradient, "
+                        f"{arithmetic_words(precision_name(autocast_dtype(d.arithmetic, device)))})",
                         f"one iteration, {n} x {b} images", d.iterations, *counted[d.grad], per_iteration))
 
     steps_per_round, batch = math.ceil(spec.num_images / BATCH_SIZE), min(BATCH_SIZE, spec.num_images)
@@ -360,6 +369,11 @@ def make_plan(recipe: Recipe, spec: DatasetSpec, train_images: int, device: torc
                         in_run=False))
     return Plan(recipe, spec.to_dict(), train_images, str(device), stages, peaks, device_memory(device),
                 source)
+
+
+def arithmetic_words(precision: str, compiled: bool = False) -> str:
+    """How a stage computes, in words: "float32", "bfloat16 autocast", ", compiled" where it is."""
+    return ("float32" if precision == "float32" else f"{precision} autocast") + ", compiled" * compiled
 
 
 def held_out(recipe: Recipe) -> int:

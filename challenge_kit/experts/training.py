@@ -5,10 +5,11 @@ training and after every epoch.
 Each expert file is rewritten atomically after every epoch together with the RNG state, so a killed run resumes
 exactly where it stopped and gives bitwise the result of an uninterrupted run (same device and thread count).
 Every expert draws all its randomness from one CPU generator seeded by (seed, expert index): experts are
-independent of each other, of the order they are trained in and of how they are split over processes. An
-existing file is continued only when everything that shapes its trajectory matches this run (its identity).
-It is one file of some 340 lines because training, resuming and the identity check all read and write the
-same expert file, epoch by epoch.
+independent of each other, of the order they are trained in and of how they are split over processes. The
+steps compute in ``experts.arithmetic`` (float32, or the fast scorer's arithmetic: ``step_network``), recorded
+in every file. An existing file is continued only when everything that shapes its trajectory matches this run
+(its identity, the arithmetic included). It is one file of some 370 lines because training, resuming and the
+identity check all read and write the same expert file, epoch by epoch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from challenge_kit import parts
+from challenge_kit.arithmetic import autocast_context, autocast_dtype, precision_name
 from challenge_kit.core import augment
 from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.errors import KitFileError
@@ -37,10 +39,11 @@ from challenge_kit.core.storage import make_folders, save_tensors
 from challenge_kit.experts.store import DIFFICULTY, data_fingerprint, expert_path
 from challenge_kit.optim import sgd_step
 from challenge_kit.parts import Choice
-from challenge_kit.parts.expert_parts import el2n
+from challenge_kit.parts.expert_parts import SECOND_ORDER, el2n
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.recipes.configs import section_dict
 from challenge_kit.recipes.identity import differences, expert_settings
+from evaluator.fast import can_compile
 
 log = logging.getLogger(__name__)
 EL2N_BATCH = 1024  # EL2N logits: the batch size the cached difficulty orders were computed with
@@ -65,12 +68,37 @@ def accuracy(f: FunctionalConvNet, p: torch.Tensor, images: torch.Tensor, labels
     return (predicted == labels).sum().item() / images.shape[0]
 
 
-def train_epoch(f: FunctionalConvNet, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (flat parameters, images) -> float32 logits
+
+
+def step_network(model: ModelConfig, config: ExpertConfig, device: torch.device) -> tuple[Network, dict]:
+    """The network an expert's training step calls, and what it computes in (recorded in every file). float32:
+    the plain functional net. "fast": the fast scorer's arithmetic, its forward (and so its backward) under
+    bfloat16 autocast where the device has it natively and compiled where ``can_compile`` (not for an objective
+    that differentiates its own gradient), the logits back in float32 for the loss. Built once per store: a
+    compiled graph is shared by every expert and epoch (its first call compiles, a minute on 2 CPU cores)."""
+    f = FunctionalConvNet(model, device=device)
+    dtype = autocast_dtype(config.arithmetic, device)
+    compiled = config.arithmetic == "fast" and can_compile(device) and config.objective.name not in SECOND_ORDER
+    how = {"arithmetic": config.arithmetic, "precision": precision_name(dtype), "compiled": compiled}
+    if dtype is None and not compiled:
+        return f, how
+    run = torch.compile(f.__call__) if compiled else f
+
+    def forward(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with autocast_context(device, dtype):
+            out = run(p, x)
+        return out.float()
+
+    return forward, how
+
+
+def train_epoch(f: FunctionalConvNet | Network, p: torch.Tensor, buf: torch.Tensor | None, images: torch.Tensor,
                 labels: torch.Tensor, config: ExpertConfig, gen: torch.Generator, epoch: int = 1,
                 on_step: Callable[[], None] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """One shuffled pass (epoch ``epoch``, 1-based) in ``batch_size`` batches, fresh per-image DSA each, with
-    the recipe's objective part; returns (p, buf, mean loss)."""
+    the recipe's objective part calling ``f`` (a ``step_network``); returns (p, buf, mean loss)."""
     objective = parts.build("objective", config)
     n, device = images.shape[0], images.device
     perm = torch.randperm(n, generator=gen).to(device)
@@ -189,6 +217,8 @@ class ExpertJob:
     order: torch.Tensor | None = None
     progress: Callable[[dict], None] | None = None
     replace: bool = False
+    network: Network | None = None  # what the steps call (step_network); None: a float32 net
+    arithmetic: dict | None = None  # what it computes in, recorded in every file
 
     def identity(self, index: int) -> dict:
         return _identity(self.spec, self.model, self.config, index, self.images.shape[0], self.train_sha256)
@@ -217,7 +247,7 @@ def train_expert(index: int, job: ExpertJob) -> Path:
                 "model": model.to_dict(), "config": section_dict(config), "seed": config.seed, "index": index,
                 "num_train": images.shape[0], "train_sha256": job.train_sha256, "num_test": test_images.shape[0],
                 "completed_epochs": 0, "train_loss": [], "test_acc": [], "epoch_seconds": [],
-                "epochs": config.epochs}
+                "epochs": config.epochs, "arithmetic": job.arithmetic}
         _save(path, snapshots, gen, buf, meta)  # visible, and resumable, from the init on
     else:
         meta = saved.meta
@@ -232,7 +262,7 @@ def train_expert(index: int, job: ExpertJob) -> Path:
         subset = epoch_subset(config, order, images.shape[0], epoch)
         x, y = (images, labels) if subset is None else (images[subset], labels[subset])
         on_step = partial(_step_event, emit, index, epoch, -(-x.shape[0] // config.batch_size))
-        p, buf, loss = train_epoch(f, p, buf, x, y, config, gen, epoch, on_step)
+        p, buf, loss = train_epoch(job.network or f, p, buf, x, y, config, gen, epoch, on_step)
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"expert {index} diverged in epoch {epoch} (non-finite parameters)")
         acc = accuracy(f, p, test_images, test_labels)
@@ -291,7 +321,7 @@ def difficulty_order(images: torch.Tensor, labels: torch.Tensor, config: ExpertC
         if meta.get("key") == key and tensors.get("order") is not None and len(tensors["order"]) == len(labels):
             return tensors["order"].to(images.device)
     scorer = replace(config, objective=Choice("sgd"), momentum=0.0, weight_decay=0.0, lr_decay_epoch=0,
-                     schedule=Choice("full"))
+                     schedule=Choice("full"), arithmetic="float32")
     f = FunctionalConvNet(model, device=images.device)
     total = torch.zeros(len(labels), device=images.device)
     for m in range(models):
@@ -333,6 +363,7 @@ def train_experts(images: torch.Tensor, labels: torch.Tensor, test_images: torch
     order = None
     if parts.build("schedule", config).difficulty:
         order = difficulty_order(images, labels, config, out_dir, train_sha256, model)
+    network, how = step_network(model, config, device)
     job = ExpertJob(images, labels, test_images.to(device), test_labels.to(device), spec, config, model, out_dir,
-                    train_sha256, order, progress, replace)
+                    train_sha256, order, progress, replace, network, how)
     return [train_expert(i, job) for i in indices]

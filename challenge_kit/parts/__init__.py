@@ -16,6 +16,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from challenge_kit.parts.catalogue import (
+    ARITHMETICS,
     FIELDS,
     GRAD_MODES,
     KINDS,
@@ -37,9 +38,10 @@ from challenge_kit.parts.catalogue import (
 )
 from challenge_kit.parts.user import resolve
 
-__all__ = ["FIELDS", "GRAD_MODES", "KINDS", "PARTS", "REGISTRY", "AssignedSoftParams", "BalancedParams", "Choice",
-           "DeepParams", "EasyFirstParams", "FilterNoiseParams", "GsamParams", "LearnedSoftParams", "Part",
-           "SmoothParams", "build", "catalogue", "check", "choose", "get", "is_user", "listing", "parameters", "part"]
+__all__ = ["ARITHMETICS", "FIELDS", "GRAD_MODES", "KINDS", "PARTS", "REGISTRY", "AssignedSoftParams",
+           "BalancedParams", "Choice", "DeepParams", "EasyFirstParams", "FilterNoiseParams", "GsamParams",
+           "LearnedSoftParams", "Part", "SmoothParams", "build", "catalogue", "check", "choose", "get", "is_user",
+           "listing", "parameters", "part"]
 
 
 def is_user(name: str) -> bool:

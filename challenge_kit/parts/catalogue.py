@@ -30,6 +30,9 @@ FIELDS = {"init": "distill.init", "labels": "distill.labels", "mask": "distill.m
           "weights": "distill.weights", "terms": "distill.terms", "perturb": "distill.perturb",
           "objective": "experts.objective", "schedule": "experts.schedule"}
 GRAD_MODES = ("exact", "unrolled")  # matching.match: the constant-memory adjoint, or autograd through N steps
+# How experts' steps and matching's inner steps compute: float32, or bfloat16 autocast where the device has it
+# natively (``evaluator.fast.native_bfloat16``; elsewhere "fast" computes in float32).
+ARITHMETICS = ("float32", "fast")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ from challenge_kit.parts.catalogue import EasyFirstParams, GsamParams, SmoothPar
 
 # ---------------------------------------------------------------------------------------------- objectives
 
+# Objectives that differentiate the network's own gradient (a double backward, which ``torch.compile``'s graphs do
+# not support): the fast arithmetic runs their forward under autocast, not compiled.
+SECOND_ORDER = ("smooth",)
+
 
 def gsam_perturbation(p: torch.Tensor, g: torch.Tensor, rho: float, adaptive: bool = True) -> torch.Tensor:
     """e = rho * g * p^2 / (|| |p| * g || + 1e-12) (adaptive), or rho * g / (||g|| + 1e-12)."""

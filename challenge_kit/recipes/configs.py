@@ -27,6 +27,7 @@ class ExpertConfig:
     objective: Choice = Choice("gsam", GsamParams())
     schedule: Choice = Choice("full")
     seed: int = random_seed(0)
+    arithmetic: str = one_of("float32", parts.ARITHMETICS)  # the training steps' (docs/experts.md)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DistillConfig:
     momentum: float = below_one(0.5)
     threshold: float = positive(1.0)
     grad: str = one_of("exact", parts.GRAD_MODES, "gradient mode")
+    arithmetic: str = one_of("float32", parts.ARITHMETICS)  # the inner steps' (docs/mdatm.md)
     init: Choice = Choice("real_correct")
     labels: Choice = Choice("hard")
     mask: Choice = Choice("all")

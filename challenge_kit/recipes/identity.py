@@ -23,7 +23,7 @@ NOT_TRAJECTORY = ("num_experts", "epochs")
 # Recipe fields that do not change a run's result: labels, and when checkpoints are written.
 NOT_RESULT = ("profile", "method", "description", "distill.checkpoint_every", "distill.iterations")
 # Fields added after runs began saving recipes, at the value that reproduces what the code did before them.
-ADDED = {"eval": {"scorer": FAITHFUL}}
+ADDED = {"eval": {"scorer": FAITHFUL}, "experts": {"arithmetic": "float32"}, "distill": {"arithmetic": "float32"}}
 
 
 def _kinds(section: str) -> list[str]:

@@ -30,6 +30,7 @@ from challenge_kit.experts.training import train_experts
 from challenge_kit.recipes import EvalConfig, ExpertConfig
 from challenge_kit.runs import BEST, CHECKPOINT, HISTORY, SUMMARY, read_checkpoint, read_history
 from challenge_kit.selection import Candidate, Rounds, Selector
+from evaluator.fast import native_bfloat16
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,20 @@ def test_without_selection_the_last_iteration_is_exported(store, tmp_path):
     state = _run(_recipe(every=0, iterations=2), store, tmp_path / "run")
     assert state.candidates == [] and state.decision["export"] == 2 and "selection off" in state.decision["reason"]
     assert torch.equal(DistilledArtifact.load(tmp_path / "run" / BEST).images, state.images)
+
+
+def test_the_recipes_arithmetic_reaches_the_inner_steps(store, tmp_path):
+    """``distill.arithmetic = "fast"`` computes the inner steps in bfloat16 where the CPU has it natively (the same
+    draws, a slightly different gradient), and is float32, bit for bit, where it has not."""
+    plain = _run(_recipe(every=0, iterations=1), store, tmp_path / "float32")
+    fast = _run(_recipe(every=0, iterations=1, arithmetic="fast"), store, tmp_path / "fast")
+    if not native_bfloat16(torch.device("cpu")):
+        assert torch.equal(fast.images, plain.images)
+        return
+    (was,), (now,) = read_history(tmp_path / "float32"), read_history(tmp_path / "fast")
+    assert (now["expert"], now["start_epoch"]) == (was["expert"], was["start_epoch"])
+    assert now["grad_norm"] != was["grad_norm"] and now["grad_norm"] == pytest.approx(was["grad_norm"], rel=0.02)
+    assert not torch.equal(fast.images, plain.images)
 
 
 def test_refuses_to_overwrite_an_existing_run(store, tmp_path):

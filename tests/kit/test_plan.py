@@ -37,6 +37,7 @@ from challenge_kit.plan import (
 )
 from challenge_kit.recipes import load_recipe
 from challenge_kit.selection import Selector
+from evaluator.fast import native_bfloat16
 
 SPEC = replace(CIFAR100.subset(2, ipc=4), image_size=16)
 REPO = Path(__file__).resolve().parents[2]
@@ -80,8 +81,20 @@ def test_counts_follow_the_recipe():
     e = recipe.experts
     assert stages["experts"].units == e.num_experts * e.epochs * -(-64 // e.batch_size)
     assert stages["distillation"].units == recipe.distill.iterations
+    assert "(sgd objective, float32)" in stages["experts"].what  # the recipe's arithmetic, the default one
+    assert "(exact gradient, float32)" in stages["distillation"].what
     assert stages["official score"].units == 3 * 1001 * 1 and not stages["official score"].in_run
     assert plan.run_seconds is None and set(plan.matching_peak_bytes) == {"exact", "unrolled"}
+
+
+def test_the_plan_times_and_names_the_arithmetic_the_run_will_use():
+    """Experts' steps and matching's inner steps are calibrated in the recipe's arithmetic and the stage says it:
+    bfloat16 autocast where the CPU computes it natively (compiled where a compiler is: the tests run without)."""
+    cpu = torch.device("cpu")
+    fast = load_recipe("tinyimagenet", "mini", ["experts.arithmetic=fast", "distill.arithmetic=fast"])
+    words = "bfloat16 autocast" if native_bfloat16(cpu) else "float32"
+    stages = {s.name: s.what for s in make_plan(fast, SPEC, 64, cpu, calibrate=False).stages}
+    assert f"(sgd objective, {words})" in stages["experts"] and f"(exact gradient, {words})" in stages["distillation"]
 
 
 def test_plan_command_calibrates_on_the_device(capsys, monkeypatch):

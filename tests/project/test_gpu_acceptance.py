@@ -35,8 +35,11 @@ def test_every_step_runs_on_the_cpu_at_tiny_sizes(tmp_path):
     assert done.returncode == 0, (done.stderr, report)
     steps = report["steps"]
     assert set(steps) == {"device tests", "no host syncs", "scorer throughput", "full-shape iteration",
-                           "quick make-submission"}
+                           "quick make-submission", "matching arithmetic"}
     assert "passed" in steps["device tests"]["summary"] and "failed" not in steps["device tests"]["summary"]
     assert steps["scorer throughput"]["kit_images_per_s"] > 0
     assert [r["dataset"] for r in steps["full-shape iteration"]["rows"]] == ["cifar100", "tinyimagenet"]
     assert (tmp_path / "out" / "quick" / "tinyimagenet.pt").is_file()
+    rows = steps["matching arithmetic"]["rows"]  # strict float32 first, then bfloat16 where the CPU has it
+    assert [r["arithmetic"] for r in rows if r["dataset"] == "cifar100"][0] == "float32"
+    assert all(r["cos_images"] >= 0.99 and r["seconds"] > 0 for r in rows)

@@ -69,7 +69,9 @@ def test_a_misspelt_part_in_a_recipe_fails_at_load_in_under_two_seconds_naming_t
     assert time.perf_counter() - tick < 2
     for bad, match_ in (('[distill]\ngrad = "tesla"\n', "unknown gradient mode 'tesla'; known: exact, unrolled"),
                         ('[experts]\nobjective = "adam"\n', "experts.objective: unknown objective part 'adam'"),
-                        ('[eval]\nsplit = "val"\n', "eval.split must be one of holdout, test")):
+                        ('[eval]\nsplit = "val"\n', "eval.split must be one of holdout, test"),
+                        ('[distill]\narithmetic = "bf16"\n',
+                         "distill.arithmetic must be one of float32, fast, got 'bf16'")):
         path.write_text(bad)
         with pytest.raises(KitValueError, match=match_):
             load_recipe(str(path), dataset="cifar100")

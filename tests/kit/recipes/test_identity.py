@@ -50,7 +50,8 @@ SGD = ExpertConfig(num_experts=1, epochs=2, batch_size=8, lr=0.05, seed=3, objec
 
 def test_a_part_is_its_name_and_its_own_parameters_whichever_version_wrote_it():
     settings = {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 8, "lr_decay_epoch": 0,
-                "lr_decay": 0.5, "objective": {"name": "sgd"}, "schedule": {"name": "full"}, "seed": 3}
+                "lr_decay": 0.5, "objective": {"name": "sgd"}, "schedule": {"name": "full"}, "seed": 3,
+                "arithmetic": "float32"}  # written before the setting: float32, the only arithmetic there was
     assert expert_settings(FLAT_SGD) == expert_settings(section_dict(SGD)) == settings
     smooth = replace(SGD, objective=choose("objective", "smooth", clip_epochs=1))
     assert expert_settings(FLAT_SMOOTH) == expert_settings(section_dict(smooth)) == {
@@ -79,6 +80,10 @@ def test_a_checkpoint_resumes_unless_a_setting_that_changes_the_result_differs()
     assert resume_differences(rho, gsam, 1) == [("experts.objective.rho", 0.05, 0.01)]
     unscored = {**now, "eval": {k: v for k, v in now["eval"].items() if k != "scorer"}}  # before eval.scorer
     assert resume_differences(unscored, now, 1) == [("eval.scorer", "faithful", "fast")]
+    fast = {**now, "distill": {**now["distill"], "arithmetic": "fast"}}
+    before = {**now, "distill": {k: v for k, v in now["distill"].items() if k != "arithmetic"}}  # before it
+    assert resume_differences(before, now, 1) == []  # a run saved before the setting was a float32 one
+    assert resume_differences(before, fast, 1) == [("distill.arithmetic", "float32", "fast")]
 
 
 def _data():
@@ -114,6 +119,8 @@ def test_an_expert_store_written_before_parts_owned_their_parameters_is_reused_a
 
     with pytest.raises(KitFileError, match=r"was trained with other settings \(experts\.lr 0\.05 -> 0\.02\)"):
         train_experts(*_data(), SPEC, replace(SGD, lr=0.02), store, model=MODEL)
+    with pytest.raises(KitFileError, match=r'other settings \(experts\.arithmetic "float32" -> "fast"\)'):
+        train_experts(*_data(), SPEC, replace(SGD, arithmetic="fast"), store, model=MODEL)  # it was float32
     train_experts(*_data(), SPEC, replace(SGD, epochs=3), store, model=MODEL)  # continued, not retrained
     assert torch.equal(load_file(str(path))["snapshots"][:3], load_file(str(keyed / path.name))["snapshots"])
     assert read_metadata(path)["config"]["objective"] == {"name": "sgd"} and len(expert_files(store)) == 1

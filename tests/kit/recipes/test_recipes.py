@@ -244,6 +244,7 @@ CONSTRAINTS = {
     "one_of exact, unrolled": {"distill.grad"},
     "one_of holdout, test": {"eval.split"},
     "one_of faithful, fast": {"eval.scorer"},
+    "one_of float32, fast": {"experts.arithmetic", "distill.arithmetic"},
     "fraction": {"experts.initial_ratio", "experts.drop_easy", "experts.clip_start", "distill.discard_ratio"},
     "below_one": {"experts.momentum", "distill.momentum", "distill.labels_momentum"},
 }
