@@ -121,6 +121,20 @@ def test_a_seeded_round_starts_and_ends_where_the_official_recipe_does(data, off
     assert scorer.test_accuracy(kit, test_images, test_labels, batch_size=7) == expected  # many batches, one count
 
 
+def test_a_fresh_round_driven_by_hand_trains_as_the_official_round(data, official):
+    """``fresh_round`` hands a caller the round's network and streams (to look between epochs): driving ``train``
+    with them gives the official round's weights; another network is built by its name, from the same stream."""
+    images, labels, _, _ = data
+    seed = round_seed(SEED, 2)
+    config = ModelConfig(num_classes=SPEC.num_classes, image_size=SPEC.image_size)
+    net, (generator, group_generator) = scorer.fresh_round(config, seed, torch.device("cpu"))
+    _same(net.state_dict(), official[seed][0], "initial weights")
+    scorer.train(net, images, labels, epochs=SHORT, generator=generator, group_generator=group_generator)
+    _same(net.state_dict(), official[seed][1].state_dict(), "trained weights")
+    narrow, _ = scorer.fresh_round(config, seed, torch.device("cpu"), "convnet-w64")
+    assert narrow.features[0].out_channels == 64 and narrow.classifier.in_features == 64 * 2 * 2
+
+
 def test_evaluate_images_reports_the_official_rounds_and_their_plain_mean(data, official):
     images, _, test_images, test_labels = data
     result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
