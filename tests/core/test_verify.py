@@ -14,7 +14,7 @@ from fakes import MINI, needs_mini
 from helpers import ddkit
 
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels, normalize
+from challenge_kit.core.contract import CIFAR100, MAX_SUBMISSION_BYTES, TINYIMAGENET, default_labels, normalize
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
 from challenge_kit.core.storage import save_json, save_tensors, save_torch
@@ -37,6 +37,7 @@ from challenge_kit.core.verify import (
     verify_path,
     verify_tensor,
 )
+from challenge_kit.core.verify.normalization import _other_normalization_hint
 
 SMALL = CIFAR100.subset(10)  # 100 images of 3x32x32
 SMALL16 = replace(SMALL, image_size=16)  # ZCA needs many more images than pixels to fit: keep pixels few
@@ -679,3 +680,109 @@ def test_a_submission_in_memory_is_judged_as_on_disk(tmp_path):
                                            "builtins.print, io.open$"):
         verify_bytes((tmp_path / "code.pt").read_bytes(), "bundle.zip:code.pt", SMALL)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_manifest_that_says_the_labels_were_dropped_is_a_provenance_row(tmp_path):
+    """The export's manifest records a research set whose labels the challenge file cannot carry: the row says its
+    note, or the plain words when there is none, and keeps what the manifest wrote."""
+    path = save_torch(torch.zeros(CIFAR100.shape), tmp_path / "cifar100.pt")
+    dropped = {"note": "soft labels dropped: the scorer trains on default-order hard labels", "kind": "soft"}
+    save_json({"labels_dropped": dropped}, tmp_path / "manifest.json")
+    assert verify_path(path).check("provenance") == Check("provenance", WARN, dropped["note"], dropped)
+    save_json({"labels_dropped": {"kind": "soft"}}, tmp_path / "manifest.json")
+    assert verify_path(path).check("provenance") == Check("provenance", WARN, "exported with its labels dropped",
+                                                          {"kind": "soft"})
+    (tmp_path / "manifest.json").write_text("{not json")
+    row = verify_path(path).check("provenance")
+    assert row.status == WARN and row.reason.startswith(str(tmp_path / "manifest.json")) and row.reason.endswith(
+        ": ignored")
+
+
+def test_where_the_spec_came_from_is_said(tmp_path):
+    path = save_torch(torch.zeros(CIFAR100.shape), tmp_path / "images.pt")
+    assert verify_path(path, spec=CIFAR100).spec_source == "caller"
+    assert verify_path(path, dataset="cifar100").spec_source == "--dataset"
+    array = tmp_path / "array.pt"
+    torch.save(np.zeros((2, 3), np.float32), array)
+    judged = verify_path(array)  # refused as a numpy array: no shape to resolve a spec from
+    assert judged.check("type").status == FAIL and (judged.spec, judged.spec_source) == (None, None)
+
+
+def test_an_oversized_artifact_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "big.safetensors"
+    save_tensors({"images": torch.zeros(2)}, path, {})
+    with open(path, "r+b") as f:  # sparse: that large, nothing on disk
+        f.truncate(MAX_SUBMISSION_BYTES + 1)
+    with pytest.raises(KitFileError) as caught:
+        verify_path(path)
+    assert caught.value.problem.startswith(f"is {MAX_SUBMISSION_BYTES + 1:,} bytes; a challenge submission is at most")
+
+
+def test_numpys_dtype_classes_are_a_numpy_array_too(tmp_path):
+    """A pickle that names numpy's dtype classes (``numpy.dtypes.*``) besides an array's own globals is named as a
+    numpy array, not refused as code."""
+    path = tmp_path / "cifar100.pt"
+    torch.save([np.zeros(2, np.float32), np.dtypes.Float32DType], path)
+    assert any(n.startswith("numpy.dtypes.") for n in torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    assert verify_path(path).check("type") == Check(
+        "type", FAIL, "a numpy array, not a torch.Tensor: the scorer crashes on it; save torch.from_numpy(array)")
+
+
+def test_the_lowest_classes_are_listed_in_class_order_among_ties():
+    """20 classes: the first ten all agree, the last ten 4 of 5: the lowest three are the first of the ties."""
+    twenty = CIFAR100.subset(20, ipc=5)
+    rows = [[c] * 5 for c in range(10)] + [[c] * 4 + [0] for c in range(10, 20)]
+    row = check_reference(predicted(*rows), twenty, Lookup(20))
+    assert row.status == PASS and row.reason.endswith("lowest: class 10 4/5, class 11 4/5, class 12 4/5")
+
+
+def test_a_reference_model_that_does_not_fit_names_its_last_mismatch(tmp_path, trained_reference):
+    net, _ = trained_reference
+    state = net.state_dict()
+    two = {**state, "features.0.weight": torch.zeros(5, 3, 3, 3), "classifier.bias": torch.zeros(7)}
+    problem = refused(save_torch(two, tmp_path / "two.pt"), REF)
+    assert problem.startswith(f"does not fit a ConvNet for {REF.describe()} (") and "classifier.bias" in problem
+    assert "features.0.weight" not in problem
+
+
+def ref_other_normalization(means: torch.Tensor, spec, other) -> bool:
+    """The hint's rule, plainly: the set's mean colour projected on where ``other``'s normalization would put the
+    dataset's images, t (0 here, 1 there), fires inside (0.5, 2) and more than 3 standard errors from 0."""
+    e = [(m - om) / os for m, om, os in zip(spec.mean, other.mean, other.std, strict=True)]
+    ee = sum(v * v for v in e)
+    n = means.shape[0]
+    mu = [float(means[:, c].sum()) / n for c in range(3)]
+    se = [float(((means[:, c] - mu[c]) ** 2).sum() / (n - 1)) ** 0.5 / n ** 0.5 for c in range(3)]
+    t = sum(m * v for m, v in zip(mu, e, strict=True)) / ee
+    se_t = sum(v ** 2 * s ** 2 for v, s in zip(e, se, strict=True)) ** 0.5 / ee
+    return 0.5 < t < 2 and t > 3 * se_t
+
+
+def test_the_other_datasets_hint_follows_its_rule_over_many_sets():
+    g = torch.Generator().manual_seed(0)
+    e = (torch.tensor(CIFAR100.mean, dtype=torch.float64) - torch.tensor(TINYIMAGENET.mean)) / torch.tensor(
+        TINYIMAGENET.std)
+    fired = {True: 0, False: 0}
+    for t, spread, n in itertools.product([0.3, 0.45, 0.6, 1.0, 1.5, 1.9, 2.2, 3.0], [0.0, 0.02, 0.05, 0.2, 0.6],
+                                          [4, 12]):
+        means = t * e + spread * torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.3, 2.0])
+        images = means.view(n, 3, 1, 1).expand(n, 3, 4, 4)  # each image flat: its channel means exact
+        expected = ref_other_normalization(means, CIFAR100, TINYIMAGENET)
+        assert (_other_normalization_hint(images, CIFAR100) is not None) == expected, (t, spread, n)
+        fired[expected] += 1
+    assert min(fired.values()) >= 10  # both answers met often
+    for edge in (0.5, 2.0):  # at the interval's ends exactly: outside
+        assert _other_normalization_hint((edge * e).view(1, 3, 1, 1).expand(2, 3, 4, 4), CIFAR100) is None
+    sits = _other_normalization_hint(e.view(1, 3, 1, 1).expand(2, 3, 4, 4), CIFAR100)
+    assert sits == (f"the means sit near ({', '.join(f'{v:+.2f}' for v in e.tolist())}), where cifar100 images "
+                    "normalized with tinyimagenet's mean/std would be, not near 0: check the normalization")
+
+
+def test_the_spectrum_is_measured_at_any_amplitude_and_from_two_rings():
+    """The fitted exponent does not depend on the images' scale (faint images included), and 8 px images (two
+    rings) are measured; a channel statistic needs two channels."""
+    images = natural(3, 32)[..., :8, :8]
+    for faint in (images, 0.001 * images):
+        assert spectral_exponent(faint) == pytest.approx(ref_spectral_exponent(images), abs=1e-6)
+        assert channel_correlation(faint) == pytest.approx(ref_channel_correlation(faint), abs=1e-12)
+    assert np.isnan(channel_correlation(images[:, :1]))
