@@ -706,6 +706,7 @@ def test_where_the_spec_came_from_is_said(tmp_path):
     torch.save(np.zeros((2, 3), np.float32), array)
     judged = verify_path(array)  # refused as a numpy array: no shape to resolve a spec from
     assert judged.check("type").status == FAIL and (judged.spec, judged.spec_source) == (None, None)
+    assert judged.path == str(array) and verify_path(array, spec=CIFAR100).spec_source == "caller"
 
 
 def test_an_oversized_artifact_is_refused_before_it_is_read(tmp_path):
@@ -763,9 +764,11 @@ def test_the_other_datasets_hint_follows_its_rule_over_many_sets():
     e = (torch.tensor(CIFAR100.mean, dtype=torch.float64) - torch.tensor(TINYIMAGENET.mean)) / torch.tensor(
         TINYIMAGENET.std)
     fired = {True: 0, False: 0}
-    for t, spread, n in itertools.product([0.3, 0.45, 0.6, 1.0, 1.5, 1.9, 2.2, 3.0], [0.0, 0.02, 0.05, 0.2, 0.6],
-                                          [4, 12]):
-        means = t * e + spread * torch.randn(n, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.3, 2.0])
+    cases = [(t, spread, n, torch.tensor([1.0, 0.3, 2.0])) for t, spread, n in itertools.product(
+        [0.3, 0.45, 0.6, 1.0, 1.5, 1.9, 2.2, 3.0], [0.0, 0.02, 0.05, 0.2, 0.6], [4, 12])]
+    cases += [(1.0, spread, 12, torch.tensor([1.0, 0.0, 0.0])) for spread in (0.5, 0.55, 0.6, 0.65, 0.7)]  # one channel
+    for t, spread, n, channels in cases:
+        means = t * e + spread * torch.randn(n, 3, generator=g, dtype=torch.float64) * channels
         images = means.view(n, 3, 1, 1).expand(n, 3, 4, 4)  # each image flat: its channel means exact
         expected = ref_other_normalization(means, CIFAR100, TINYIMAGENET)
         assert (_other_normalization_hint(images, CIFAR100) is not None) == expected, (t, spread, n)
