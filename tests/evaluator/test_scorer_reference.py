@@ -135,6 +135,23 @@ def test_a_fresh_round_driven_by_hand_trains_as_the_official_round(data, officia
     assert narrow.features[0].out_channels == 64 and narrow.classifier.in_features == 64 * 2 * 2
 
 
+def test_other_networks_train_by_name_and_batch_norm_ones_one_at_a_time(data):
+    """``arch`` builds the named network; a network with running statistics (batch norm) is never stacked: asked to
+    stack two rounds, each trains exactly as it does alone."""
+    images, labels, _, _ = data
+    seeds = [round_seed(SEED, r) for r in range(2)]
+    (wide,) = scorer.train_rounds(images, labels, seeds[:1], num_classes=SPEC.num_classes, epochs=1, device="cpu",
+                                  arch="convnet-w64")
+    assert wide.features[0].out_channels == 64
+    pair = fast.Arithmetic(fast.FAST, "float32", False, stacked=2)
+    together = scorer.train_rounds(images, labels, seeds, num_classes=SPEC.num_classes, epochs=2, device="cpu",
+                                   how=pair, arch="convnet-bn")
+    for seed, net in zip(seeds, together, strict=True):
+        (alone,) = scorer.train_rounds(images, labels, [seed], num_classes=SPEC.num_classes, epochs=2, device="cpu",
+                                       arch="convnet-bn")
+        _same(net.state_dict(), alone.state_dict(), f"round {seed} of a batch-norm pair")
+
+
 def test_evaluate_images_reports_the_official_rounds_and_their_plain_mean(data, official):
     images, _, test_images, test_labels = data
     result = scorer.evaluate_images(images, SPEC, test_images, test_labels, rounds=ROUNDS, epochs=SHORT, seed=SEED,
