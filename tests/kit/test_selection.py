@@ -11,9 +11,12 @@ import pytest
 import torch
 from references import official_round, official_scores, official_test, round_seed
 
+from challenge_kit import selection
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.recipes import EvalConfig
 from challenge_kit.selection import Candidate, Rounds, Selector
+from evaluator import fast
+from evaluator.scorer import evaluate_images
 
 SPEC = replace(CIFAR100.subset(3, ipc=2), image_size=16)
 EPOCHS = 2
@@ -156,3 +159,33 @@ def test_the_per_class_record_is_each_classs_share_over_the_official_rounds(spli
         assert official_test(net, test_images, test_labels) == pytest.approx(sum(shares[-1]) / SPEC.num_classes)
     got = _selector(split, rounds=2).score(images, 2, SEED, per_class=True)
     assert got.per_class == pytest.approx([(s + t) / 2 for s, t in zip(*shares, strict=True)], abs=1e-6)
+
+
+def test_a_candidate_reads_back_as_a_checkpoint_holds_it():
+    held = {"iteration": 40, "mean": 0.21, "se": 0.003, "rounds": [0.2, 0.22], "seeds": [5, 6], "per_class": [0.1, 0.3]}
+    candidate = Candidate.from_dict(held)
+    assert candidate == Candidate(40, Rounds(0.21, 0.003, [0.2, 0.22], [5, 6], [0.1, 0.3]))
+    assert candidate.to_dict() == held
+    assert Candidate.from_dict({k: v for k, v in held.items() if k != "per_class"}).score.per_class is None
+
+
+def test_a_score_in_the_fast_arithmetic_is_the_scorers_and_draws_no_bar(split, monkeypatch, capfd):
+    """``scorer = "fast"`` (bfloat16, uncompiled here) is the arithmetic the rounds are trained in, and selection
+    scores quietly: the scorer is called with it, and its rounds are the selection's."""
+    monkeypatch.setenv("DDKIT_NO_COMPILE", "1")
+    monkeypatch.setattr(fast, "native_bfloat16", lambda device: True)
+    calls = []
+
+    def scored(*args, **kwargs):
+        calls.append(kwargs)
+        return evaluate_images(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "evaluate_images", scored)
+    images, _ = _set(0.0, 2)
+    selector = Selector(EvalConfig(epochs=EPOCHS, seed=SEED, scorer="fast"), SPEC, *split, torch.device("cpu"))
+    got = selector.score(images, 2, 9)
+    (kwargs,) = calls
+    assert kwargs["how"] == fast.Arithmetic(fast.FAST, "bfloat16", False, 1) and kwargs["show_progress"] is False
+    assert got.rounds == evaluate_images(images, SPEC, *split, rounds=2, epochs=EPOCHS, seed=9, device="cpu",
+                                         show_progress=False, how=kwargs["how"]).rounds
+    assert capfd.readouterr().err == ""
