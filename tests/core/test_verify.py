@@ -706,7 +706,18 @@ def test_where_the_spec_came_from_is_said(tmp_path):
     torch.save(np.zeros((2, 3), np.float32), array)
     judged = verify_path(array)  # refused as a numpy array: no shape to resolve a spec from
     assert judged.check("type").status == FAIL and (judged.spec, judged.spec_source) == (None, None)
-    assert judged.path == str(array) and verify_path(array, spec=CIFAR100).spec_source == "caller"
+    given = verify_path(array, spec=CIFAR100)
+    assert judged.path == str(array) and (given.spec, given.spec_source) == (CIFAR100, "caller")
+
+
+def test_an_artifact_that_declares_its_own_normalization_is_judged_by_the_datasets(tmp_path):
+    own = replace(CIFAR100, mean=(0.5, 0.5, 0.5), challenge=False)
+    path = DistilledArtifact(torch.zeros(CIFAR100.shape), default_labels(100, 10), own).save(
+        tmp_path / "set.safetensors")
+    report = verify_path(path)
+    assert report.spec == CIFAR100 and report.check("provenance") == Check(
+        "provenance", WARN, "the artifact's metadata declares a spec that normalizes with mean (0.5, 0.5, 0.5), std "
+        f"{CIFAR100.std}, not cifar100's mean/std: ignored, judged by the dataset's own")
 
 
 def test_an_oversized_artifact_is_refused_before_it_is_read(tmp_path):
