@@ -83,7 +83,7 @@ TARGETS = (
     Target("evaluator/evaluate.py", ("tests/evaluator/test_evaluator.py", "tests/cli/test_messages.py",
                                      "tests/cli/test_hardening.py"), "evaluator or scores_txt"),
     Target("challenge_kit/core/contract.py", ("tests/core/test_contract.py",)),
-    Target("challenge_kit/core/models.py", ("tests/core/test_models.py",
+    Target("challenge_kit/core/models.py", ("tests/core/test_models.py", "tests/core/test_architectures.py",
                                             "tests/evaluator/test_scorer_reference.py")),  # its init
     Target("challenge_kit/core/augment.py", ("tests/core/test_augment.py",)),
     # its own tests, the hostile files and the zip members it loads (not the baselines, which build sets from data)
