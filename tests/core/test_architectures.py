@@ -79,3 +79,13 @@ def test_a_network_with_buffers_trains_its_rounds_one_at_a_time_even_when_asked_
     alone = train_rounds(x, y, [2], num_classes=3, epochs=2, device="cpu", arch="convnet-bn")
     assert all(torch.equal(a, b) for a, b in zip(stacked[1].state_dict().values(), alone[0].state_dict().values(),
                                                 strict=True))
+
+
+def test_an_unknown_network_or_a_grey_image_is_refused_by_name():
+    config = ModelConfig(num_classes=10, image_size=32)
+    with pytest.raises(ValueError) as unknown:
+        build_network("alexnet", config)
+    assert str(unknown.value) == f"architecture 'alexnet' not in {ARCHITECTURES}"
+    with pytest.raises(ValueError) as grey:
+        build_network("vgg11", ModelConfig(num_classes=10, image_size=32, channels=1))
+    assert str(grey.value) == "vgg11 takes 3-channel images, not 1"
