@@ -50,8 +50,9 @@ def test_each_network_classifies_and_has_its_published_parameter_count(arch, siz
 
 def test_resnet_and_vgg_are_adapted_the_dc_way_stride_one_stem_no_maxpool_instance_norm():
     resnet = build_network("resnet18", ModelConfig(num_classes=K, image_size=64))
-    assert (resnet.conv1.kernel_size, resnet.conv1.stride) == ((3, 3), (1, 1)) and isinstance(resnet.maxpool,
-                                                                                            nn.Identity)
+    stem = resnet.conv1
+    assert (stem.kernel_size, stem.stride, stem.padding, stem.bias) == ((3, 3), (1, 1), (1, 1), None)
+    assert isinstance(resnet.maxpool, nn.Identity)
     vgg = build_network("vgg11", ModelConfig(num_classes=K, image_size=64))
     for net in (resnet, vgg):
         norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm | nn.BatchNorm2d)]
@@ -89,3 +90,21 @@ def test_an_unknown_network_or_a_grey_image_is_refused_by_name():
     with pytest.raises(ValueError) as grey:
         build_network("vgg11", ModelConfig(num_classes=10, image_size=32, channels=1))
     assert str(grey.value) == "vgg11 takes 3-channel images, not 1"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_resnet_and_vgg_start_from_pytorchs_default_initialization_not_torchvisions(arch):
+    """PyTorch's default for a convolution or linear layer is kaiming_uniform_ with a = sqrt(5): weights (and
+    biases) uniform in +-1 / sqrt(fan_in); norms start at weight 1, bias 0. torchvision's own init draws the
+    convolutions from a normal with std sqrt(2 / fan_out), which overshoots that bound in the deep layers."""
+    torch.manual_seed(0)
+    net = build_network(arch, ModelConfig(num_classes=K, image_size=32))
+    layers = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert len(layers) == {"resnet18": 21, "vgg11": 9}[arch]
+    for layer in layers:
+        bound = 1 / layer.weight[0].numel() ** 0.5
+        for values in (layer.weight, layer.bias) if layer.bias is not None else (layer.weight,):
+            assert values.abs().max() <= bound and values.std() > 0
+        assert layer.weight.abs().max() > 0.9 * bound  # a uniform draw reaches near its bound
+    for norm in (m for m in net.modules() if isinstance(m, nn.GroupNorm)):
+        assert bool((norm.weight == 1).all()) and bool((norm.bias == 0).all())

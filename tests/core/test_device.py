@@ -12,7 +12,7 @@ from references import GROUPS, mtt_match, official_convnet, official_dsa, offici
 
 from challenge_kit.core import augment
 from challenge_kit.core.contract import CIFAR100, default_labels
-from challenge_kit.core.models import FunctionalConvNet, ModelConfig
+from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, predict
 from challenge_kit.experts.training import train_epoch
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import ExpertConfig
@@ -123,3 +123,17 @@ def test_stacked_rounds_train_as_the_official_loop_on_the_device(device):
                             how=how)
     for seed, net in zip([5, 6, 7], together, strict=True):
         _trained_as(net, official_round(images, labels, SPEC.num_classes, seed, 3, device)[1], device, bitwise=False)
+
+
+def test_predicting_a_cpu_pool_on_the_device_returns_cpu_logits_of_each_batch(device):
+    """``predict`` with a device moves each batch there as float32 and the logits back to the pool's device: the
+    same logits as the network run on the CPU over the whole pool at once."""
+    torch.manual_seed(0)
+    net = ConvNet(ModelConfig.for_spec(SPEC))
+    pool = torch.randn(SPEC.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        expected = net.eval()(pool.float())
+    net.train().to(device)
+    logits = predict(net, net, pool, device, batch_size=5)
+    assert logits.device == pool.device and logits.dtype == torch.float32 and net.training
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
