@@ -13,6 +13,7 @@ from references import GROUPS, mtt_match, official_convnet, official_dsa, offici
 from challenge_kit.core import augment
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.models import ConvNet, FunctionalConvNet, ModelConfig, predict
+from challenge_kit.core.verify import verify_tensor
 from challenge_kit.experts.training import train_epoch
 from challenge_kit.matching import Matching, match, plan_inner_steps
 from challenge_kit.recipes import ExpertConfig
@@ -137,3 +138,14 @@ def test_predicting_a_cpu_pool_on_the_device_returns_cpu_logits_of_each_batch(de
     logits = predict(net, net, pool, device, batch_size=5)
     assert logits.device == pool.device and logits.dtype == torch.float32 and net.training
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_set_on_the_device_is_verified_as_on_the_cpu(device):
+    """``verify_tensor`` of images that still sit on the device (a distillation's, before export) reports the same
+    checks, reasons and numbers as for the same images on the CPU."""
+    pixels = torch.rand(SPEC.shape, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(SPEC.mean).view(1, -1, 1, 1), torch.tensor(SPEC.std).view(1, -1, 1, 1)
+    images = (pixels - mean) / std
+    on_cpu = verify_tensor(images, SPEC, default_labels(SPEC.num_classes, SPEC.ipc))
+    on_device = verify_tensor(images.to(device), SPEC, default_labels(SPEC.num_classes, SPEC.ipc, device))
+    assert on_cpu.check("normalization").status == "PASS" and on_device.to_dict() == on_cpu.to_dict()

@@ -32,7 +32,7 @@ def verify_tensor(images, spec: DatasetSpec | None = None, labels: torch.Tensor 
     checks += [check_shape(images, spec), check_dtype(images), check_finite(images)]
     shaped = spec is not None and tuple(images.shape) == spec.shape
     if spec is not None and images.dim() == 4 and images.shape[1] == spec.channels and images.numel():
-        checks.append(check_normalization(images.float(), spec))
+        checks.append(check_normalization(images, spec))
     if labels is not None and spec is not None:
         checks.append(check_labels(labels, spec))
     if lr is not None:
