@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fakes import MINI, needs_mini
+from fakes import MINI, gradient_noise, natural, needs_mini, zca
 from helpers import ddkit
 
 from challenge_kit.core.artifact import DistilledArtifact
@@ -44,46 +44,6 @@ SMALL16 = replace(SMALL, image_size=16)  # ZCA needs many more images than pixel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def natural(n: int, size: int, spec=CIFAR100, seed: int = 0) -> torch.Tensor:
-    """[0, 1] 8-bit pixels with a natural 1/f^2 power spectrum, correlated colours and the dataset's mean colour."""
-    g = torch.Generator().manual_seed(seed)
-    f = torch.fft.fftfreq(size)
-    amp = 1 / (f.view(-1, 1) ** 2 + f.view(1, -1) ** 2).sqrt().clamp_min(1 / size)
-
-    def field(c):
-        x = torch.fft.ifft2(torch.randn(n, c, size, size, generator=g, dtype=torch.complex64) * amp).real
-        return x / x.flatten(1).std(1).view(n, 1, 1, 1)
-
-    x = field(1) + 0.3 * field(3)
-    contrast = 0.11 + 0.22 * torch.rand(n, 1, 1, 1, generator=g)
-    x = contrast * x + 0.15 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5)
-    x = x - x.mean((0, 2, 3), keepdim=True) + torch.tensor(spec.mean).view(1, -1, 1, 1)
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def gradient_noise(images: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
-    """What distillation adds: input gradients of random ConvNets, ``scale`` x each image's std."""
-    config = ModelConfig(num_classes=10, image_size=images.shape[-1], width=16)
-    total = torch.zeros_like(images)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in range(2):
-            x = images.clone().requires_grad_(True)
-            F.cross_entropy(ConvNet(config)(x), torch.randint(0, 10, (len(x),))).backward()
-            total += x.grad / x.grad.flatten(1).std(1).view(-1, 1, 1, 1)
-    std = lambda t: t.flatten(1).std(1).view(-1, 1, 1, 1)  # noqa: E731
-    return images + scale * std(images) * total / std(total)
-
-
-def zca(images: torch.Tensor, fit: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
-    """ZCA whitening as KIP/MTT (kornia ZCAWhitening, eps 0.1): eigenvectors of the pixel covariance."""
-    X = fit.flatten(1).double()
-    mu = X.mean(0)
-    lam, U = torch.linalg.eigh((X - mu).T @ (X - mu) / (len(X) - 1))
-    W = U @ torch.diag((lam.clamp_min(0) + eps).rsqrt()) @ U.T
-    return ((images.flatten(1).double() - mu) @ W).float().view_as(images)
 
 
 def cli(*args):
