@@ -94,8 +94,9 @@ TARGETS = (
       for name in ("loading", "labels")),
     Target("challenge_kit/core/verify/normalization.py", ("tests/core/test_verify.py",
                                                           "tests/core/test_normalization.py")),
-    *(Target(f"challenge_kit/core/verify/{name}.py", ("tests/core/test_verify.py",))
-      for name in ("format", "tensor", "report")),
+    *(Target(f"challenge_kit/core/verify/{name}.py", ("tests/core/test_verify.py", "tests/core/test_verify_rows.py"))
+      for name in ("format", "tensor")),
+    Target("challenge_kit/core/verify/report.py", ("tests/core/test_verify.py",)),
     # its own tests, the hostile files, the safe loader's tests in test_storage, and the export's refusals (not the
     # two whole submissions that distill for minutes on the way to reading their file)
     Target("challenge_kit/core/reading.py", ("tests/core/test_reading.py", "tests/core/test_untrusted.py",

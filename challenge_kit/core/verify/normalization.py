@@ -16,6 +16,8 @@ from challenge_kit.core.verify.report import FAIL, PASS, WARN, Check
 TOL = 3e-3
 # Unmodified 8-bit images have saturated pixels: the set's de-normalized range reaches within EDGE of 0 and 1.
 EDGE = 0.02
+# The raw-pixel and far-out rules read every value of a set up to this many, every k-th of a larger one.
+SAMPLE_VALUES = 1_000_000
 # Mean/std normalized images are about half negative (every pixel darker than the dataset mean);
 # raw pixels have none.
 RAW_NEGATIVE_FRACTION = 0.01
@@ -87,7 +89,7 @@ def check_normalization(images: torch.Tensor, spec: DatasetSpec) -> Check:
     """
     x = torch.nan_to_num(images.detach().to("cpu", torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
     flat = x.flatten()
-    sample = flat[:: max(1, flat.numel() // 1_000_000)]
+    sample = flat[:: max(1, flat.numel() // SAMPLE_VALUES)]
     negative = float((sample < -TOL).float().mean())
     top = float(sample.abs().quantile(0.999))
     mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
