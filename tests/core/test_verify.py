@@ -14,7 +14,14 @@ from fakes import MINI, gradient_noise, natural, needs_mini, zca
 from helpers import ddkit
 
 from challenge_kit.core.artifact import DistilledArtifact
-from challenge_kit.core.contract import CIFAR100, MAX_SUBMISSION_BYTES, TINYIMAGENET, default_labels, normalize
+from challenge_kit.core.contract import (
+    CIFAR100,
+    MAX_SUBMISSION_BYTES,
+    MAX_SUBMISSION_VALUES,
+    TINYIMAGENET,
+    default_labels,
+    normalize,
+)
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.models import ConvNet, ModelConfig, flatten_params
 from challenge_kit.core.storage import save_json, save_tensors, save_torch
@@ -639,6 +646,23 @@ def test_a_submission_in_memory_is_judged_as_on_disk(tmp_path):
     with pytest.raises(KitFileError, match="^bundle.zip:code.pt: refused without loading: the pickle would call "
                                            "builtins.print, io.open$"):
         verify_bytes((tmp_path / "code.pt").read_bytes(), "bundle.zip:code.pt", SMALL)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_member_in_memory_is_held_to_a_submissions_bounds_and_refused_as_on_disk(tmp_path):
+    """A zip member's bytes meet the bounds of a submission file (its value count) and the same refusal of a legacy
+    pickle that calls code, word for word, and nothing runs."""
+    big = tmp_path / "big.pt"
+    torch.save(torch.zeros(MAX_SUBMISSION_VALUES + 1, dtype=torch.bool), big)
+    legacy = tmp_path / "legacy.pt"
+    torch.save([Payload(tmp_path / "ran"), print], legacy, _use_new_zipfile_serialization=False)
+    for path in (big, legacy):
+        with pytest.raises(KitFileError) as on_disk:
+            verify_path(path)
+        with pytest.raises(KitFileError) as in_memory:
+            verify_bytes(path.read_bytes(), "bundle.zip:member.pt", SMALL)
+        assert (in_memory.value.problem, str(in_memory.value).split(":")[0]) == (on_disk.value.problem, "bundle.zip")
+    assert on_disk.value.problem.startswith("refused: holds objects that are not plain tensors")
     assert not (tmp_path / "ran").exists()
 
 
