@@ -210,28 +210,34 @@ class Matched:
     grad_labels: torch.Tensor | None  # None unless the labels require grad (DATM's learned soft labels)
 
 
-def trajectory_match(module, images, labels, lr, start, anchor, targets, steps, augment_batch, weights=None):
+def trajectory_match(module, images, labels, lr, start, anchor, targets, steps, augment_batch, weights=None,
+                     mask=None, autocast=None):
     """The trajectory-matching objective with what the later papers add: from theta = ``start``, step k of
     ``steps`` (indices, params) does theta <- theta - lr * weights[k] * grad of the batch's mean cross-entropy (hard
     labels; float labels are logits whose softmax is the target, DATM's soft cross-entropy); the loss sums
-    ||theta_n - snapshot||^2 / ||anchor - snapshot||^2 over the (n, snapshot) ``targets`` (n = 0: the start).
-    Gradients by autograd through the loop, zero where the loss does not reach."""
+    ||theta_n - snapshot||^2 / ||anchor - snapshot||^2 over the (n, snapshot) ``targets`` (n = 0: the start), over
+    the parameter entries a flat boolean ``mask`` keeps (PAD's), or all. ``autocast`` (a dtype): each forward under
+    torch's autocast, its logits back in the parameters' dtype for the loss. Gradients by autograd through the loop,
+    zero where the loss does not reach."""
     x = images.detach().requires_grad_(True)
     alpha = lr.detach().requires_grad_(True)
     learned = labels.requires_grad
     y = labels.detach().requires_grad_(learned)
     names = [name for name, _ in module.named_parameters()]
     begins = split_like(anchor, module)
+    keep = split_like(torch.ones_like(anchor, dtype=torch.bool) if mask is None else mask, module)
 
     def distance(theta, snapshot):
         ends = split_like(snapshot, module)
-        return sum((t - e).pow(2).sum() for t, e in zip(theta, ends, strict=True)) / sum(
-            (b - e).pow(2).sum() for b, e in zip(begins, ends, strict=True))
+        return sum((t - e)[m].pow(2).sum() for t, e, m in zip(theta, ends, keep, strict=True)) / sum(
+            (b - e)[m].pow(2).sum() for b, e, m in zip(begins, ends, keep, strict=True))
 
     theta = [t.detach().requires_grad_(True) for t in split_like(start, module)]
     terms = [distance(theta, snapshot) for n, snapshot in targets if n == 0]
     for k, (indices, params) in enumerate(steps):
-        out = functional_call(module, dict(zip(names, theta, strict=True)), (augment_batch(x[indices], params),))
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            out = functional_call(module, dict(zip(names, theta, strict=True)), (augment_batch(x[indices], params),))
+        out = out.to(theta[0].dtype)
         if y.is_floating_point():
             loss = -(F.log_softmax(out, 1) * F.softmax(y[indices], 1)).sum(1).mean()
         else:

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from challenge_kit import matching
 from challenge_kit.arithmetic import autocast_dtype
 from challenge_kit.core.contract import default_labels
 from challenge_kit.core.models import FunctionalConvNet, ModelConfig
@@ -51,3 +52,31 @@ def test_the_fast_word_means_bfloat16_only_where_the_device_computes_it_natively
     assert autocast_dtype("fast", torch.device("meta")) is None
     with pytest.raises(ValueError, match="unknown arithmetic 'bf16'"):
         autocast_dtype("bf16", CPU)
+
+
+@pytest.mark.parametrize("mode", ["exact", "unrolled"])
+@pytest.mark.parametrize("autocast", [torch.bfloat16, None])
+def test_each_inner_forward_runs_in_the_arithmetic_and_each_inner_loss_in_float32(mode, autocast, monkeypatch):
+    """The fast arithmetic reaches every inner step of both gradient modes (the exact one's recomputation too): the
+    network's logits come out in bfloat16, and the inner loss (its softmax and sum) sees them back in float32, the
+    parameters' dtype, as the fast scorer's loss does. In float32 (None), everything stays float32."""
+    forwards, losses = [], []
+    inner_loss = matching.inner_loss
+    monkeypatch.setattr(matching, "inner_loss", lambda logits, y: losses.append(logits.dtype) or inner_loss(logits, y))
+    net = FunctionalConvNet(ModelConfig(num_classes=4, image_size=16, width=8, depth=2))
+
+    def spy(theta, x):
+        logits = net(theta, x)
+        forwards.append(logits.dtype)
+        return logits
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(12, 3, 16, 16, generator=g), default_labels(4, 3)
+    anchor = net.init_flat(0)
+    target = anchor + 0.01 * torch.randn(anchor.shape, generator=g)
+    plan = plan_inner_steps(12, 4, 3, 16, CPU, generator=torch.Generator().manual_seed(1),
+                            aug_generator=torch.Generator().manual_seed(2))
+    result = match(spy, images, labels, torch.tensor(0.01), Matching(anchor, anchor, [(3, target)]), plan,
+                   mode=mode, autocast=autocast)
+    assert len(forwards) == len(losses) >= 3 and torch.isfinite(result.grad_images).all()
+    assert set(forwards) == {autocast or torch.float32} and set(losses) == {torch.float32}

@@ -101,3 +101,20 @@ def test_a_target_at_the_start_alone_has_zero_gradients(mode, labels_kind):
     assert torch.equal(kit.grad_images, torch.zeros_like(images)) and kit.grad_lr.item() == 0.0
     if labels_kind == "learned soft":
         assert torch.equal(kit.grad_labels, torch.zeros_like(labels))
+
+
+@pytest.mark.parametrize("mode", ["exact", "unrolled"])
+def test_a_parameter_mask_counts_only_its_entries_in_every_term_the_start_too(mode):
+    """PAD's parameter selection: every term, the one at the start included, measures only the masked entries (here
+    every third parameter value), as the plain loop's distance does."""
+    net, images, labels, lr, anchor, start, snapshots, plan = _problem("hard")
+    mask = torch.arange(anchor.numel()) % 3 == 0
+    targets = [(0, snapshots[0]), (2, snapshots[1]), (3, snapshots[2])]
+    reference = trajectory_match(official_convnet(CLASSES, SIZE, width=WIDTH, depth=DEPTH, dtype=D), images, labels,
+                                 lr, start, anchor, targets, [(step.indices, step.aug) for step in plan],
+                                 augment.apply, mask=mask)
+    kit = match(net, images, labels, lr, Matching(start, anchor, targets, mask=mask), plan, mode=mode)
+    assert [t.item() for t in kit.terms] == pytest.approx([t.item() for t in reference.terms], rel=1e-12), "terms"
+    assert kit.loss.item() == pytest.approx(reference.loss.item(), rel=1e-12), "matching loss"
+    assert _rel(kit.grad_images, reference.grad_images) < 1e-12, "image gradient"
+    assert kit.grad_lr.item() == pytest.approx(reference.grad_lr.item(), rel=1e-12), "lr gradient"
