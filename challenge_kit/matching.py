@@ -113,8 +113,8 @@ def _step_grad(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor
     taken back to the parameters' dtype for the loss, and the gradient comes back in it."""
     rows = shard.part(len(step.indices))
     idx = step.indices[rows]
-    if len(idx) == 0:  # more ranks than images in this step
-        return torch.zeros_like(theta)
+    if len(idx) == 0:  # more ranks than images in this step: a zero share, kept in the graph when one is built so
+        return theta * 0 if create_graph else torch.zeros_like(theta)  # that this rank's backward meets the others'
     x = augment.apply(images[idx], step.aug.take(rows))
     with autocast_context(theta.device, autocast):
         logits = net(theta, x)
@@ -192,8 +192,8 @@ def match_exact(net: FunctionalConvNet, images: torch.Tensor, labels: torch.Tens
         g = _step_grad(net, theta_k, xg, yg, plan[k], weights[k], shard, True, autocast)
         gl = torch.dot(g, adjoint)
         leaves = [theta_k, xg] + ([yg] if learned else [])
-        grads = torch.autograd.grad(gl, leaves, allow_unused=True) if gl.requires_grad else [None] * len(leaves)
-        hvp = torch.cat([torch.zeros_like(theta_k) if grads[0] is None else grads[0], gl.detach().view(1)])
+        grads = torch.autograd.grad(gl, leaves, allow_unused=True)  # the images unused where a rank has none
+        hvp = torch.cat([grads[0], gl.detach().view(1)])
         shard.sum(hvp)  # H_k lambda and g_k . lambda over the whole batch, in one collective
         if grads[1] is not None:
             grad_x -= alpha * grads[1]

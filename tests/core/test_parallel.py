@@ -67,9 +67,11 @@ def test_shards_are_contiguous_near_equal_and_cover_the_batch():
     assert [Shard(r, 3).part(1).stop - Shard(r, 3).part(1).start for r in range(3)] == [1, 0, 0]
 
 
-@pytest.mark.parametrize("mode,batch_syn,soft", [("exact", 5, True), ("unrolled", 5, True), ("exact", 1, False)])
+@pytest.mark.parametrize("mode,batch_syn,soft", [("exact", 5, True), ("unrolled", 5, True), ("exact", 1, False),
+                                                ("unrolled", 1, False)])
 def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path, mode, batch_syn, soft):
-    """Uneven shards (5 images over 2 ranks: 3 + 2), and more ranks than images (batch 1)."""
+    """Uneven shards (5 images over 2 ranks: 3 + 2), and more ranks than images (batch 1: rank 1 sees none), in
+    both gradient modes."""
     _spawn(_worker, tmp_path, batch_syn, soft, mode)
     single = match(*_problem(batch_syn=batch_syn, soft=soft), mode=mode)
     for rank in range(2):
