@@ -434,3 +434,93 @@ def test_the_folder_scorer_hands_back_what_it_wrote_held_by_the_only_rank(tmp_pa
     held = score_directory(tmp_path / "in" / "res", tmp_path / "in" / "ref", tmp_path / "out", specs=[TINY],
                            rounds=1, epochs=1, seed=0, device="cpu", show_progress=False, partial=True)
     assert held.held and held.value == json.loads((tmp_path / "out" / "scores.json").read_text())
+
+
+@pytest.mark.parametrize("signum,name,code", [(None, "Ctrl-C (SIGINT)", 130), (15, "SIGTERM", 143)])
+def test_evaluator_main_says_an_interrupt_in_one_line_and_exits_128_plus_the_signal(tmp_path, capsys, monkeypatch,
+                                                                                     signum, name, code):
+    """Ctrl-C or SIGTERM while scoring: one line on stderr naming the signal and how to continue, exit 130 or 143
+    (128 + the signal's number), nothing on stdout."""
+    from evaluator import evaluate
+
+    def stopped(*args, **kwargs):
+        stop = KeyboardInterrupt()
+        if signum is not None:
+            stop.signum = signum
+        raise stop
+
+    monkeypatch.setattr(evaluate, "score_directory", stopped)
+    assert main([str(tmp_path / "in"), str(tmp_path / "out")]) == code
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", f"interrupted by {name}: python -m evaluator stopped; run the same "
+                                              "command again\n")
+
+
+def test_evaluator_main_prints_the_notes_and_a_partial_result_with_its_folder(tmp_path, capsys, monkeypatch):
+    """What main prints around a run: the notes (a shortened run, a --truth_dir without its trailing slash, as the
+    official script joins paths by string), then each skipped dataset with the folder it was looked for in, the
+    partial-run line and the figure."""
+    from evaluator import evaluate
+
+    summary = {"datasets": {}, "skipped": ["tinyimagenet"], "partial": True, "correct": 0.25}
+
+    def scored(submit_dir, truth_dir, output_dir, *, report, before, **kwargs):
+        before()
+        report(summary)
+
+    monkeypatch.setattr(evaluate, "score_directory", scored)
+    assert main(["--submit_dir", "subs", "--truth_dir", "truth", "--epochs", "2", "--rounds", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "shortened run: 2 epochs x 1 rounds instead of the official 1001 x 3; not comparable to the leaderboard",
+        "note: --truth_dir has no trailing slash: the official evaluate.py would read truthcifar100_test.pt (it "
+        "joins by string); give truth/ there",
+        "skipped tinyimagenet: no tinyimagenet.pt in subs",
+        "partial: the mean of the datasets present, not a figure the official scorer gives",
+        "correct: 0.25"]
+    assert main(["--submit_dir", "subs", "--truth_dir", "truth/"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "skipped tinyimagenet: no tinyimagenet.pt in subs"
+
+
+def test_evaluator_refuses_an_unwritable_output_or_a_foreign_reference_before_any_training(tmp_path, monkeypatch):
+    """OUTPUT is probed and each reference checked against its dataset before the first round trains, in both the
+    folder scorer and the in-memory one; a scores file that cannot be written names the file and the problem."""
+    from evaluator import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_images", lambda *a, **k: pytest.fail("trained before refusing"))
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(2, 1))
+    (tmp_path / "file").write_text("not a folder")
+    res, ref = tmp_path / "in" / "res", tmp_path / "in" / "ref"
+    with pytest.raises(KitError, match="file"):
+        score_directory(res, ref, tmp_path / "file" / "out", specs=[TINY], rounds=1, epochs=1, device="cpu")
+    entry = evaluate.load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
+    with pytest.raises(KitError, match="file"):
+        evaluate.score_entries([entry], tmp_path / "file" / "out", rounds=1, epochs=1, device="cpu")
+    torch.save({"images_val": torch.zeros(4, 3, 64, 64), "labels_val": torch.zeros(4)}, ref / "cifar100_test.pt")
+    with pytest.raises(KitError, match="cifar100_test.pt"):
+        evaluate.load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
+    with pytest.raises(KitError, match="no such file"):  # not --partial: every dataset must be there
+        score_directory(res, ref, tmp_path / "out", specs=[TINY, TINYIMAGENET], rounds=1, epochs=1, device="cpu")
+
+    def full_disk(path, write):
+        raise OSError("the disk filled")
+
+    monkeypatch.setattr(evaluate, "atomic_write", full_disk)
+    with pytest.raises(KitError) as failed:
+        evaluate.write_scores({"correct": 0.5}, tmp_path)
+    assert str(failed.value) == f"{tmp_path / 'scores.txt'}: the disk filled; not written, the result is the one " \
+                                "printed above"
+
+
+def test_evaluator_scoring_draws_a_bar_unless_told_not_to(tmp_path, capsys):
+    images, _ = coloured(2, 0)
+    write_folder(tmp_path / "in", images, *coloured(2, 1))
+    from evaluator import evaluate
+
+    folder = tmp_path / "in"
+    entry = evaluate.load_entry(TINY, folder / "res" / "cifar100.pt", folder / "ref" / "cifar100_test.pt")
+    capsys.readouterr()
+    evaluate.score_entries([entry], rounds=1, epochs=1, seed=0, device="cpu")
+    assert "round" in capsys.readouterr().err
+    evaluate.score_entries([entry], rounds=1, epochs=1, seed=0, device="cpu", show_progress=False)
+    assert capsys.readouterr().err == ""
