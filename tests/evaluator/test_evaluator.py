@@ -524,3 +524,6 @@ def test_evaluator_scoring_draws_a_bar_unless_told_not_to(tmp_path, capsys):
     assert "round" in capsys.readouterr().err
     evaluate.score_entries([entry], rounds=1, epochs=1, seed=0, device="cpu", show_progress=False)
     assert capsys.readouterr().err == ""
+    score_directory(folder / "res", folder / "ref", tmp_path / "out", specs=[TINY], rounds=1, epochs=1, seed=0,
+                    device="cpu", show_progress=False)
+    assert capsys.readouterr().err == ""
