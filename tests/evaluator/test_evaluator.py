@@ -482,8 +482,9 @@ def test_evaluator_main_prints_the_notes_and_a_partial_result_with_its_folder(tm
 
 
 def test_evaluator_refuses_an_unwritable_output_or_a_foreign_reference_before_any_training(tmp_path, monkeypatch):
-    """OUTPUT is probed and each reference checked against its dataset before the first round trains, in both the
-    folder scorer and the in-memory one; a scores file that cannot be written names the file and the problem."""
+    """OUTPUT is probed before the files are read (the folder scorer) or the first round trains (the in-memory one),
+    and each reference is checked against its dataset; a scores file that cannot be written names the file and the
+    problem."""
     from evaluator import evaluate
 
     monkeypatch.setattr(evaluate, "evaluate_images", lambda *a, **k: pytest.fail("trained before refusing"))
@@ -491,14 +492,16 @@ def test_evaluator_refuses_an_unwritable_output_or_a_foreign_reference_before_an
     write_folder(tmp_path / "in", images, *coloured(2, 1))
     (tmp_path / "file").write_text("not a folder")
     res, ref = tmp_path / "in" / "res", tmp_path / "in" / "ref"
+    load_entry = evaluate.load_entry
+    monkeypatch.setattr(evaluate, "load_entry", lambda *a: pytest.fail("read the files before probing OUTPUT"))
     with pytest.raises(KitError, match="file"):
         score_directory(res, ref, tmp_path / "file" / "out", specs=[TINY], rounds=1, epochs=1, device="cpu")
-    entry = evaluate.load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
+    entry = load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
     with pytest.raises(KitError, match="file"):
         evaluate.score_entries([entry], tmp_path / "file" / "out", rounds=1, epochs=1, device="cpu")
     torch.save({"images_val": torch.zeros(4, 3, 64, 64), "labels_val": torch.zeros(4)}, ref / "cifar100_test.pt")
     with pytest.raises(KitError, match="cifar100_test.pt"):
-        evaluate.load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
+        load_entry(TINY, res / "cifar100.pt", ref / "cifar100_test.pt")
     with pytest.raises(KitError, match="no such file"):  # not --partial: every dataset must be there
         score_directory(res, ref, tmp_path / "out", specs=[TINY, TINYIMAGENET], rounds=1, epochs=1, device="cpu")
 
