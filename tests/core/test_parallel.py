@@ -19,6 +19,7 @@ from challenge_kit.experts.training import train_experts
 from challenge_kit.matching import match
 from challenge_kit.recipes import ExpertConfig
 from challenge_kit.runs import read_history
+from evaluator import evaluate, scorer
 from evaluator.evaluate import main
 
 EVALUATOR_FLAGS = ["--epochs", "1", "--rounds", "3", "--seed", "5", "--device", "cpu"]
@@ -120,8 +121,14 @@ def _evaluator_worker(rank, world, port, logs, folder, out):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    trained, wrote = [], []  # the round seeds this rank trained, and the folders it wrote scores into
+    train_rounds, write_scores = scorer.train_rounds, evaluate.write_scores
+    scorer.train_rounds = lambda images, labels, seeds, **kw: trained.extend(seeds) or train_rounds(images, labels,
+                                                                                                    seeds, **kw)
+    evaluate.write_scores = lambda summary, where: wrote.append(str(where)) or write_scores(summary, where)
     with open(logs / f"stdout.{rank}", "w") as printed, redirect_stdout(printed):
         assert main([str(folder), str(out), *EVALUATOR_FLAGS], specs=[TINY]) == 0
+    (logs / f"work.{rank}.json").write_text(json.dumps({"trained": trained, "wrote": wrote}))
 
 
 def test_the_evaluator_spreads_rounds_over_ranks_and_rank_0_alone_prints_and_writes(tmp_path):
@@ -130,6 +137,9 @@ def test_the_evaluator_spreads_rounds_over_ranks_and_rank_0_alone_prints_and_wri
     _spawn(_evaluator_worker, tmp_path, tmp_path / "in", tmp_path / "two")
     printed = [(tmp_path / f"stdout.{rank}").read_text() for rank in range(2)]
     assert "correct: " in printed[0] and "shortened run" in printed[0] and printed[1] == ""
+    work = [json.loads((tmp_path / f"work.{rank}.json").read_text()) for rank in range(2)]
+    assert [w["wrote"] for w in work] == [[str(tmp_path / "two")], []]  # rank 0 alone writes
+    assert [len(w["trained"]) for w in work] == [2, 1]  # 3 rounds: r, r + 2, ... on rank r, each once
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' thread count
     try:
@@ -140,6 +150,7 @@ def test_the_evaluator_spreads_rounds_over_ranks_and_rank_0_alone_prints_and_wri
     two, one = (json.loads((tmp_path / name / "scores.json").read_text())["datasets"]["cifar100"]
                 for name in ("two", "one"))
     assert two["seeds"] == one["seeds"] and len(two["rounds"]) == 3 and two["rounds"] == one["rounds"]
+    assert sorted(work[0]["trained"] + work[1]["trained"]) == sorted(one["seeds"])
     assert (tmp_path / "two" / "scores.txt").read_text() == (tmp_path / "one" / "scores.txt").read_text()
 
 
