@@ -79,9 +79,11 @@ TARGETS = (
     # fast.py's tests without the many-round real-image comparison, and the stacked rounds against the official ones
     Target("evaluator/fast.py", ("tests/evaluator/test_fast_scorer.py", "tests/evaluator/test_scorer_reference.py"),
            "test_fast_scorer and not rank_alike or stacked"),
-    # its own tests, and the refusals and unwritable outputs its command shares with ddkit's (in-process)
+    # its own tests, the refusals and unwritable outputs its command shares with ddkit's (in-process), and a
+    # two-rank run (gloo, spawned processes that import the mutated copy)
     Target("evaluator/evaluate.py", ("tests/evaluator/test_evaluator.py", "tests/cli/test_messages.py",
-                                     "tests/cli/test_hardening.py"), "evaluator or scores_txt"),
+                                     "tests/cli/test_hardening.py", "tests/core/test_parallel.py"),
+           "evaluator or scores_txt"),
     Target("challenge_kit/core/contract.py", ("tests/core/test_contract.py",)),
     Target("challenge_kit/core/models.py", ("tests/core/test_models.py", "tests/core/test_architectures.py",
                                             "tests/evaluator/test_scorer_reference.py")),  # its init
