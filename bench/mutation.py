@@ -225,11 +225,23 @@ def configure(copy: Path, target: Target) -> None:
 
 
 def prune_sessions(temp: Path, keep: int) -> None:
-    """All but the newest ``keep`` pytest session folders removed: a forked mutant's session never prunes its own
-    (its lock outlives it), and a module whose tests write files (the hostile ones) leaves 100 MB or more a mutant."""
+    """The pytest session folders of finished forks removed, but the newest ``keep``: a forked mutant's session
+    never prunes its own (its lock outlives it), and a module whose tests write files (the hostile ones) leaves
+    100 MB or more a mutant. A session whose fork still runs is left alone: with two forks, one slow mutant's
+    folder would otherwise go while its test writes there, a failure counted as a kill."""
     sessions = [p for p in temp.glob("pytest-of-*/pytest-*") if p.name.removeprefix("pytest-").isdigit()]
     for old in sorted(sessions, key=lambda p: int(p.name.removeprefix("pytest-")))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not running(old):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def running(session: Path) -> bool:
+    """Whether the process that made a pytest session folder (the pid in its ``.lock``) is still alive."""
+    try:
+        os.kill(int((session / ".lock").read_text()), 0)
+    except (OSError, ValueError):  # no lock (the session ended), no such process, or a lock being written
+        return False
+    return True
 
 
 def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
