@@ -22,9 +22,9 @@ same object under the same name) so that mutmut reaches them.
 Each module runs in a copy of the checkout (its tracked and untracked files, not the ignored ones) in a temporary
 folder, where mutmut writes its ``mutants/``; nothing is written into the checkout, and nothing needs the network.
 Runs are ``nice -n 10``, ``--jobs`` forks at a time, one torch thread each. Tests that spawn ranks (gloo, in
-``tests/core/test_parallel.py``) stay out of every selection: a spawned process fails under mutmut whatever the
-mutant (a CPU-only device move was "killed" there), so what only two ranks show is checked by applying the
-mutant by hand and running those tests.
+``tests/core/test_parallel.py``) stay out of every selection: under mutmut they failed for a mutant that changes
+nothing on a CPU (in a run whose pruning still removed running forks' folders; not retried since), so what only
+two ranks show is checked by applying the mutant by hand and running those tests.
 One file of some 370 lines: the copy, the lifted decorators, the runs and the equivalents all serve one
 measured run, and a reader holds them together.
 
