@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fakes import MINI, color, needs_mini, write_cifar, write_tiny
+from fakes import MINI, color, needs_mini, py2_pickle, write_cifar, write_tiny
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -457,3 +457,18 @@ def test_image_folder_reaches_every_command_that_reads_data(tmp_path, user_cache
                for out in ("baseline", "sub"))]
     for spec in specs:
         assert spec.class_names == tuple(names) and spec.image_size == 32 and not spec.challenge
+
+
+def test_cifar_layout_counts_the_train_split_from_its_labels_and_refuses_labels_that_are_no_list(tmp_path):
+    """The plan's count comes from the train file's fine labels, read without decoding an image; the test split's
+    labels read the same way; a ``fine_labels`` that is not a list (a tuple here) is one line naming the file."""
+    written = write_cifar(tmp_path, n_train=30, n_test=20)
+    layout = data.data_layout("cifar100", tmp_path)
+    assert (layout.dataset, layout.layout, layout.train_images) == ("cifar100", "cifar-100-python", 30)
+    assert data.read_cifar100_labels(tmp_path, "test") == written["test"]["fine_labels"]
+    broken = {**written["train"], "fine_labels": tuple(written["train"]["fine_labels"])}
+    train = tmp_path / "cifar-100-python" / "train"
+    train.write_bytes(py2_pickle(broken))
+    with pytest.raises(KitFileError) as refused:
+        data.data_layout("cifar100", tmp_path)
+    assert str(refused.value) == f"{train}: 'fine_labels' must be a list of ints (one per image)"
