@@ -86,8 +86,13 @@ def test_two_gloo_ranks_give_the_single_process_gradients(tmp_path, mode, batch_
 
 
 def _distill_worker(rank, world, port, logs, store, out, mode):
+    trained = []  # the selection rounds' seeds this rank trained
+    train_rounds = scorer.train_rounds
+    scorer.train_rounds = lambda images, labels, seeds, **kw: trained.extend(seeds) or train_rounds(images, labels,
+                                                                                                    seeds, **kw)
     with _joined(rank, world, port, logs) as shard:
         _run(_recipe(grad=mode, batch_syn=5, every=2, iterations=4), store, out, shard=shard)
+    (logs / f"trained.{rank}.json").write_text(json.dumps(trained))
 
 
 @pytest.mark.parametrize("mode", ["exact", "unrolled"])
@@ -112,6 +117,8 @@ def test_two_gloo_ranks_distill_like_one_process(tmp_path, mode):
     assert len(losses) == 4 and all(abs(a - b) <= 1e-5 * abs(b) for a, b in losses)
     assert [c["iteration"] for c in two["candidates"]] == [0, 2, 4]
     assert [c["seeds"] for c in two["candidates"]] == [c["seeds"] for c in one.candidates]
+    mine, theirs = (json.loads((tmp_path / f"trained.{rank}.json").read_text()) for rank in range(2))
+    assert mine and theirs and not set(mine) & set(theirs)  # each selection round trained on one rank only
     assert two["decision"]["export"] == one.decision["export"]
 
 
