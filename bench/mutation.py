@@ -244,9 +244,9 @@ def running(session: Path) -> bool:
     return True
 
 
-def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
+def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> bool:
     """``mutmut run`` in the copy, interrupted (as Ctrl-C does: what ran is kept) after ``minutes``; its output (a
-    spinner, mostly) goes to ``mutmut.log`` there."""
+    spinner, mostly) goes to ``mutmut.log`` there. Whether it was cut."""
     env = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
     # tests that start `python -m ...` children must import the mutated copy too
     # pytest's own temp folders inside the copy, pruned as the run goes and removed with it: thousands of forked
@@ -267,13 +267,14 @@ def run_mutmut(copy: Path, jobs: int, minutes: float | None) -> None:
             if deadline is not None and time.monotonic() > deadline:
                 done.send_signal(signal.SIGINT)
                 done.wait()
-                return
+                return True
             time.sleep(10)
     text = (copy / "mutmut.log").read_text(errors="replace")
     if done.returncode != 0:
         tail = [line for line in text.replace("\r", "\n").splitlines() if line.strip() and "⠋" not in line][-15:]
         print("\n".join(tail), file=sys.stderr)
         fail(f"mutmut in {copy}", f"exited {done.returncode} before the mutants ran (its log's end above)")
+    return False
 
 
 def load_equivalents() -> list[dict]:
@@ -299,8 +300,10 @@ def key(file: str, function: str, before: str, after: str) -> tuple[str, str, st
     return file, function, before.strip(), after.strip()
 
 
-def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: float) -> Row:
-    """The run's counts and survivors, from mutmut's records in the copy; listed equivalents set apart."""
+def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: float, cut: bool = False) -> Row:
+    """The run's counts and survivors, from mutmut's records in the copy; listed equivalents set apart. A mutant's
+    tests "interrupted" (pytest's exit 2) are the bench's cut when there was one (``cut``), else the mutant's own
+    doing: a KeyboardInterrupt it let escape the code that should catch it, counted as caught."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
     from mutmut.utils.format_utils import orig_function_and_class_names_from_key
@@ -319,7 +322,8 @@ def read_results(copy: Path, target: Target, equivalents: list[dict], seconds: f
                 if status == "killed":
                     row.killed += 1
                     continue
-                if status in ("timeout", "suspicious", "segfault"):
+                if status in ("timeout", "suspicious", "segfault") or (status == "check was interrupted by user"
+                                                                       and not cut):
                     row.timeout_or_suspicious += 1
                     continue
                 if status in ("not checked", "check was interrupted by user"):
@@ -356,8 +360,8 @@ def run_target(target: Target, equivalents: list[dict], jobs: int, minutes: floa
         copy_checkout(copy)
         configure(copy, target)
         start = time.perf_counter()
-        run_mutmut(copy, jobs, minutes)
-        return read_results(copy, target, equivalents, time.perf_counter() - start)
+        cut = run_mutmut(copy, jobs, minutes)
+        return read_results(copy, target, equivalents, time.perf_counter() - start, cut)
     finally:
         if keep:
             print(f"kept {copy} ({target.path}): `mutmut browse` there shows every mutant", file=sys.stderr)

@@ -55,7 +55,7 @@ def missing_reason(specs: Iterable[DatasetSpec]) -> str:
             f"{SCORES_TXT}); --partial scores the others alone")
 
 
-def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec], partial: bool = False
+def find_datasets(submit_dir: Path, truth_dir: Path, specs: Iterable[DatasetSpec], partial: bool
                   ) -> tuple[list[tuple[DatasetSpec, Path, Path]], list[str]]:
     """(spec, submission, reference) for each dataset; a missing submission fails unless ``partial``."""
     specs = tuple(specs)
