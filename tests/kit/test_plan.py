@@ -113,9 +113,10 @@ def test_plan_command_calibrates_on_the_device(capsys, monkeypatch):
     render.plan_table(plan)  # what a newcomer reads
     text = " ".join(capsys.readouterr().err.split())
     assert "official score (not in this run)" in text and "the challenge's own scoring of the export" in text
-    run = re.search(r"the run: about [\d.]+ \w+ here \(([\d.]+)-([\d.]+) \w+ over the calibration's passes; the "
-                    r"official score is not part of it\)", text)
-    assert run and float(run[1]) <= float(run[2]), text
+    # the passes' range, or one figure where they agree to the digit shown
+    run = re.search(r"the run: about [\d.]+ \w+ here \(([\d.]+)(?:-([\d.]+))? \w+ over the calibration's passes; "
+                    r"the official score is not part of it\)", text)
+    assert run and (run[2] is None or float(run[1]) <= float(run[2])), text
     assert f"2 classes, a subset), profile quick, M-DATM: {2 * (20 - held)} training images" in text
 
 
