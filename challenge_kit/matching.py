@@ -113,8 +113,9 @@ def _step_grad(net: FunctionalConvNet, theta: torch.Tensor, images: torch.Tensor
     taken back to the parameters' dtype for the loss, and the gradient comes back in it."""
     rows = shard.part(len(step.indices))
     idx = step.indices[rows]
-    if len(idx) == 0:  # more ranks than images in this step: a zero share, kept in the graph when one is built so
-        return theta * 0 if create_graph else torch.zeros_like(theta)  # that this rank's backward meets the others'
+    if len(idx) == 0:  # more ranks than images in this step: a zero share, in the graph when one is built,
+        # so that this rank's backward meets the other ranks' collectives
+        return theta * 0 if create_graph else torch.zeros_like(theta)
     x = augment.apply(images[idx], step.aug.take(rows))
     with autocast_context(theta.device, autocast):
         logits = net(theta, x)
