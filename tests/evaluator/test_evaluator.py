@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from challenge_kit.core.artifact import DistilledArtifact
 from challenge_kit.core.contract import CIFAR100, TINYIMAGENET, default_labels
 from challenge_kit.core.errors import KitError, KitValueError
 from challenge_kit.core.submission import resolve_spec
-from evaluator import scorer
+from evaluator import evaluate, scorer
 from evaluator.evaluate import main, parse_args, score_directory
 from evaluator.fast import FAST, Arithmetic
 from evaluator.scorer import drop_epoch, evaluate_images, lr_at, train_rounds
@@ -436,13 +437,11 @@ def test_the_folder_scorer_hands_back_what_it_wrote_held_by_the_only_rank(tmp_pa
     assert held.held and held.value == json.loads((tmp_path / "out" / "scores.json").read_text())
 
 
-@pytest.mark.parametrize("signum,name,code", [(None, "Ctrl-C (SIGINT)", 130), (15, "SIGTERM", 143)])
+@pytest.mark.parametrize("signum,name,code", [(None, "Ctrl-C (SIGINT)", 130), (signal.SIGTERM, "SIGTERM", 143)])
 def test_evaluator_main_says_an_interrupt_in_one_line_and_exits_128_plus_the_signal(tmp_path, capsys, monkeypatch,
                                                                                      signum, name, code):
     """Ctrl-C or SIGTERM while scoring: one line on stderr naming the signal and how to continue, exit 130 or 143
     (128 + the signal's number), nothing on stdout."""
-    from evaluator import evaluate
-
     def stopped(*args, **kwargs):
         stop = KeyboardInterrupt()
         if signum is not None:
@@ -460,8 +459,6 @@ def test_evaluator_main_prints_the_notes_and_a_partial_result_with_its_folder(tm
     """What main prints around a run: the notes (a shortened run, a --truth_dir without its trailing slash, as the
     official script joins paths by string), then each skipped dataset with the folder it was looked for in, the
     partial-run line and the figure."""
-    from evaluator import evaluate
-
     summary = {"datasets": {}, "skipped": ["tinyimagenet"], "partial": True, "correct": 0.25}
 
     def scored(submit_dir, truth_dir, output_dir, *, report, before, **kwargs):
@@ -485,8 +482,6 @@ def test_evaluator_refuses_an_unwritable_output_or_a_foreign_reference_before_an
     """OUTPUT is probed before the files are read (the folder scorer) or the first round trains (the in-memory one),
     and each reference is checked against its dataset; a scores file that cannot be written names the file and the
     problem."""
-    from evaluator import evaluate
-
     monkeypatch.setattr(evaluate, "evaluate_images", lambda *a, **k: pytest.fail("trained before refusing"))
     images, _ = coloured(2, 0)
     write_folder(tmp_path / "in", images, *coloured(2, 1))
@@ -518,8 +513,6 @@ def test_evaluator_refuses_an_unwritable_output_or_a_foreign_reference_before_an
 def test_evaluator_scoring_draws_a_bar_unless_told_not_to(tmp_path, capsys):
     images, _ = coloured(2, 0)
     write_folder(tmp_path / "in", images, *coloured(2, 1))
-    from evaluator import evaluate
-
     folder = tmp_path / "in"
     entry = evaluate.load_entry(TINY, folder / "res" / "cifar100.pt", folder / "ref" / "cifar100_test.pt")
     capsys.readouterr()
