@@ -19,6 +19,7 @@ from challenge_kit.core.contract import DatasetSpec
 from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.models import ModelConfig, predict
+from challenge_kit.core.progress import make_progress
 from challenge_kit.core.seeds import generator, round_seeds
 from challenge_kit.experts.store import ExpertStore
 from challenge_kit.parts import coresets
@@ -71,27 +72,33 @@ def check_method(method: str, option: str = "--method", epochs: int = SCORE_EPOC
 
 
 def proxy(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, seed: int, epochs: int = SCORE_EPOCHS,
-          models: int = SCORE_MODELS, device: torch.device | str | None = None) -> ProxyScores:
+          models: int = SCORE_MODELS, device: torch.device | str | None = None, show_progress: bool = True
+          ) -> ProxyScores:
     """Train ``models`` challenge ConvNets the scorer's way for ``epochs`` epochs on the pool (round seeds of
-    ``seed``), classifying every pool image after each epoch; their features, EL2N and forgetting events."""
+    ``seed``), classifying every pool image after each epoch; their features, EL2N and forgetting events. A bar
+    shows the epochs: on a CPU the default proxy takes minutes."""
     start, device = time.perf_counter(), resolve_device(device)
     config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
     pool, targets = images.to(device, torch.float32), labels.to(device).long()
     total_el2n = torch.zeros(len(labels), dtype=torch.float64)
     forgetting = torch.zeros(len(labels), dtype=torch.long)
     features = None
-    for round_seed in round_seeds(seed, models):
-        net, (on_device, on_cpu) = fresh_round(config, round_seed, device)
-        looks: list[torch.Tensor] = []
+    with make_progress(disable=not show_progress) as bar:
+        task = bar.add_task("proxy networks", total=models * epochs, status="")
+        for m, round_seed in enumerate(round_seeds(seed, models)):
+            net, (on_device, on_cpu) = fresh_round(config, round_seed, device)
+            looks: list[torch.Tensor] = []
 
-        def look(epoch: int, loss: float, accuracy: float, net: torch.nn.Module = net,
-                 looks: list[torch.Tensor] = looks) -> None:
-            looks.append((predict(net, net, pool).argmax(1) == targets).cpu())
+            def look(epoch: int, loss: float, accuracy: float, net: torch.nn.Module = net,
+                     looks: list[torch.Tensor] = looks, m: int = m) -> None:
+                looks.append((predict(net, net, pool).argmax(1) == targets).cpu())
+                bar.update(task, advance=1,
+                           status=f"network {m + 1}/{models} epoch {epoch + 1}/{epochs} loss {loss:.3f}")
 
-        train(net, pool, targets, epochs=epochs, generator=on_device, group_generator=on_cpu, progress=look)
-        total_el2n += el2n(predict(net, net, pool), targets).cpu().double()
-        forgetting += coresets.forgetting_counts(torch.stack(looks))
-        features = predict(net, net.embed, pool).cpu() if features is None else features
+            train(net, pool, targets, epochs=epochs, generator=on_device, group_generator=on_cpu, progress=look)
+            total_el2n += el2n(predict(net, net, pool), targets).cpu().double()
+            forgetting += coresets.forgetting_counts(torch.stack(looks))
+            features = predict(net, net.embed, pool).cpu() if features is None else features
     return ProxyScores(features, (total_el2n / models).float(), forgetting, epochs, models,
                        time.perf_counter() - start)
 

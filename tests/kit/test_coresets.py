@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from fakes import write_tiny
 from helpers import _real
+from rich.progress import Progress
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
@@ -94,6 +95,21 @@ def test_the_proxy_is_the_scorers_recipe_looked_at_after_every_epoch():
         features = predict(net, net.embed, x) if features is None else features
     assert torch.allclose(got.el2n, el2n, atol=1e-6) and torch.equal(got.forgetting, forgetting)
     assert torch.equal(got.features, features) and (got.epochs, got.models) == (3, 2)
+
+
+def test_the_proxy_shows_every_epoch_of_every_network_on_its_bar(monkeypatch):
+    seen = []
+
+    class Recording(Progress):
+        def update(self, task_id, **kwargs):
+            super().update(task_id, **kwargs)
+            seen.append((self.tasks[0].description, self.tasks[0].completed, self.tasks[0].total, kwargs["status"]))
+
+    monkeypatch.setattr("challenge_kit.coresets.make_progress", lambda disable=False: Recording(disable=True))
+    x, y = _real(6)
+    proxy(x, y, 3, seed=0, epochs=2, models=2)
+    assert [(d, c, t) for d, c, t, _ in seen] == [("proxy networks", k, 4) for k in range(1, 5)]
+    assert [s.rsplit(" loss", 1)[0] for *_, s in seen] == [f"network {m}/2 epoch {e}/2" for m in (1, 2) for e in (1, 2)]
 
 
 def test_every_method_picks_ipc_images_of_each_class_in_default_order_the_same_for_one_seed():
