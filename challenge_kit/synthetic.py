@@ -12,6 +12,7 @@ import torch
 
 from challenge_kit import parts
 from challenge_kit.core.contract import DatasetSpec
+from challenge_kit.core.errors import KitValueError
 from challenge_kit.core.models import FunctionalConvNet
 from challenge_kit.core.seeds import distill_generators
 from challenge_kit.experts.store import Trajectories
@@ -43,13 +44,28 @@ class Method:
                    terms=parts.build("terms", d), perturb=parts.build("perturb", d))
 
 
+def check_init(images: object, spec: DatasetSpec, name: str) -> None:
+    """Refuse what an init part (a user's own among them) returns unless it is the set's shape and finite, before
+    a matching step runs on it."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise KitValueError(f"distill.init {name}: returned {type(images).__name__}"
+                            f"{f' of {images.dtype}' if isinstance(images, torch.Tensor) else ''}, not a float tensor")
+    if tuple(images.shape) != spec.shape:
+        raise KitValueError(f"distill.init {name}: returned shape {tuple(images.shape)}, the set is {spec.shape} "
+                            f"({spec.describe()})")
+    if not bool(torch.isfinite(images).all()):
+        raise KitValueError(f"distill.init {name}: returned non-finite values")
+
+
 def initial_state(recipe: Recipe, spec: DatasetSpec, experts: Trajectories, net: FunctionalConvNet,
                   method: Method, real_images: torch.Tensor, real_labels: torch.Tensor,
                   device: torch.device) -> DistillState:
     """Iteration 0: the initialization part's images, the label part's labels, lr_init, T = current_max_start."""
     cfg = recipe.distill
     gen, aug = distill_generators(cfg.seed, device)
-    images = method.init(InitContext(spec, real_images, real_labels, experts, net.config, gen, device)).float()
+    images = method.init(InitContext(spec, real_images, real_labels, experts, net.config, gen, device))
+    check_init(images, spec, cfg.init.name)
+    images = images.float()
     labels = method.labels.initial(images.to(device), LabelContext(spec, experts, net, device))
     return DistillState(iteration=0, images=images.cpu(), labels=labels.detach().cpu(), lr=torch.tensor(cfg.lr_init),
                         upper=cfg.current_max_start_epoch, rng=gen.get_state(), aug_rng=aug.get_state())

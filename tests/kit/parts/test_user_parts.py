@@ -12,9 +12,11 @@ from fakes import write_tiny
 from typer.testing import CliRunner
 
 from challenge_kit.cli import app
+from challenge_kit.core.contract import TINYIMAGENET
 from challenge_kit.core.errors import KitValueError
 from challenge_kit.recipes import load_recipe, shipped_methods
 from challenge_kit.runs import CHECKPOINT, SUMMARY, read_checkpoint
+from challenge_kit.synthetic import check_init
 
 MODULE = "ddkit_user_parts"
 PARTS = textwrap.dedent('''
@@ -59,6 +61,13 @@ PARTS = textwrap.dedent('''
         learned = False
         sgd = None
         initial, targets, record = Unread.initial, Unread.targets, Unread.record
+
+
+    class Thumbnail:
+        """one image of the wrong size"""
+
+        def __call__(self, ctx):
+            return torch.zeros(1, 3, 8, 8)
 
 
     def not_a_class(ctx):
@@ -213,3 +222,31 @@ def test_ablate_and_distill_run_a_user_part_from_outside_the_kit(user, tmp_path)
     assert torch.equal(init, torch.full_like(init, 0.25))  # the part, bound with the recipe's level
     summary = json.loads((tmp_path / "run" / SUMMARY).read_text())
     assert summary["recipe"]["distill"]["init"] == {"name": f"{MODULE}:Flat", "level": 0.25}
+
+
+def test_an_init_part_that_returns_the_wrong_shape_stops_the_run_in_one_line_before_any_matching(user, tmp_path):
+    write_tiny(tmp_path / "data", per_class=6)
+    common = ["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"), *BUDGET]
+    experts = CliRunner().invoke(app, ["experts", "tinyimagenet", "--out", str(tmp_path / "store"), *common])
+    assert experts.exit_code == 0, experts.output
+    result = CliRunner().invoke(app, ["distill", "tinyimagenet", "--out", str(tmp_path / "run"), "--experts",
+                                      str(tmp_path / "store"), *common, "--set", f"distill.init={MODULE}:Thumbnail",
+                                      "--set", "distill.iterations=1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: distill.init {MODULE}:Thumbnail: returned shape (1, 3, 8, 8), the set is (30, 3, 64, 64) "
+        "(tinyimagenet: 3 classes x 10 IPC, 3x64x64, subset (not a challenge submission))")
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("returned,problem", [
+    (torch.zeros(20, 3, 64, 64, dtype=torch.uint8), "returned Tensor of torch.uint8, not a float tensor"),
+    ([0.0] * 20, "returned list, not a float tensor"),
+    (torch.full((20, 3, 64, 64), float("nan")), "returned non-finite values"),
+])
+def test_what_an_init_part_returns_is_a_finite_float_set_of_the_specs_shape(returned, problem):
+    spec = TINYIMAGENET.subset(2)
+    check_init(torch.zeros(spec.shape), spec, "mine")
+    with pytest.raises(KitValueError) as raised:
+        check_init(returned, spec, "mine")
+    assert str(raised.value) == f"distill.init mine: {problem}"
