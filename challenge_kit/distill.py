@@ -23,6 +23,8 @@ from challenge_kit.matching import InnerStep, Matching, match, plan_inner_steps
 from challenge_kit.monitor import Monitor
 from challenge_kit.parts.kinds import LabelContext
 from challenge_kit.recipes import DistillConfig, Recipe
+from challenge_kit.recipes.configs import section_dict
+from challenge_kit.recipes.identity import expert_settings
 from challenge_kit.runs import DistillState, RunDir
 from challenge_kit.selection import Selector
 from challenge_kit.synthetic import Method, Synthetic, initial_state
@@ -56,7 +58,8 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
     cfg, device, shard = recipe.distill, ctx.device, ctx.shard
     net = FunctionalConvNet(ModelConfig.for_spec(spec), device=device)
     experts = ExpertStore(experts_dir).trajectories(spec, net.config, cfg.max_start_epoch + cfg.expert_epochs,
-                                                    data_fingerprint(real_images, real_labels))
+                                                    data_fingerprint(real_images, real_labels),
+                                                    expert_settings(section_dict(recipe.experts)))
     method = Method.bind(recipe, net, device)
     autocast = autocast_dtype(cfg.arithmetic, device)
     run = RunDir(run_dir, recipe, spec, shard)
@@ -105,5 +108,6 @@ def distill(recipe: Recipe, spec: DatasetSpec, experts_dir: str | Path, run_dir:
 
         labels_ctx = LabelContext(spec, experts, net, device)
         return monitor.finish(state, syn, lambda y, x: method.labels.record(y.to(device), x.to(device), labels_ctx)
-                              .cpu(), [str(p) for p in experts.paths])
+                              .cpu(), {"experts": [str(p) for p in experts.paths],
+                                       "expert_settings": experts.settings})
 

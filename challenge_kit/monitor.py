@@ -104,8 +104,9 @@ class Monitor:
                         status=f"T {state.upper} loss {self.smoothed or float('nan'):.4f} lr {row['lr']:.5f} "
                                f"skipped {state.skipped} sel {last}")
 
-    def finish(self, state: DistillState, syn, record_labels: Callable, experts: list[str]) -> DistillState:
-        """Decide what to export (once: a resumed finished run decides nothing again) and write it."""
+    def finish(self, state: DistillState, syn, record_labels: Callable, experts: dict) -> DistillState:
+        """Decide what to export (once: a resumed finished run decides nothing again) and write it; ``experts``
+        (the store's files and the settings that trained them) goes into the summary as it is."""
         if state.decision is None:
             if self.selector.enabled:
                 state.decision = self.selector.decide([Candidate.from_dict(c) for c in state.candidates],
@@ -128,7 +129,7 @@ class Monitor:
         done = max(1, state.iteration)
         self.run.finish(artifact, {
             "recipe": recipe.to_dict(), "spec": spec.to_dict(), "method": recipe.method, "parts": recipe.parts(),
-            "experts": experts, "iterations": state.iteration, "skipped": state.skipped,
+            **experts, "iterations": state.iteration, "skipped": state.skipped,
             "seconds": state.seconds, "seconds_per_iteration": state.seconds / done,
             "selection": state.decision, "exported_iteration": export, "world_size": self.run.shard.world})
         return state

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.expert_file import Expert, read_expert, standing_still
 from challenge_kit.core.models import ModelConfig
 from challenge_kit.core.reading import load_rows
+from challenge_kit.recipes.identity import differences, expert_settings
 
 log = logging.getLogger(__name__)
 DIFFICULTY = "difficulty.safetensors"
@@ -84,6 +85,7 @@ class Trajectories:
 
     paths: list[Path]
     epochs: int
+    settings: list[dict] = field(default_factory=list)  # the distinct settings that trained them (imported: none)
 
     @property
     def count(self) -> int:
@@ -136,11 +138,17 @@ class ExpertStore:
         return int(paths[-1].stem.split("_")[1]) + 1 if paths else 0
 
     def trajectories(self, spec: DatasetSpec, model: ModelConfig, needed_epochs: int,
-                     train_sha256: str | None = None) -> Trajectories:
+                     train_sha256: str | None = None, settings: dict | None = None) -> Trajectories:
         """The complete experts, checked against the run: the same network and, when both are known, the same
-        training data (``train_sha256``, see ``data_fingerprint``), so held-out images cannot have shaped them."""
+        training data (``train_sha256``, see ``data_fingerprint``), so held-out images cannot have shaped them,
+        and a warning where the experts' settings are not the recipe's ``settings``
+        (``recipes.identity.expert_settings``): the run then records the store's."""
         experts = self.complete()
+        trained: list[dict] = []
         for expert in experts:
+            config = expert.meta.get("config")
+            if isinstance(config, dict) and (mine := expert_settings(config)) not in trained:
+                trained.append(mine)
             if expert.model_config != model or expert.spec.num_classes != spec.num_classes \
                     or expert.spec.image_size != spec.image_size:
                 raise KitFileError(expert.path, f"expert was trained for {expert.spec.describe()} with "
@@ -157,4 +165,8 @@ class ExpertStore:
         if epochs < needed_epochs:
             raise KitFileError(self.root, f"experts have {epochs} epochs, matching needs max_start_epoch + "
                                           f"expert_epochs = {needed_epochs}")
-        return Trajectories([e.path for e in experts], epochs)
+        for other in (t for t in trained if settings and t != settings):
+            said = "; ".join(f"{k} {a!r} (recipe {b!r})" for k, a, b in differences(other, settings))
+            log.warning(f"{self.root}: experts trained with other settings than the recipe's experts section "
+                        f"({said}); they are matched as they are, and the run records their settings")
+        return Trajectories([e.path for e in experts], epochs, trained)

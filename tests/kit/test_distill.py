@@ -306,6 +306,21 @@ def test_experts_trained_on_other_data_than_the_runs_training_split_are_refused(
                 select_labels=y[:6], ctx=RunContext(progress=False))
 
 
+def test_a_run_records_the_settings_that_trained_its_experts_and_warns_where_the_recipe_says_otherwise(
+        store, tmp_path, caplog):
+    """The store was trained with batches of 16, the recipe's experts section says 256: the experts are matched
+    as they are, and the summary says what they are."""
+    _run(_recipe(iterations=2, every=0), store, tmp_path / "run")
+    trained = json.loads((tmp_path / "run" / SUMMARY).read_text())["expert_settings"]
+    assert len(trained) == 1 and trained[0]["batch_size"] == 16 and trained[0]["lr"] == 0.01
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "other settings" in r.message]
+    assert len(warned) == 1 and "batch_size 16 (recipe 256)" in warned[0] and str(store) in warned[0]
+    caplog.clear()
+    recipe = _recipe(iterations=2, every=0)
+    _run(replace(recipe, experts=replace(recipe.experts, batch_size=16)), store, tmp_path / "again")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_selection_on_the_test_split_is_recorded_as_such(store, tmp_path):
     state = _run(replace(_recipe(iterations=2, every=2), eval=EvalConfig(every=2, epochs=2, rounds=1, final_rounds=1,
                                                                       split="test")), store, tmp_path / "run")
