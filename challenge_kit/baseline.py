@@ -15,7 +15,7 @@ from challenge_kit.core.contract import DatasetSpec, get_spec
 from challenge_kit.core.errors import KitFileError
 from challenge_kit.core.folders import run_lock
 from challenge_kit.coresets import SCORE_EPOCHS, SCORE_MODELS, check_method, describe, expert_select, select
-from challenge_kit.data import load_split
+from challenge_kit.data import default_cache_dir, load_split
 from challenge_kit.export import claim_export, export_images
 
 
@@ -40,7 +40,8 @@ def make_baseline(dataset: str, data_root: str | Path, out_dir: str | Path, *, s
         images, labels, spec = load_split(dataset, data_root, "train", download=download, cache_dir=cache_dir,
                                           image_folder=image_folder)
         chosen = select(method, images, labels, spec, seed=seed, score_epochs=score_epochs,
-                        score_models=score_models, device=device) if experts_dir is None else expert_select(
+                        score_models=score_models, device=device,
+                        cache_dir=cache_dir or default_cache_dir()) if experts_dir is None else expert_select(
             method, images, labels, spec, seed=seed, experts_dir=experts_dir, device=device)
         return export_images(chosen.images, spec, out_dir, source=f"{dataset} baseline from {data_root}", extra={
             "baseline": {"description": f"{describe(method)}, {spec.ipc} per class, default order",

@@ -33,7 +33,7 @@ from challenge_kit.core.seeds import round_seeds, rounds_problem
 from challenge_kit.core.storage import save_json
 from challenge_kit.core.submission import MANIFEST, ScoringInput, load_inputs, read_manifest
 from challenge_kit.coresets import SCORE_EPOCHS, SCORE_MODELS, describe, proxy, select
-from challenge_kit.data import load_split
+from challenge_kit.data import default_cache_dir, load_split
 from challenge_kit.experts.store import data_fingerprint
 from challenge_kit.parts.catalogue import CORESETS
 from challenge_kit.pipeline import RUN_SUBDIR
@@ -165,7 +165,7 @@ def baseline_entries(kinds: list[str], paths: list[str], spec: DatasetSpec, *, d
             pool = images, labels
         if kind != "random" and scores is None:
             scores = proxy(*pool, spec.num_classes, seed=seed, epochs=score_epochs, models=score_models,
-                           device=device)
+                           device=device, cache_dir=cache_dir or default_cache_dir())
         chosen = select(kind, *pool, spec, seed=seed, scores=scores)
         out.append(Entry(baseline_name(kind), chosen.images, f"{data_root} training split: {describe(kind)}, "
                          f"{spec.ipc} per class, seed {seed}", baseline=True))

@@ -9,6 +9,9 @@ the picking rules are ``parts.coresets``, shared with the init parts.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,10 @@ from challenge_kit.core.devices import resolve_device
 from challenge_kit.core.errors import KitFileError, KitValueError
 from challenge_kit.core.models import ModelConfig, predict
 from challenge_kit.core.progress import make_progress
+from challenge_kit.core.reading import load_tensors
 from challenge_kit.core.seeds import generator, round_seeds
-from challenge_kit.experts.store import ExpertStore
+from challenge_kit.core.storage import save_tensors
+from challenge_kit.experts.store import ExpertStore, data_fingerprint
 from challenge_kit.parts import coresets
 from challenge_kit.parts.catalogue import CORESETS, REGISTRY
 from challenge_kit.parts.expert_parts import el2n
@@ -32,6 +37,9 @@ from evaluator.scorer import fresh_round, train
 METHODS = ("random", *CORESETS)
 SCORE_EPOCHS = 10  # proxy epochs: EL2N is read early in training (Paul et al.: a tenth of the way through)
 SCORE_MODELS = 2  # proxy networks whose EL2N is averaged and forgetting events summed
+PROXY_FORMAT = "ddkit-proxy-scores"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,7 +52,8 @@ class ProxyScores:
     forgetting: torch.Tensor
     epochs: int
     models: int
-    seconds: float
+    seconds: float  # of the training, also when read back
+    kept: str | None = None  # the cache entry they were read from (None: trained in this process)
 
 
 @dataclass
@@ -72,12 +81,55 @@ def check_method(method: str, option: str = "--method", epochs: int = SCORE_EPOC
 
 
 def proxy(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, seed: int, epochs: int = SCORE_EPOCHS,
-          models: int = SCORE_MODELS, device: torch.device | str | None = None, show_progress: bool = True
-          ) -> ProxyScores:
+          models: int = SCORE_MODELS, device: torch.device | str | None = None, show_progress: bool = True,
+          cache_dir: str | Path | None = None) -> ProxyScores:
     """Train ``models`` challenge ConvNets the scorer's way for ``epochs`` epochs on the pool (round seeds of
     ``seed``), classifying every pool image after each epoch; their features, EL2N and forgetting events. A bar
-    shows the epochs: on a CPU the default proxy takes minutes."""
-    start, device = time.perf_counter(), resolve_device(device)
+    shows the epochs: on a CPU the default proxy takes minutes, so with ``cache_dir`` the scores are kept there and
+    read back for the same pool, seed, budget and kind of device (the next method, a rerun of ``compare``)."""
+    device = resolve_device(device)
+    entry = None if cache_dir is None else _proxy_entry(Path(cache_dir), images, labels, seed, epochs, models, device)
+    if entry is not None and (kept := _read_proxy(*entry, len(labels), epochs, models)) is not None:
+        log.info(f"proxy scores read from {entry[0]} (trained in {kept.seconds:.0f} s)")
+        return kept
+    scores = _train_proxy(images, labels, num_classes, seed, epochs, models, device, show_progress)
+    if entry is not None:
+        try:
+            save_tensors({"features": scores.features, "el2n": scores.el2n, "forgetting": scores.forgetting},
+                         entry[0], {"format": PROXY_FORMAT, "key": entry[1], "seconds": scores.seconds})
+        except KitFileError as e:  # a cache that cannot be written only costs time
+            log.warning(f"proxy scores not kept: {e}")
+    return scores
+
+
+def _proxy_entry(cache_dir: Path, images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int, models: int,
+                 device: torch.device) -> tuple[Path, str]:
+    """Where a proxy's scores are kept, and the key that must match: the pool's content, the seed, the budget and
+    the kind of device (whose arithmetic shapes the bytes)."""
+    key = hashlib.sha256(json.dumps({"format": PROXY_FORMAT, "pool": data_fingerprint(images, labels), "seed": seed,
+                                     "epochs": epochs, "models": models, "device": device.type},
+                                    sort_keys=True).encode()).hexdigest()
+    return cache_dir / f"proxy-{key[:16]}.safetensors", key
+
+
+def _read_proxy(path: Path, key: str, count: int, epochs: int, models: int) -> ProxyScores | None:
+    """The kept scores at ``path`` when they are this key's and whole; anything else only means training."""
+    try:
+        tensors, meta = load_tensors(path)
+    except KitFileError:
+        return None
+    features, el2n_, forgetting = (tensors.get(k) for k in ("features", "el2n", "forgetting"))
+    if meta.get("format") != PROXY_FORMAT or meta.get("key") != key or features is None or el2n_ is None \
+            or forgetting is None or len(features) != count or el2n_.shape != (count,) \
+            or forgetting.shape != (count,) or not bool(torch.isfinite(features).all() & torch.isfinite(el2n_).all()):
+        return None
+    return ProxyScores(features.float(), el2n_.float(), forgetting.long(), epochs, models,
+                       float(meta.get("seconds", 0.0)), str(path))
+
+
+def _train_proxy(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int, models: int,
+                 device: torch.device, show_progress: bool) -> ProxyScores:
+    start = time.perf_counter()
     config = ModelConfig(num_classes=num_classes, image_size=images.shape[-1], channels=images.shape[1])
     pool, targets = images.to(device, torch.float32), labels.to(device).long()
     total_el2n = torch.zeros(len(labels), dtype=torch.float64)
@@ -125,19 +177,20 @@ def pick(method: str, labels: torch.Tensor, spec: DatasetSpec, seed: int, scores
 
 def select(method: str, images: torch.Tensor, labels: torch.Tensor, spec: DatasetSpec, *, seed: int,
            scores: ProxyScores | None = None, score_epochs: int = SCORE_EPOCHS, score_models: int = SCORE_MODELS,
-           device: torch.device | str | None = None) -> Selection:
+           device: torch.device | str | None = None, cache_dir: str | Path | None = None) -> Selection:
     """``method``'s IPC images per class from the pool (``images``, ``labels``), in default order, timed; the
-    proxy is trained here unless ``scores`` (one proxy serves every method) are given."""
+    proxy is trained here (or read from ``cache_dir``) unless ``scores`` (one proxy serves every method) are
+    given."""
     check_method(method, epochs=score_epochs, models=score_models)
     start = time.perf_counter()
     if method != "random" and scores is None:
         scores = proxy(images, labels, spec.num_classes, seed=seed, epochs=score_epochs, models=score_models,
-                       device=device)
+                       device=device, cache_dir=cache_dir)
     chosen = pick(method, labels, spec, seed, scores)
     parameters = {} if method == "random" else {
         "scores": f"challenge ConvNet trained the scorer's way on the {len(labels)}-image training pool",
         "score_epochs": scores.epochs, "score_models": scores.models,
-        "proxy_seconds": round(scores.seconds, 3),
+        "proxy_seconds": round(scores.seconds, 3), **({"proxy_read_from": scores.kept} if scores.kept else {}),
         **({"band_skip": coresets.BAND_SKIP} if method.endswith("_band") else {})}
     return Selection(images[chosen].clone(), method, seed, parameters, time.perf_counter() - start)
 

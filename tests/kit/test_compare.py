@@ -10,6 +10,7 @@ from fakes import distilled_images, write_tiny
 from typer.testing import CliRunner
 
 from challenge_kit import compare as compare_mod
+from challenge_kit import coresets as coresets_mod
 from challenge_kit.baseline import make_baseline
 from challenge_kit.cli import app
 from challenge_kit.cli.compare import table
@@ -246,8 +247,9 @@ def test_a_baseline_it_cannot_build_is_one_error_line(world, extra, message):
 
 def test_other_networks_get_their_own_rows_labelled_unofficial_with_gains_over_every_baseline(world, monkeypatch):
     root, data, ref, run = world
-    scorer = FakeScorer()
+    scorer, proxies, train_proxy = FakeScorer(), [], coresets_mod._train_proxy
     monkeypatch.setattr(compare_mod, "round_accuracies", scorer)
+    monkeypatch.setattr(coresets_mod, "_train_proxy", lambda *a, **k: proxies.append(a[3:6]) or train_proxy(*a, **k))
     args = ["compare", str(run), "--reference", str(ref), "--out", str(root / "cmp"), "--baseline", "random",
             "--baseline", "kcenter", "--data-root", str(data), "--score-epochs", "1", "--score-models", "1",
             "--arch", "resnet18", "--arch", "convnet-bn", "--epochs", "1", "--rounds", "2", "--device", "cpu"]
@@ -270,6 +272,7 @@ def test_other_networks_get_their_own_rows_labelled_unofficial_with_gains_over_e
     assert others[0]["sets"][0]["mean"] == pytest.approx(result["sets"][0]["mean"] - 0.1)  # the fake's other net
     shown = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert shown.exit_code == 0 and len(scorer.archs) == 18  # every round was kept: nothing trained again
+    assert proxies == [(0, 1, 1)]  # nor the proxy: (seed, epochs, models) read back from the user's cache
     assert shown.stdout.count("gain over kcenter coreset") == 3 and (root / "cmp" / CHART).is_file()
     assert "resnet18: not the challenge's network: not the official score" in shown.stdout
     unknown = CliRunner().invoke(app, [*args[:6], "--arch", "resnet50"])

@@ -4,6 +4,7 @@ scorer's recipe run by hand, and ``ddkit baseline --method`` exports that verify
 import json
 from dataclasses import replace
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from helpers import _real
 from rich.progress import Progress
 from typer.testing import CliRunner
 
+from challenge_kit import coresets as coresets_mod
 from challenge_kit.cli import app
 from challenge_kit.core.contract import CIFAR100, default_labels
 from challenge_kit.core.models import ConvNet, ModelConfig, load_flat_, predict
@@ -112,6 +114,36 @@ def test_the_proxy_shows_every_epoch_of_every_network_on_its_bar(monkeypatch):
     assert [s.rsplit(" loss", 1)[0] for *_, s in seen] == [f"network {m}/2 epoch {e}/2" for m in (1, 2) for e in (1, 2)]
 
 
+def test_proxy_scores_are_kept_in_the_cache_and_read_back_only_for_the_same_pool_seed_and_budget(
+        tmp_path, monkeypatch, caplog):
+    x, y = _real(6)
+    trained = proxy(x, y, 3, seed=1, epochs=2, models=1, cache_dir=tmp_path)
+    [entry] = list(tmp_path.iterdir())
+    real_training = coresets_mod._train_proxy
+    monkeypatch.setattr(coresets_mod, "_train_proxy", lambda *a, **k: pytest.fail("trained again"))
+    again = proxy(x, y, 3, seed=1, epochs=2, models=1, cache_dir=tmp_path)
+    assert torch.equal(again.features, trained.features) and torch.equal(again.el2n, trained.el2n)
+    assert torch.equal(again.forgetting, trained.forgetting) and again.seconds == pytest.approx(trained.seconds)
+    assert (again.epochs, again.models, again.kept, trained.kept) == (2, 1, str(entry), None)
+    calls = []
+    monkeypatch.setattr(coresets_mod, "_train_proxy", lambda *a, **k: calls.append(a[3:6]) or real_training(*a, **k))
+    for changed in ({"seed": 2}, {"epochs": 1}, {"models": 2}):
+        proxy(x, y, 3, **{"seed": 1, "epochs": 2, "models": 1, **changed}, cache_dir=tmp_path)
+    other = x.clone()
+    other[0, 0, 0, 0] += 1.0
+    proxy(other, y, 3, seed=1, epochs=2, models=1, cache_dir=tmp_path)
+    assert calls == [(2, 2, 1), (1, 1, 1), (1, 2, 2), (1, 2, 1)]  # (seed, epochs, models): each trained anew
+    entry.write_bytes(b"not safetensors")
+    assert proxy(x, y, 3, seed=1, epochs=2, models=1, cache_dir=tmp_path).kept is None and len(calls) == 5
+    assert proxy(x, y, 3, seed=1, epochs=2, models=1, cache_dir=tmp_path).kept == str(entry)  # written anew
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    with caplog.at_level("WARNING"):
+        kept = proxy(x, y, 3, seed=1, epochs=2, models=1, cache_dir=blocked)
+    assert torch.equal(kept.features, trained.features)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][0].startswith("proxy scores not kept: ")
+
+
 def test_every_method_picks_ipc_images_of_each_class_in_default_order_the_same_for_one_seed():
     x, y = _real(6)
     scores = proxy(x, y, 3, seed=0, epochs=2, models=1)
@@ -148,6 +180,17 @@ def test_ddkit_baseline_writes_each_method_as_a_verified_export_with_its_record(
     chosen = load_torch(out / "tinyimagenet.pt")
     for i, image in enumerate(chosen):  # image i is a training image of class i // ipc
         assert any(torch.equal(image, images[j]) for j in (labels == i // spec.ipc).nonzero().flatten())
+
+
+def test_the_next_method_reads_the_proxy_the_first_one_trained(tiny):
+    common = ["--data-root", str(tiny / "data"), "--seed", "3", "--score-epochs", "1", "--score-models", "1",
+              "--device", "cpu", "--cache-dir", str(tiny / "cache"), "--json"]
+    runs = [CliRunner().invoke(app, ["baseline", "tinyimagenet", "--out", str(tiny / f"cached-{m}"), "--method", m,
+                                     *common]) for m in ("herding", "el2n_easy")]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    first, second = (json.loads(r.stdout)["baseline"]["parameters"] for r in runs)
+    assert "proxy_read_from" not in first and second["proxy_seconds"] == first["proxy_seconds"]
+    assert Path(second["proxy_read_from"]).parent == tiny / "cache"
 
 
 def test_an_unknown_method_or_an_empty_proxy_is_one_error_line_before_any_work(tiny):
