@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from challenge_kit.core.storage import save_tensors
 
 CACHE_FORMAT = "ddkit-data-cache"
 CACHE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def fingerprint_files(files: list[Path]) -> str:
@@ -75,5 +78,5 @@ def store(path: Path, key: str, pixels: torch.Tensor, labels: torch.Tensor, spec
             old.unlink(missing_ok=True)  # stale entries of this source and split
         save_tensors({"pixels": pixels, "labels": labels}, path,
                      {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key, "spec": spec.to_dict()})
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    except (OSError, KitFileError) as e:  # a cache that cannot be written only costs time
+        log.warning(f"decoded data not cached: {e}")

@@ -342,6 +342,17 @@ def test_the_cache_goes_to_the_user_cache_folder_never_the_data_root(tmp_path, m
     assert list((tmp_path / "mine").glob("tinyimagenet-test-*.safetensors"))
 
 
+def test_a_cache_folder_that_cannot_be_written_only_costs_the_decoding(tmp_path, caplog):
+    write_tiny(tmp_path / "data")
+    (tmp_path / "blocked").write_text("a file where the cache folder would be")
+    with caplog.at_level("WARNING"):
+        x, y, spec = load_split("tinyimagenet", tmp_path / "data", "test", cache_dir=tmp_path / "blocked")
+    fresh, _, _ = load_split("tinyimagenet", tmp_path / "data", "test", cache_dir=tmp_path / "mine")
+    assert torch.equal(x, fresh) and y.shape == (x.shape[0],)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"decoded data not cached: {tmp_path / 'blocked'}/tinyimagenet-test-")
+
+
 # -------------------------------------------------------------------------------------------- ImageFolder
 
 def test_image_folder_is_resized_sorted_and_never_a_challenge_spec(tmp_path):
