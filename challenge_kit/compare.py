@@ -144,18 +144,15 @@ def init_images(folder: str | Path) -> torch.Tensor:
 
 def baseline_entries(kinds: list[str], paths: list[str], spec: DatasetSpec, *, data_root: str | Path | None,
                      seed: int, cache_dir: str | Path | None = None, score_epochs: int = SCORE_EPOCHS,
-                     score_models: int = SCORE_MODELS, device: torch.device | str | None = None) -> list[Entry]:
+                     score_models: int = SCORE_MODELS, device: torch.device | str | None = None,
+                     names: list[str] | None = None) -> list[Entry]:
     """``random``: IPC random real training images per class (``ddkit baseline --seed SEED``'s set); a coreset
     method: ``ddkit baseline --method METHOD --seed SEED``'s set (one proxy for them all); ``init``: the
-    initialization of the first set that is a make-submission folder."""
+    initialization of every set that is a make-submission folder (one row per distinct start)."""
     out, pool, scores = [], None, None
     for kind in dict.fromkeys(kinds):
         if kind == "init":
-            folder = next((p for p in paths if (Path(p) / RUN_SUBDIR / CHECKPOINT).is_file()), None)
-            if folder is None:
-                raise KitValueError("--baseline init: none of the sets is a make-submission folder (its "
-                                    f"{RUN_SUBDIR}/{CHECKPOINT} holds the initialization)")
-            out.append(Entry(INIT, init_images(folder), f"{folder}: iteration 0 of its distillation", baseline=True))
+            out += init_entries(paths, names or paths)
             continue
         if pool is None:
             images, labels, train_spec = load_split(spec.name, data_root, "train", cache_dir=cache_dir)
@@ -170,6 +167,27 @@ def baseline_entries(kinds: list[str], paths: list[str], spec: DatasetSpec, *, d
         out.append(Entry(baseline_name(kind), chosen.images, f"{data_root} training split: {describe(kind)}, "
                          f"{spec.ipc} per class, seed {seed}", baseline=True))
     return out
+
+
+def init_entries(paths: list[str], names: list[str]) -> list[Entry]:
+    """The starts of the make-submission folders among the sets: one is "initialization"; several are named by
+    their sets, and folders that started from the same images share a row (its gains are each run's own)."""
+    folders = [(p, n) for p, n in zip(paths, names, strict=True) if (Path(p) / RUN_SUBDIR / CHECKPOINT).is_file()]
+    if not folders:
+        raise KitValueError("--baseline init: none of the sets is a make-submission folder (its "
+                            f"{RUN_SUBDIR}/{CHECKPOINT} holds the initialization)")
+    starts: list[tuple[torch.Tensor, list[str], list[str]]] = []
+    for folder, name in folders:
+        images = init_images(folder)
+        same = next((s for s in starts if torch.equal(s[0], images)), None)
+        if same is None:
+            starts.append((images, [folder], [name]))
+        else:
+            same[1].append(folder)
+            same[2].append(name)
+    return [Entry(INIT if len(starts) == 1 else f"{INIT} of {' and '.join(set_names)}", images,
+                  f"{' and '.join(where)}: iteration 0 of the distillation", baseline=True)
+            for images, where, set_names in starts]
 
 
 def check_baselines(kinds: list[str], data_root: str | None) -> None:

@@ -37,7 +37,7 @@ def compare(
                                         "(default: the shortest part of each path that tells them apart)")] = None,
     baseline: Annotated[list[str] | None, typer.Option(
         "--baseline", metavar="NAME", parser=choice("baseline", BASELINES), autocompletion=completion(BASELINES),
-        help="random (random real training images, needs --data-root), init (the initialization of a "
+        help="random (random real training images, needs --data-root), init (the initialization of each "
              "make-submission folder among the sets) or a coreset of real images, as `ddkit baseline --method` "
              "picks it (herding, kcenter, el2n_easy|hard|band, forgetting_easy|hard|band; needs --data-root); "
              "repeatable")] = None,
@@ -82,7 +82,8 @@ def compare(
     dev = usable_device(device)
     entries, spec, test = load_sets(sets, reference, dataset, labels)
     entries += baseline_entries(baseline or [], sets, spec, data_root=data_root, seed=baseline_seed,
-                                cache_dir=cache_dir, score_epochs=score_epochs, score_models=score_models, device=dev)
+                                cache_dir=cache_dir, score_epochs=score_epochs, score_models=score_models, device=dev,
+                                names=[e.name for e in entries])
     result = run(entries, spec, test, out, rounds=rounds, epochs=epochs, seed=seed, device=dev,
                  extra={"reference": reference}, mode="fast" if fast else "faithful", archs=archs or [])
     render.show(result, as_json, table)

@@ -2,6 +2,7 @@
 (set, round) pairs it lacks."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,19 @@ def test_the_round_seed_and_the_baseline_seed_are_two_options(world, monkeypatch
     assert result["seeds"] == [7 * 1000, 7 * 1000 + 1]  # round r's seed is SEED * 1000 + r, as --help says
     random_row = next(r for r in result["sets"] if r["baseline"])
     assert random_row["source"].endswith("per class, seed 3"), random_row["source"]
+
+
+def test_init_adds_each_run_s_own_start_once_named_by_its_sets(world):
+    root, data, _, run = world
+    spec = dataset_spec("tinyimagenet", data)
+    twin, other = root / "twin", root / "other-run"
+    shutil.copytree(run, twin)  # a second run from the same start: one row
+    export_images(distilled_images(spec, seed=4), spec, other, source="test")
+    save_torch({"state": {"init": {"images": distilled_images(spec, seed=5)}}},
+               other / "work" / "distill" / "checkpoint.pt")
+    paths = [str(run), str(root / "other"), str(twin), str(other)]
+    starts = baseline_entries(["init"], paths, spec, data_root=None, seed=0, names=["a", "b", "c", "d"])
+    assert [e.name for e in starts] == ["initialization of a and c", "initialization of d"]
+    assert torch.equal(starts[0].images, distilled_images(spec, seed=1))
+    assert torch.equal(starts[1].images, distilled_images(spec, seed=5))
+    assert all(e.baseline for e in starts) and str(twin) in starts[0].source
