@@ -1,7 +1,7 @@
 """Does distillation help? Scorer accuracy of three sets on a 20-class Tiny ImageNet subset (`ddkit subset`),
 paired rounds:
 
-(a) random real images per class, (b) the run's initialization (real images an expert gets right),
+(a) random real images per class, (b) the run's initialization (the profile's init part),
 (c) the set the run exported (chosen on its held-out split). All three are trained on with the challenge
 scorer's recipe (default-order labels, lr 0.01) with the same round seeds and tested on the TEST split,
 which neither the distillation nor its model selection ever looked at, by default with the fast scorer

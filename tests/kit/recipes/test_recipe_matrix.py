@@ -29,7 +29,7 @@ METHOD_PARTS = {
 }
 M_DATM = {"init": "real_correct", "labels": "hard", "mask": "all", "weights": "uniform", "terms": "final",
           "perturb": "none", "objective": "gsam", "schedule": "full"}
-DATASET_PARTS = {("tinyimagenet", "mini"): {"objective": "sgd"}}  # a profile's own part choice
+DATASET_PARTS = {("tinyimagenet", "mini"): {"objective": "sgd", "init": "herding"}}  # a profile's own part choices
 
 # Each profile's scale: experts, expert epochs, iterations, synthetic batch.
 SIZES = {"full": (100, 30, 10000, 1000), "quick": (2, 3, 20, 40), "mini": (3, 10, 60, 40)}
