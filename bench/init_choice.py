@@ -66,7 +66,8 @@ def main() -> None:
     if splits.selection != "holdout":
         raise KitValueError(f"--profile {args.profile}: holds no images out (eval.split must be \"holdout\")")
     cfg, spec = recipe.distill, splits.spec
-    experts = ExpertStore(args.experts).trajectories(spec, ModelConfig.for_spec(spec),
+    model = ModelConfig.for_spec(spec)
+    experts = ExpertStore(args.experts).trajectories(spec, model,
                                                      cfg.max_start_epoch + cfg.expert_epochs,
                                                      data_fingerprint(*splits.train),
                                                      expert_settings(section_dict(recipe.experts)))
@@ -74,7 +75,7 @@ def main() -> None:
     for name in args.inits:
         init = build("init", load_recipe(args.dataset, args.profile, [*args.overrides, f"distill.init={name}"]).distill)
         start = time.perf_counter()
-        images = init(InitContext(spec, *splits.train, experts, ModelConfig.for_spec(spec),
+        images = init(InitContext(spec, *splits.train, experts, model,
                                   distill_generators(cfg.seed, ctx.device)[0], ctx.device))
         check_init(images, spec, name)
         seconds[name] = round(time.perf_counter() - start, 3)

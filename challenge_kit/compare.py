@@ -171,7 +171,7 @@ def baseline_entries(kinds: list[str], paths: list[str], spec: DatasetSpec, *, d
 
 def init_entries(paths: list[str], names: list[str]) -> list[Entry]:
     """The starts of the make-submission folders among the sets: one is "initialization"; several are named by
-    their sets, and folders that started from the same images share a row (its gains are each run's own)."""
+    their sets, and folders that started from the same images share a row, so each run is read against its own."""
     folders = [(p, n) for p, n in zip(paths, names, strict=True) if (Path(p) / RUN_SUBDIR / CHECKPOINT).is_file()]
     if not folders:
         raise KitValueError("--baseline init: none of the sets is a make-submission folder (its "
